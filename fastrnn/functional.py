@@ -1,0 +1,344 @@
+"""Stateless RNN forward and BPTT on the compiled kernels.
+
+``rnn_forward`` returns what ``rnn_backward`` needs (the cache); nothing is kept
+between calls, so several threads may share read-only parameters. The signatures match
+:mod:`fastrnn.reference`, which is the specification these functions are tested against.
+
+Per call, Python validates inputs and allocates outputs once; then, per layer and
+direction, the compiled code runs
+
+* forward: ``P = X W_ihᵀ + b`` as one GEMM over all L·N rows, then the recurrence
+  ``h_t = act(P_t + h_{t-1} W_hhᵀ)`` with each thread owning a slice of the batch;
+* backward: the dA recurrence per batch slice, then ``dW_hh``, ``dW_ih``, ``db``, ``dX``
+  as a few large GEMMs over all L·N rows.
+"""
+
+import numbers
+import os
+
+import numpy as np
+
+from . import _rnn
+from .parallel import get_num_threads
+from .reference import param_names
+
+__all__ = ["rnn_forward", "rnn_backward", "available_kernels", "get_kernel", "set_kernel",
+           "openmp_enabled"]
+
+NONLINEARITIES = ("tanh", "relu")
+openmp_enabled = _rnn.openmp_enabled
+available_kernels = _rnn.available_kernels
+
+
+def get_kernel():
+    """Name of the kernel build in use: 'avx512', 'avx2' or 'portable'."""
+    return _rnn.selected_kernels()
+
+
+def set_kernel(name=None):
+    """Force a kernel build by name (see :func:`available_kernels`); None picks the best.
+
+    The environment variable ``FASTRNN_KERNEL`` sets the same at import time.
+    """
+    _rnn.select_kernels(available_kernels()[0] if name is None else name)
+
+
+if os.environ.get("FASTRNN_KERNEL"):
+    set_kernel(os.environ["FASTRNN_KERNEL"])
+
+
+def _shape(a):
+    return tuple(int(n) for n in a.shape)
+
+
+def _check_float_array(a, name, dtype):
+    """``a`` as an ndarray of ``dtype``; non-float or mismatched dtypes are refused."""
+    a = np.asarray(a)
+    if a.dtype.kind != "f" or a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {a.dtype}")
+    if a.dtype != dtype:
+        raise TypeError(f"{name} dtype ({a.dtype}) does not match the parameters' dtype "
+                        f"({np.dtype(dtype)}); convert it with {name}.astype(np.{np.dtype(dtype)})")
+    return a
+
+
+def _check_params(params, num_layers, bidirectional):
+    """Parameter dict -> (dtype, input_size, hidden_size, bias), checking names and shapes."""
+    if "weight_hh_l0" not in params or "weight_ih_l0" not in params:
+        raise ValueError("params must contain 'weight_ih_l0' and 'weight_hh_l0', got keys "
+                         f"{sorted(params)}")
+    w_ih0 = np.asarray(params["weight_ih_l0"])
+    dtype = w_ih0.dtype
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"parameters must be float32 or float64, got {dtype}")
+    if w_ih0.ndim != 2:
+        raise ValueError(f"weight_ih_l0 must be 2-D, got shape {_shape(w_ih0)}")
+    hidden_size, input_size = _shape(w_ih0)
+    bias = "bias_ih_l0" in params
+    expected = param_names(num_layers, bidirectional, bias)
+    if set(expected) != set(params):
+        missing = [k for k in expected if k not in params]
+        unexpected = [k for k in params if k not in expected]
+        raise ValueError(f"params do not match num_layers={num_layers}, "
+                         f"bidirectional={bidirectional}, bias={bias}: missing {missing}, "
+                         f"unexpected {unexpected}")
+    D = 2 if bidirectional else 1
+    for name in expected:
+        p = np.asarray(params[name])
+        layer_in = input_size if "_l0" in name else D * hidden_size
+        want = ((hidden_size, layer_in) if name.startswith("weight_ih")
+                else (hidden_size, hidden_size) if name.startswith("weight_hh")
+                else (hidden_size,))
+        if _shape(p) != want:
+            raise ValueError(f"{name} must have shape {want}, got {_shape(p)}")
+        if p.dtype != dtype:
+            raise TypeError(f"{name} has dtype {p.dtype}, expected {dtype} like weight_ih_l0")
+    return dtype, input_size, hidden_size, bias
+
+
+def _check_lengths(lengths, batch, seq_len):
+    """Lengths as a contiguous int64 array of shape (batch,), each in [0, seq_len]."""
+    if lengths is None:
+        return np.full(batch, seq_len, dtype=np.int64)
+    arr = np.asarray(lengths)
+    if arr.dtype.kind not in "iu":
+        if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            arr = arr.astype(np.int64)
+        else:
+            raise TypeError(f"lengths must be integers, got dtype {arr.dtype}")
+    if arr.shape != (batch,):
+        raise ValueError(f"lengths must have shape ({batch},) (one per batch element), "
+                         f"got {_shape(arr)}")
+    if arr.size and (arr.min() < 0 or arr.max() > seq_len):
+        raise ValueError(f"lengths must be in [0, {seq_len}] (the sequence length), got "
+                         f"min {arr.min()}, max {arr.max()}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _normalise_inputs(x, h0, lengths, params, num_layers, nonlinearity, bidirectional,
+                      batch_first, dropout_masks):
+    """Validate everything; return time-major contiguous arrays and the layout to undo."""
+    if not isinstance(num_layers, numbers.Integral) or num_layers < 1:
+        raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or 'relu'.")
+    dtype, input_size, hidden_size, bias = _check_params(params, num_layers, bidirectional)
+    x = _check_float_array(x, "input", dtype)
+    if x.ndim not in (2, 3):
+        raise ValueError(f"RNN: Expected input to be 2D or 3D, got {x.ndim}D array instead")
+    if x.shape[-1] != input_size:
+        raise ValueError(f"input.shape[-1] must be equal to input_size. Expected {input_size}, "
+                         f"got {x.shape[-1]}")
+    unbatched = x.ndim == 2
+    if unbatched:
+        x = x[:, None, :]
+    elif batch_first:
+        x = x.transpose(1, 0, 2)
+    L, N = _shape(x)[:2]
+    D = 2 if bidirectional else 1
+    if h0 is None:
+        h0 = np.zeros((D * num_layers, N, hidden_size), dtype=dtype)
+    else:
+        h0 = _check_float_array(h0, "h0", dtype)
+        want = (D * num_layers, hidden_size) if unbatched else (D * num_layers, N, hidden_size)
+        if _shape(h0) != want:
+            raise ValueError(f"Expected hidden size {want}, got {_shape(h0)}")
+        h0 = np.ascontiguousarray(h0[:, None, :] if unbatched else h0)
+    if unbatched and lengths is not None:
+        raise ValueError("lengths is only accepted with a batched (3-D) input")
+    lengths = _check_lengths(lengths, N, L)
+    if dropout_masks is not None:
+        if len(dropout_masks) != num_layers - 1:
+            raise ValueError(f"dropout_masks must hold num_layers - 1 = {num_layers - 1} arrays, "
+                             f"got {len(dropout_masks)}")
+        masks = []
+        for i, m in enumerate(dropout_masks):
+            m = _check_float_array(m, f"dropout_masks[{i}]", dtype)
+            if _shape(m) != (L, N, D * hidden_size):
+                raise ValueError(f"dropout_masks[{i}] must have shape {(L, N, D * hidden_size)}, "
+                                 f"got {_shape(m)}")
+            masks.append(np.ascontiguousarray(m))
+        dropout_masks = masks
+    return (np.ascontiguousarray(x), h0, lengths, dtype, hidden_size, bias, unbatched,
+            dropout_masks)
+
+
+def _from_time_major(y, unbatched, batch_first):
+    if unbatched:
+        return y[:, 0]
+    return y.transpose(1, 0, 2) if batch_first else y
+
+
+def rnn_forward(x, params, h0=None, *, num_layers=1, nonlinearity="tanh", bidirectional=False,
+                batch_first=False, lengths=None, dropout_masks=None):
+    """Forward pass of a multi-layer, optionally bidirectional Elman RNN (compiled).
+
+    Parameters
+    ----------
+    x : ndarray, shape (L, N, I), (N, L, I) if ``batch_first``, or (L, I) unbatched.
+        Its dtype must equal the parameters' (float32 or float64).
+    params : dict of str to ndarray
+        torch.nn.RNN's parameter names and shapes; biases are used iff ``bias_ih_l0`` is present.
+    h0 : ndarray, shape (D·num_layers, N, H), or (D·num_layers, H) unbatched; None for zeros.
+    num_layers, nonlinearity, bidirectional, batch_first
+        As in ``torch.nn.RNN``.
+    lengths : array of int, shape (N,), optional
+        Valid steps of each batch element, in any order, each in [0, L]. Outputs past a
+        length are 0 and h_n is the state at each element's own last step.
+    dropout_masks : list of ``num_layers - 1`` arrays of shape (L, N, D·H), optional
+        Multiplied into each layer's output (time-major) before it feeds the next layer.
+
+    Returns
+    -------
+    output : ndarray, (L, N, D·H) (batch-first or unbatched like ``x``)
+    h_n : ndarray, (D·num_layers, N, H) (2-D if unbatched)
+    cache : dict
+        What :func:`rnn_backward` needs.
+    """
+    (x, h0, lengths, dtype, H, bias, unbatched, dropout_masks) = _normalise_inputs(
+        x, h0, lengths, params, num_layers, nonlinearity, bidirectional, batch_first,
+        dropout_masks)
+    L, N = x.shape[:2]
+    D = 2 if bidirectional else 1
+    relu = nonlinearity == "relu"
+    threads = get_num_threads()
+    h_n = np.empty((D * num_layers, N, H), dtype=dtype)
+    layer_inputs, layer_outputs = [], []
+    inp = x
+    for layer in range(num_layers):
+        out = np.empty((L, N, D * H), dtype=dtype)
+        for d in range(D):
+            k = f"l{layer}" + ("_reverse" if d else "")
+            w_ih, w_hh = np.asarray(params[f"weight_ih_{k}"]), np.asarray(params[f"weight_hh_{k}"])
+            b = (np.asarray(params[f"bias_ih_{k}"]) + np.asarray(params[f"bias_hh_{k}"])
+                 if bias else None)
+            out_d = out[:, :, d * H:(d + 1) * H]
+            # P = X W_ihᵀ + (b_ih + b_hh), written where the outputs will go
+            _rnn.gemm(inp.reshape(L * N, -1), np.ascontiguousarray(w_ih.T),
+                      out.reshape(L * N, D * H)[:, d * H:(d + 1) * H], b, False, threads)
+            _rnn.recurrence_forward(out_d, h0[layer * D + d], np.ascontiguousarray(w_hh.T),
+                                    lengths, d == 1, relu, h_n[layer * D + d], threads)
+        layer_inputs.append(inp)
+        layer_outputs.append(out)
+        inp = out
+        if dropout_masks is not None and layer < num_layers - 1:
+            inp = out * dropout_masks[layer]
+    cache = dict(params=params, h0=h0, lengths=lengths, layer_inputs=layer_inputs,
+                 layer_outputs=layer_outputs, dropout_masks=dropout_masks,
+                 num_layers=num_layers, relu=relu, D=D, unbatched=unbatched,
+                 batch_first=batch_first, bias=bias, dtype=dtype)
+    output = _from_time_major(inp, unbatched, batch_first)
+    return output, (h_n[:, 0] if unbatched else h_n), cache
+
+
+def _check_grad(g, name, dtype, want):
+    g = _check_float_array(g, name, dtype)
+    if _shape(g) != want:
+        raise ValueError(f"{name} must have shape {want} (like the forward's output), got {_shape(g)}")
+    return g
+
+
+def rnn_backward(cache, grad_output, grad_h_n=None):
+    """Backpropagation through time for the forward pass that produced ``cache``.
+
+    Parameters
+    ----------
+    cache : dict from :func:`rnn_forward`.
+    grad_output : ndarray shaped like the forward's output.
+    grad_h_n : ndarray shaped like h_n, or None for zeros.
+
+    Returns
+    -------
+    grad_x : ndarray shaped like the forward's input.
+    grad_h0 : ndarray shaped like h0.
+    grads : dict mapping every parameter name to its gradient (freshly allocated).
+    """
+    params, h0, lengths, dtype = cache["params"], cache["h0"], cache["lengths"], cache["dtype"]
+    D, unbatched, batch_first = cache["D"], cache["unbatched"], cache["batch_first"]
+    num_layers = cache["num_layers"]
+    x = cache["layer_inputs"][0]
+    L, N = x.shape[:2]
+    H = h0.shape[2]
+    out_shape = (L, N, D * H)
+    if unbatched:
+        want_out, want_hn = (L, D * H), (D * num_layers, H)
+    else:
+        want_out = (N, L, D * H) if batch_first else out_shape
+        want_hn = (D * num_layers, N, H)
+    grad_output = _check_grad(grad_output, "grad_output", dtype, want_out)
+    if unbatched:
+        grad_output = grad_output[:, None, :]
+    elif batch_first:
+        grad_output = grad_output.transpose(1, 0, 2)
+    if grad_h_n is None:
+        grad_h_n = np.zeros((D * num_layers, N, H), dtype=dtype)
+    else:
+        grad_h_n = _check_grad(grad_h_n, "grad_h_n", dtype, want_hn)
+        grad_h_n = grad_h_n[:, None, :] if unbatched else grad_h_n
+    grad_h_n = np.ascontiguousarray(grad_h_n)
+    threads = get_num_threads()
+    grads = {}
+    grad_h0 = np.empty_like(h0)
+    d_out = np.ascontiguousarray(grad_output)
+    for layer in reversed(range(num_layers)):
+        if layer < num_layers - 1 and cache["dropout_masks"] is not None:
+            d_out = d_out * cache["dropout_masks"][layer]
+        inp = cache["layer_inputs"][layer]
+        out = cache["layer_outputs"][layer]
+        inp2d = inp.reshape(L * N, -1)
+        d_inp = np.empty_like(inp)
+        for d in range(D):
+            k = f"l{layer}" + ("_reverse" if d else "")
+            i = layer * D + d
+            w_ih, w_hh = np.asarray(params[f"weight_ih_{k}"]), np.asarray(params[f"weight_hh_{k}"])
+            da = np.zeros((L, N, H), dtype=dtype)
+            _rnn.recurrence_backward(out[:, :, d * H:(d + 1) * H], d_out[:, :, d * H:(d + 1) * H],
+                                     grad_h_n[i], np.ascontiguousarray(w_hh), lengths, d == 1,
+                                     cache["relu"], da, grad_h0[i], threads)
+            da_t = np.ascontiguousarray(da.reshape(L * N, H).T)
+            grads[f"weight_ih_{k}"] = _weight_grad_ih(da_t, inp2d, threads)
+            grads[f"weight_hh_{k}"] = _weight_grad_hh(da_t, da, out, d, h0[i], lengths, threads)
+            if cache["bias"]:
+                db = da_t.sum(axis=1)
+                grads[f"bias_ih_{k}"], grads[f"bias_hh_{k}"] = db, db.copy()
+            # dX (+)= dA W_ih
+            _rnn.gemm(da.reshape(L * N, H), np.ascontiguousarray(w_ih), d_inp.reshape(L * N, -1),
+                      None, d > 0, threads)
+        d_out = d_inp
+    grads = {name: grads[name] for name in params}
+    grad_x = _from_time_major(d_out, unbatched, batch_first)
+    return grad_x, (grad_h0[:, 0] if unbatched else grad_h0), grads
+
+
+def _weight_grad_ih(da_t, inp2d, threads):
+    """dW_ih = dAᵀ X over all L·N rows."""
+    dw = np.empty((da_t.shape[0], inp2d.shape[1]), dtype=da_t.dtype)
+    _rnn.gemm(da_t, inp2d, dw, None, False, threads)
+    return dw
+
+
+def _weight_grad_hh(da_t, da, out, d, h0, lengths, threads):
+    """dW_hh = Σ_t dA_tᵀ h_{t-1}, with h_{-1} = h0 (for the reverse direction, h_{t+1}).
+
+    The previous states are the outputs shifted by one step, except at each sequence's first
+    step, where it is h0: one GEMM over the shifted outputs plus one over h0.
+    """
+    L, N, H = da.shape
+    DH = out.shape[2]
+    out2d = out.reshape(L * N, DH)[:, d * H:(d + 1) * H]
+    dw = np.zeros((H, H), dtype=da.dtype)
+    if L == 0:
+        return dw
+    if d == 0:
+        # forward: dA_t (t ≥ 1) pairs with out_{t-1}; dA_0 with h0
+        _rnn.gemm(da_t[:, N:], out2d[:(L - 1) * N], dw, None, False, threads)
+        _rnn.gemm(da_t[:, :N], h0, dw, None, True, threads)
+    else:
+        # reverse: dA_t pairs with out_{t+1}, which is 0 past each length, and the first
+        # reverse step (t = len - 1) pairs with h0
+        _rnn.gemm(da_t[:, :(L - 1) * N], out2d[N:], dw, None, False, threads)
+        first = np.zeros((N, H), dtype=da.dtype)
+        valid = np.nonzero(lengths > 0)[0]
+        first[valid] = da[lengths[valid] - 1, valid]
+        _rnn.gemm(np.ascontiguousarray(first.T), h0, dw, None, True, threads)
+    return dw

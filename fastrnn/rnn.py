@@ -1,0 +1,249 @@
+"""``fastrnn.RNN``: the torch.nn.RNN-like module, built on :mod:`fastrnn.functional`."""
+
+import math
+import numbers
+import warnings
+
+import numpy as np
+
+from . import functional
+from .reference import param_names
+
+__all__ = ["RNN", "Parameter"]
+
+
+class Parameter:
+    """A parameter array and its accumulated gradient (both NumPy arrays of one shape)."""
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data):
+        self.data = data
+        self.grad = np.zeros_like(data)
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def __repr__(self):
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+def _check_size(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be greater than zero, got {value}")
+    return int(value)
+
+
+class RNN:
+    """A multi-layer Elman RNN with torch.nn.RNN's semantics and compiled kernels.
+
+    ``h_t = act(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh)`` with act = tanh or relu.
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+    num_layers : int, default 1
+    nonlinearity : {'tanh', 'relu'}, default 'tanh'
+    bias : bool, default True
+    batch_first : bool, default False
+        Input and output as (N, L, ·) instead of (L, N, ·); h0 and h_n stay (D·layers, N, H).
+    dropout : float in [0, 1], default 0
+        Dropout on the output of every layer but the last, in training mode only.
+    bidirectional : bool, default False
+    dtype : {np.float32, np.float64}, default np.float32
+    seed : None, int or numpy.random.Generator
+        Source of the initial weights (U(-1/√H, 1/√H), as torch) and of dropout masks.
+
+    Notes
+    -----
+    ``rnn(x, h0, lengths)`` runs forward; in training mode (the default) it keeps what
+    :meth:`backward` needs, which accumulates parameter gradients into ``p.grad``.
+    Unlike torch, a sequence length of 0 (or a per-sequence length of 0) is accepted:
+    its outputs are empty (or 0) and h_n = h0.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, *, dtype=np.float32,
+                 seed=None):
+        self.input_size = _check_size(input_size, "input_size")
+        self.hidden_size = _check_size(hidden_size, "hidden_size")
+        self.num_layers = _check_size(num_layers, "num_layers")
+        if nonlinearity not in functional.NONLINEARITIES:
+            raise ValueError(f"Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or 'relu'.")
+        if (isinstance(dropout, bool) or not isinstance(dropout, numbers.Real)
+                or not 0 <= dropout <= 1):
+            raise ValueError("dropout should be a number in range [0, 1] representing the "
+                             f"probability of an element being zeroed, got {dropout!r}")
+        if dropout > 0 and self.num_layers == 1:
+            warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
+                          "non-zero dropout expects num_layers greater than 1, but got "
+                          f"dropout={dropout} and num_layers={self.num_layers}", UserWarning,
+                          stacklevel=2)
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError as e:
+            raise TypeError(f"dtype must be np.float32 or np.float64, got {dtype!r}") from e
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be np.float32 or np.float64, got {self.dtype}")
+        self.nonlinearity = nonlinearity
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.dropout = float(dropout)
+        self.bidirectional = bool(bidirectional)
+        self.training = True
+        self._rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        self._cache = None
+        D = 2 if self.bidirectional else 1
+        bound = 1 / math.sqrt(self.hidden_size)
+        self._params = {}
+        for name in param_names(self.num_layers, self.bidirectional, self.bias):
+            rows, layer_in = self.hidden_size, (self.input_size if "_l0" in name
+                                                else D * self.hidden_size)
+            shape = ((rows, layer_in) if name.startswith("weight_ih")
+                     else (rows, rows) if name.startswith("weight_hh") else (rows,))
+            data = self._rng.uniform(-bound, bound, size=shape).astype(self.dtype)
+            self._params[name] = Parameter(data)
+
+    def __repr__(self):
+        args = [f"{self.input_size}", f"{self.hidden_size}"]
+        for name, default in (("num_layers", 1), ("nonlinearity", "tanh"), ("bias", True),
+                              ("batch_first", False), ("dropout", 0.0),
+                              ("bidirectional", False)):
+            value = getattr(self, name)
+            if value != default:
+                args.append(f"{name}={value!r}")
+        if self.dtype != np.float32:
+            args.append(f"dtype=np.{self.dtype}")
+        return f"RNN({', '.join(args)})"
+
+    def __getattr__(self, name):
+        # parameters as attributes, as in torch: rnn.weight_hh_l0
+        params = self.__dict__.get("_params", {})
+        if name in params:
+            return params[name]
+        raise AttributeError(f"'RNN' object has no attribute {name!r}")
+
+    # parameters --------------------------------------------------------------------------
+    def named_parameters(self):
+        """Yield (name, Parameter) in torch's order."""
+        yield from self._params.items()
+
+    def parameters(self):
+        """Yield every Parameter in torch's order."""
+        yield from self._params.values()
+
+    def zero_grad(self):
+        """Set every parameter's accumulated gradient to zero."""
+        for p in self._params.values():
+            p.grad[...] = 0
+
+    def state_dict(self):
+        """A dict of copies of the parameters, with torch.nn.RNN's names and shapes."""
+        return {name: p.data.copy() for name, p in self._params.items()}
+
+    def load_state_dict(self, state_dict):
+        """Copy parameters from ``state_dict`` (torch's names and shapes; any float dtype).
+
+        Raises ValueError naming missing or unexpected keys and mismatched shapes; nothing
+        is changed unless everything matches.
+        """
+        missing = [k for k in self._params if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in self._params]
+        if missing or unexpected:
+            raise ValueError(f"Error(s) in loading state_dict for RNN: missing keys {missing}, "
+                             f"unexpected keys {unexpected}")
+        new = {}
+        for name, p in self._params.items():
+            value = np.asarray(state_dict[name])
+            if value.dtype.kind != "f":
+                raise TypeError(f"{name} must be a float array, got dtype {value.dtype}")
+            if value.shape != p.data.shape:
+                raise ValueError(f"size mismatch for {name}: copying a param with shape "
+                                 f"{value.shape}, the shape in the current model is {p.data.shape}")
+            new[name] = value
+        for name, value in new.items():
+            self._params[name].data[...] = value
+        self._cache = None
+
+    # modes -------------------------------------------------------------------------------
+    def train(self, mode=True):
+        """Training mode (dropout on, forward keeps a BPTT cache). Returns self."""
+        self.training = bool(mode)
+        if not self.training:
+            self._cache = None
+        return self
+
+    def eval(self):
+        """Evaluation mode (no dropout, no BPTT cache). Returns self."""
+        return self.train(False)
+
+    # computation -------------------------------------------------------------------------
+    def _dropout_masks(self, seq_len, batch):
+        if not (self.training and self.dropout > 0 and self.num_layers > 1):
+            return None
+        D = 2 if self.bidirectional else 1
+        shape = (seq_len, batch, D * self.hidden_size)
+        if self.dropout == 1:
+            return [np.zeros(shape, dtype=self.dtype) for _ in range(self.num_layers - 1)]
+        scale = self.dtype.type(1 / (1 - self.dropout))
+        return [(self._rng.random(shape) >= self.dropout).astype(self.dtype) * scale
+                for _ in range(self.num_layers - 1)]
+
+    def forward(self, x, h0=None, lengths=None):
+        """Run the RNN over ``x``.
+
+        Parameters
+        ----------
+        x : ndarray, (L, N, input_size), (N, L, input_size) if batch_first, or (L, input_size).
+        h0 : ndarray, (D·num_layers, N, hidden_size) or 2-D if unbatched; None for zeros.
+        lengths : array of int, (N,), optional. Valid steps per sequence, any order.
+
+        Returns
+        -------
+        output : ndarray, (L, N, D·hidden_size) (batch-first or unbatched like x)
+        h_n : ndarray, (D·num_layers, N, hidden_size) (2-D if unbatched)
+        """
+        x_arr = np.asarray(x)
+        masks = None
+        if x_arr.ndim in (2, 3):
+            if x_arr.ndim == 2:
+                seq_len, batch = x_arr.shape[0], 1
+            else:
+                seq_len, batch = ((x_arr.shape[1], x_arr.shape[0]) if self.batch_first
+                                  else x_arr.shape[:2])
+            masks = self._dropout_masks(seq_len, batch)
+        output, h_n, cache = functional.rnn_forward(
+            x_arr, {name: p.data for name, p in self._params.items()}, h0,
+            num_layers=self.num_layers, nonlinearity=self.nonlinearity,
+            bidirectional=self.bidirectional, batch_first=self.batch_first, lengths=lengths,
+            dropout_masks=masks)
+        self._cache = cache if self.training else None
+        return output, h_n
+
+    __call__ = forward
+
+    def backward(self, grad_output, grad_h_n=None):
+        """Backpropagate through the last training-mode forward.
+
+        Parameter gradients accumulate into ``p.grad`` (until :meth:`zero_grad`).
+
+        Parameters
+        ----------
+        grad_output : ndarray shaped like that forward's output.
+        grad_h_n : ndarray shaped like its h_n, or None for zeros.
+
+        Returns
+        -------
+        grad_x : ndarray shaped like the input.
+        grad_h0 : ndarray shaped like h0.
+        """
+        if self._cache is None:
+            raise RuntimeError("backward needs a forward pass in training mode first "
+                               "(call rnn.train() and then rnn(x, ...))")
+        grad_x, grad_h0, grads = functional.rnn_backward(self._cache, grad_output, grad_h_n)
+        for name, g in grads.items():
+            self._params[name].grad += g
+        return grad_x, grad_h0

@@ -1,0 +1,64 @@
+"""Build of fastrnn's compiled extension: Cython loops + C kernels, OpenMP when available.
+
+OpenMP is detected by compiling a tiny program (as scikit-learn does); without it, or
+with FASTRNN_NO_OPENMP=1, the build still works and runs serially.
+"""
+import os
+import sys
+import tempfile
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+KERNEL_SOURCES = ["src_c/dispatch.c", "src_c/kernels_portable.c", "src_c/kernels_avx2.c",
+                  "src_c/kernels_avx512.c"]
+OPENMP_TEST = "#include <omp.h>\nint main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }\n"
+
+
+def openmp_flags(compiler):
+    """Compile and link flags for OpenMP, or None if the compiler lacks it."""
+    if os.environ.get("FASTRNN_NO_OPENMP") == "1":
+        return None
+    flag = "/openmp" if compiler.compiler_type == "msvc" else "-fopenmp"
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "test_openmp.c")
+        with open(src, "w") as f:
+            f.write(OPENMP_TEST)
+        try:
+            objs = compiler.compile([src], output_dir=tmp, extra_postargs=[flag])
+            compiler.link_executable(objs, "test_openmp", output_dir=tmp,
+                                     extra_postargs=[flag])
+        except Exception:  # any compile or link error means: no OpenMP
+            return None
+    return flag
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        flag = openmp_flags(self.compiler)
+        if flag is None:
+            print("fastrnn: building WITHOUT OpenMP (serial loops)", file=sys.stderr)
+        for ext in self.extensions:
+            if flag is not None:
+                ext.extra_compile_args.append(flag)
+                ext.extra_link_args.append(flag)
+        super().build_extensions()
+
+
+extensions = [
+    Extension(
+        "fastrnn._rnn",
+        sources=["fastrnn/_rnn.pyx"] + KERNEL_SOURCES,
+        include_dirs=["src_c", np.get_include()],
+        # -O3 for vectorised kernels; no -ffast-math (NaN handling), no -march=native
+        extra_compile_args=["-O3"] if sys.platform != "win32" else ["/O2"],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    )
+]
+
+setup(
+    ext_modules=cythonize(extensions, compiler_directives={"language_level": 3}),
+    cmdclass={"build_ext": BuildExt},
+)

@@ -1,0 +1,8 @@
+/* AVX-512 build of the generic kernels (x86-64 only). */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include "isa_target.h"
+FR_TARGET_BEGIN("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")
+#define FR_SUFFIX avx512
+#define FR_NAME_STR "avx512"
+#include "kernels_impl.h"
+#endif

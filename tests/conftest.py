@@ -1,0 +1,44 @@
+"""Fixtures shared by the fastrnn tests; plain helpers live in ``_helpers.py``."""
+
+import os
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+# Make ``import _helpers`` work under any pytest import mode (prepend adds this dir; importlib doesn't).
+sys.path.insert(0, os.path.dirname(__file__))
+
+
+def pytest_generate_tests(metafunc):
+    # Every test that takes ``kernel`` runs once per compiled kernel path this CPU supports.
+    if "kernel" in metafunc.fixturenames:
+        from fastrnn import functional
+
+        metafunc.parametrize("kernel", functional.available_kernels(), indirect=True)
+
+
+@pytest.fixture
+def kernel(request):
+    """Select one compiled kernel path for the test, restoring the previous one afterwards."""
+    from fastrnn import functional
+
+    previous = functional.get_kernel()
+    functional.set_kernel(request.param)
+    try:
+        yield request.param
+    finally:
+        functional.set_kernel(previous)
+
+
+@pytest.fixture
+def rng(request):
+    """A generator seeded from the test's id: deterministic, but different for each case."""
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture
+def torch():
+    """torch, or skip the test when it is not installed (the rest of the suite runs without it)."""
+    return pytest.importorskip("torch")
