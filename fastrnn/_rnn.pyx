@@ -16,10 +16,14 @@ from libc.string cimport memcpy, memset
 
 cdef extern from "kernels.h" nogil:
     ctypedef long fr_index
-    ctypedef void (*sgemm_fn)(fr_index, fr_index, fr_index, const float *, fr_index,
-                              const float *, fr_index, float *, fr_index, const float *, int)
-    ctypedef void (*dgemm_fn)(fr_index, fr_index, fr_index, const double *, fr_index,
-                              const double *, fr_index, double *, fr_index, const double *, int)
+    ctypedef int (*sgemm_fn)(fr_index, fr_index, fr_index, const float *, fr_index,
+                             const float *, fr_index, float *, fr_index, const float *, int)
+    ctypedef int (*dgemm_fn)(fr_index, fr_index, fr_index, const double *, fr_index,
+                             const double *, fr_index, double *, fr_index, const double *, int)
+    ctypedef fr_index (*spacked_size_fn)(fr_index, fr_index)
+    ctypedef fr_index (*dpacked_size_fn)(fr_index, fr_index)
+    ctypedef void (*spack_fn)(fr_index, fr_index, const float *, fr_index, float *)
+    ctypedef void (*dpack_fn)(fr_index, fr_index, const double *, fr_index, double *)
     ctypedef void (*srnn_step_fn)(int, int, const float **, const float **, float **,
                                   const float *, int)
     ctypedef void (*drnn_step_fn)(int, int, const double **, const double **, double **,
@@ -32,6 +36,10 @@ cdef extern from "kernels.h" nogil:
         const char *name
         sgemm_fn sgemm
         dgemm_fn dgemm
+        spacked_size_fn spacked_size
+        dpacked_size_fn dpacked_size
+        spack_fn spack
+        dpack_fn dpack
         srnn_step_fn srnn_step
         drnn_step_fn drnn_step
         sbptt_step_fn sbptt_step
@@ -51,10 +59,6 @@ cdef extern from *:
 ctypedef fused floating:
     float
     double
-
-cdef enum:
-    # Rows per GEMM tile: small enough to balance 2+ threads, large enough to amortise B reads.
-    GEMM_TILE_ROWS = 64
 
 cdef const fastrnn_kernels *_kernels = fastrnn_kernels_available()[0]
 
@@ -108,9 +112,16 @@ cdef inline int _check_slices(int n_threads) except -1:
     return 0
 
 
+cdef inline fr_index _slice_rows(fr_index N, int num_threads) noexcept nogil:
+    """Batch rows per slice: one slice per thread, whatever the thread count (results
+    do not depend on it)."""
+    return max(1, (N + num_threads - 1) // num_threads)
+
+
 def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
          const floating[::1] bias=None, bint accumulate=False, int num_threads=1):
-    """c = (c if accumulate else 0) + a @ b + bias, parallel over row tiles of c."""
+    """c = (c if accumulate else 0) + a @ b + bias; each thread computes a block of c's rows
+    (and packs the blocks of b it needs itself: no shared scratch, no barrier)."""
     _check_slices(num_threads)
     cdef fr_index M = a.shape[0], K = a.shape[1], N = b.shape[1]
     if b.shape[0] != K or c.shape[0] != M or c.shape[1] != N:
@@ -127,24 +138,39 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
     cdef const floating *pb = &b[0, 0] if K > 0 else NULL
     cdef floating *pc = &c[0, 0]
     cdef const floating *pbias = &bias[0] if bias is not None else NULL
-    cdef fr_index ntiles = (M + GEMM_TILE_ROWS - 1) // GEMM_TILE_ROWS
+    cdef fr_index tile_rows = _slice_rows(M, num_threads)
+    cdef fr_index ntiles = (M + tile_rows - 1) // tile_rows
     cdef fr_index tile, i0, rows
+    cdef int failed[1]
+    failed[0] = 0
     cdef const fastrnn_kernels *ks = _kernels
     for tile in prange(ntiles, nogil=True, num_threads=num_threads, schedule="static"):
-        i0 = tile * GEMM_TILE_ROWS
-        rows = min(GEMM_TILE_ROWS, M - i0)
+        i0 = tile * tile_rows
+        rows = min(tile_rows, M - i0)
         if floating is float:
-            ks.sgemm(rows, N, K, pa + i0 * lda, lda, pb, ldb, pc + i0 * ldc, ldc, pbias,
-                     accumulate)
+            if ks.sgemm(rows, N, K, pa + i0 * lda, lda, pb, ldb, pc + i0 * ldc, ldc, pbias,
+                        accumulate) != 0:
+                failed[0] = 1
         else:
-            ks.dgemm(rows, N, K, pa + i0 * lda, lda, pb, ldb, pc + i0 * ldc, ldc, pbias,
-                     accumulate)
+            if ks.dgemm(rows, N, K, pa + i0 * lda, lda, pb, ldb, pc + i0 * ldc, ldc, pbias,
+                        accumulate) != 0:
+                failed[0] = 1
+    if failed[0]:
+        raise MemoryError("could not allocate GEMM scratch")
 
 
-cdef inline fr_index _slice_rows(fr_index N, int num_threads) noexcept nogil:
-    """Batch rows per slice: one slice per thread, whatever the thread count (results
-    do not depend on it)."""
-    return max(1, (N + num_threads - 1) // num_threads)
+cdef floating *_packed_copy(const fastrnn_kernels *ks, const floating *w, fr_index H) noexcept nogil:
+    """W (H×H) packed for the step kernels, in a buffer the caller frees; NULL if out of memory."""
+    cdef floating *packed
+    if floating is float:
+        packed = <floating *> malloc(ks.spacked_size(H, H) * sizeof(floating))
+        if packed != NULL:
+            ks.spack(H, H, w, H, packed)
+    else:
+        packed = <floating *> malloc(ks.dpacked_size(H, H) * sizeof(floating))
+        if packed != NULL:
+            ks.dpack(H, H, w, H, packed)
+    return packed
 
 
 def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
@@ -167,9 +193,12 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
     cdef floating *po = &out[0, 0, 0] if L > 0 else NULL
     cdef const floating *ph0 = &h0[0, 0]
     cdef floating *phn = &h_n[0, 0]
-    cdef const floating *pw = &w_hh_t[0, 0]
     cdef const int64_t *plen = &lengths[0]
     cdef const fastrnn_kernels *ks = _kernels
+    # W_hhᵀ packed once per call; it stays in cache across all steps
+    cdef floating *pw = _packed_copy(ks, &w_hh_t[0, 0], H)
+    if pw == NULL:
+        raise MemoryError("could not allocate the packed recurrent weights")
     cdef fr_index slice_rows = _slice_rows(N, num_threads)
     cdef fr_index nslices = (N + slice_rows - 1) // slice_rows
     cdef fr_index sl, b, b0, b1, t, s, max_len
@@ -218,6 +247,7 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
         finally:
             free(hprev)
             free(rows)
+    free(pw)
     if failed[0]:
         raise MemoryError("could not allocate per-thread scratch for the recurrence")
 
@@ -248,9 +278,11 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
     cdef floating *pda = &grad_a[0, 0, 0] if L > 0 else NULL
     cdef const floating *pghn = &grad_h_n[0, 0]
     cdef floating *pgh0 = &grad_h0[0, 0]
-    cdef const floating *pw = &w_hh[0, 0]
     cdef const int64_t *plen = &lengths[0]
     cdef const fastrnn_kernels *ks = _kernels
+    cdef floating *pw = _packed_copy(ks, &w_hh[0, 0], H)
+    if pw == NULL:
+        raise MemoryError("could not allocate the packed recurrent weights")
     cdef fr_index slice_rows = _slice_rows(N, num_threads)
     cdef fr_index nslices = (N + slice_rows - 1) // slice_rows
     cdef fr_index sl, b, b0, b1, t, s, max_len
@@ -301,5 +333,6 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
             free(h)
             free(gr)
             free(da)
+    free(pw)
     if failed[0]:
         raise MemoryError("could not allocate per-thread scratch for BPTT")

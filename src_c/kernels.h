@@ -20,16 +20,22 @@ extern "C" {
 typedef long fr_index;
 
 #define FASTRNN_DECLARE_TYPED(REAL, P)                                                        \
-    /* C[M,N] = (accumulate ? C : 0) + A[M,K]·B[K,N] + bias[N]  (bias may be NULL) */        \
-    typedef void (*P##gemm_fn)(fr_index M, fr_index N, fr_index K, const REAL *A,             \
-                               fr_index lda, const REAL *B, fr_index ldb, REAL *C,            \
-                               fr_index ldc, const REAL *bias, int accumulate);               \
-    /* out_r = act(p_r + hprev_r · wt) for r < M; wt is W_hhᵀ (H×H, row-major).               \
+    /* C[M,N] = (accumulate ? C : 0) + A[M,K]·B[K,N] + bias[N]  (bias may be NULL).           \
+     * Returns 0, or -1 if scratch memory could not be allocated. */                          \
+    typedef int (*P##gemm_fn)(fr_index M, fr_index N, fr_index K, const REAL *A,              \
+                              fr_index lda, const REAL *B, fr_index ldb, REAL *C,             \
+                              fr_index ldc, const REAL *bias, int accumulate);                \
+    /* Elements needed to pack a K×N matrix for the step kernels; pack B[K,N] (row stride     \
+     * ldb) into that layout. */                                                              \
+    typedef fr_index (*P##packed_size_fn)(fr_index K, fr_index N);                            \
+    typedef void (*P##pack_fn)(fr_index K, fr_index N, const REAL *B, fr_index ldb,           \
+                               REAL *packed);                                                 \
+    /* out_r = act(p_r + hprev_r · W_hhᵀ) for r < M; wt_packed is W_hhᵀ packed.              \
      * p_r may equal out_r (in-place). */                                                     \
     typedef void (*P##rnn_step_fn)(int M, int H, const REAL *const *hprev,                    \
                                    const REAL *const *p, REAL *const *out, const REAL *wt,    \
                                    int relu);                                                 \
-    /* da_r = (dy_r + g_r) ⊙ act'(h_r);  g_r = da_r · w   for r < M; w is W_hh (H×H). */      \
+    /* da_r = (dy_r + g_r) ⊙ act'(h_r);  g_r = da_r · W_hh for r < M; w is W_hh packed. */   \
     typedef void (*P##bptt_step_fn)(int M, int H, const REAL *const *dy,                      \
                                     const REAL *const *h, REAL *const *g, REAL *const *da,    \
                                     const REAL *w, int relu);
@@ -41,6 +47,10 @@ typedef struct {
     const char *name;
     sgemm_fn sgemm;
     dgemm_fn dgemm;
+    spacked_size_fn spacked_size;
+    dpacked_size_fn dpacked_size;
+    spack_fn spack;
+    dpack_fn dpack;
     srnn_step_fn srnn_step;
     drnn_step_fn drnn_step;
     sbptt_step_fn sbptt_step;

@@ -1,4 +1,6 @@
-/* Baseline build: whatever the compiler targets by default (SSE2 on x86-64). */
+/* Baseline build: 16-byte vectors (SSE2 on x86-64, NEON on arm64), no FMA. */
 #define FR_SUFFIX portable
 #define FR_NAME_STR "portable"
+#define FR_VBYTES 16
+#define FR_MR 4
 #include "kernels_impl.h"

@@ -1,0 +1,297 @@
+/* Typed kernel bodies; included by kernels_impl.h with REAL, FR_P(name), FR_IS_FLOAT set.
+ *
+ * One register-blocked tile does all the arithmetic: an mr x (np·NR) block of vector
+ * accumulators, broadcast-multiply-add over k in increasing order, then an epilogue
+ * (bias, tanh or relu) applied in the store. B is packed into panels of NR columns
+ * (zero-padded), k-major inside a panel. Every output element is
+ *     init (0, or a value loaded from memory) + Σ_k a[k]·b[k]   (k = 0, 1, ..., in order)
+ * whatever mr, np and the K blocking, so a row's result never depends on which rows
+ * share its call: that is what makes results independent of the thread count.
+ */
+
+typedef REAL FR_P(vec) __attribute__((vector_size(FR_VBYTES)));
+#define VEC FR_P(vec)
+#define VL ((int)(FR_VBYTES / sizeof(REAL)))
+#define NV 2          /* vectors per panel */
+#define NR (NV * VL)  /* columns per panel */
+#define KC 256        /* k per block: an mr x KC slice of A stays in L1 */
+#define NC (FR_VBYTES == 64 && FR_IS_FLOAT ? 512 : 256) /* columns per block: KC x NC of B in L2 */
+
+enum { FR_P(INIT_ZERO), FR_P(INIT_IN), FR_P(INIT_OUT) };
+enum { FR_P(FIN_NONE), FR_P(FIN_BIAS), FR_P(FIN_TANH), FR_P(FIN_RELU) };
+
+static inline VEC FR_P(vload)(const REAL *p) {
+    VEC v;
+    memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+static inline VEC FR_P(vload_n)(const REAL *p, int n) {
+    if (n >= VL) return FR_P(vload)(p);
+    VEC v = {0};
+    if (n > 0) memcpy(&v, p, (size_t)n * sizeof(REAL));
+    return v;
+}
+
+static inline void FR_P(vstore_n)(REAL *p, VEC v, int n) {
+    if (n >= VL)
+        memcpy(p, &v, sizeof(v));
+    else if (n > 0)
+        memcpy(p, &v, (size_t)n * sizeof(REAL));
+}
+
+static inline VEC FR_P(splat)(REAL s) {
+    VEC v = {0};
+    return v + s;
+}
+
+#if FR_IS_FLOAT
+typedef int32_t FR_P(ivec) __attribute__((vector_size(FR_VBYTES)));
+#else
+typedef int64_t FR_P(ivec) __attribute__((vector_size(FR_VBYTES)));
+#endif
+#define IVEC FR_P(ivec)
+
+/* mask ? a : b, lane by lane (mask lanes are all ones or all zeros) */
+static inline VEC FR_P(select)(IVEC mask, VEC a, VEC b) {
+    return (VEC)(((IVEC)a & mask) | ((IVEC)b & ~mask));
+}
+
+#if FR_IS_FLOAT
+/* tanh to a few float ulps: Taylor series for |x| < 0.3, else 1 - 2/(e^{2|x|} + 1) with
+ * e^y = 2^n · e^{g}, |g| ≤ ln2/2 (Taylor to degree 7, relative error < 1e-8). */
+static inline VEC FR_P(vtanh)(VEC x) {
+    const IVEC sign_mask = (IVEC){0} + INT32_MIN;
+    IVEC sign_bits = (IVEC)x & sign_mask;
+    VEC ax = (VEC)((IVEC)x & ~sign_mask);
+    VEC clamped = FR_P(select)(ax < FR_P(splat)(9.0f), ax, FR_P(splat)(9.0f));
+    VEC y = clamped * 2.88539008177792681f; /* 2|x| log2(e) */
+    IVEC n = __builtin_convertvector(y + 0.5f, IVEC);
+    VEC g = (y - __builtin_convertvector(n, VEC)) * 0.69314718055994531f;
+    VEC e = FR_P(splat)(1.0f / 5040);
+    e = 1.0f / 720 + g * e;
+    e = 1.0f / 120 + g * e;
+    e = 1.0f / 24 + g * e;
+    e = 1.0f / 6 + g * e;
+    e = 0.5f + g * e;
+    e = 1.0f + g * e;
+    e = 1.0f + g * e;
+    e = e * (VEC)((n + 127) << 23);
+    VEC big = 1.0f - 2.0f / (e + 1.0f);
+    VEC x2 = ax * ax;
+    VEC s = FR_P(splat)(21844.0f / 6081075);
+    s = -1382.0f / 155925 + x2 * s;
+    s = 62.0f / 2835 + x2 * s;
+    s = -17.0f / 315 + x2 * s;
+    s = 2.0f / 15 + x2 * s;
+    s = -1.0f / 3 + x2 * s;
+    VEC small = ax + ax * (x2 * s);
+    VEC r = FR_P(select)(ax < FR_P(splat)(0.3f), small, big);
+    r = (VEC)((IVEC)r | sign_bits);
+    return FR_P(select)(x == x, r, x); /* NaN in, NaN out */
+}
+#else
+static inline VEC FR_P(vtanh)(VEC x) {
+    for (int i = 0; i < VL; i++) x[i] = tanh(x[i]);
+    return x;
+}
+#endif
+
+static inline VEC FR_P(vrelu)(VEC v) {
+    /* v < 0 ? 0 : v, so NaN propagates as in torch */
+    return FR_P(select)(v < FR_P(splat)(0), FR_P(splat)(0), v);
+}
+
+/* The register tile: rows a[r] + a_off (r < mr), packed panels bp + q·panel_stride
+ * (q < np, each kc x NR), outputs cout[r] + c_off, ncols valid columns. */
+static inline __attribute__((always_inline)) void FR_P(tile)(
+    const int mr, const int np, fr_index kc, const REAL *const *a, fr_index a_off,
+    const REAL *bp, fr_index panel_stride, const REAL *const *cin, REAL *const *cout,
+    fr_index c_off, int ncols, int init, int fin, const REAL *bias) {
+    VEC acc[8][4 * NV];
+    for (int r = 0; r < mr; r++)
+        for (int i = 0; i < np * NV; i++) {
+            if (init == FR_P(INIT_ZERO))
+                acc[r][i] = FR_P(splat)(0);
+            else
+                acc[r][i] = FR_P(vload_n)((init == FR_P(INIT_IN) ? cin[r] : cout[r]) + c_off + i * VL,
+                                          ncols - i * VL);
+        }
+    const REAL *ar[8];
+    for (int r = 0; r < mr; r++) ar[r] = a[r] + a_off;
+    for (fr_index k = 0; k < kc; k++) {
+        VEC b[4 * NV];
+        for (int q = 0; q < np; q++)
+            for (int v = 0; v < NV; v++) b[q * NV + v] = FR_P(vload)(bp + q * panel_stride + k * NR + v * VL);
+        for (int r = 0; r < mr; r++) {
+            const REAL x = ar[r][k];
+            for (int i = 0; i < np * NV; i++) acc[r][i] += x * b[i];
+        }
+    }
+    for (int r = 0; r < mr; r++)
+        for (int i = 0; i < np * NV; i++) {
+            VEC v = acc[r][i];
+            int n = ncols - i * VL;
+            if (n <= 0) break;
+            if (fin == FR_P(FIN_BIAS)) v += FR_P(vload_n)(bias + i * VL, n);
+            else if (fin == FR_P(FIN_TANH)) v = FR_P(vtanh)(v);
+            else if (fin == FR_P(FIN_RELU)) v = FR_P(vrelu)(v);
+            FR_P(vstore_n)(cout[r] + c_off + i * VL, v, n);
+        }
+}
+
+/* Panels processed together so that a few rows still keep enough accumulators in flight
+ * (without spilling: 32 vector registers with AVX-512, 16 otherwise). */
+static inline int FR_P(panels_for_rows)(int mr) {
+    if (FR_VBYTES == 64) return mr <= 2 ? 4 : mr <= 4 ? 2 : 1;
+    return mr == 1 ? 4 : mr <= 3 ? 2 : 1;
+}
+
+static void FR_P(tile_dispatch)(int mr, int np, fr_index kc, const REAL *const *a, fr_index a_off,
+                                const REAL *bp, fr_index panel_stride, const REAL *const *cin,
+                                REAL *const *cout, fr_index c_off, int ncols, int init, int fin,
+                                const REAL *bias) {
+#define FR_TILE_CASE(m, n)                                                                  \
+    case (m) * 8 + (n):                                                                     \
+        FR_P(tile)(m, n, kc, a, a_off, bp, panel_stride, cin, cout, c_off, ncols, init, fin, \
+                   bias);                                                                   \
+        break;
+    switch (mr * 8 + np) {
+        FR_TILE_CASE(1, 1) FR_TILE_CASE(1, 2) FR_TILE_CASE(1, 4)
+        FR_TILE_CASE(2, 1) FR_TILE_CASE(2, 2) FR_TILE_CASE(2, 4)
+        FR_TILE_CASE(3, 1) FR_TILE_CASE(3, 2)
+        FR_TILE_CASE(4, 1) FR_TILE_CASE(4, 2)
+#if FR_MR >= 6
+        FR_TILE_CASE(5, 1) FR_TILE_CASE(6, 1)
+#endif
+#if FR_MR >= 8
+        FR_TILE_CASE(7, 1) FR_TILE_CASE(8, 1)
+#endif
+    }
+#undef FR_TILE_CASE
+}
+
+/* One K block (kc) of one column block (ncols, packed panels at bp) for all M rows. */
+static void FR_P(block)(int M, int ncols, fr_index kc, const REAL *const *a, fr_index a_off,
+                        const REAL *bp, fr_index panel_stride, const REAL *const *cin,
+                        REAL *const *cout, fr_index c_off, int init, int fin, const REAL *bias) {
+    const int npanels = (ncols + NR - 1) / NR;
+    const int full = M / FR_MR * FR_MR;
+    for (int i0 = 0; i0 < full; i0 += FR_MR)
+        for (int q = 0; q < npanels; q++)
+            FR_P(tile_dispatch)(FR_MR, 1, kc, a + i0, a_off, bp + q * panel_stride, panel_stride,
+                                cin + i0, cout + i0, c_off + q * NR, ncols - q * NR, init, fin,
+                                bias ? bias + q * NR : NULL);
+    const int mr = M - full;
+    if (mr == 0) return;
+    const int np = FR_P(panels_for_rows)(mr);
+    for (int q = 0; q < npanels;) {
+        int n = npanels - q >= np ? np : 1;
+        int cols = ncols - q * NR < n * NR ? ncols - q * NR : n * NR;
+        FR_P(tile_dispatch)(mr, n, kc, a + full, a_off, bp + q * panel_stride, panel_stride,
+                            cin + full, cout + full, c_off + q * NR, cols, init, fin,
+                            bias ? bias + q * NR : NULL);
+        q += n;
+    }
+}
+
+static fr_index FR_P(packed_size)(fr_index K, fr_index N) {
+    return ((N + NR - 1) / NR) * NR * (K > 0 ? K : 1);
+}
+
+/* B[K, N] (row stride ldb) into panels of NR columns, k-major within a panel, zero-padded. */
+static void FR_P(pack)(fr_index K, fr_index N, const REAL *B, fr_index ldb, REAL *packed) {
+    for (fr_index j0 = 0; j0 < N; j0 += NR) {
+        fr_index n = N - j0 < NR ? N - j0 : NR;
+        REAL *dst = packed + j0 * K;
+        for (fr_index k = 0; k < K; k++) {
+            fr_index j = 0;
+            for (; j < n; j++) dst[k * NR + j] = B[k * ldb + j0 + j];
+            for (; j < NR; j++) dst[k * NR + j] = 0;
+        }
+    }
+}
+
+/* Run `block` over K blocks and column blocks, with B either pre-packed whole (packed,
+ * panel_stride = K·NR) or packed here block by block from B/ldb into scratch. */
+static void FR_P(drive)(int M, fr_index N, fr_index K, const REAL *const *a,
+                        const REAL *packed, const REAL *B, fr_index ldb, REAL *scratch,
+                        const REAL *const *cin, REAL *const *cout, int load_first, int fin,
+                        const REAL *bias) {
+    for (fr_index jc = 0; jc < N; jc += NC) {
+        int nc = (int)(N - jc < NC ? N - jc : NC);
+        fr_index kb = 0;
+        do {
+            fr_index kc = K - kb < KC ? K - kb : KC;
+            int last = kb + kc >= K;
+            int init = kb > 0 ? FR_P(INIT_OUT) : load_first ? FR_P(INIT_IN) : FR_P(INIT_ZERO);
+            const REAL *bp;
+            fr_index stride;
+            if (packed) {
+                bp = packed + jc * K + kb * NR;
+                stride = K * NR;
+            } else {
+                FR_P(pack)(kc, nc, B + kb * ldb + jc, ldb, scratch);
+                bp = scratch;
+                stride = kc * NR;
+            }
+            FR_P(block)(M, nc, kc, a, kb, bp, stride, cin, cout, jc, init,
+                        last ? fin : FR_P(FIN_NONE), bias && last ? bias + jc : NULL);
+            kb += kc;
+        } while (kb < K);
+    }
+}
+
+static int FR_P(gemm)(fr_index M, fr_index N, fr_index K, const REAL *A, fr_index lda,
+                      const REAL *B, fr_index ldb, REAL *C, fr_index ldc, const REAL *bias,
+                      int accumulate) {
+    if (M <= 0 || N <= 0) return 0;
+    const REAL **rows = malloc((size_t)M * 2 * sizeof(REAL *));
+    REAL *scratch = malloc((size_t)KC * NC * sizeof(REAL) + NR * sizeof(REAL));
+    if (!rows || !scratch) {
+        free(rows);
+        free(scratch);
+        return -1;
+    }
+    REAL **crows = (REAL **)(rows + M);
+    for (fr_index i = 0; i < M; i++) {
+        rows[i] = A + i * lda;
+        crows[i] = C + i * ldc;
+    }
+    FR_P(drive)((int)M, N, K, rows, NULL, B, ldb, scratch, (const REAL *const *)crows, crows,
+                accumulate, bias ? FR_P(FIN_BIAS) : FR_P(FIN_NONE), bias);
+    free(rows);
+    free(scratch);
+    return 0;
+}
+
+static void FR_P(rnn_step)(int M, int H, const REAL *const *hprev, const REAL *const *p,
+                           REAL *const *out, const REAL *wt_packed, int relu) {
+    /* h_t = act(P_t + h_{t-1} W_hhᵀ): P is the accumulator's start */
+    FR_P(drive)(M, H, H, hprev, wt_packed, NULL, 0, NULL, p, out, 1,
+                relu ? FR_P(FIN_RELU) : FR_P(FIN_TANH), NULL);
+}
+
+static void FR_P(bptt_step)(int M, int H, const REAL *const *dy, const REAL *const *h,
+                            REAL *const *g, REAL *const *da, const REAL *w_packed, int relu) {
+    /* dA_t = (dY_t + g) ⊙ act'(h_t),  tanh' = 1 - h², relu' = [h > 0] */
+    for (int r = 0; r < M; r++) {
+        const REAL *dyr = dy[r], *hr = h[r], *gr = g[r];
+        REAL *dar = da[r];
+        if (relu)
+            for (int j = 0; j < H; j++) dar[j] = hr[j] > 0 ? dyr[j] + gr[j] : 0;
+        else
+            for (int j = 0; j < H; j++) dar[j] = (dyr[j] + gr[j]) * (1 - hr[j] * hr[j]);
+    }
+    /* g = dA_t W_hh */
+    FR_P(drive)(M, H, H, (const REAL *const *)da, w_packed, NULL, 0, NULL, NULL, g, 0,
+                FR_P(FIN_NONE), NULL);
+}
+
+#undef VEC
+#undef VL
+#undef NV
+#undef NR
+#undef KC
+#undef NC
+#undef IVEC
