@@ -16,9 +16,9 @@ from libc.string cimport memcpy, memset
 
 cdef extern from "kernels.h" nogil:
     ctypedef long fr_index
-    ctypedef int (*sgemm_fn)(fr_index, fr_index, fr_index, const float *, fr_index,
+    ctypedef int (*sgemm_fn)(fr_index, fr_index, fr_index, const float *, fr_index, int,
                              const float *, fr_index, float *, fr_index, const float *, int)
-    ctypedef int (*dgemm_fn)(fr_index, fr_index, fr_index, const double *, fr_index,
+    ctypedef int (*dgemm_fn)(fr_index, fr_index, fr_index, const double *, fr_index, int,
                              const double *, fr_index, double *, fr_index, const double *, int)
     ctypedef fr_index (*spacked_size_fn)(fr_index, fr_index)
     ctypedef fr_index (*dpacked_size_fn)(fr_index, fr_index)
@@ -119,13 +119,19 @@ cdef inline fr_index _slice_rows(fr_index N, int num_threads) noexcept nogil:
 
 
 def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
-         const floating[::1] bias=None, bint accumulate=False, int num_threads=1):
-    """c = (c if accumulate else 0) + a @ b + bias; each thread computes a block of c's rows
-    (and packs the blocks of b it needs itself: no shared scratch, no barrier)."""
+         const floating[::1] bias=None, bint accumulate=False, int num_threads=1,
+         bint a_trans=False):
+    """c = (c if accumulate else 0) + op(a) @ b + bias, op(a) = a.T if a_trans else a.
+
+    Each thread computes a block of c's rows and packs the blocks of a and b it needs
+    itself: no shared scratch, no barrier.
+    """
     _check_slices(num_threads)
-    cdef fr_index M = a.shape[0], K = a.shape[1], N = b.shape[1]
+    cdef fr_index M = a.shape[1] if a_trans else a.shape[0]
+    cdef fr_index K = a.shape[0] if a_trans else a.shape[1]
+    cdef fr_index N = b.shape[1]
     if b.shape[0] != K or c.shape[0] != M or c.shape[1] != N:
-        raise ValueError(f"gemm shapes do not match: a ({M}, {K}), b ({b.shape[0]}, {N}), "
+        raise ValueError(f"gemm shapes do not match: op(a) ({M}, {K}), b ({b.shape[0]}, {N}), "
                          f"c ({c.shape[0]}, {c.shape[1]})")
     if bias is not None and bias.shape[0] != N:
         raise ValueError(f"bias must have {N} elements, got {bias.shape[0]}")
@@ -140,20 +146,20 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
     cdef const floating *pbias = &bias[0] if bias is not None else NULL
     cdef fr_index tile_rows = _slice_rows(M, num_threads)
     cdef fr_index ntiles = (M + tile_rows - 1) // tile_rows
-    cdef fr_index tile, i0, rows
+    cdef fr_index tile, i0, rows, a_step = 1 if a_trans else lda
     cdef int failed[1]
     failed[0] = 0
     cdef const fastrnn_kernels *ks = _kernels
-    for tile in prange(ntiles, nogil=True, num_threads=num_threads, schedule="static"):
+    for tile in prange(ntiles, nogil=True, num_threads=min(num_threads, ntiles), schedule="static"):
         i0 = tile * tile_rows
         rows = min(tile_rows, M - i0)
         if floating is float:
-            if ks.sgemm(rows, N, K, pa + i0 * lda, lda, pb, ldb, pc + i0 * ldc, ldc, pbias,
-                        accumulate) != 0:
+            if ks.sgemm(rows, N, K, pa + i0 * a_step, lda, a_trans, pb, ldb, pc + i0 * ldc, ldc,
+                        pbias, accumulate) != 0:
                 failed[0] = 1
         else:
-            if ks.dgemm(rows, N, K, pa + i0 * lda, lda, pb, ldb, pc + i0 * ldc, ldc, pbias,
-                        accumulate) != 0:
+            if ks.dgemm(rows, N, K, pa + i0 * a_step, lda, a_trans, pb, ldb, pc + i0 * ldc, ldc,
+                        pbias, accumulate) != 0:
                 failed[0] = 1
     if failed[0]:
         raise MemoryError("could not allocate GEMM scratch")
@@ -207,7 +213,7 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
     failed[0] = 0
     cdef const floating **hprev
     cdef floating **rows
-    with nogil, parallel(num_threads=num_threads):
+    with nogil, parallel(num_threads=min(num_threads, nslices)):
         hprev = <const floating **> malloc(slice_rows * sizeof(floating *))
         rows = <floating **> malloc(slice_rows * sizeof(floating *))
         try:
@@ -294,7 +300,7 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
     cdef const floating **h
     cdef floating **gr
     cdef floating **da
-    with nogil, parallel(num_threads=num_threads):
+    with nogil, parallel(num_threads=min(num_threads, nslices)):
         g = <floating *> malloc(slice_rows * H * sizeof(floating) + 1)
         dy = <const floating **> malloc(slice_rows * sizeof(floating *))
         h = <const floating **> malloc(slice_rows * sizeof(floating *))

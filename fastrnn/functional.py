@@ -295,11 +295,13 @@ def rnn_backward(cache, grad_output, grad_h_n=None):
             _rnn.recurrence_backward(out[:, :, d * H:(d + 1) * H], d_out[:, :, d * H:(d + 1) * H],
                                      grad_h_n[i], np.ascontiguousarray(w_hh), lengths, d == 1,
                                      cache["relu"], da, grad_h0[i], threads)
-            da_t = np.ascontiguousarray(da.reshape(L * N, H).T)
-            grads[f"weight_ih_{k}"] = _weight_grad_ih(da_t, inp2d, threads)
-            grads[f"weight_hh_{k}"] = _weight_grad_hh(da_t, da, out, d, h0[i], lengths, threads)
+            da2d = da.reshape(L * N, H)
+            # dW_ih = dAᵀ X over all L·N rows
+            grads[f"weight_ih_{k}"] = dw_ih = np.empty_like(w_ih)
+            _rnn.gemm(da2d, inp2d, dw_ih, None, False, threads, True)
+            grads[f"weight_hh_{k}"] = _weight_grad_hh(da2d, out, d, h0[i], lengths, threads)
             if cache["bias"]:
-                db = da_t.sum(axis=1)
+                db = da2d.sum(axis=0)
                 grads[f"bias_ih_{k}"], grads[f"bias_hh_{k}"] = db, db.copy()
             # dX (+)= dA W_ih
             _rnn.gemm(da.reshape(L * N, H), np.ascontiguousarray(w_ih), d_inp.reshape(L * N, -1),
@@ -310,35 +312,28 @@ def rnn_backward(cache, grad_output, grad_h_n=None):
     return grad_x, (grad_h0[:, 0] if unbatched else grad_h0), grads
 
 
-def _weight_grad_ih(da_t, inp2d, threads):
-    """dW_ih = dAᵀ X over all L·N rows."""
-    dw = np.empty((da_t.shape[0], inp2d.shape[1]), dtype=da_t.dtype)
-    _rnn.gemm(da_t, inp2d, dw, None, False, threads)
-    return dw
-
-
-def _weight_grad_hh(da_t, da, out, d, h0, lengths, threads):
+def _weight_grad_hh(da2d, out, d, h0, lengths, threads):
     """dW_hh = Σ_t dA_tᵀ h_{t-1}, with h_{-1} = h0 (for the reverse direction, h_{t+1}).
 
     The previous states are the outputs shifted by one step, except at each sequence's first
     step, where it is h0: one GEMM over the shifted outputs plus one over h0.
     """
-    L, N, H = da.shape
-    DH = out.shape[2]
+    L, N, DH = out.shape
+    H = h0.shape[1]
     out2d = out.reshape(L * N, DH)[:, d * H:(d + 1) * H]
-    dw = np.zeros((H, H), dtype=da.dtype)
+    dw = np.zeros((H, H), dtype=da2d.dtype)
     if L == 0:
         return dw
     if d == 0:
         # forward: dA_t (t ≥ 1) pairs with out_{t-1}; dA_0 with h0
-        _rnn.gemm(da_t[:, N:], out2d[:(L - 1) * N], dw, None, False, threads)
-        _rnn.gemm(da_t[:, :N], h0, dw, None, True, threads)
+        _rnn.gemm(da2d[N:], out2d[:(L - 1) * N], dw, None, False, threads, True)
+        _rnn.gemm(da2d[:N], h0, dw, None, True, threads, True)
     else:
         # reverse: dA_t pairs with out_{t+1}, which is 0 past each length, and the first
         # reverse step (t = len - 1) pairs with h0
-        _rnn.gemm(da_t[:, :(L - 1) * N], out2d[N:], dw, None, False, threads)
-        first = np.zeros((N, H), dtype=da.dtype)
+        _rnn.gemm(da2d[:(L - 1) * N], out2d[N:], dw, None, False, threads, True)
+        first = np.zeros((N, H), dtype=da2d.dtype)
         valid = np.nonzero(lengths > 0)[0]
-        first[valid] = da[lengths[valid] - 1, valid]
-        _rnn.gemm(np.ascontiguousarray(first.T), h0, dw, None, True, threads)
+        first[valid] = da2d.reshape(L, N, H)[lengths[valid] - 1, valid]
+        _rnn.gemm(first, h0, dw, None, True, threads, True)
     return dw

@@ -3,6 +3,7 @@
 The default follows scikit-learn's rule: ``OMP_NUM_THREADS`` if set, else the number of
 CPUs this process may use (affinity mask and cgroup CPU quota respected).
 """
+import functools
 import math
 import numbers
 import os
@@ -10,6 +11,17 @@ import os
 __all__ = ["get_num_threads", "set_num_threads", "default_num_threads"]
 
 _num_threads = None
+
+
+@functools.lru_cache(maxsize=1)
+def _usable_cpus():
+    """CPUs this process may use: affinity mask and cgroup quota (read once)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    limit = _cgroup_cpu_limit()
+    return min(cpus, limit) if limit else cpus
 
 
 def _cgroup_cpu_limit():
@@ -38,12 +50,7 @@ def default_num_threads():
     env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    limit = _cgroup_cpu_limit()
-    return min(cpus, limit) if limit else cpus
+    return _usable_cpus()
 
 
 def set_num_threads(n=None):

@@ -20,11 +20,12 @@ extern "C" {
 typedef long fr_index;
 
 #define FASTRNN_DECLARE_TYPED(REAL, P)                                                        \
-    /* C[M,N] = (accumulate ? C : 0) + A[M,K]·B[K,N] + bias[N]  (bias may be NULL).           \
-     * Returns 0, or -1 if scratch memory could not be allocated. */                          \
+    /* C[M,N] = (accumulate ? C : 0) + op(A)·B[K,N] + bias[N]  (bias may be NULL), where      \
+     * op(A) = A[M,K], or Aᵀ of A stored [K,M] if a_trans. Returns 0, or -1 if scratch        \
+     * memory could not be allocated. */                                                      \
     typedef int (*P##gemm_fn)(fr_index M, fr_index N, fr_index K, const REAL *A,              \
-                              fr_index lda, const REAL *B, fr_index ldb, REAL *C,             \
-                              fr_index ldc, const REAL *bias, int accumulate);                \
+                              fr_index lda, int a_trans, const REAL *B, fr_index ldb,         \
+                              REAL *C, fr_index ldc, const REAL *bias, int accumulate);       \
     /* Elements needed to pack a K×N matrix for the step kernels; pack B[K,N] (row stride     \
      * ldb) into that layout. */                                                              \
     typedef fr_index (*P##packed_size_fn)(fr_index K, fr_index N);                            \

@@ -102,12 +102,12 @@ static inline VEC FR_P(vrelu)(VEC v) {
     return FR_P(select)(v < FR_P(splat)(0), FR_P(splat)(0), v);
 }
 
-/* The register tile: rows a[r] + a_off (r < mr), packed panels bp + q·panel_stride
- * (q < np, each kc x NR), outputs cout[r] + c_off, ncols valid columns. */
+/* The register tile: A packed k-major (ap[k·FR_MR + r], r < mr), packed B panels
+ * bp + q·panel_stride (q < np, each kc x NR), outputs cout[r] + c_off, ncols valid columns. */
 static inline __attribute__((always_inline)) void FR_P(tile)(
-    const int mr, const int np, fr_index kc, const REAL *const *a, fr_index a_off,
-    const REAL *bp, fr_index panel_stride, const REAL *const *cin, REAL *const *cout,
-    fr_index c_off, int ncols, int init, int fin, const REAL *bias) {
+    const int mr, const int np, fr_index kc, const REAL *ap, const REAL *bp,
+    fr_index panel_stride, const REAL *const *cin, REAL *const *cout, fr_index c_off,
+    int ncols, int init, int fin, const REAL *bias) {
     VEC acc[8][4 * NV];
     for (int r = 0; r < mr; r++)
         for (int i = 0; i < np * NV; i++) {
@@ -117,16 +117,13 @@ static inline __attribute__((always_inline)) void FR_P(tile)(
                 acc[r][i] = FR_P(vload_n)((init == FR_P(INIT_IN) ? cin[r] : cout[r]) + c_off + i * VL,
                                           ncols - i * VL);
         }
-    const REAL *ar[8];
-    for (int r = 0; r < mr; r++) ar[r] = a[r] + a_off;
     for (fr_index k = 0; k < kc; k++) {
         VEC b[4 * NV];
         for (int q = 0; q < np; q++)
             for (int v = 0; v < NV; v++) b[q * NV + v] = FR_P(vload)(bp + q * panel_stride + k * NR + v * VL);
-        for (int r = 0; r < mr; r++) {
-            const REAL x = ar[r][k];
-            for (int i = 0; i < np * NV; i++) acc[r][i] += x * b[i];
-        }
+        const REAL *ak = ap + k * FR_MR;
+        for (int r = 0; r < mr; r++)
+            for (int i = 0; i < np * NV; i++) acc[r][i] += ak[r] * b[i];
     }
     for (int r = 0; r < mr; r++)
         for (int i = 0; i < np * NV; i++) {
@@ -147,14 +144,12 @@ static inline int FR_P(panels_for_rows)(int mr) {
     return mr == 1 ? 4 : mr <= 3 ? 2 : 1;
 }
 
-static void FR_P(tile_dispatch)(int mr, int np, fr_index kc, const REAL *const *a, fr_index a_off,
-                                const REAL *bp, fr_index panel_stride, const REAL *const *cin,
-                                REAL *const *cout, fr_index c_off, int ncols, int init, int fin,
-                                const REAL *bias) {
+static void FR_P(tile_dispatch)(int mr, int np, fr_index kc, const REAL *ap, const REAL *bp,
+                                fr_index panel_stride, const REAL *const *cin, REAL *const *cout,
+                                fr_index c_off, int ncols, int init, int fin, const REAL *bias) {
 #define FR_TILE_CASE(m, n)                                                                  \
     case (m) * 8 + (n):                                                                     \
-        FR_P(tile)(m, n, kc, a, a_off, bp, panel_stride, cin, cout, c_off, ncols, init, fin, \
-                   bias);                                                                   \
+        FR_P(tile)(m, n, kc, ap, bp, panel_stride, cin, cout, c_off, ncols, init, fin, bias); \
         break;
     switch (mr * 8 + np) {
         FR_TILE_CASE(1, 1) FR_TILE_CASE(1, 2) FR_TILE_CASE(1, 4)
@@ -171,27 +166,47 @@ static void FR_P(tile_dispatch)(int mr, int np, fr_index kc, const REAL *const *
 #undef FR_TILE_CASE
 }
 
-/* One K block (kc) of one column block (ncols, packed panels at bp) for all M rows. */
-static void FR_P(block)(int M, int ncols, fr_index kc, const REAL *const *a, fr_index a_off,
+/* Where A comes from: row pointers (rows[i] + k), or, when rows is NULL, a matrix stored
+ * transposed (element (i, k) at at[k·ldat + i]). */
+typedef struct {
+    const REAL *const *rows;
+    const REAL *at;
+    fr_index ldat;
+} FR_P(asrc);
+
+/* A[i0 .. i0+mr, kb .. kb+kc] packed k-major for the tile: one contiguous stream. */
+static void FR_P(pack_a)(FR_P(asrc) a, int i0, int mr, fr_index kb, fr_index kc, REAL *ap) {
+    if (a.rows)
+        for (int r = 0; r < mr; r++) {
+            const REAL *row = a.rows[i0 + r] + kb;
+            for (fr_index k = 0; k < kc; k++) ap[k * FR_MR + r] = row[k];
+        }
+    else
+        for (fr_index k = 0; k < kc; k++) {
+            const REAL *src = a.at + (kb + k) * a.ldat + i0;
+            for (int r = 0; r < mr; r++) ap[k * FR_MR + r] = src[r];
+        }
+}
+
+/* One K block (kb, kc) of one column block (ncols, packed panels at bp) for all M rows:
+ * each row block of A is packed once and swept across the panels. */
+static void FR_P(block)(int M, int ncols, fr_index kb, fr_index kc, FR_P(asrc) a,
                         const REAL *bp, fr_index panel_stride, const REAL *const *cin,
                         REAL *const *cout, fr_index c_off, int init, int fin, const REAL *bias) {
+    REAL ap[KC * FR_MR];
     const int npanels = (ncols + NR - 1) / NR;
-    const int full = M / FR_MR * FR_MR;
-    for (int i0 = 0; i0 < full; i0 += FR_MR)
-        for (int q = 0; q < npanels; q++)
-            FR_P(tile_dispatch)(FR_MR, 1, kc, a + i0, a_off, bp + q * panel_stride, panel_stride,
-                                cin + i0, cout + i0, c_off + q * NR, ncols - q * NR, init, fin,
-                                bias ? bias + q * NR : NULL);
-    const int mr = M - full;
-    if (mr == 0) return;
-    const int np = FR_P(panels_for_rows)(mr);
-    for (int q = 0; q < npanels;) {
-        int n = npanels - q >= np ? np : 1;
-        int cols = ncols - q * NR < n * NR ? ncols - q * NR : n * NR;
-        FR_P(tile_dispatch)(mr, n, kc, a + full, a_off, bp + q * panel_stride, panel_stride,
-                            cin + full, cout + full, c_off + q * NR, cols, init, fin,
-                            bias ? bias + q * NR : NULL);
-        q += n;
+    for (int i0 = 0; i0 < M; i0 += FR_MR) {
+        const int mr = M - i0 < FR_MR ? M - i0 : FR_MR;
+        const int np = mr == FR_MR ? 1 : FR_P(panels_for_rows)(mr);
+        FR_P(pack_a)(a, i0, mr, kb, kc, ap);
+        for (int q = 0; q < npanels;) {
+            int n = npanels - q >= np ? np : 1;
+            int cols = ncols - q * NR < n * NR ? ncols - q * NR : n * NR;
+            FR_P(tile_dispatch)(mr, n, kc, ap, bp + q * panel_stride, panel_stride,
+                                cin ? cin + i0 : NULL, cout + i0, c_off + q * NR, cols, init,
+                                fin, bias ? bias + q * NR : NULL);
+            q += n;
+        }
     }
 }
 
@@ -214,8 +229,7 @@ static void FR_P(pack)(fr_index K, fr_index N, const REAL *B, fr_index ldb, REAL
 
 /* Run `block` over K blocks and column blocks, with B either pre-packed whole (packed,
  * panel_stride = K·NR) or packed here block by block from B/ldb into scratch. */
-static void FR_P(drive)(int M, fr_index N, fr_index K, const REAL *const *a,
-                        const REAL *packed, const REAL *B, fr_index ldb, REAL *scratch,
+static void FR_P(drive)(int M, fr_index N, fr_index K, FR_P(asrc) a, const REAL *packed, const REAL *B, fr_index ldb, REAL *scratch,
                         const REAL *const *cin, REAL *const *cout, int load_first, int fin,
                         const REAL *bias) {
     for (fr_index jc = 0; jc < N; jc += NC) {
@@ -235,7 +249,7 @@ static void FR_P(drive)(int M, fr_index N, fr_index K, const REAL *const *a,
                 bp = scratch;
                 stride = kc * NR;
             }
-            FR_P(block)(M, nc, kc, a, kb, bp, stride, cin, cout, jc, init,
+            FR_P(block)(M, nc, kb, kc, a, bp, stride, cin, cout, jc, init,
                         last ? fin : FR_P(FIN_NONE), bias && last ? bias + jc : NULL);
             kb += kc;
         } while (kb < K);
@@ -243,8 +257,8 @@ static void FR_P(drive)(int M, fr_index N, fr_index K, const REAL *const *a,
 }
 
 static int FR_P(gemm)(fr_index M, fr_index N, fr_index K, const REAL *A, fr_index lda,
-                      const REAL *B, fr_index ldb, REAL *C, fr_index ldc, const REAL *bias,
-                      int accumulate) {
+                      int a_trans, const REAL *B, fr_index ldb, REAL *C, fr_index ldc,
+                      const REAL *bias, int accumulate) {
     if (M <= 0 || N <= 0) return 0;
     const REAL **rows = malloc((size_t)M * 2 * sizeof(REAL *));
     REAL *scratch = malloc((size_t)KC * NC * sizeof(REAL) + NR * sizeof(REAL));
@@ -258,7 +272,8 @@ static int FR_P(gemm)(fr_index M, fr_index N, fr_index K, const REAL *A, fr_inde
         rows[i] = A + i * lda;
         crows[i] = C + i * ldc;
     }
-    FR_P(drive)((int)M, N, K, rows, NULL, B, ldb, scratch, (const REAL *const *)crows, crows,
+    FR_P(asrc) a = {a_trans ? NULL : rows, A, lda};
+    FR_P(drive)((int)M, N, K, a, NULL, B, ldb, scratch, (const REAL *const *)crows, crows,
                 accumulate, bias ? FR_P(FIN_BIAS) : FR_P(FIN_NONE), bias);
     free(rows);
     free(scratch);
@@ -268,7 +283,8 @@ static int FR_P(gemm)(fr_index M, fr_index N, fr_index K, const REAL *A, fr_inde
 static void FR_P(rnn_step)(int M, int H, const REAL *const *hprev, const REAL *const *p,
                            REAL *const *out, const REAL *wt_packed, int relu) {
     /* h_t = act(P_t + h_{t-1} W_hhᵀ): P is the accumulator's start */
-    FR_P(drive)(M, H, H, hprev, wt_packed, NULL, 0, NULL, p, out, 1,
+    FR_P(asrc) a = {hprev, NULL, 0};
+    FR_P(drive)(M, H, H, a, wt_packed, NULL, 0, NULL, p, out, 1,
                 relu ? FR_P(FIN_RELU) : FR_P(FIN_TANH), NULL);
 }
 
@@ -284,7 +300,8 @@ static void FR_P(bptt_step)(int M, int H, const REAL *const *dy, const REAL *con
             for (int j = 0; j < H; j++) dar[j] = (dyr[j] + gr[j]) * (1 - hr[j] * hr[j]);
     }
     /* g = dA_t W_hh */
-    FR_P(drive)(M, H, H, (const REAL *const *)da, w_packed, NULL, 0, NULL, NULL, g, 0,
+    FR_P(asrc) a = {(const REAL *const *)da, NULL, 0};
+    FR_P(drive)(M, H, H, a, w_packed, NULL, 0, NULL, NULL, g, 0,
                 FR_P(FIN_NONE), NULL);
 }
 
