@@ -214,7 +214,7 @@ def rnn_forward(x, params, h0=None, *, num_layers=1, nonlinearity="tanh", bidire
                  if bias else None)
             out_d = out[:, :, d * H:(d + 1) * H]
             # P = X W_ihᵀ + (b_ih + b_hh), written where the outputs will go
-            _rnn.gemm(inp.reshape(L * N, -1), np.ascontiguousarray(w_ih.T),
+            _rnn.gemm(inp.reshape(L * N, inp.shape[2]), np.ascontiguousarray(w_ih.T),
                       out.reshape(L * N, D * H)[:, d * H:(d + 1) * H], b, False, threads)
             _rnn.recurrence_forward(out_d, h0[layer * D + d], np.ascontiguousarray(w_hh.T),
                                     lengths, d == 1, relu, h_n[layer * D + d], threads)
@@ -285,7 +285,7 @@ def rnn_backward(cache, grad_output, grad_h_n=None):
             d_out = d_out * cache["dropout_masks"][layer]
         inp = cache["layer_inputs"][layer]
         out = cache["layer_outputs"][layer]
-        inp2d = inp.reshape(L * N, -1)
+        inp2d = inp.reshape(L * N, inp.shape[2])
         d_inp = np.empty_like(inp)
         for d in range(D):
             k = f"l{layer}" + ("_reverse" if d else "")
@@ -297,14 +297,14 @@ def rnn_backward(cache, grad_output, grad_h_n=None):
                                      cache["relu"], da, grad_h0[i], threads)
             da2d = da.reshape(L * N, H)
             # dW_ih = dAᵀ X over all L·N rows
-            grads[f"weight_ih_{k}"] = dw_ih = np.empty_like(w_ih)
+            grads[f"weight_ih_{k}"] = dw_ih = np.empty(w_ih.shape, dtype=dtype)
             _rnn.gemm(da2d, inp2d, dw_ih, None, False, threads, True)
             grads[f"weight_hh_{k}"] = _weight_grad_hh(da2d, out, d, h0[i], lengths, threads)
             if cache["bias"]:
                 db = da2d.sum(axis=0)
                 grads[f"bias_ih_{k}"], grads[f"bias_hh_{k}"] = db, db.copy()
             # dX (+)= dA W_ih
-            _rnn.gemm(da.reshape(L * N, H), np.ascontiguousarray(w_ih), d_inp.reshape(L * N, -1),
+            _rnn.gemm(da2d, np.ascontiguousarray(w_ih), d_inp.reshape(L * N, inp.shape[2]),
                       None, d > 0, threads)
         d_out = d_inp
     grads = {name: grads[name] for name in params}
