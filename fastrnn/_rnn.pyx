@@ -45,16 +45,30 @@ cdef extern from "kernels.h" nogil:
         sbptt_step_fn sbptt_step
         dbptt_step_fn dbptt_step
     const fastrnn_kernels **fastrnn_kernels_available()
+    const fastrnn_kernels **fastrnn_kernels_compiled()
 
 cdef extern from *:
     """
     #ifdef _OPENMP
     #define FR_OPENMP_ENABLED 1
+    #define FR_OPENMP_VERSION _OPENMP
     #else
     #define FR_OPENMP_ENABLED 0
+    #define FR_OPENMP_VERSION 0
+    #endif
+    #if defined(__clang__)
+    #define FR_COMPILER "clang " __clang_version__
+    #elif defined(__GNUC__)
+    #define FR_COMPILER "gcc " __VERSION__
+    #elif defined(_MSC_VER)
+    #define FR_COMPILER "msvc"
+    #else
+    #define FR_COMPILER "unknown"
     #endif
     """
     int FR_OPENMP_ENABLED
+    int FR_OPENMP_VERSION
+    const char *FR_COMPILER
 
 ctypedef fused floating:
     float
@@ -68,15 +82,28 @@ def openmp_enabled():
     return bool(FR_OPENMP_ENABLED)
 
 
-def available_kernels():
-    """Names of the kernel builds this CPU supports, fastest first."""
-    cdef const fastrnn_kernels **table = fastrnn_kernels_available()
+def build_info():
+    """How this extension was built: compiler, OpenMP version (0 if none)."""
+    return {"compiler": FR_COMPILER.decode(), "openmp_version": FR_OPENMP_VERSION}
+
+
+cdef list _names(const fastrnn_kernels **table):
     cdef int i = 0
     names = []
     while table[i] != NULL:
         names.append(table[i].name.decode())
         i += 1
     return names
+
+
+def compiled_kernels():
+    """Names of the kernel builds compiled into this extension, fastest first."""
+    return _names(fastrnn_kernels_compiled())
+
+
+def available_kernels():
+    """Names of the kernel builds this CPU supports, fastest first."""
+    return _names(fastrnn_kernels_available())
 
 
 def select_kernels(str name):

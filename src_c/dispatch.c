@@ -8,6 +8,15 @@ extern const fastrnn_kernels fastrnn_kernels_avx2;
 extern const fastrnn_kernels fastrnn_kernels_avx512;
 #endif
 
+const fastrnn_kernels *const *fastrnn_kernels_compiled(void) {
+    static const fastrnn_kernels *const list[] = {
+#ifdef FR_X86
+        &fastrnn_kernels_avx512, &fastrnn_kernels_avx2,
+#endif
+        &fastrnn_kernels_portable, 0};
+    return list;
+}
+
 const fastrnn_kernels *const *fastrnn_kernels_available(void) {
     static const fastrnn_kernels *list[4];
     int n = 0;

@@ -58,8 +58,9 @@ typedef struct {
     dbptt_step_fn dbptt_step;
 } fastrnn_kernels;
 
-/* Kernel tables compiled into this build, best first; NULL-terminated. Only those the
- * running CPU supports are listed. */
+/* Kernel tables compiled into this build, best first; NULL-terminated. */
+const fastrnn_kernels *const *fastrnn_kernels_compiled(void);
+/* The same, but only those the running CPU supports. */
 const fastrnn_kernels *const *fastrnn_kernels_available(void);
 
 #ifdef __cplusplus
