@@ -102,12 +102,22 @@ static inline VEC FR_P(vrelu)(VEC v) {
     return FR_P(select)(v < FR_P(splat)(0), FR_P(splat)(0), v);
 }
 
-/* The register tile: A packed k-major (ap[k·FR_MR + r], r < mr), packed B panels
- * bp + q·panel_stride (q < np, each kc x NR), outputs cout[r] + c_off, ncols valid columns. */
+/* Where A comes from: row pointers (element (i, k) at rows[i][k]), or, when rows is NULL,
+ * a matrix stored transposed (element (i, k) at at[k·ldat + i]). */
+typedef struct {
+    const REAL *const *rows;
+    const REAL *at;
+    fr_index ldat;
+} FR_P(asrc);
+
+/* The register tile: rows i0 .. i0+mr of A over k = kb .. kb+kc, times packed B panels
+ * bp + q·panel_stride (q < np, each kc x NR), into cout[r] + c_off (ncols valid columns).
+ * `kmajor` (a constant at every call) selects how A is read: a transposed A is read in
+ * place, MR consecutive values per k, so neither layout needs packing. */
 static inline __attribute__((always_inline)) void FR_P(tile)(
-    const int mr, const int np, fr_index kc, const REAL *ap, const REAL *bp,
-    fr_index panel_stride, const REAL *const *cin, REAL *const *cout, fr_index c_off,
-    int ncols, int init, int fin, const REAL *bias) {
+    const int mr, const int np, const int kmajor, FR_P(asrc) a, int i0, fr_index kb,
+    fr_index kc, const REAL *bp, fr_index panel_stride, const REAL *const *cin,
+    REAL *const *cout, fr_index c_off, int ncols, int init, int fin, const REAL *bias) {
     VEC acc[8][4 * NV];
     for (int r = 0; r < mr; r++)
         for (int i = 0; i < np * NV; i++) {
@@ -117,13 +127,18 @@ static inline __attribute__((always_inline)) void FR_P(tile)(
                 acc[r][i] = FR_P(vload_n)((init == FR_P(INIT_IN) ? cin[r] : cout[r]) + c_off + i * VL,
                                           ncols - i * VL);
         }
+    const REAL *ar[8];
+    const REAL *at = kmajor ? a.at + kb * a.ldat + i0 : NULL;
+    if (!kmajor)
+        for (int r = 0; r < mr; r++) ar[r] = a.rows[i0 + r] + kb;
     for (fr_index k = 0; k < kc; k++) {
         VEC b[4 * NV];
         for (int q = 0; q < np; q++)
             for (int v = 0; v < NV; v++) b[q * NV + v] = FR_P(vload)(bp + q * panel_stride + k * NR + v * VL);
-        const REAL *ak = ap + k * FR_MR;
-        for (int r = 0; r < mr; r++)
-            for (int i = 0; i < np * NV; i++) acc[r][i] += ak[r] * b[i];
+        for (int r = 0; r < mr; r++) {
+            const REAL x = kmajor ? at[k * a.ldat + r] : ar[r][k];
+            for (int i = 0; i < np * NV; i++) acc[r][i] += x * b[i];
+        }
     }
     for (int r = 0; r < mr; r++)
         for (int i = 0; i < np * NV; i++) {
@@ -144,12 +159,18 @@ static inline int FR_P(panels_for_rows)(int mr) {
     return mr == 1 ? 4 : mr <= 3 ? 2 : 1;
 }
 
-static void FR_P(tile_dispatch)(int mr, int np, fr_index kc, const REAL *ap, const REAL *bp,
-                                fr_index panel_stride, const REAL *const *cin, REAL *const *cout,
-                                fr_index c_off, int ncols, int init, int fin, const REAL *bias) {
-#define FR_TILE_CASE(m, n)                                                                  \
-    case (m) * 8 + (n):                                                                     \
-        FR_P(tile)(m, n, kc, ap, bp, panel_stride, cin, cout, c_off, ncols, init, fin, bias); \
+static void FR_P(tile_dispatch)(int mr, int np, FR_P(asrc) a, int i0, fr_index kb, fr_index kc,
+                                const REAL *bp, fr_index panel_stride, const REAL *const *cin,
+                                REAL *const *cout, fr_index c_off, int ncols, int init, int fin,
+                                const REAL *bias) {
+#define FR_TILE_CASE(m, n)                                                                    \
+    case (m) * 8 + (n):                                                                       \
+        if (a.rows)                                                                           \
+            FR_P(tile)(m, n, 0, a, i0, kb, kc, bp, panel_stride, cin, cout, c_off, ncols, init, \
+                       fin, bias);                                                            \
+        else                                                                                  \
+            FR_P(tile)(m, n, 1, a, i0, kb, kc, bp, panel_stride, cin, cout, c_off, ncols, init, \
+                       fin, bias);                                                            \
         break;
     switch (mr * 8 + np) {
         FR_TILE_CASE(1, 1) FR_TILE_CASE(1, 2) FR_TILE_CASE(1, 4)
@@ -166,43 +187,19 @@ static void FR_P(tile_dispatch)(int mr, int np, fr_index kc, const REAL *ap, con
 #undef FR_TILE_CASE
 }
 
-/* Where A comes from: row pointers (rows[i] + k), or, when rows is NULL, a matrix stored
- * transposed (element (i, k) at at[k·ldat + i]). */
-typedef struct {
-    const REAL *const *rows;
-    const REAL *at;
-    fr_index ldat;
-} FR_P(asrc);
-
-/* A[i0 .. i0+mr, kb .. kb+kc] packed k-major for the tile: one contiguous stream. */
-static void FR_P(pack_a)(FR_P(asrc) a, int i0, int mr, fr_index kb, fr_index kc, REAL *ap) {
-    if (a.rows)
-        for (int r = 0; r < mr; r++) {
-            const REAL *row = a.rows[i0 + r] + kb;
-            for (fr_index k = 0; k < kc; k++) ap[k * FR_MR + r] = row[k];
-        }
-    else
-        for (fr_index k = 0; k < kc; k++) {
-            const REAL *src = a.at + (kb + k) * a.ldat + i0;
-            for (int r = 0; r < mr; r++) ap[k * FR_MR + r] = src[r];
-        }
-}
-
-/* One K block (kb, kc) of one column block (ncols, packed panels at bp) for all M rows:
- * each row block of A is packed once and swept across the panels. */
+/* One K block (kb, kc) of one column block (ncols, packed panels at bp) for all M rows,
+ * row block by row block, each swept across the panels. */
 static void FR_P(block)(int M, int ncols, fr_index kb, fr_index kc, FR_P(asrc) a,
                         const REAL *bp, fr_index panel_stride, const REAL *const *cin,
                         REAL *const *cout, fr_index c_off, int init, int fin, const REAL *bias) {
-    REAL ap[KC * FR_MR];
     const int npanels = (ncols + NR - 1) / NR;
     for (int i0 = 0; i0 < M; i0 += FR_MR) {
         const int mr = M - i0 < FR_MR ? M - i0 : FR_MR;
         const int np = mr == FR_MR ? 1 : FR_P(panels_for_rows)(mr);
-        FR_P(pack_a)(a, i0, mr, kb, kc, ap);
         for (int q = 0; q < npanels;) {
             int n = npanels - q >= np ? np : 1;
             int cols = ncols - q * NR < n * NR ? ncols - q * NR : n * NR;
-            FR_P(tile_dispatch)(mr, n, kc, ap, bp + q * panel_stride, panel_stride,
+            FR_P(tile_dispatch)(mr, n, a, i0, kb, kc, bp + q * panel_stride, panel_stride,
                                 cin ? cin + i0 : NULL, cout + i0, c_off + q * NR, cols, init,
                                 fin, bias ? bias + q * NR : NULL);
             q += n;
