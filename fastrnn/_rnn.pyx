@@ -139,9 +139,18 @@ cdef inline int _check_slices(int n_threads) except -1:
     return 0
 
 
+cdef enum:
+    # Multiply-adds below which a second thread costs more (wake-up, join) than it saves.
+    MIN_WORK_PER_THREAD = 1 << 18
+
+
+cdef inline int _threads_for(double work, int num_threads) noexcept nogil:
+    """Threads worth using for `work` multiply-adds, at most num_threads."""
+    return <int> max(1.0, min(<double> num_threads, work / MIN_WORK_PER_THREAD))
+
+
 cdef inline fr_index _slice_rows(fr_index N, int num_threads) noexcept nogil:
-    """Batch rows per slice: one slice per thread, whatever the thread count (results
-    do not depend on it)."""
+    """Rows per slice: one slice per thread. Results do not depend on the split."""
     return max(1, (N + num_threads - 1) // num_threads)
 
 
@@ -171,13 +180,14 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
     cdef const floating *pb = &b[0, 0] if K > 0 else NULL
     cdef floating *pc = &c[0, 0]
     cdef const floating *pbias = &bias[0] if bias is not None else NULL
+    num_threads = _threads_for(<double> M * N * K, num_threads)
     cdef fr_index tile_rows = _slice_rows(M, num_threads)
     cdef fr_index ntiles = (M + tile_rows - 1) // tile_rows
     cdef fr_index tile, i0, rows, a_step = 1 if a_trans else lda
     cdef int failed[1]
     failed[0] = 0
     cdef const fastrnn_kernels *ks = _kernels
-    for tile in prange(ntiles, nogil=True, num_threads=min(num_threads, ntiles), schedule="static"):
+    for tile in prange(ntiles, nogil=True, num_threads=num_threads, schedule="static"):
         i0 = tile * tile_rows
         rows = min(tile_rows, M - i0)
         if floating is float:
@@ -232,6 +242,7 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
     cdef floating *pw = _packed_copy(ks, &w_hh_t[0, 0], H)
     if pw == NULL:
         raise MemoryError("could not allocate the packed recurrent weights")
+    num_threads = _threads_for(<double> L * N * H * H, num_threads)
     cdef fr_index slice_rows = _slice_rows(N, num_threads)
     cdef fr_index nslices = (N + slice_rows - 1) // slice_rows
     cdef fr_index sl, b, b0, b1, t, s, max_len
@@ -240,7 +251,7 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
     failed[0] = 0
     cdef const floating **hprev
     cdef floating **rows
-    with nogil, parallel(num_threads=min(num_threads, nslices)):
+    with nogil, parallel(num_threads=nslices):
         hprev = <const floating **> malloc(slice_rows * sizeof(floating *))
         rows = <floating **> malloc(slice_rows * sizeof(floating *))
         try:
@@ -316,6 +327,7 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
     cdef floating *pw = _packed_copy(ks, &w_hh[0, 0], H)
     if pw == NULL:
         raise MemoryError("could not allocate the packed recurrent weights")
+    num_threads = _threads_for(<double> L * N * H * H, num_threads)
     cdef fr_index slice_rows = _slice_rows(N, num_threads)
     cdef fr_index nslices = (N + slice_rows - 1) // slice_rows
     cdef fr_index sl, b, b0, b1, t, s, max_len
@@ -327,7 +339,7 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
     cdef const floating **h
     cdef floating **gr
     cdef floating **da
-    with nogil, parallel(num_threads=min(num_threads, nslices)):
+    with nogil, parallel(num_threads=nslices):
         g = <floating *> malloc(slice_rows * H * sizeof(floating) + 1)
         dy = <const floating **> malloc(slice_rows * sizeof(floating *))
         h = <const floating **> malloc(slice_rows * sizeof(floating *))

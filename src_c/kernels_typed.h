@@ -258,7 +258,9 @@ static int FR_P(gemm)(fr_index M, fr_index N, fr_index K, const REAL *A, fr_inde
                       const REAL *bias, int accumulate) {
     if (M <= 0 || N <= 0) return 0;
     const REAL **rows = malloc((size_t)M * 2 * sizeof(REAL *));
-    REAL *scratch = malloc((size_t)KC * NC * sizeof(REAL) + NR * sizeof(REAL));
+    /* scratch for one packed KC x NC block of B, no larger than B needs */
+    fr_index kc = K < KC ? (K > 0 ? K : 1) : KC, nc = N < NC ? N : NC;
+    REAL *scratch = malloc((size_t)(kc * ((nc + NR - 1) / NR) * NR) * sizeof(REAL));
     if (!rows || !scratch) {
         free(rows);
         free(scratch);
