@@ -9,7 +9,7 @@ Each row of every result is computed by the same arithmetic however the rows are
 across threads, so results are bitwise identical for any thread count.
 """
 
-from cython.parallel cimport parallel, prange
+from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport free, malloc
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
@@ -24,14 +24,16 @@ cdef extern from "kernels.h" nogil:
     ctypedef fr_index (*dpacked_size_fn)(fr_index, fr_index)
     ctypedef void (*spack_fn)(fr_index, fr_index, const float *, fr_index, float *)
     ctypedef void (*dpack_fn)(fr_index, fr_index, const double *, fr_index, double *)
-    ctypedef void (*srnn_step_fn)(int, int, const float **, const float **, float **,
-                                  const float *, int)
-    ctypedef void (*drnn_step_fn)(int, int, const double **, const double **, double **,
-                                  const double *, int)
-    ctypedef void (*sbptt_step_fn)(int, int, const float **, const float **, float **,
-                                   float **, const float *, int)
-    ctypedef void (*dbptt_step_fn)(int, int, const double **, const double **, double **,
-                                   double **, const double *, int)
+    ctypedef void (*srnn_step_fn)(int, int, int, int, const float **, const float **,
+                                  float **, const float *, int)
+    ctypedef void (*drnn_step_fn)(int, int, int, int, const double **, const double **,
+                                  double **, const double *, int)
+    ctypedef void (*sbptt_da_fn)(int, int, int, const float **, const float **,
+                                 const float **, float **, int)
+    ctypedef void (*dbptt_da_fn)(int, int, int, const double **, const double **,
+                                 const double **, double **, int)
+    ctypedef void (*sbptt_g_fn)(int, int, int, int, const float **, float **, const float *)
+    ctypedef void (*dbptt_g_fn)(int, int, int, int, const double **, double **, const double *)
     ctypedef struct fastrnn_kernels:
         const char *name
         sgemm_fn sgemm
@@ -42,8 +44,11 @@ cdef extern from "kernels.h" nogil:
         dpack_fn dpack
         srnn_step_fn srnn_step
         drnn_step_fn drnn_step
-        sbptt_step_fn sbptt_step
-        dbptt_step_fn dbptt_step
+        sbptt_da_fn sbptt_da
+        dbptt_da_fn dbptt_da
+        sbptt_g_fn sbptt_g
+        dbptt_g_fn dbptt_g
+    int FASTRNN_COLUMN_GRANULE
     const fastrnn_kernels **fastrnn_kernels_available()
     const fastrnn_kernels **fastrnn_kernels_compiled()
 
@@ -56,6 +61,12 @@ cdef extern from *:
     #define FR_OPENMP_ENABLED 0
     #define FR_OPENMP_VERSION 0
     #endif
+    /* An orphaned barrier: binds to the enclosing parallel region (none without OpenMP). */
+    static inline void fr_barrier(void) {
+    #ifdef _OPENMP
+        _Pragma("omp barrier")
+    #endif
+    }
     #if defined(__clang__)
     #define FR_COMPILER "clang " __clang_version__
     #elif defined(__GNUC__)
@@ -69,6 +80,7 @@ cdef extern from *:
     int FR_OPENMP_ENABLED
     int FR_OPENMP_VERSION
     const char *FR_COMPILER
+    void fr_barrier() noexcept nogil
 
 ctypedef fused floating:
     float
@@ -216,6 +228,39 @@ cdef floating *_packed_copy(const fastrnn_kernels *ks, const floating *w, fr_ind
     return packed
 
 
+cdef inline bint _split_columns(fr_index N, int H, int num_threads) noexcept nogil:
+    """Split hidden columns across threads (a barrier per step) rather than the batch?
+
+    With fewer than 4 rows per thread a batch slice is a thin matrix-vector product that
+    streams all of W_hh each step; a column slice keeps its part of W_hh in its own core's
+    cache instead. Needs at least two column panels to share.
+    """
+    return num_threads > 1 and N < 4 * num_threads and H >= 2 * FASTRNN_COLUMN_GRANULE
+
+
+cdef inline int _column_start(int thread, int nthreads, int H) noexcept nogil:
+    """First hidden column of a thread's slice, a multiple of FASTRNN_COLUMN_GRANULE."""
+    cdef int panels = (H + FASTRNN_COLUMN_GRANULE - 1) // FASTRNN_COLUMN_GRANULE
+    cdef int per = (panels + nthreads - 1) // nthreads
+    return min(H, thread * per * FASTRNN_COLUMN_GRANULE)
+
+
+cdef inline int _gather_forward(fr_index s, fr_index b0, fr_index b1, const int64_t *plen,
+                                bint reverse, floating *po, fr_index ts, fr_index bs,
+                                const floating *ph0, int H, const floating **hprev,
+                                floating **rows) noexcept nogil:
+    """Row pointers of the sequences still running at step s: their h_{t-1} and P_t/h_t."""
+    cdef int m = 0
+    cdef fr_index b, t
+    for b in range(b0, b1):
+        if s < plen[b]:
+            t = plen[b] - 1 - s if reverse else s
+            rows[m] = po + t * ts + b * bs
+            hprev[m] = ph0 + b * H if s == 0 else rows[m] + (ts if reverse else -ts)
+            m += 1
+    return m
+
+
 def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
                        const floating[:, ::1] w_hh_t, const int64_t[::1] lengths,
                        bint reverse, bint relu, floating[:, ::1] h_n, int num_threads=1):
@@ -223,7 +268,8 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
 
     ``out`` (L, N, H) holds the input projection P on entry and the outputs on return,
     zero past each sequence's length; ``h_n`` receives the state at each sequence's last
-    step. Each thread owns a slice of the batch for all L steps: no barrier per step.
+    step. Each thread owns a slice of the batch for all L steps (no barrier per step), or,
+    for a small batch, a slice of the hidden columns (one barrier per step).
     """
     _check_slices(num_threads)
     cdef fr_index L = out.shape[0], N = out.shape[1]
@@ -238,62 +284,88 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
     cdef floating *phn = &h_n[0, 0]
     cdef const int64_t *plen = &lengths[0]
     cdef const fastrnn_kernels *ks = _kernels
-    # W_hhᵀ packed once per call; it stays in cache across all steps
-    cdef floating *pw = _packed_copy(ks, &w_hh_t[0, 0], H)
-    if pw == NULL:
-        raise MemoryError("could not allocate the packed recurrent weights")
     num_threads = _threads_for(<double> L * N * H * H, num_threads)
-    cdef fr_index slice_rows = _slice_rows(N, num_threads)
+    cdef bint by_columns = _split_columns(N, H, num_threads)
+    cdef fr_index slice_rows = N if by_columns else _slice_rows(N, num_threads)
     cdef fr_index nslices = (N + slice_rows - 1) // slice_rows
-    cdef fr_index sl, b, b0, b1, t, s, max_len
-    cdef int m
+    cdef int nthreads = num_threads if by_columns else <int> nslices
+    cdef fr_index sl, b, b0, b1, t, s, sc, max_len = 0
+    cdef int m, mc, j0, j1
     cdef int failed[1]
     failed[0] = 0
     cdef const floating **hprev
     cdef floating **rows
-    with nogil, parallel(num_threads=nslices):
+    for b in range(N):
+        max_len = max(max_len, plen[b])
+    # W_hhᵀ packed once per call; it stays in cache across all steps
+    cdef floating *pw = _packed_copy(ks, &w_hh_t[0, 0], H)
+    if pw == NULL:
+        raise MemoryError("could not allocate the packed recurrent weights")
+    with nogil, parallel(num_threads=nthreads):
         hprev = <const floating **> malloc(slice_rows * sizeof(floating *))
         rows = <floating **> malloc(slice_rows * sizeof(floating *))
         try:
             if hprev == NULL or rows == NULL:
                 failed[0] = 1
-            else:
+            if by_columns:
+                j0 = _column_start(threadid(), nthreads, H)
+                j1 = _column_start(threadid() + 1, nthreads, H)
+                for sc in range(max_len):
+                    if hprev != NULL and rows != NULL:
+                        mc = _gather_forward(sc, 0, N, plen, reverse, po, ts, bs, ph0, H, hprev, rows)
+                        if j1 > j0:
+                            if floating is float:
+                                ks.srnn_step(mc, H, j0, j1, hprev, <const float **> rows, rows, pw, relu)
+                            else:
+                                ks.drnn_step(mc, H, j0, j1, hprev, <const double **> rows, rows, pw, relu)
+                    # step s+1 reads all columns of h_s
+                    fr_barrier()
+            elif hprev != NULL and rows != NULL:
                 for sl in prange(nslices, schedule="static"):
                     b0 = sl * slice_rows
                     b1 = min(N, b0 + slice_rows)
-                    max_len = 0
-                    for b in range(b0, b1):
-                        max_len = max(max_len, plen[b])
                     for s in range(max_len):
-                        m = 0
-                        for b in range(b0, b1):
-                            if s < plen[b]:
-                                t = plen[b] - 1 - s if reverse else s
-                                rows[m] = po + t * ts + b * bs
-                                if s == 0:
-                                    hprev[m] = ph0 + b * H
-                                else:
-                                    hprev[m] = rows[m] + (ts if reverse else -ts)
-                                m = m + 1
+                        m = _gather_forward(s, b0, b1, plen, reverse, po, ts, bs, ph0, H, hprev, rows)
+                        if m == 0:
+                            break
                         # P_t is read and h_t written in place: out rows hold P until visited
                         if floating is float:
-                            ks.srnn_step(m, H, hprev, <const float **> rows, rows, pw, relu)
+                            ks.srnn_step(m, H, 0, H, hprev, <const float **> rows, rows, pw, relu)
                         else:
-                            ks.drnn_step(m, H, hprev, <const double **> rows, rows, pw, relu)
-                    for b in range(b0, b1):
-                        if plen[b] == 0:
-                            memcpy(phn + b * H, ph0 + b * H, H * sizeof(floating))
-                        else:
-                            t = 0 if reverse else plen[b] - 1
-                            memcpy(phn + b * H, po + t * ts + b * bs, H * sizeof(floating))
-                        for t in range(plen[b], L):
-                            memset(po + t * ts + b * bs, 0, H * sizeof(floating))
+                            ks.drnn_step(m, H, 0, H, hprev, <const double **> rows, rows, pw, relu)
         finally:
             free(hprev)
             free(rows)
     free(pw)
     if failed[0]:
         raise MemoryError("could not allocate per-thread scratch for the recurrence")
+    for b in range(N):
+        if plen[b] == 0:
+            memcpy(phn + b * H, ph0 + b * H, H * sizeof(floating))
+        else:
+            t = 0 if reverse else plen[b] - 1
+            memcpy(phn + b * H, po + t * ts + b * bs, H * sizeof(floating))
+        for t in range(plen[b], L):
+            memset(po + t * ts + b * bs, 0, H * sizeof(floating))
+
+
+cdef inline int _gather_backward(fr_index s, fr_index b0, fr_index b1, const int64_t *plen,
+                                 bint reverse, fr_index N, int H, const floating *po,
+                                 fr_index ts, fr_index bs, const floating *pgo, fr_index gts,
+                                 fr_index gbs, floating *pda, floating *g, const floating **dy,
+                                 const floating **h, floating **gr, floating **da) noexcept nogil:
+    """Row pointers of the sequences running at step s: dY_t, h_t, their g and dA_t rows."""
+    cdef int m = 0
+    cdef fr_index b, t
+    for b in range(b0, b1):
+        if s < plen[b]:
+            t = plen[b] - 1 - s if reverse else s
+            dy[m] = pgo + t * gts + b * gbs
+            h[m] = po + t * ts + b * bs
+            gr[m] = g + (b - b0) * H
+            da[m] = pda + (t * N + b) * H
+            m += 1
+    return m
 
 
 def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] grad_out,
@@ -305,7 +377,8 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
 
     ``grad_a`` (L, N, H) must be zero on entry; it receives dA (zero past each length),
     from which the caller forms the weight gradients as large GEMMs. ``grad_h0`` receives g
-    after the first step.
+    after the first step. Threads split the batch, or the hidden columns for a small batch,
+    as in :func:`recurrence_forward`.
     """
     _check_slices(num_threads)
     cdef fr_index L = out.shape[0], N = out.shape[1]
@@ -324,53 +397,77 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
     cdef floating *pgh0 = &grad_h0[0, 0]
     cdef const int64_t *plen = &lengths[0]
     cdef const fastrnn_kernels *ks = _kernels
-    cdef floating *pw = _packed_copy(ks, &w_hh[0, 0], H)
-    if pw == NULL:
-        raise MemoryError("could not allocate the packed recurrent weights")
     num_threads = _threads_for(<double> L * N * H * H, num_threads)
-    cdef fr_index slice_rows = _slice_rows(N, num_threads)
+    cdef bint by_columns = _split_columns(N, H, num_threads)
+    cdef fr_index slice_rows = N if by_columns else _slice_rows(N, num_threads)
     cdef fr_index nslices = (N + slice_rows - 1) // slice_rows
-    cdef fr_index sl, b, b0, b1, t, s, max_len
-    cdef int m
+    cdef int nthreads = num_threads if by_columns else <int> nslices
+    cdef fr_index sl, b, b0, b1, s, sc, max_len = 0
+    cdef int m, mc, j0, j1
     cdef int failed[1]
     failed[0] = 0
     cdef floating *g
+    cdef floating *g_shared = NULL
     cdef const floating **dy
     cdef const floating **h
     cdef floating **gr
     cdef floating **da
-    with nogil, parallel(num_threads=nslices):
-        g = <floating *> malloc(slice_rows * H * sizeof(floating) + 1)
+    for b in range(N):
+        max_len = max(max_len, plen[b])
+    cdef floating *pw = _packed_copy(ks, &w_hh[0, 0], H)
+    if pw == NULL:
+        raise MemoryError("could not allocate the packed recurrent weights")
+    if by_columns:
+        # one g for the whole batch, each thread updating its own columns
+        g_shared = <floating *> malloc(N * H * sizeof(floating))
+        if g_shared == NULL:
+            free(pw)
+            raise MemoryError("could not allocate BPTT scratch")
+        memcpy(g_shared, pghn, N * H * sizeof(floating))
+    with nogil, parallel(num_threads=nthreads):
+        g = NULL if by_columns else <floating *> malloc(slice_rows * H * sizeof(floating) + 1)
         dy = <const floating **> malloc(slice_rows * sizeof(floating *))
         h = <const floating **> malloc(slice_rows * sizeof(floating *))
         gr = <floating **> malloc(slice_rows * sizeof(floating *))
         da = <floating **> malloc(slice_rows * sizeof(floating *))
         try:
-            if g == NULL or dy == NULL or h == NULL or gr == NULL or da == NULL:
+            if (g == NULL and not by_columns) or dy == NULL or h == NULL or gr == NULL or da == NULL:
                 failed[0] = 1
-            else:
+            if by_columns:
+                j0 = _column_start(threadid(), nthreads, H)
+                j1 = _column_start(threadid() + 1, nthreads, H)
+                for sc in range(max_len - 1, -1, -1):
+                    if dy != NULL and h != NULL and gr != NULL and da != NULL:
+                        mc = _gather_backward(sc, 0, N, plen, reverse, N, H, po, ts, bs, pgo, gts,
+                                              gbs, pda, g_shared, dy, h, gr, da)
+                        if floating is float:
+                            ks.sbptt_da(mc, j0, j1, dy, h, <const float **> gr, da, relu)
+                        else:
+                            ks.dbptt_da(mc, j0, j1, dy, h, <const double **> gr, da, relu)
+                    # g = dA_t W_hh reads all columns of dA_t
+                    fr_barrier()
+                    if dy != NULL and h != NULL and gr != NULL and da != NULL and j1 > j0:
+                        if floating is float:
+                            ks.sbptt_g(mc, H, j0, j1, <const float **> da, gr, pw)
+                        else:
+                            ks.dbptt_g(mc, H, j0, j1, <const double **> da, gr, pw)
+            elif not failed[0]:
                 for sl in prange(nslices, schedule="static"):
                     b0 = sl * slice_rows
                     b1 = min(N, b0 + slice_rows)
-                    max_len = 0
-                    for b in range(b0, b1):
-                        max_len = max(max_len, plen[b])
                     # g starts as dLoss/dh_n
                     memcpy(g, pghn + b0 * H, (b1 - b0) * H * sizeof(floating))
                     for s in range(max_len - 1, -1, -1):
-                        m = 0
-                        for b in range(b0, b1):
-                            if s < plen[b]:
-                                t = plen[b] - 1 - s if reverse else s
-                                dy[m] = pgo + t * gts + b * gbs
-                                h[m] = po + t * ts + b * bs
-                                gr[m] = g + (b - b0) * H
-                                da[m] = pda + (t * N + b) * H
-                                m = m + 1
+                        m = _gather_backward(s, b0, b1, plen, reverse, N, H, po, ts, bs, pgo,
+                                             gts, gbs, pda, g, dy, h, gr, da)
+                        if m == 0:
+                            continue
                         if floating is float:
-                            ks.sbptt_step(m, H, dy, h, gr, da, pw, relu)
+                            ks.sbptt_da(m, 0, H, dy, h, <const float **> gr, da, relu)
+                            ks.sbptt_g(m, H, 0, H, <const float **> da, gr, pw)
                         else:
-                            ks.dbptt_step(m, H, dy, h, gr, da, pw, relu)
+                            ks.dbptt_da(m, 0, H, dy, h, <const double **> gr, da, relu)
+                            ks.dbptt_g(m, H, 0, H, <const double **> da, gr, pw)
                     memcpy(pgh0 + b0 * H, g, (b1 - b0) * H * sizeof(floating))
         finally:
             free(g)
@@ -379,5 +476,8 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
             free(gr)
             free(da)
     free(pw)
+    if by_columns:
+        memcpy(pgh0, g_shared, N * H * sizeof(floating))
+        free(g_shared)
     if failed[0]:
         raise MemoryError("could not allocate per-thread scratch for BPTT")

@@ -31,15 +31,22 @@ typedef long fr_index;
     typedef fr_index (*P##packed_size_fn)(fr_index K, fr_index N);                            \
     typedef void (*P##pack_fn)(fr_index K, fr_index N, const REAL *B, fr_index ldb,           \
                                REAL *packed);                                                 \
+    /* Columns j0 .. j1 of the step kernels below; j0 must be a multiple of                  \
+     * FASTRNN_COLUMN_GRANULE (the widest panel of any build), so threads can split H. */    \
     /* out_r = act(p_r + hprev_r · W_hhᵀ) for r < M; wt_packed is W_hhᵀ packed.              \
      * p_r may equal out_r (in-place). */                                                     \
-    typedef void (*P##rnn_step_fn)(int M, int H, const REAL *const *hprev,                    \
-                                   const REAL *const *p, REAL *const *out, const REAL *wt,    \
-                                   int relu);                                                 \
-    /* da_r = (dy_r + g_r) ⊙ act'(h_r);  g_r = da_r · W_hh for r < M; w is W_hh packed. */   \
-    typedef void (*P##bptt_step_fn)(int M, int H, const REAL *const *dy,                      \
-                                    const REAL *const *h, REAL *const *g, REAL *const *da,    \
-                                    const REAL *w, int relu);
+    typedef void (*P##rnn_step_fn)(int M, int H, int j0, int j1, const REAL *const *hprev,    \
+                                   const REAL *const *p, REAL *const *out,                    \
+                                   const REAL *wt_packed, int relu);                          \
+    /* da_r = (dy_r + g_r) ⊙ act'(h_r) for r < M. */                                          \
+    typedef void (*P##bptt_da_fn)(int M, int j0, int j1, const REAL *const *dy,               \
+                                  const REAL *const *h, const REAL *const *g,                 \
+                                  REAL *const *da, int relu);                                 \
+    /* g_r = da_r · W_hh for r < M; w_packed is W_hh packed. */                               \
+    typedef void (*P##bptt_g_fn)(int M, int H, int j0, int j1, const REAL *const *da,         \
+                                 REAL *const *g, const REAL *w_packed);
+
+#define FASTRNN_COLUMN_GRANULE 32
 
 FASTRNN_DECLARE_TYPED(float, s)
 FASTRNN_DECLARE_TYPED(double, d)
@@ -54,8 +61,10 @@ typedef struct {
     dpack_fn dpack;
     srnn_step_fn srnn_step;
     drnn_step_fn drnn_step;
-    sbptt_step_fn sbptt_step;
-    dbptt_step_fn dbptt_step;
+    sbptt_da_fn sbptt_da;
+    dbptt_da_fn dbptt_da;
+    sbptt_g_fn sbptt_g;
+    dbptt_g_fn dbptt_g;
 } fastrnn_kernels;
 
 /* Kernel tables compiled into this build, best first; NULL-terminated. */

@@ -42,6 +42,8 @@ const fastrnn_kernels FR_NAME(fastrnn_kernels) = {
     .dpack = FR_NAME(d_pack),
     .srnn_step = FR_NAME(s_rnn_step),
     .drnn_step = FR_NAME(d_rnn_step),
-    .sbptt_step = FR_NAME(s_bptt_step),
-    .dbptt_step = FR_NAME(d_bptt_step),
+    .sbptt_da = FR_NAME(s_bptt_da),
+    .dbptt_da = FR_NAME(d_bptt_da),
+    .sbptt_g = FR_NAME(s_bptt_g),
+    .dbptt_g = FR_NAME(d_bptt_g),
 };

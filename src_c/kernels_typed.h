@@ -226,7 +226,11 @@ static void FR_P(pack)(fr_index K, fr_index N, const REAL *B, fr_index ldb, REAL
 
 /* Run `block` over K blocks and column blocks, with B either pre-packed whole (packed,
  * panel_stride = K·NR) or packed here block by block from B/ldb into scratch. */
-static void FR_P(drive)(int M, fr_index N, fr_index K, FR_P(asrc) a, const REAL *packed, const REAL *B, fr_index ldb, REAL *scratch,
+/* C[:, c0 .. c0+N] from A and B, over K blocks and column blocks. B is either pre-packed
+ * whole (packed: all columns, panel stride K·NR; c0 selects where to start) or packed here
+ * block by block from B/ldb into scratch (c0 = 0). */
+static void FR_P(drive)(int M, fr_index c0, fr_index N, fr_index K, FR_P(asrc) a,
+                        const REAL *packed, const REAL *B, fr_index ldb, REAL *scratch,
                         const REAL *const *cin, REAL *const *cout, int load_first, int fin,
                         const REAL *bias) {
     for (fr_index jc = 0; jc < N; jc += NC) {
@@ -239,14 +243,14 @@ static void FR_P(drive)(int M, fr_index N, fr_index K, FR_P(asrc) a, const REAL 
             const REAL *bp;
             fr_index stride;
             if (packed) {
-                bp = packed + jc * K + kb * NR;
+                bp = packed + (c0 + jc) * K + kb * NR;
                 stride = K * NR;
             } else {
                 FR_P(pack)(kc, nc, B + kb * ldb + jc, ldb, scratch);
                 bp = scratch;
                 stride = kc * NR;
             }
-            FR_P(block)(M, nc, kb, kc, a, bp, stride, cin, cout, jc, init,
+            FR_P(block)(M, nc, kb, kc, a, bp, stride, cin, cout, c0 + jc, init,
                         last ? fin : FR_P(FIN_NONE), bias && last ? bias + jc : NULL);
             kb += kc;
         } while (kb < K);
@@ -272,36 +276,41 @@ static int FR_P(gemm)(fr_index M, fr_index N, fr_index K, const REAL *A, fr_inde
         crows[i] = C + i * ldc;
     }
     FR_P(asrc) a = {a_trans ? NULL : rows, A, lda};
-    FR_P(drive)((int)M, N, K, a, NULL, B, ldb, scratch, (const REAL *const *)crows, crows,
+    FR_P(drive)((int)M, 0, N, K, a, NULL, B, ldb, scratch, (const REAL *const *)crows, crows,
                 accumulate, bias ? FR_P(FIN_BIAS) : FR_P(FIN_NONE), bias);
     free(rows);
     free(scratch);
     return 0;
 }
 
-static void FR_P(rnn_step)(int M, int H, const REAL *const *hprev, const REAL *const *p,
-                           REAL *const *out, const REAL *wt_packed, int relu) {
-    /* h_t = act(P_t + h_{t-1} W_hhᵀ): P is the accumulator's start */
+static void FR_P(rnn_step)(int M, int H, int j0, int j1, const REAL *const *hprev,
+                           const REAL *const *p, REAL *const *out, const REAL *wt_packed,
+                           int relu) {
+    /* h_t = act(P_t + h_{t-1} W_hhᵀ) for columns j0 .. j1: P is the accumulator's start */
     FR_P(asrc) a = {hprev, NULL, 0};
-    FR_P(drive)(M, H, H, a, wt_packed, NULL, 0, NULL, p, out, 1,
+    FR_P(drive)(M, j0, j1 - j0, H, a, wt_packed, NULL, 0, NULL, p, out, 1,
                 relu ? FR_P(FIN_RELU) : FR_P(FIN_TANH), NULL);
 }
 
-static void FR_P(bptt_step)(int M, int H, const REAL *const *dy, const REAL *const *h,
-                            REAL *const *g, REAL *const *da, const REAL *w_packed, int relu) {
+static void FR_P(bptt_da)(int M, int j0, int j1, const REAL *const *dy, const REAL *const *h,
+                          const REAL *const *g, REAL *const *da, int relu) {
     /* dA_t = (dY_t + g) ⊙ act'(h_t),  tanh' = 1 - h², relu' = [h > 0] */
     for (int r = 0; r < M; r++) {
         const REAL *dyr = dy[r], *hr = h[r], *gr = g[r];
         REAL *dar = da[r];
         if (relu)
-            for (int j = 0; j < H; j++) dar[j] = hr[j] > 0 ? dyr[j] + gr[j] : 0;
+            for (int j = j0; j < j1; j++) dar[j] = hr[j] > 0 ? dyr[j] + gr[j] : 0;
         else
-            for (int j = 0; j < H; j++) dar[j] = (dyr[j] + gr[j]) * (1 - hr[j] * hr[j]);
+            for (int j = j0; j < j1; j++) dar[j] = (dyr[j] + gr[j]) * (1 - hr[j] * hr[j]);
     }
-    /* g = dA_t W_hh */
-    FR_P(asrc) a = {(const REAL *const *)da, NULL, 0};
-    FR_P(drive)(M, H, H, a, w_packed, NULL, 0, NULL, NULL, g, 0,
-                FR_P(FIN_NONE), NULL);
+}
+
+static void FR_P(bptt_g)(int M, int H, int j0, int j1, const REAL *const *da, REAL *const *g,
+                         const REAL *w_packed) {
+    /* g = dA_t W_hh for columns j0 .. j1 */
+    FR_P(asrc) a = {da, NULL, 0};
+    FR_P(drive)(M, j0, j1 - j0, H, a, w_packed, NULL, 0, NULL, NULL, g, 0, FR_P(FIN_NONE),
+                NULL);
 }
 
 #undef VEC
