@@ -1,4 +1,4 @@
-"""What this fastrnn build is: the facts a bug report needs."""
+"""What this fastrnn build is: the facts a bug report needs (``fastrnn info``)."""
 import platform
 import sys
 
@@ -37,3 +37,19 @@ def show_config(file=None):
         if isinstance(value, list):
             value = ", ".join(value)
         print(f"{key:<{width}}  {value}", file=file or sys.stdout)
+
+
+def add_arguments(parser):
+    """``fastrnn info`` options."""
+    parser.add_argument("--json", action="store_true", help="print the configuration as JSON")
+
+
+def command(args):
+    """``fastrnn info``: print the configuration; returns the exit status."""
+    if args.json:
+        import json
+
+        print(json.dumps(config(), indent=2))
+    else:
+        show_config()
+    return 0

@@ -1,0 +1,44 @@
+"""Which sizes the benchmarks run on.
+
+pyproject's pytest options include ``--benchmark-disable``: then every benchmark runs once, as
+a smoke test, on tiny sizes. With ``--benchmark-enable`` they are timed on the full grid of
+``fastrnn bench``. ``--bench-sizes`` (or the environment variable FASTRNN_BENCH_SIZES) picks
+sizes explicitly, in ``fastrnn bench --sizes`` syntax: ``M1,M2-2L-bi,64x8x32x64``.
+"""
+import os
+
+import pytest
+
+from fastrnn import bench
+
+TINY_SIZES = "4x2x3x5,4x2x3x5-2L-bi"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--bench-sizes", default=None, metavar="SIZES",
+                     help="sizes to benchmark, as fastrnn bench --sizes (default: "
+                          f"{','.join(bench.DEFAULT_SIZES)} with --benchmark-enable, else "
+                          f"{TINY_SIZES}); also FASTRNN_BENCH_SIZES")
+
+
+def benchmarks_enabled(config):
+    """pytest-benchmark's rule: timed unless --benchmark-disable without --benchmark-enable."""
+    return not (config.getoption("benchmark_disable", False)
+                and not config.getoption("benchmark_enable", False))
+
+
+def pytest_generate_tests(metafunc):
+    # One benchmark per (size, pass) row and implementation, rows outermost so that the
+    # implementations of a row sit together.
+    if "case" not in metafunc.fixturenames:
+        return
+    text = (metafunc.config.getoption("bench_sizes") or os.environ.get("FASTRNN_BENCH_SIZES")
+            or (",".join(bench.DEFAULT_SIZES) if benchmarks_enabled(metafunc.config)
+                else TINY_SIZES))
+    try:
+        sizes = bench.parse_sizes(text)
+    except ValueError as e:
+        raise pytest.UsageError(f"--bench-sizes / FASTRNN_BENCH_SIZES: {e}") from None
+    cases = bench.rows(sizes)
+    metafunc.parametrize("case", cases, ids=[f"{size.label}-{p}" for size, p in cases])
+    metafunc.parametrize("impl", bench.IMPLEMENTATIONS)

@@ -1,0 +1,126 @@
+"""``fastrnn bench``: runs end to end on a tiny size and writes complete JSON and a plot."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import fastrnn
+from fastrnn.bench import format_table
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastrnn.__file__)))
+TINY = ["--sizes", "8x2x4x6", "--repeats", "1"]
+
+
+def _env():
+    return dict(os.environ,
+                PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+
+
+def _fastrnn_cli(*args, prelude=""):
+    """Run the command line in a fresh process (it sets thread counts process-wide)."""
+    code = f"import sys; {prelude}from fastrnn.__main__ import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args], env=_env(), capture_output=True,
+                          text=True, timeout=300)
+
+
+def _positive(x):
+    return isinstance(x, (int, float)) and x > 0
+
+
+def test_bench_json(tmp_path):
+    path = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "fastrnn", "bench", *TINY, "--json", str(path)],
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "matmul peak:" in proc.stdout and "8x2x4x6" in proc.stdout
+    results = json.loads(path.read_text())
+
+    machine = results["machine"]
+    for key in ("cpu_model", "logical_cpus", "usable_cpus", "threads", "kernel", "python",
+                "numpy", "fastrnn", "torch"):
+        assert key in machine
+    assert machine["kernel"] == fastrnn.functional.get_kernel()
+    assert _positive(machine["threads"]) and _positive(machine["logical_cpus"])
+    peak = results["matmul_peak"]
+    assert peak["n"] == 2048 and "OPENBLAS_CORETYPE" in peak["unset"]
+    assert _positive(peak["gflops"]), peak.get("error")
+
+    assert [(r["size"], r["pass"]) for r in results["rows"]] == [("8x2x4x6", "fwd"),
+                                                                ("8x2x4x6", "fwd+bwd")]
+    for row in results["rows"]:
+        assert (row["T"], row["N"], row["I"], row["H"], row["layers"]) == (8, 2, 4, 6, 1)
+        one_forward = 2 * 8 * 2 * (4 * 6 + 6 * 6)
+        assert row["flops"] == one_forward * (1 if row["pass"] == "fwd" else 3)
+        assert _positive(row["pct_peak"])
+        for impl in ("fastrnn", "reference") + (("torch",) if machine["torch"] else ()):
+            r = row["results"][impl]
+            assert r["repeats"] == 1 and len(r["times_ms"]) == 1
+            assert _positive(r["median_ms"]) and _positive(r["gflops"])
+            if impl != "fastrnn":
+                assert _positive(row["speedup"][impl])
+
+    # the table printed row by row is format_table's, with aligned columns
+    lines = format_table(results).splitlines()
+    table = lines[lines.index(next(l for l in lines if l.startswith("size "))):][:4]
+    assert len({len(line) for line in table}) == 1, table
+    assert all(line in proc.stdout.splitlines() for line in table)
+
+
+def test_bench_layers_bidirectional_sizes_and_memory(tmp_path):
+    path = tmp_path / "bench.json"
+    proc = _fastrnn_cli("bench", "--sizes", "8x2x4x6,4x1x3x5-3L", "--layers", "2",
+                        "--bidirectional", "--repeats", "1", "--memory", "--json", str(path))
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(path.read_text())
+    rows = results["rows"]
+    assert "memory_method" in results and "MB fastrnn" in proc.stdout
+    for row in rows[1::2]:  # fwd+bwd
+        memory = row["peak_memory_bytes"]
+        assert isinstance(memory["fastrnn"], int) and memory["fastrnn"] >= 0
+    assert [(r["size"], r["layers"], r["bidirectional"]) for r in rows[::2]] == [
+        ("8x2x4x6-2L-bi", 2, True), ("4x1x3x5-3L-bi", 3, True)]
+    # layer 0 sees I inputs, layer 1 the 2·H of both directions below it
+    assert rows[0]["flops"] == 2 * (2 * 8 * 2 * (4 * 6 + 36)) + 2 * (2 * 8 * 2 * (12 * 6 + 36))
+
+
+def test_bench_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "speedups.png"
+    proc = _fastrnn_cli("bench", *TINY, "--plot", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_plot_without_matplotlib_is_a_usage_error(tmp_path):
+    # sys.modules[name] = None makes ``import matplotlib`` fail, installed or not
+    proc = _fastrnn_cli("bench", *TINY, "--plot", str(tmp_path / "x.png"),
+                        prelude="sys.modules['matplotlib'] = None; ")
+    assert proc.returncode == 2
+    assert "needs matplotlib" in proc.stderr and not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sizes", "Q"], "unknown size 'Q'"),
+    (["--sizes", "8x2x4"], "unknown size '8x2x4'"),
+    (["--threads", "0"], "non-zero integer"),
+    (["--repeats", "0"], "positive integer"),
+])
+def test_bench_rejects_bad_arguments(args, message, capsys):
+    from fastrnn.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["bench", *args])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bench_without_torch(tmp_path):
+    path = tmp_path / "bench.json"
+    proc = _fastrnn_cli("bench", *TINY, "--json", str(path),
+                        prelude="sys.modules['torch'] = None; ")
+    assert proc.returncode == 0, proc.stderr
+    assert "torch is not installed" in proc.stdout and "vs torch" not in proc.stdout
+    results = json.loads(path.read_text())
+    assert results["machine"]["torch"] is None
+    assert all(set(row["results"]) == {"fastrnn", "reference"} for row in results["rows"])
