@@ -1,0 +1,303 @@
+"""``fastrnn.torch``: fastrnn's kernels inside PyTorch models (CPU, float32/float64).
+
+:class:`RNN` is ``torch.nn.RNN`` with a different ``forward``: it subclasses it, so the
+constructor, parameters (names, shapes, init, ``state_dict``), ``repr``, ``.to()``,
+``flatten_parameters`` and pickling are torch's own; forward and backward run
+:func:`fastrnn.functional.rnn_forward` / :func:`~fastrnn.functional.rnn_backward` through a
+``torch.autograd.Function`` on zero-copy NumPy views of contiguous CPU tensors. Parameter
+gradients are returned to autograd, which accumulates them into ``p.grad`` and fires the
+hooks ``DistributedDataParallel`` averages gradients with.
+
+>>> import torch, fastrnn.torch
+>>> rnn = fastrnn.torch.RNN(8, 16, num_layers=2, batch_first=True)
+>>> output, h_n = rnn(torch.randn(3, 5, 8))
+>>> output.shape, h_n.shape
+(torch.Size([3, 5, 16]), torch.Size([2, 3, 16]))
+
+PyTorch stays optional: ``pip install "fastrnn[torch]"``; ``import fastrnn`` never imports
+this module.
+"""
+
+try:
+    # Absolute import: this is PyTorch itself, not this module (fastrnn/torch.py).
+    import torch
+    from torch.nn.utils.rnn import PackedSequence
+except ImportError as e:  # pragma: no cover - exercised in a subprocess without torch
+    raise ImportError("fastrnn.torch needs PyTorch: pip install \"fastrnn[torch]\"") from e
+
+import numpy as np
+
+from . import functional
+
+__all__ = ["RNN", "from_torch"]
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+
+def _check_supported(tensor, what):
+    """Refuse, with a message naming what is supported, what the kernels cannot run."""
+    if tensor.device.type != "cpu":
+        raise RuntimeError(f"fastrnn.torch.RNN runs on CPU tensors only, but {what} is on "
+                           f"device '{tensor.device}'; move it with .cpu(), or use "
+                           f"torch.nn.RNN on {tensor.device.type}")
+    if tensor.layout != torch.strided:
+        raise TypeError(f"fastrnn.torch.RNN supports dense (strided) tensors only, but {what} "
+                        f"has layout {tensor.layout}; convert it with .to_dense()")
+    if tensor.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"fastrnn.torch.RNN supports torch.float32 and torch.float64 only, but "
+                        f"{what} has dtype {tensor.dtype}; convert the model with .float() or "
+                        f".double() and the input to match")
+
+
+def _numpy(tensor):
+    """A NumPy view of ``tensor`` (a copy only if it is not contiguous)."""
+    return tensor.detach().contiguous().numpy()
+
+
+def _save_arrays(ctx, tensors, cache):
+    """Save ``tensors`` and every array in ``cache`` (as zero-copy tensors) for backward.
+
+    Going through ``save_for_backward`` rather than keeping the cache on ``ctx`` means torch
+    frees it after backward (unless ``retain_graph``), refuses a second backward through a
+    freed graph, and checks that ``tensors`` were not modified in place in between.
+    """
+    arrays = []
+    # the parameters are rebuilt from the saved weight tensors; everything else is stripped
+    ctx.cache_skeleton = _strip({k: v for k, v in cache.items() if k != "params"}, arrays)
+    ctx.num_tensors = len(tensors)
+    ctx.save_for_backward(*tensors, *arrays)
+
+
+def _load_arrays(ctx):
+    """The tensors given to :func:`_save_arrays` and the cache with its arrays restored."""
+    saved = ctx.saved_tensors
+    return saved[:ctx.num_tensors], _fill(ctx.cache_skeleton, saved[ctx.num_tensors:])
+
+
+# Module-level recursion, not nested closures: a recursive closure is a reference cycle,
+# which would keep the arrays alive until the garbage collector runs.
+def _strip(value, arrays):
+    """``value`` with each ndarray appended to ``arrays`` as a tensor and replaced by a _Slot."""
+    if isinstance(value, np.ndarray):
+        arrays.append(torch.from_numpy(value))
+        return _Slot(len(arrays) - 1)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_strip(v, arrays) for v in value)
+    if isinstance(value, dict):
+        return {k: _strip(v, arrays) for k, v in value.items()}
+    return value
+
+
+def _fill(value, tensors):
+    """Inverse of :func:`_strip`: each _Slot replaced by a NumPy view of its tensor."""
+    if isinstance(value, _Slot):
+        return tensors[value.index].numpy()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_fill(v, tensors) for v in value)
+    if isinstance(value, dict):
+        return {k: _fill(v, tensors) for k, v in value.items()}
+    return value
+
+
+class _Slot:
+    """Placeholder for the ``index``-th saved array in a stripped cache."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index):
+        self.index = index
+
+
+class _RNNFunction(torch.autograd.Function):
+    """Time-major or batch-first 3-D input through fastrnn's forward and BPTT.
+
+    ``apply(options, lengths, masks, x, h0, *weights)``: ``options`` is (parameter names,
+    num_layers, nonlinearity, bidirectional, batch_first); ``lengths`` an int64 array or
+    None; ``masks`` a list of dropout-mask arrays or None; ``h0`` may be None (zeros).
+    """
+
+    @staticmethod
+    def forward(ctx, options, lengths, masks, x, h0, *weights):
+        names, num_layers, nonlinearity, bidirectional, batch_first = options
+        params = {name: _numpy(w) for name, w in zip(names, weights)}
+        output, h_n, cache = functional.rnn_forward(
+            _numpy(x), params, None if h0 is None else _numpy(h0), num_layers=num_layers,
+            nonlinearity=nonlinearity, bidirectional=bidirectional, batch_first=batch_first,
+            lengths=lengths, dropout_masks=masks)
+        output, h_n = torch.from_numpy(output), torch.from_numpy(h_n)
+        ctx.names = names
+        ctx.has_h0 = h0 is not None
+        ctx.set_materialize_grads(False)  # a None gradient (h_n unused, say) is not zeros to build
+        # output is saved too: BPTT reads it, so modifying it in place must be an error
+        _save_arrays(ctx, (output, x, h0, *weights), cache)
+        return output, h_n
+
+    @staticmethod
+    def backward(ctx, grad_output, grad_h_n):
+        grads = _rnn_backward(ctx, grad_output, grad_h_n)
+        if not torch.is_grad_enabled():
+            return grads
+        # create_graph=True: these gradients are constants to autograd (NumPy computed them),
+        # so differentiating them again must fail loudly instead of giving zeros
+        tensors = [g for g in grads if g is not None]
+        error = torch._C._functions.DelayedError(
+            b"fastrnn.torch.RNN does not support double backward (gradients of its gradients); "
+            b"use torch.nn.RNN for that", len(tensors))
+        delayed = iter(error(*(g.detach().requires_grad_() for g in tensors)))
+        return tuple(None if g is None else next(delayed) for g in grads)
+
+
+def _rnn_backward(ctx, grad_output, grad_h_n):
+    """BPTT for :class:`_RNNFunction`: gradients for each of its ``apply`` arguments."""
+    (output, _x, _h0, *weights), cache = _load_arrays(ctx)
+    cache["params"] = {name: _numpy(w) for name, w in zip(ctx.names, weights)}
+    grad_output = (np.zeros(output.shape, dtype=cache["dtype"]) if grad_output is None
+                   else _numpy(grad_output))
+    grad_x, grad_h0, grads = functional.rnn_backward(
+        cache, grad_output, None if grad_h_n is None else _numpy(grad_h_n))
+    return (None, None, None, torch.from_numpy(grad_x),
+            torch.from_numpy(grad_h0) if ctx.has_h0 else None,
+            *(torch.from_numpy(grads[name]) for name in ctx.names))
+
+
+def _packed_indices(batch_sizes, sorted_indices):
+    """(time, batch) index of every row of a PackedSequence's data, and the batch's lengths.
+
+    Row p of the data is time step t for the j-th longest sequence, j < batch_sizes[t];
+    that sequence is ``sorted_indices[j]`` in the caller's batch order.
+    """
+    sizes = batch_sizes.numpy().astype(np.int64)
+    total, batch = int(sizes.sum()), int(sizes[0])
+    t_index = np.repeat(np.arange(len(sizes)), sizes)
+    rank = np.arange(total) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    order = np.arange(batch) if sorted_indices is None else sorted_indices.cpu().numpy()
+    lengths = np.empty(batch, dtype=np.int64)
+    lengths[order] = (sizes[:, None] > np.arange(batch)[None, :]).sum(axis=0)
+    return torch.from_numpy(t_index), torch.from_numpy(order[rank]), lengths
+
+
+class RNN(torch.nn.RNN):
+    r"""``torch.nn.RNN`` whose forward and backward run fastrnn's compiled CPU kernels.
+
+    Constructor, parameters, inputs and outputs are exactly ``torch.nn.RNN``'s (see its
+    documentation): ``RNN(input_size, hidden_size, num_layers=1, nonlinearity='tanh',
+    bias=True, batch_first=False, dropout=0.0, bidirectional=False, device=None,
+    dtype=None)``, called as ``output, h_n = rnn(input, hx=None)`` with ``input`` a 3-D or
+    unbatched 2-D tensor or a ``PackedSequence``. ``state_dict``\ s load both ways.
+
+    Supported: CPU tensors, float32 and float64; anything else raises an error naming this.
+    Results match ``torch.nn.RNN`` to float rounding. Dropout between layers (training mode)
+    draws its masks from torch's generator, so ``torch.manual_seed`` governs it; the masks
+    differ from the ones torch.nn.RNN would draw. Not supported: double backward.
+    """
+
+    def forward(self, input, hx=None):
+        """Run the RNN; arguments and results as ``torch.nn.RNN.forward``."""
+        # by name, not the cached self._flat_weights: parameters swapped in by
+        # torch.func.functional_call or reassigned by the user are seen
+        weights = [getattr(self, name) for name in self._flat_weights_names]
+        for name, w in zip(self._flat_weights_names, weights):
+            _check_supported(w, f"parameter {name}")
+        packed = isinstance(input, PackedSequence)
+        _check_supported(input.data if packed else input, "the input")
+        if hx is not None:
+            _check_supported(hx, "hx")
+        if packed:
+            return self._forward_packed(input, hx, weights)
+
+        if input.dim() not in (2, 3):
+            raise ValueError(f"RNN: Expected input to be 2D or 3D, got {input.dim()}D tensor "
+                             "instead")
+        batched = input.dim() == 3
+        batch_dim = 0 if self.batch_first else 1
+        if not batched:
+            input = input.unsqueeze(batch_dim)
+            if hx is not None:
+                if hx.dim() != 2:
+                    raise RuntimeError("For unbatched 2-D input, hx should also be 2-D but got "
+                                       f"{hx.dim()}-D tensor")
+                hx = hx.unsqueeze(1)
+        elif hx is not None and hx.dim() != 3:
+            raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got "
+                               f"{hx.dim()}-D tensor")
+        self._check_args(input, hx, None, weights)
+        seq_len, batch = ((input.size(1), input.size(0)) if self.batch_first
+                          else (input.size(0), input.size(1)))
+        output, h_n = _RNNFunction.apply(self._options(self.batch_first), None,
+                                         self._dropout_masks(seq_len, batch, weights[0]),
+                                         input, hx, *weights)
+        if not batched:
+            return output.squeeze(batch_dim), h_n.squeeze(1)
+        return output, h_n
+
+    def _forward_packed(self, input, hx, weights):
+        """PackedSequence in and out, through padded time-major tensors and lengths."""
+        data, batch_sizes, sorted_indices, unsorted_indices = input
+        self._check_args(data, hx, batch_sizes, weights)
+        t_index, b_index, lengths = _packed_indices(batch_sizes, sorted_indices)
+        seq_len, batch = len(batch_sizes), len(lengths)
+        # unpack into (L, N, I) in the caller's batch order, where hx and h_n also live
+        padded = data.new_zeros((seq_len, batch, data.size(1))).index_put((t_index, b_index),
+                                                                           data)
+        output, h_n = _RNNFunction.apply(self._options(False), lengths,
+                                         self._dropout_masks(seq_len, batch, weights[0]),
+                                         padded, hx, *weights)
+        return PackedSequence(output[t_index, b_index], batch_sizes, sorted_indices,
+                              unsorted_indices), h_n
+
+    def _check_args(self, input, hx, batch_sizes, weights):
+        """torch.nn.RNN's own checks (messages included), plus hx's dtype."""
+        if hx is None:
+            self.check_input(input, batch_sizes)
+            return
+        self.check_forward_args(input, hx, batch_sizes)
+        if hx.dtype != weights[0].dtype:
+            raise ValueError(f"RNN hx dtype ({hx.dtype}) does not match weight dtype "
+                             f"({weights[0].dtype}). Convert hx: hx.to({weights[0].dtype})")
+
+    def _options(self, batch_first):
+        return (tuple(self._flat_weights_names), self.num_layers, self.nonlinearity,
+                self.bidirectional, batch_first)
+
+    def _dropout_masks(self, seq_len, batch, weight):
+        """Inverted-dropout masks for the outputs of all layers but the last (training only).
+
+        Drawn with torch.bernoulli from torch's default generator, time-major (L, N, D·H).
+        """
+        if not (self.training and self.dropout > 0 and self.num_layers > 1):
+            return None
+        D = 2 if self.bidirectional else 1
+        shape = (seq_len, batch, D * self.hidden_size)
+        keep = 1.0 - self.dropout
+        masks = []
+        for _ in range(self.num_layers - 1):
+            mask = torch.empty(shape, dtype=weight.dtype)
+            if keep > 0:
+                mask.bernoulli_(keep).div_(keep)  # 0 or 1/(1-p): E[mask] = 1
+            else:
+                mask.zero_()
+            masks.append(mask.numpy())
+        return masks
+
+
+def from_torch(module):
+    """Make every ``torch.nn.RNN`` in ``module`` (itself included) a :class:`RNN`, in place.
+
+    Only the class changes: parameters (the same tensor objects, so an optimizer built
+    before keeps working), buffers, hooks, device and mode are kept. Subclasses of
+    ``torch.nn.RNN`` are left alone, since their ``forward`` may differ.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+
+    Returns
+    -------
+    module : the same object.
+    """
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"from_torch expects a torch.nn.Module, got {type(module).__name__}")
+    for sub in module.modules():
+        if type(sub) is torch.nn.RNN:
+            sub.__class__ = RNN
+    return module
