@@ -762,6 +762,9 @@ def add_arguments(parser):
     parser.add_argument("--memory", action="store_true",
                         help="also measure the peak memory of fwd+bwd, fastrnn vs torch (a "
                              "subprocess per size and implementation)")
+    parser.add_argument("--no-train-step", dest="train_step", action="store_false",
+                        help="skip the torch training-step row (fastrnn.torch.RNN vs "
+                             "torch.nn.RNN in a small model with Adam)")
     parser.add_argument("--json", metavar="FILE", help="write every number and the machine to FILE")
     parser.add_argument("--plot", metavar="FILE.png", type=_plot_arg,
                         help="draw the speedups as grouped bars (needs matplotlib)")
@@ -789,6 +792,14 @@ def command(args):
 
     results = run(sizes, threads, repeats=args.repeats, impls=impls, memory=args.memory,
                   max_reference_seconds=args.max_reference_seconds, on_row=on_row)
+    if torch is not None and args.train_step:
+        from .bench_torch import bench_torch_training_step
+
+        step = bench_torch_training_step(threads, args.repeats)
+        results["train_step"] = step
+        print(f"\ntraining step of a torch model (Embedding -> RNN(64, 256, 2 layers) -> Linear, "
+              f"T=100, N=32, Adam): fastrnn.torch.RNN {step['fastrnn_ms']:.1f} ms, "
+              f"torch.nn.RNN {step['torch_ms']:.1f} ms, {step['speedup']:.2f}x")
     results["elapsed_s"] = time.perf_counter() - start
     notes = format_notes(results)
     if notes:
