@@ -11,6 +11,7 @@ across threads, so results are bitwise identical for any thread count.
 
 from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport free, malloc
+from libc.limits cimport INT_MAX
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
@@ -181,6 +182,8 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
     if b.shape[0] != K or c.shape[0] != M or c.shape[1] != N:
         raise ValueError(f"gemm shapes do not match: op(a) ({M}, {K}), b ({b.shape[0]}, {N}), "
                          f"c ({c.shape[0]}, {c.shape[1]})")
+    if M > INT_MAX or N > INT_MAX:
+        raise MemoryError(f"gemm of {M} x {N} outputs exceeds the kernels' {INT_MAX} rows/columns")
     if bias is not None and bias.shape[0] != N:
         raise ValueError(f"bias must have {N} elements, got {bias.shape[0]}")
     if M == 0 or N == 0:
