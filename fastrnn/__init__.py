@@ -8,8 +8,13 @@
 """
 from . import functional, reference
 from ._version import __version__
+from .config import show_config
 from .parallel import get_num_threads, set_num_threads
 from .rnn import RNN, Parameter
+from .layers import CrossEntropyLoss, Embedding, Linear, clip_grad_norm_, clip_grad_value_
+from . import data, models, optim
+from .serialize import load_model, save_model
 
 __all__ = ["RNN", "Parameter", "functional", "reference", "get_num_threads", "set_num_threads",
-           "__version__"]
+           "show_config", "__version__", "Embedding", "Linear", "CrossEntropyLoss", "clip_grad_norm_",
+           "clip_grad_value_", "optim", "data", "models", "save_model", "load_model"]

@@ -1,16 +1,22 @@
 """fastrnn's command line: ``fastrnn <command> [options]``, or ``python -m fastrnn <command>``.
 
-Each command is a module with ``add_arguments(parser)`` and ``command(args) -> exit status``;
-adding one (``info``, ``train-lm``, ``sample``) is one entry in :data:`COMMANDS`.
+Each command is a pair of functions in a module, ``add_arguments(parser)`` and
+``command(args) -> exit status``; adding one is one entry in :data:`COMMANDS`.
 """
 import argparse
 import importlib
 import sys
 
-# name -> (module, one-line help)
+# name -> (module, its add-arguments function, its command function, one-line help)
 COMMANDS = {
-    "bench": ("fastrnn.bench", "time fastrnn against its NumPy reference and torch.nn.RNN"),
-    "info": ("fastrnn.config", "print version, compiler, OpenMP and kernel paths (for bug reports)"),
+    "bench": ("fastrnn.bench", "add_arguments", "command",
+              "time fastrnn against its NumPy reference and torch.nn.RNN"),
+    "info": ("fastrnn.config", "add_arguments", "command",
+             "print version, compiler, OpenMP and kernel paths (for bug reports)"),
+    "train-lm": ("fastrnn.train_cli", "add_train_lm_arguments", "run_train_lm",
+                 "train a character-level language model on a UTF-8 text file"),
+    "sample": ("fastrnn.train_cli", "add_sample_arguments", "run_sample",
+               "generate text from a train-lm checkpoint"),
 }
 
 
@@ -22,11 +28,11 @@ def build_parser():
         prog="fastrnn", description="fastrnn: a compiled torch.nn.RNN-compatible RNN for the CPU.")
     parser.add_argument("--version", action="version", version=f"fastrnn {__version__}")
     subparsers = parser.add_subparsers(title="commands", dest="name", metavar="<command>")
-    for name, (module_name, help_) in COMMANDS.items():
+    for name, (module_name, add_arguments, command, help_) in COMMANDS.items():
         module = importlib.import_module(module_name)
-        sub = subparsers.add_parser(name, help=help_, description=module.__doc__.split("\n\n")[0])
-        module.add_arguments(sub)
-        sub.set_defaults(command=module.command)
+        sub = subparsers.add_parser(name, help=help_, description=help_)
+        getattr(module, add_arguments)(sub)
+        sub.set_defaults(command=getattr(module, command))
     return parser
 
 

@@ -1,0 +1,21 @@
+"""Types of the compiled helpers in ``_ops.pyx`` (float32 or float64 arrays, one dtype per call)."""
+
+from typing import Optional, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+_F = npt.NDArray[np.floating]
+_I64 = npt.NDArray[np.int64]
+
+def embedding_backward(indices: _I64, grad: _F, weight_grad: _F, padding_idx: int = -1,
+                       num_threads: int = 1) -> None: ...
+def cross_entropy_forward(logits: _F, targets: _I64, ignore_index: int, losses: _F, probs: _F,
+                          num_threads: int = 1) -> None: ...
+def cross_entropy_backward(probs: _F, targets: _I64, ignore_index: int, row_scale: _F,
+                           grad: _F, num_threads: int = 1) -> None: ...
+def generate(embedding: _F, weight_ih: Sequence[_F], weight_hh: Sequence[_F],
+             biases: Sequence[Optional[_F]], dec_weight: _F, dec_bias: Optional[_F], h: _F,
+             prime: _I64, out: _I64, out_lengths: _I64, temperature: float, top_k: int,
+             relu: bool, seeds: npt.NDArray[np.uint64], eos: int = -1, pad: int = 0,
+             num_threads: int = 1) -> None: ...

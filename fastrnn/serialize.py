@@ -1,0 +1,156 @@
+"""Save and load a whole model — configuration, weights, vocabulary — as one ``.npz`` file.
+
+The file is a plain NumPy ``.npz`` archive readable with ``allow_pickle=False``:
+
+* ``fastrnn_header``: UTF-8 JSON in a uint8 array: ``{"format": "fastrnn.model/1",
+  "model": class name, "config": constructor arguments, "vocab": names of the stored
+  vocabularies, "meta": anything JSON-serialisable the caller adds}``;
+* ``vocab.<name>``: each vocabulary as UTF-8 JSON in a uint8 array;
+* ``param.<dotted name>``: every parameter array.
+
+Nothing in the file is executed or unpickled on load; every part is validated.
+"""
+
+import json
+import os
+import tempfile
+from collections import namedtuple
+
+import numpy as np
+
+from ._version import __version__
+from .data import Vocab
+
+__all__ = ["save_model", "load_model", "LoadedModel"]
+
+FORMAT = "fastrnn.model/1"
+_HEADER = "fastrnn_header"
+_PARAM, _VOCAB = "param.", "vocab."
+
+LoadedModel = namedtuple("LoadedModel", ["model", "vocab", "meta"])
+LoadedModel.__doc__ = "What :func:`load_model` returns: ``model, vocab, meta = load_model(path)``."
+
+
+def _json_array(obj):
+    return np.frombuffer(json.dumps(obj, ensure_ascii=False).encode("utf-8"), dtype=np.uint8)
+
+
+def _json_from(array, what):
+    array = np.asarray(array)
+    if array.dtype != np.uint8 or array.ndim != 1:
+        raise ValueError(f"corrupt model file: {what} is not UTF-8 JSON bytes")
+    try:
+        return json.loads(array.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"corrupt model file: {what} is not valid UTF-8 JSON ({e})") from e
+
+
+def save_model(path, model, vocab=None, meta=None):
+    """Write ``model`` (a :mod:`fastrnn.models` class), its vocabulary and metadata to ``path``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Written as given (no suffix added), atomically: a crash leaves the old file.
+    model : a model from :data:`fastrnn.models.MODELS`
+    vocab : Vocab, dict of str to Vocab, or None
+        E.g. ``{"src": src_vocab, "tgt": tgt_vocab}`` for a :class:`~fastrnn.models.Seq2Seq`.
+    meta : dict, optional
+        JSON-serialisable extras (tokenizer name, training step, validation perplexity, ...).
+    """
+    from .models import MODELS
+
+    name = type(model).__name__
+    if MODELS.get(name) is not type(model):
+        raise TypeError(f"save_model saves the models of fastrnn.models ({sorted(MODELS)}), "
+                        f"got {name}")
+    if vocab is None:
+        vocabs = {}
+    elif isinstance(vocab, Vocab):
+        vocabs = {"": vocab}
+    elif isinstance(vocab, dict) and all(isinstance(k, str) and k and isinstance(v, Vocab)
+                                         for k, v in vocab.items()):
+        vocabs = dict(vocab)
+    else:
+        raise TypeError("vocab must be a Vocab, a dict of non-empty names to Vocabs, or None")
+    header = {"format": FORMAT, "fastrnn_version": __version__, "model": name,
+              "config": model.config(), "vocab": sorted(vocabs), "meta": meta or {}}
+    try:
+        arrays = {_HEADER: _json_array(header)}
+    except TypeError as e:
+        raise TypeError(f"meta must be JSON-serialisable: {e}") from e
+    for key, v in vocabs.items():
+        arrays[_VOCAB + key] = np.frombuffer(v.to_json().encode("utf-8"), dtype=np.uint8)
+    for pname, p in model.named_parameters():
+        arrays[_PARAM + pname] = p.data
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".fastrnn-", suffix=".npz.tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        umask = os.umask(0)  # mkstemp's file is private (0600): give it the usual mode
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_model(path):
+    """Read a model written by :func:`save_model`.
+
+    Returns
+    -------
+    LoadedModel
+        ``(model, vocab, meta)``: the model in training mode with the saved weights; the
+        Vocab (or dict of Vocabs, or None) as saved; the metadata dict.
+
+    Raises
+    ------
+    ValueError
+        If the file is not a fastrnn model file or any part of it is inconsistent.
+    """
+    from .models import MODELS
+
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path!s} is not a readable .npz model file: {e}") from e
+    if not hasattr(archive, "files"):
+        raise ValueError(f"{path!s} is a single .npy array, not a fastrnn model file")
+    with archive:
+        if _HEADER not in archive.files:
+            raise ValueError(f"{path!s} is not a fastrnn model file (no {_HEADER!r} entry)")
+        header = _json_from(archive[_HEADER], "the header")
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            fmt = header.get("format") if isinstance(header, dict) else None
+            raise ValueError(f"unsupported model file format {fmt!r}; this fastrnn reads "
+                             f"{FORMAT!r}")
+        name, config = header.get("model"), header.get("config")
+        if name not in MODELS:
+            raise ValueError(f"unknown model class {name!r} in {path!s}; expected one of "
+                             f"{sorted(MODELS)}")
+        if not isinstance(config, dict):
+            raise ValueError("corrupt model file: 'config' must be an object")
+        try:
+            model = MODELS[name](**config)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"invalid configuration for {name} in {path!s}: {e}") from e
+        state = {k[len(_PARAM):]: archive[k] for k in archive.files if k.startswith(_PARAM)}
+        model.load_state_dict(state)  # raises ValueError naming missing/unexpected/mismatched
+        names = header.get("vocab", [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError("corrupt model file: 'vocab' must be a list of names")
+        vocabs = {}
+        for n in names:
+            if _VOCAB + n not in archive.files:
+                raise ValueError(f"corrupt model file: vocabulary {n!r} is missing")
+            vocabs[n] = Vocab.from_json(archive[_VOCAB + n].tobytes().decode("utf-8"))
+        meta = header.get("meta", {})
+        if not isinstance(meta, dict):
+            raise ValueError("corrupt model file: 'meta' must be an object")
+    vocab = vocabs.get("") if list(vocabs) in ([], [""]) else vocabs
+    return LoadedModel(model, vocab, meta)

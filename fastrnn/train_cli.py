@@ -1,0 +1,307 @@
+"""The ``fastrnn train-lm`` and ``fastrnn sample`` commands.
+
+``fastrnn/__main__.py`` owns the argument parser; it adds each command's options with
+:func:`add_train_lm_arguments` / :func:`add_sample_arguments` and runs it with
+:func:`run_train_lm` / :func:`run_sample`. :func:`train_lm_main` and :func:`sample_main`
+do both from an argv list.
+
+With no FILE, ``train-lm`` trains on a corpus every Python install has, with no download:
+the standard library's own ``.py`` source files (the first ``--max-bytes`` of them).
+"""
+
+import argparse
+import glob
+import math
+import os
+import sys
+import sysconfig
+import time
+
+import numpy as np
+
+from .data import TOKEN_SEPARATORS, Vocab, get_tokenizer, lm_batches
+from .layers import CrossEntropyLoss, clip_grad_norm_
+from .models import RNNLanguageModel
+from .optim import Adam
+from .parallel import set_num_threads
+from .serialize import load_model, save_model
+
+__all__ = ["add_train_lm_arguments", "run_train_lm", "add_sample_arguments", "run_sample",
+           "train_lm_main", "sample_main", "default_corpus"]
+
+
+def default_corpus(max_bytes=1_000_000):
+    """Text of the Python standard library's top-level ``.py`` files, sorted by name, up to
+    about ``max_bytes`` characters: a corpus that exists wherever Python is installed."""
+    stdlib = sysconfig.get_paths()["stdlib"]
+    parts, size = [], 0
+    for path in sorted(glob.glob(os.path.join(stdlib, "*.py"))):
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError):
+            continue
+        parts.append(text)
+        size += len(text)
+        if size >= max_bytes:
+            break
+    if not parts:
+        raise RuntimeError(f"no Python source files found in {stdlib}; give a text FILE")
+    return "".join(parts)[:max_bytes]
+
+
+def read_text(path):
+    """A UTF-8 text file's contents (a leading byte-order mark is dropped)."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise SystemExit(f"fastrnn: {path} is not UTF-8 text ({e})") from e
+    except OSError as e:
+        raise SystemExit(f"fastrnn: cannot read {path}: {e.strerror}") from e
+
+
+# train-lm --------------------------------------------------------------------------------
+def add_train_lm_arguments(parser):
+    """Add the options of ``fastrnn train-lm`` to an argparse parser."""
+    parser.add_argument("file", nargs="?", metavar="FILE",
+                        help="UTF-8 text to train on (default: the Python standard library's "
+                             "source files)")
+    g = parser.add_argument_group("data")
+    g.add_argument("--tokenizer", default="char", choices=["char", "whitespace", "jieba"],
+                   help="tokens: characters, whitespace-separated words, or jieba's Chinese "
+                        "words (needs `pip install jieba`) (default: char)")
+    g.add_argument("--min-freq", type=int, default=1,
+                   help="rarer tokens become <unk> (default: 1)")
+    g.add_argument("--max-bytes", type=int, default=1_000_000,
+                   help="size of the default corpus in characters (default: 1000000)")
+    g.add_argument("--val-fraction", type=float, default=0.05,
+                   help="the end of the text held out for validation (default: 0.05)")
+    g = parser.add_argument_group("model")
+    g.add_argument("--embedding", type=int, default=64, help="embedding size (default: 64)")
+    g.add_argument("--hidden", type=int, default=256, help="hidden size (default: 256)")
+    g.add_argument("--layers", type=int, default=2, help="RNN layers (default: 2)")
+    g.add_argument("--nonlinearity", default="tanh", choices=["tanh", "relu"])
+    g.add_argument("--dropout", type=float, default=0.0,
+                   help="dropout between RNN layers (default: 0)")
+    g.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    g = parser.add_argument_group("training")
+    g.add_argument("--seq-len", type=int, default=100,
+                   help="steps of truncated backpropagation through time (default: 100)")
+    g.add_argument("--batch", type=int, default=32, help="sequences per batch (default: 32)")
+    g.add_argument("--steps", type=int, default=1000, help="optimizer steps (default: 1000)")
+    g.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default: 2e-3)")
+    g.add_argument("--clip", type=float, default=5.0,
+                   help="clip the gradient norm to this; 0 = no clipping (default: 5)")
+    g.add_argument("--seed", type=int, default=0, help="initial weights and samples (default: 0)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="fastrnn threads (default: OMP_NUM_THREADS or the CPU count)")
+    g = parser.add_argument_group("reporting")
+    g.add_argument("--eval-every", type=int, default=200,
+                   help="validation perplexity, a sample and a checkpoint every N steps "
+                        "(default: 200)")
+    g.add_argument("--eval-tokens", type=int, default=200_000,
+                   help="at most this many validation tokens per evaluation (default: 200000)")
+    g.add_argument("--sample-length", type=int, default=200,
+                   help="tokens in each progress sample (default: 200)")
+    g.add_argument("--temperature", type=float, default=0.8,
+                   help="sampling temperature for the progress samples (default: 0.8)")
+    g.add_argument("--checkpoint", default="fastrnn-lm.npz",
+                   help="model file written at every evaluation (default: fastrnn-lm.npz)")
+    g.add_argument("--log-every", type=int, default=10,
+                   help="progress line every N steps when not on a terminal (default: 10)")
+    return parser
+
+
+class _Progress:
+    """One progress line: redrawn in place on a terminal, printed every ``every`` steps
+    otherwise (logs, CI)."""
+
+    def __init__(self, total, stream, every):
+        self.total, self.stream, self.every = total, stream, max(1, every)
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.last_draw = 0.0
+
+    def update(self, step, text):
+        if self.tty:
+            now = time.perf_counter()
+            if now - self.last_draw < 0.1 and step != self.total:
+                return
+            self.last_draw = now
+            width = 24
+            done = int(width * step / self.total)
+            bar = "=" * done + (">" if done < width else "") + " " * (width - done - 1)
+            self.stream.write(f"\r[{bar}] {text}\x1b[K")
+            if step == self.total:
+                self.stream.write("\n")
+        elif step % self.every == 0 or step == self.total:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def clear(self):
+        if self.tty:
+            self.stream.write("\r\x1b[K")
+
+
+def _check_positive(args, names):
+    for name in names:
+        value = getattr(args, name)
+        if value is None or value < 1:
+            raise SystemExit(f"fastrnn train-lm: --{name.replace('_', '-')} must be a positive "
+                             f"integer, got {value}")
+
+
+def _endless_batches(ids, batch, seq_len):
+    """lm_batches over and over; yields (x, y, new_epoch)."""
+    while True:
+        first = True
+        for x, y in lm_batches(ids, batch, seq_len):
+            yield x, y, first
+            first = False
+
+
+def run_train_lm(args, stdout=None, stderr=None):
+    """Train a language model as ``fastrnn train-lm`` does; returns the exit status 0."""
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    _check_positive(args, ["hidden", "layers", "embedding", "seq_len", "batch", "steps",
+                           "eval_every", "min_freq", "max_bytes", "eval_tokens"])
+    if not 0 < args.val_fraction < 1:
+        raise SystemExit("fastrnn train-lm: --val-fraction must be in (0, 1), got "
+                         f"{args.val_fraction}")
+    if args.threads is not None:
+        set_num_threads(args.threads)
+    if args.file:
+        text, source = read_text(args.file), args.file
+    else:
+        text, source = default_corpus(args.max_bytes), "the Python standard library's sources"
+    tokenize = get_tokenizer(args.tokenizer)
+    tokens = tokenize(text)
+    n_val = int(len(tokens) * args.val_fraction)
+    if n_val < 2 or len(tokens) - n_val < 2 * args.batch:
+        raise SystemExit(f"fastrnn train-lm: {len(tokens)} tokens are too few for --batch "
+                         f"{args.batch} and --val-fraction {args.val_fraction}")
+    train_tokens, val_tokens = tokens[:-n_val], tokens[-n_val:]
+    vocab = Vocab(train_tokens, min_freq=args.min_freq)
+    train_ids, val_ids = vocab.encode(train_tokens), vocab.encode(val_tokens)[:args.eval_tokens]
+    eval_batch = max(1, min(args.batch, len(val_ids) // 2))
+    sep = TOKEN_SEPARATORS[args.tokenizer]
+    rng = np.random.default_rng(args.seed)
+    model = RNNLanguageModel(len(vocab), args.embedding, args.hidden, args.layers,
+                             args.nonlinearity, dropout=args.dropout, dtype=args.dtype, seed=rng)
+    opt = Adam(model.parameters(), lr=args.lr)
+    ce = CrossEntropyLoss()
+    n_params = sum(p.data.size for p in model.parameters())
+    out.write(f"fastrnn train-lm: {len(tokens):,} {args.tokenizer} tokens from {source}, "
+              f"vocabulary {len(vocab):,}, {n_params:,} parameters\n")
+    out.flush()
+    meta = dict(tokenizer=args.tokenizer, separator=sep, source=source, steps=0)
+    progress = _Progress(args.steps, err, args.log_every)
+    batches = _endless_batches(train_ids, args.batch, args.seq_len)
+    h, avg_loss, tokens_seen, train_time = None, None, 0, 0.0
+    for step in range(1, args.steps + 1):
+        t0 = time.perf_counter()
+        x, y, new_epoch = next(batches)
+        if new_epoch:
+            h = None  # each pass over the text starts from a zero state
+        model.zero_grad()
+        logits, h = model(x, h)
+        loss = ce(logits, y)
+        model.backward(ce.backward())
+        if args.clip > 0:
+            clip_grad_norm_(model.parameters(), args.clip)
+        opt.step()
+        train_time += time.perf_counter() - t0
+        tokens_seen += y.size
+        avg_loss = loss if avg_loss is None else 0.95 * avg_loss + 0.05 * loss
+        progress.update(step, f"step {step}/{args.steps}  loss {avg_loss:.3f}  "
+                              f"ppl {math.exp(min(avg_loss, 50)):.2f}  "
+                              f"{tokens_seen / train_time:,.0f} tok/s")
+        if step % args.eval_every == 0 or step == args.steps:
+            progress.clear()
+            val_ppl = model.perplexity(val_ids, eval_batch, args.seq_len)
+            start = val_ids[rng.integers(len(val_ids))]
+            sample = model.generate(np.array([start]), args.sample_length,
+                                    temperature=args.temperature, seed=rng)
+            meta.update(steps=step, val_perplexity=val_ppl, train_loss=float(avg_loss))
+            save_model(args.checkpoint, model, vocab, meta)
+            out.write(f"step {step}: validation perplexity {val_ppl:.3f}, train loss "
+                      f"{avg_loss:.3f}, {tokens_seen / train_time:,.0f} tok/s; saved "
+                      f"{args.checkpoint}\n--- sample ---\n"
+                      f"{vocab.decode(np.concatenate([[start], sample]), sep=sep)}\n"
+                      f"--------------\n")
+            out.flush()
+    return 0
+
+
+# sample ----------------------------------------------------------------------------------
+def add_sample_arguments(parser):
+    """Add the options of ``fastrnn sample`` to an argparse parser."""
+    parser.add_argument("checkpoint", metavar="CHECKPOINT",
+                        help="a model file written by fastrnn train-lm")
+    parser.add_argument("--length", type=int, default=500,
+                        help="tokens to generate (default: 500)")
+    parser.add_argument("--temperature", type=float, default=0.8,
+                        help="softmax temperature; 0 = greedy (default: 0.8)")
+    parser.add_argument("--top-k", type=int, default=None,
+                        help="sample only from the k most likely tokens (default: all)")
+    parser.add_argument("--prime", default="",
+                        help="text the sample continues (default: none)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="random seed (default: a fresh one each run)")
+    parser.add_argument("--threads", type=int, default=None, help="fastrnn threads")
+    return parser
+
+
+def run_sample(args, stdout=None):
+    """Print a sample from a trained language model as ``fastrnn sample`` does; returns 0."""
+    out = stdout or sys.stdout
+    if args.length < 0:
+        raise SystemExit(f"fastrnn sample: --length must be non-negative, got {args.length}")
+    if args.temperature < 0:
+        raise SystemExit(f"fastrnn sample: --temperature must be ≥ 0, got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise SystemExit(f"fastrnn sample: --top-k must be positive, got {args.top_k}")
+    if args.threads is not None:
+        set_num_threads(args.threads)
+    try:
+        model, vocab, meta = load_model(args.checkpoint)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"fastrnn sample: cannot load {args.checkpoint}: {e}") from e
+    if not isinstance(model, RNNLanguageModel) or not isinstance(vocab, Vocab):
+        raise SystemExit(f"fastrnn sample: {args.checkpoint} is not a language model checkpoint "
+                         "(train one with fastrnn train-lm)")
+    tokenizer = meta.get("tokenizer", "char")
+    sep = meta.get("separator", TOKEN_SEPARATORS.get(tokenizer, ""))
+    model.eval()
+    prime_ids = vocab.encode(get_tokenizer(tokenizer)(args.prime)) if args.prime else []
+    if len(prime_ids) == 0:
+        # start after a line break if the vocabulary has one, else after the commonest token
+        start = vocab["\n"] if "\n" in vocab else min(vocab.n_specials, len(vocab) - 1)
+        prime_ids, shown = np.array([start]), ""
+    else:
+        shown = args.prime + (sep if sep else "")
+    ids = model.generate(np.asarray(prime_ids), args.length, temperature=args.temperature,
+                         top_k=args.top_k, seed=args.seed)
+    out.write(shown + vocab.decode(ids, sep=sep) + "\n")
+    out.flush()
+    return 0
+
+
+# argv entry points -----------------------------------------------------------------------
+def train_lm_main(argv=None):
+    """``fastrnn train-lm`` from an argument list."""
+    parser = argparse.ArgumentParser(prog="fastrnn train-lm",
+                                     description="Train a recurrent language model on text.")
+    return run_train_lm(add_train_lm_arguments(parser).parse_args(argv))
+
+
+def sample_main(argv=None):
+    """``fastrnn sample`` from an argument list."""
+    parser = argparse.ArgumentParser(prog="fastrnn sample",
+                                     description="Generate text with a trained language model.")
+    return run_sample(add_sample_arguments(parser).parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(train_lm_main())
