@@ -7,7 +7,7 @@ import zlib
 import numpy as np
 import pytest
 
-# Make ``import _helpers`` work under any pytest import mode (prepend adds this dir; importlib doesn't).
+# ``import _helpers`` under any import mode (prepend adds this dir, importlib doesn't).
 sys.path.insert(0, os.path.dirname(__file__))
 
 
@@ -35,7 +35,8 @@ def kernel(request):
 @pytest.fixture
 def rng(request):
     """A generator seeded from the test's id: deterministic, but different for each case."""
-    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+    test_id = f"{request.node.module.__name__}::{request.node.name}"  # independent of the cwd
+    return np.random.default_rng(zlib.crc32(test_id.encode()))
 
 
 @pytest.fixture
