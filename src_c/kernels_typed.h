@@ -112,8 +112,8 @@ typedef struct {
 
 /* The register tile: rows i0 .. i0+mr of A over k = kb .. kb+kc, times packed B panels
  * bp + q·panel_stride (q < np, each kc x NR), into cout[r] + c_off (ncols valid columns).
- * `kmajor` (a constant at every call) selects how A is read: a transposed A is read in
- * place, MR consecutive values per k, so neither layout needs packing. */
+ * `kmajor` (a constant at every call) selects how A is read: row-major A through its row
+ * pointers, transposed A as MR consecutive values per k (ldat apart). */
 static inline __attribute__((always_inline)) void FR_P(tile)(
     const int mr, const int np, const int kmajor, FR_P(asrc) a, int i0, fr_index kb,
     fr_index kc, const REAL *bp, fr_index panel_stride, const REAL *const *cin,
@@ -193,15 +193,27 @@ static void FR_P(block)(int M, int ncols, fr_index kb, fr_index kc, FR_P(asrc) a
                         const REAL *bp, fr_index panel_stride, const REAL *const *cin,
                         REAL *const *cout, fr_index c_off, int init, int fin, const REAL *bias) {
     const int npanels = (ncols + NR - 1) / NR;
+    REAL ap[KC * FR_MR];
     for (int i0 = 0; i0 < M; i0 += FR_MR) {
         const int mr = M - i0 < FR_MR ? M - i0 : FR_MR;
         const int np = mr == FR_MR ? 1 : FR_P(panels_for_rows)(mr);
+        /* A transposed is copied into a dense kc x FR_MR block: read in place, its rows
+         * (often a power of two apart) would alias in cache and miss the TLB every k */
+        FR_P(asrc) at = {NULL, ap, FR_MR};
+        if (!a.rows)
+            for (fr_index k = 0; k < kc; k++)
+                memcpy(ap + k * FR_MR, a.at + (kb + k) * a.ldat + i0, (size_t)mr * sizeof(REAL));
         for (int q = 0; q < npanels;) {
             int n = npanels - q >= np ? np : 1;
             int cols = ncols - q * NR < n * NR ? ncols - q * NR : n * NR;
-            FR_P(tile_dispatch)(mr, n, a, i0, kb, kc, bp + q * panel_stride, panel_stride,
-                                cin ? cin + i0 : NULL, cout + i0, c_off + q * NR, cols, init,
-                                fin, bias ? bias + q * NR : NULL);
+            if (a.rows)
+                FR_P(tile_dispatch)(mr, n, a, i0, kb, kc, bp + q * panel_stride, panel_stride,
+                                    cin ? cin + i0 : NULL, cout + i0, c_off + q * NR, cols,
+                                    init, fin, bias ? bias + q * NR : NULL);
+            else
+                FR_P(tile_dispatch)(mr, n, at, 0, 0, kc, bp + q * panel_stride, panel_stride,
+                                    cin ? cin + i0 : NULL, cout + i0, c_off + q * NR, cols,
+                                    init, fin, bias ? bias + q * NR : NULL);
             q += n;
         }
     }
