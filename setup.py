@@ -18,33 +18,40 @@ KERNEL_SOURCES = ["src_c/dispatch.c", "src_c/kernels_portable.c", "src_c/kernels
 OPENMP_TEST = "#include <omp.h>\nint main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }\n"
 
 
+# (compile flags, link flags) to try in turn: GCC/clang; Apple clang with libomp (its
+# include and library paths come from CFLAGS/LDFLAGS, e.g. set by cibuildwheel); MSVC
+OPENMP_CANDIDATES = ((["-fopenmp"], ["-fopenmp"]), (["-Xpreprocessor", "-fopenmp"], ["-lomp"]),
+                     (["/openmp"], []))
+
+
 def openmp_flags(compiler):
-    """Compile and link flags for OpenMP, or None if the compiler lacks it."""
+    """(compile flags, link flags) for OpenMP, or None if the compiler lacks it."""
     if os.environ.get("FASTRNN_NO_OPENMP") == "1":
         return None
-    flag = "/openmp" if compiler.compiler_type == "msvc" else "-fopenmp"
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "test_openmp.c")
         with open(src, "w") as f:
             f.write(OPENMP_TEST)
-        try:
-            objs = compiler.compile([src], output_dir=tmp, extra_postargs=[flag])
-            compiler.link_executable(objs, "test_openmp", output_dir=tmp,
-                                     extra_postargs=[flag])
-        except Exception:  # any compile or link error means: no OpenMP
-            return None
-    return flag
+        for cflags, ldflags in OPENMP_CANDIDATES:
+            try:
+                objs = compiler.compile([src], output_dir=tmp, extra_postargs=cflags)
+                compiler.link_executable(objs, "test_openmp", output_dir=tmp,
+                                         extra_postargs=ldflags)
+                return cflags, ldflags
+            except Exception:  # a compile or link error: try the next spelling
+                continue
+    return None
 
 
 class BuildExt(build_ext):
     def build_extensions(self):
-        flag = openmp_flags(self.compiler)
-        if flag is None:
+        flags = openmp_flags(self.compiler)
+        if flags is None:
             print("fastrnn: building WITHOUT OpenMP (serial loops)", file=sys.stderr)
         for ext in self.extensions:
-            if flag is not None:
-                ext.extra_compile_args.append(flag)
-                ext.extra_link_args.append(flag)
+            if flags is not None:
+                ext.extra_compile_args += flags[0]
+                ext.extra_link_args += flags[1]
         super().build_extensions()
 
 

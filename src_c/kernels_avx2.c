@@ -7,4 +7,5 @@ FR_TARGET_BEGIN("avx2,fma")
 #define FR_VBYTES 32
 #define FR_MR 6
 #include "kernels_impl.h"
+FR_TARGET_END
 #endif
