@@ -20,7 +20,7 @@ import numpy as np
 
 from . import _rnn
 from .parallel import get_num_threads
-from .reference import param_names
+from .reference import _from_time_major, param_names
 
 __all__ = ["rnn_forward", "rnn_backward", "available_kernels", "get_kernel", "set_kernel",
            "openmp_enabled"]
@@ -161,12 +161,6 @@ def _normalise_inputs(x, h0, lengths, params, num_layers, nonlinearity, bidirect
         dropout_masks = masks
     return (np.ascontiguousarray(x), h0, lengths, dtype, hidden_size, bias, unbatched,
             dropout_masks)
-
-
-def _from_time_major(y, unbatched, batch_first):
-    if unbatched:
-        return y[:, 0]
-    return y.transpose(1, 0, 2) if batch_first else y
 
 
 def rnn_forward(x, params, h0=None, *, num_layers=1, nonlinearity="tanh", bidirectional=False,

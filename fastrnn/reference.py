@@ -105,6 +105,7 @@ def _to_time_major(x, h0, lengths, num_layers, bidirectional, batch_first, hidde
 
 
 def _from_time_major(y, unbatched, batch_first):
+    """Undo the input layout on a time-major (L, N, ·) result."""
     if unbatched:
         return y[:, 0]
     return y.transpose(1, 0, 2) if batch_first else y
