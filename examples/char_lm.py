@@ -18,7 +18,9 @@ from fastrnn.data import Vocab, char_tokenize, lm_batches
 from fastrnn.models import RNNLanguageModel
 from fastrnn.train_cli import default_corpus, read_text
 
-DEFAULT_DATA = "/work/shared/data/tinyshakespeare.txt"
+# the project's shared data folder sits beside the checkout (CI has it; users may not)
+DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
+                            "data", "tinyshakespeare.txt")
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("file", nargs="?")

@@ -19,7 +19,9 @@ import os
 import sys
 import time
 
-DEFAULT_DATA = "/work/shared/data/tinyshakespeare.txt"
+# the project's shared data folder sits beside the checkout (CI has it; users may not)
+DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
+                            "data", "tinyshakespeare.txt")
 
 
 def parse_args():
