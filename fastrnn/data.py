@@ -170,7 +170,7 @@ class Vocab:
         """Inverse of :meth:`to_json`; raises ValueError for anything else."""
         try:
             obj = json.loads(text)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, RecursionError) as e:  # RecursionError: deep nesting
             raise ValueError(f"not a fastrnn vocabulary (invalid JSON: {e})") from e
         if not isinstance(obj, dict) or obj.get("format") != _VOCAB_FORMAT:
             raise ValueError(f"not a fastrnn vocabulary (expected format {_VOCAB_FORMAT!r})")

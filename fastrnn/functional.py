@@ -15,6 +15,7 @@ direction, the compiled code runs
 
 import numbers
 import os
+import sys
 
 import numpy as np
 
@@ -101,11 +102,12 @@ def _check_lengths(lengths, batch, seq_len):
     if lengths is None:
         return np.full(batch, seq_len, dtype=np.int64)
     arr = np.asarray(lengths)
-    if arr.dtype.kind not in "iu":
-        if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
-            arr = arr.astype(np.int64)
-        else:
-            raise TypeError(f"lengths must be integers, got dtype {arr.dtype}")
+    if arr.size == 0 and arr.dtype.kind == "f":
+        arr = arr.astype(np.int64)  # an empty list, for a batch of 0
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"lengths must be integers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f" and not (np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))):
+        raise TypeError(f"lengths must be integers (whole numbers), got {arr.dtype} values {arr}")
     if arr.shape != (batch,):
         raise ValueError(f"lengths must have shape ({batch},) (one per batch element), "
                          f"got {_shape(arr)}")
@@ -136,6 +138,10 @@ def _normalise_inputs(x, h0, lengths, params, num_layers, nonlinearity, bidirect
         x = x.transpose(1, 0, 2)
     L, N = _shape(x)[:2]
     D = 2 if bidirectional else 1
+    # outputs and BPTT buffers hold L·N·D·H elements per layer: refuse sizes that overflow
+    if L * N * D * hidden_size * dtype.itemsize * 4 > sys.maxsize:
+        raise MemoryError(f"an RNN over {L} steps x {N} sequences x {D * hidden_size} "
+                          f"outputs needs more memory than this machine can address")
     if h0 is None:
         h0 = np.zeros((D * num_layers, N, hidden_size), dtype=dtype)
     else:
@@ -147,6 +153,10 @@ def _normalise_inputs(x, h0, lengths, params, num_layers, nonlinearity, bidirect
     if unbatched and lengths is not None:
         raise ValueError("lengths is only accepted with a batched (3-D) input")
     lengths = _check_lengths(lengths, N, L)
+    if N and lengths.min() < L and not np.all(np.isfinite(x)):
+        # steps past a length never run; zero them so non-finite padding cannot reach the
+        # weight gradients (dW_ih sums dAᵀX over every row, and 0·NaN = NaN)
+        x = np.where((np.arange(L)[:, None] < lengths[None, :])[:, :, None], x, 0).astype(dtype)
     if dropout_masks is not None:
         if len(dropout_masks) != num_layers - 1:
             raise ValueError(f"dropout_masks must hold num_layers - 1 = {num_layers - 1} arrays, "
@@ -222,6 +232,9 @@ def rnn_forward(x, params, h0=None, *, num_layers=1, nonlinearity="tanh", bidire
                  num_layers=num_layers, relu=relu, D=D, unbatched=unbatched,
                  batch_first=batch_first, bias=bias, dtype=dtype)
     output = _from_time_major(inp, unbatched, batch_first)
+    # the output is also the cache backward reads: read-only, so changing it in place
+    # cannot silently change the gradients (copy it to modify it)
+    output.flags.writeable = False
     return output, (h_n[:, 0] if unbatched else h_n), cache
 
 

@@ -34,8 +34,9 @@ def _act(a, nonlinearity):
 
 
 def _act_grad(h, nonlinearity):
-    """act'(a) written in terms of h = act(a): tanh' = 1 - h², relu' = [h > 0] (so relu'(0) = 0)."""
-    return 1 - h * h if nonlinearity == "tanh" else (h > 0).astype(h.dtype)
+    """act'(a) written in terms of h = act(a): tanh' = 1 - h², relu' = [h > 0] (so relu'(0) = 0;
+    a NaN output passes the gradient, as in torch)."""
+    return 1 - h * h if nonlinearity == "tanh" else (~(h <= 0)).astype(h.dtype)
 
 
 def _time_index(step, lengths, reverse):

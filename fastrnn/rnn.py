@@ -2,6 +2,7 @@
 
 import math
 import numbers
+import sys
 import warnings
 
 import numpy as np
@@ -104,6 +105,9 @@ class RNN:
                                                 else D * self.hidden_size)
             shape = ((rows, layer_in) if name.startswith("weight_ih")
                      else (rows, rows) if name.startswith("weight_hh") else (rows,))
+            if math.prod(shape) * self.dtype.itemsize > sys.maxsize:
+                raise MemoryError(f"{name} of shape {shape} needs more memory than this "
+                                  "machine can address")
             data = self._rng.uniform(-bound, bound, size=shape).astype(self.dtype)
             self._params[name] = Parameter(data)
 
@@ -221,6 +225,8 @@ class RNN:
             bidirectional=self.bidirectional, batch_first=self.batch_first, lengths=lengths,
             dropout_masks=masks)
         self._cache = cache if self.training else None
+        if not self.training:
+            output.flags.writeable = True  # no cache to protect in eval mode
         return output, h_n
 
     __call__ = forward

@@ -14,6 +14,8 @@ Nothing in the file is executed or unpickled on load; every part is validated.
 import json
 import os
 import tempfile
+import zipfile
+import zlib
 from collections import namedtuple
 
 import numpy as np
@@ -41,7 +43,7 @@ def _json_from(array, what):
         raise ValueError(f"corrupt model file: {what} is not UTF-8 JSON bytes")
     try:
         return json.loads(array.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ValueError(f"corrupt model file: {what} is not valid UTF-8 JSON ({e})") from e
 
 
@@ -113,44 +115,55 @@ def load_model(path):
     ValueError
         If the file is not a fastrnn model file or any part of it is inconsistent.
     """
-    from .models import MODELS
-
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path!s} is not a readable .npz model file: {e}") from e
     if not hasattr(archive, "files"):
         raise ValueError(f"{path!s} is a single .npy array, not a fastrnn model file")
-    with archive:
-        if _HEADER not in archive.files:
-            raise ValueError(f"{path!s} is not a fastrnn model file (no {_HEADER!r} entry)")
-        header = _json_from(archive[_HEADER], "the header")
-        if not isinstance(header, dict) or header.get("format") != FORMAT:
-            fmt = header.get("format") if isinstance(header, dict) else None
-            raise ValueError(f"unsupported model file format {fmt!r}; this fastrnn reads "
-                             f"{FORMAT!r}")
-        name, config = header.get("model"), header.get("config")
-        if name not in MODELS:
-            raise ValueError(f"unknown model class {name!r} in {path!s}; expected one of "
-                             f"{sorted(MODELS)}")
-        if not isinstance(config, dict):
-            raise ValueError("corrupt model file: 'config' must be an object")
-        try:
-            model = MODELS[name](**config)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"invalid configuration for {name} in {path!s}: {e}") from e
-        state = {k[len(_PARAM):]: archive[k] for k in archive.files if k.startswith(_PARAM)}
-        model.load_state_dict(state)  # raises ValueError naming missing/unexpected/mismatched
-        names = header.get("vocab", [])
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise ValueError("corrupt model file: 'vocab' must be a list of names")
-        vocabs = {}
-        for n in names:
-            if _VOCAB + n not in archive.files:
-                raise ValueError(f"corrupt model file: vocabulary {n!r} is missing")
-            vocabs[n] = Vocab.from_json(archive[_VOCAB + n].tobytes().decode("utf-8"))
-        meta = header.get("meta", {})
-        if not isinstance(meta, dict):
-            raise ValueError("corrupt model file: 'meta' must be an object")
+    # a damaged archive fails inside zipfile/zlib/numpy's reader with their own exceptions
+    try:
+        with archive:
+            model, vocabs, meta = _read_archive(archive, path)
+    except (zipfile.BadZipFile, zlib.error, EOFError, UnicodeDecodeError, KeyError,
+            TypeError) as e:
+        raise ValueError(f"corrupt model file {path!s}: {type(e).__name__}: {e}") from e
     vocab = vocabs.get("") if list(vocabs) in ([], [""]) else vocabs
     return LoadedModel(model, vocab, meta)
+
+
+def _read_archive(archive, path):
+    """(model, vocabs, meta) from an open .npz archive, validating as it goes."""
+    from .models import MODELS
+
+    if _HEADER not in archive.files:
+        raise ValueError(f"{path!s} is not a fastrnn model file (no {_HEADER!r} entry)")
+    header = _json_from(archive[_HEADER], "the header")
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        fmt = header.get("format") if isinstance(header, dict) else None
+        raise ValueError(f"unsupported model file format {fmt!r}; this fastrnn reads "
+                         f"{FORMAT!r}")
+    name, config = header.get("model"), header.get("config")
+    if name not in MODELS:
+        raise ValueError(f"unknown model class {name!r} in {path!s}; expected one of "
+                         f"{sorted(MODELS)}")
+    if not isinstance(config, dict):
+        raise ValueError("corrupt model file: 'config' must be an object")
+    try:
+        model = MODELS[name](**config)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"invalid configuration for {name} in {path!s}: {e}") from e
+    state = {k[len(_PARAM):]: archive[k] for k in archive.files if k.startswith(_PARAM)}
+    model.load_state_dict(state)  # raises ValueError naming missing/unexpected/mismatched
+    names = header.get("vocab", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError("corrupt model file: 'vocab' must be a list of names")
+    vocabs = {}
+    for n in names:
+        if _VOCAB + n not in archive.files:
+            raise ValueError(f"corrupt model file: vocabulary {n!r} is missing")
+        vocabs[n] = Vocab.from_json(archive[_VOCAB + n].tobytes().decode("utf-8"))
+    meta = header.get("meta", {})
+    if not isinstance(meta, dict):
+        raise ValueError("corrupt model file: 'meta' must be an object")
+    return model, vocabs, meta

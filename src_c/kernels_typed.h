@@ -64,7 +64,8 @@ static inline VEC FR_P(vtanh)(VEC x) {
     const IVEC sign_mask = (IVEC){0} + INT32_MIN;
     IVEC sign_bits = (IVEC)x & sign_mask;
     VEC ax = (VEC)((IVEC)x & ~sign_mask);
-    VEC clamped = FR_P(select)(ax < FR_P(splat)(9.0f), ax, FR_P(splat)(9.0f));
+    /* past 10, 1 - 2/(e^{2|x|} + 1) rounds to exactly 1 in float32, as torch's tanh */
+    VEC clamped = FR_P(select)(ax < FR_P(splat)(10.0f), ax, FR_P(splat)(10.0f));
     VEC y = clamped * 2.88539008177792681f; /* 2|x| log2(e) */
     IVEC n = __builtin_convertvector(y + 0.5f, IVEC);
     VEC g = (y - __builtin_convertvector(n, VEC)) * 0.69314718055994531f;
@@ -306,12 +307,13 @@ static void FR_P(rnn_step)(int M, int H, int j0, int j1, const REAL *const *hpre
 
 static void FR_P(bptt_da)(int M, int j0, int j1, const REAL *const *dy, const REAL *const *h,
                           const REAL *const *g, REAL *const *da, int relu) {
-    /* dA_t = (dY_t + g) ⊙ act'(h_t),  tanh' = 1 - h², relu' = [h > 0] */
+    /* dA_t = (dY_t + g) ⊙ act'(h_t),  tanh' = 1 - h², relu' = [h > 0]; as torch, a NaN
+     * output passes the gradient (h <= 0 is false for NaN) */
     for (int r = 0; r < M; r++) {
         const REAL *dyr = dy[r], *hr = h[r], *gr = g[r];
         REAL *dar = da[r];
         if (relu)
-            for (int j = j0; j < j1; j++) dar[j] = hr[j] > 0 ? dyr[j] + gr[j] : 0;
+            for (int j = j0; j < j1; j++) dar[j] = hr[j] <= 0 ? 0 : dyr[j] + gr[j];
         else
             for (int j = j0; j < j1; j++) dar[j] = (dyr[j] + gr[j]) * (1 - hr[j] * hr[j]);
     }

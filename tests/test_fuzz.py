@@ -1,0 +1,183 @@
+"""Property-based differential tests (hypothesis): compiled kernels against the reference.
+
+Random shapes (including zero-sized ones), options, variable lengths, dropout masks and
+memory layouts; every output and every gradient is compared, on every kernel path this
+CPU supports. A second property checks that results are bitwise identical for one and two
+threads at sizes that take the parallel paths (batch slices and hidden-column slices).
+
+By default the examples are derandomized (the same every run, so CI is stable); set
+``FASTRNN_FUZZ_EXAMPLES=500`` (say) to search longer with fresh random examples.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from _helpers import assert_results_equal, expected_param_shapes, run_api  # noqa: E402
+import fastrnn  # noqa: E402
+from fastrnn import functional, reference  # noqa: E402
+
+_EXAMPLES = int(os.environ.get("FASTRNN_FUZZ_EXAMPLES", "0"))
+
+
+def fuzz_settings(default_examples):
+    """Derandomized ``default_examples`` per kernel, or FASTRNN_FUZZ_EXAMPLES random ones."""
+    return settings(max_examples=_EXAMPLES or default_examples, derandomize=not _EXAMPLES,
+                    deadline=None, database=None, print_blob=True,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                           HealthCheck.too_slow])
+
+
+LAYOUTS = ["contiguous", "fortran", "strided", "reversed", "readonly"]
+
+
+def relayout(a, how):
+    """The same values in another memory layout (fastrnn must not care which)."""
+    if how == "fortran":
+        return np.asfortranarray(a)
+    if how == "strided" and a.ndim:
+        big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), dtype=a.dtype)
+        big[..., 1::2] = a
+        return big[..., 1::2]
+    if how == "reversed" and a.ndim:  # negative strides along the first axis
+        return np.ascontiguousarray(a[::-1])[::-1]
+    if how == "readonly":
+        a = a.copy()
+        a.flags.writeable = False
+    return a
+
+
+@st.composite
+def rnn_cases(draw):
+    """Options, sizes and arrays for one forward + backward."""
+    nonlinearity = draw(st.sampled_from(["tanh", "relu"]))
+    # relu in float32: a pre-activation within rounding of 0 may land on either side of the
+    # kink in the two implementations (an O(1) gradient difference), so relu runs in float64,
+    # where that needs a value within 1e-16 of 0
+    dtype = np.float64 if nonlinearity == "relu" else draw(st.sampled_from([np.float32,
+                                                                            np.float64]))
+    num_layers = draw(st.integers(1, 3))
+    bidirectional = draw(st.booleans())
+    bias = draw(st.booleans())
+    layout = draw(st.sampled_from(["time", "batch", "unbatched"]))
+    seq_len = draw(st.integers(0, 7))
+    batch = 1 if layout == "unbatched" else draw(st.integers(0, 6))
+    input_size = draw(st.integers(0, 6))
+    # across SIMD widths (4, 8, 16 lanes) and the 32-column panels of the step kernels
+    hidden_size = draw(st.integers(1, 40))
+    lengths = None
+    if layout != "unbatched" and draw(st.booleans()):
+        lengths = np.array(draw(st.lists(st.integers(0, seq_len), min_size=batch,
+                                         max_size=batch)), dtype=np.int64)
+    D = 2 if bidirectional else 1
+    p = draw(st.sampled_from([None, 0.0, 0.5, 1.0])) if num_layers > 1 else None
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    k = 1.5 / np.sqrt(hidden_size)
+    params = {name: rng.uniform(-k, k, shape).astype(dtype) for name, shape in
+              expected_param_shapes(input_size, hidden_size, num_layers, bidirectional,
+                                    bias).items()}
+    lead = (seq_len,) if layout == "unbatched" else (
+        (batch, seq_len) if layout == "batch" else (seq_len, batch))
+    h_shape = (D * num_layers,) + (() if layout == "unbatched" else (batch,)) + (hidden_size,)
+    x = rng.standard_normal(lead + (input_size,)).astype(dtype)
+    h0 = rng.standard_normal(h_shape).astype(dtype) if draw(st.booleans()) else None
+    masks = None
+    if p is not None:
+        masks = [((rng.random((seq_len, batch, D * hidden_size)) >= p) /
+                  max(1 - p, 1e-3)).astype(dtype) for _ in range(num_layers - 1)]
+    grad_output = rng.standard_normal(lead + (D * hidden_size,)).astype(dtype)
+    grad_h_n = rng.standard_normal(h_shape).astype(dtype) if draw(st.booleans()) else None
+    layouts = draw(st.lists(st.sampled_from(LAYOUTS), min_size=6, max_size=6))
+    kwargs = dict(num_layers=num_layers, nonlinearity=nonlinearity, bidirectional=bidirectional,
+                  batch_first=layout == "batch", lengths=lengths, dropout_masks=masks)
+    return dict(params=params, x=x, h0=h0, grad_output=grad_output, grad_h_n=grad_h_n,
+                kwargs=kwargs, dtype=dtype, layouts=layouts)
+
+
+def _maybe(a, how):
+    return None if a is None else relayout(a, how)
+
+
+@fuzz_settings(150)
+@given(case=rnn_cases())
+def test_compiled_matches_reference(kernel, case):
+    params, x, h0, gy, ghn = (case[k] for k in ("params", "x", "h0", "grad_output", "grad_h_n"))
+    kwargs, (lx, lh, lg, lgh, lp, lm) = case["kwargs"], case["layouts"]
+    expected = run_api(reference, params, x, h0, gy, ghn, **kwargs)
+    masks = kwargs["dropout_masks"]
+    lengths = kwargs["lengths"]
+    if lengths is not None:
+        # a plain list too, except an empty one (bug H in docs/hardening.md)
+        lengths = lengths.tolist() if lm == "contiguous" and lengths.size else relayout(lengths, lm)
+    fast_kwargs = dict(kwargs, lengths=lengths, dropout_masks=None if masks is None else
+                       [relayout(m, lm) for m in masks])
+    got = run_api(functional, {k: relayout(v, lp) for k, v in params.items()}, relayout(x, lx),
+                  _maybe(h0, lh), relayout(gy, lg), _maybe(ghn, lgh), **fast_kwargs)
+    assert_close_fuzz(got, expected, case["dtype"])
+
+
+# ‖a − b‖ ≤ REL·‖b‖ + ABS·√size. The absolute part is a few dozen ulps of an O(1) value
+# (every input is O(1)): a gradient that is a small sum of O(1) terms (a cancellation) has
+# only that absolute accuracy in any float32 implementation; a real bug errs by O(0.1).
+REL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
+ABS = {np.dtype(np.float32): 4e-6, np.dtype(np.float64): 1e-13}
+
+
+def assert_close_fuzz(got, expected, dtype):
+    names = ["output", "h_n", "grad_x", "grad_h0"] + [f"grad {k}" for k in expected[4]]
+    rel, abs_ = REL[np.dtype(dtype)], ABS[np.dtype(dtype)]
+    for name, a, b in zip(names, list(got[:4]) + list(got[4].values()),
+                          list(expected[:4]) + list(expected[4].values())):
+        assert a.shape == b.shape and a.dtype == np.dtype(dtype), name
+        assert np.all(np.isfinite(a)), name
+        err = np.linalg.norm((a - b).astype(np.float64))
+        assert err <= rel * np.linalg.norm(b.astype(np.float64)) + abs_ * np.sqrt(b.size), (
+            f"{name}: ‖a − b‖ = {err:.3g}")
+
+
+@st.composite
+def parallel_cases(draw):
+    """Sizes around the two-thread thresholds (fastrnn/_rnn.pyx): L·N·H² ≥ 2¹⁹ for a
+    recurrence to use a second thread; N < 8 and H ≥ 256 to split hidden columns rather
+    than the batch."""
+    if draw(st.booleans()):  # batch slices (N ≥ 8 for two threads)
+        batch, hidden = draw(st.integers(8, 40)), draw(st.integers(16, 140))
+    else:  # column slices, and below 256 a small batch split into slices of one or two
+        batch, hidden = draw(st.integers(1, 7)), draw(st.integers(200, 300))
+    # a sequence just long enough to pass the threshold, capped to keep each example quick
+    seq_len = int(min(48, max(2, -(-2**19 // (batch * hidden * hidden)) + draw(st.integers(0, 3)))))
+    seed = draw(st.integers(0, 2**32 - 1))
+    return dict(batch=batch, hidden=hidden, seq_len=seq_len, seed=seed,
+                nonlinearity=draw(st.sampled_from(["tanh", "relu"])),
+                dtype=draw(st.sampled_from([np.float32, np.float64])),
+                ragged=draw(st.booleans()), bidirectional=draw(st.booleans()))
+
+
+@fuzz_settings(8)
+@given(case=parallel_cases())
+def test_thread_count_never_changes_a_bit(kernel, case):
+    rng = np.random.default_rng(case["seed"])
+    L, N, H, dtype = case["seq_len"], case["batch"], case["hidden"], case["dtype"]
+    D = 2 if case["bidirectional"] else 1
+    params = {name: (rng.uniform(-1, 1, shape) / np.sqrt(H)).astype(dtype) for name, shape in
+              expected_param_shapes(7, H, 2, case["bidirectional"], True).items()}
+    x = rng.standard_normal((L, N, 7)).astype(dtype)
+    gy = rng.standard_normal((L, N, D * H)).astype(dtype)
+    ghn = rng.standard_normal((2 * D, N, H)).astype(dtype)
+    lengths = rng.integers(0, L + 1, size=N) if case["ragged"] else None
+    kwargs = dict(num_layers=2, nonlinearity=case["nonlinearity"],
+                  bidirectional=case["bidirectional"], lengths=lengths)
+    previous = fastrnn.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            fastrnn.set_num_threads(threads)
+            results.append(run_api(functional, params, x, None, gy, ghn, **kwargs))
+    finally:
+        fastrnn.set_num_threads(previous)
+    assert_results_equal(results[1], results[0])
