@@ -124,6 +124,8 @@ class _RNNFunction(torch.autograd.Function):
             _numpy(x), params, None if h0 is None else _numpy(h0), num_layers=num_layers,
             nonlinearity=nonlinearity, bidirectional=bidirectional, batch_first=batch_first,
             lengths=lengths, dropout_masks=masks)
+        # functional returns the output read-only; torch's version counter guards it instead
+        output.flags.writeable = True
         output, h_n = torch.from_numpy(output), torch.from_numpy(h_n)
         ctx.names = names
         ctx.has_h0 = h0 is not None
