@@ -20,7 +20,7 @@ import numpy as np
 
 from . import _ops, _rnn
 from .parallel import get_num_threads
-from .rnn import Parameter
+from .rnn import Parameter, new_parameter
 
 __all__ = ["Module", "Embedding", "Linear", "CrossEntropyLoss", "clip_grad_norm_",
            "clip_grad_value_"]
@@ -213,10 +213,14 @@ class Embedding(Module):
         self.padding_idx = padding_idx
         self.dtype = _check_dtype(dtype)
         rng = _as_rng(seed)
-        weight = rng.standard_normal((self.num_embeddings, self.embedding_dim)).astype(self.dtype)
-        if padding_idx is not None:
-            weight[padding_idx] = 0
-        self.weight = Parameter(weight)
+
+        def fill(shape):
+            weight = rng.standard_normal(shape)
+            if padding_idx is not None:
+                weight[padding_idx] = 0
+            return weight
+
+        self.weight = new_parameter((self.num_embeddings, self.embedding_dim), self.dtype, fill)
         self._cache = None
 
     def __repr__(self):
@@ -279,11 +283,12 @@ class Linear(Module):
         rng = _as_rng(seed)
         bound = 1 / math.sqrt(self.in_features)
         shape = (self.out_features, self.in_features)
-        self.weight = Parameter(rng.uniform(-bound, bound, size=shape).astype(self.dtype))
+        self.weight = new_parameter(shape, self.dtype,
+                                    lambda s: rng.uniform(-bound, bound, size=s))
         self.has_bias = bool(bias)
         if self.has_bias:
-            self.bias = Parameter(rng.uniform(-bound, bound, size=self.out_features)
-                                  .astype(self.dtype))
+            self.bias = new_parameter((self.out_features,), self.dtype,
+                                      lambda s: rng.uniform(-bound, bound, size=s))
         self._cache = None
 
     def __repr__(self):

@@ -1,5 +1,6 @@
 """``fastrnn.RNN``: the torch.nn.RNN-like module, built on :mod:`fastrnn.functional`."""
 
+import contextvars
 import math
 import numbers
 import sys
@@ -28,6 +29,42 @@ class Parameter:
 
     def __repr__(self):
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+# set while parameter_shapes() builds a module: parameters are placeholders then
+_MEASURING_SHAPES = contextvars.ContextVar("fastrnn_measuring_shapes", default=False)
+
+
+def new_parameter(shape, dtype, fill):
+    """A Parameter of ``shape`` and ``dtype`` holding ``fill(shape)`` (any float array).
+
+    Every layer creates its parameters here, so that :func:`parameter_shapes` can build a
+    module without allocating them.
+    """
+    shape, dtype = tuple(int(n) for n in shape), np.dtype(dtype)
+    if _MEASURING_SHAPES.get():
+        placeholder = np.broadcast_to(np.zeros((), dtype), shape)  # no memory of that size
+        p = Parameter.__new__(Parameter)
+        p.data = p.grad = placeholder
+        return p
+    if math.prod(shape) * dtype.itemsize > sys.maxsize:
+        raise MemoryError(f"a parameter of shape {shape} needs more memory than this machine "
+                          "can address")
+    return Parameter(np.asarray(fill(shape), dtype=dtype))
+
+
+def parameter_shapes(build):
+    """``{name: shape}`` of the parameters of the module ``build()`` returns, allocating none.
+
+    Lets a loader compare what a file's configuration implies with what the file holds before
+    it allocates anything the configuration asks for.
+    """
+    token = _MEASURING_SHAPES.set(True)
+    try:
+        module = build()
+    finally:
+        _MEASURING_SHAPES.reset(token)
+    return {name: p.shape for name, p in module.named_parameters()}
 
 
 def _check_size(value, name):
@@ -105,11 +142,8 @@ class RNN:
                                                 else D * self.hidden_size)
             shape = ((rows, layer_in) if name.startswith("weight_ih")
                      else (rows, rows) if name.startswith("weight_hh") else (rows,))
-            if math.prod(shape) * self.dtype.itemsize > sys.maxsize:
-                raise MemoryError(f"{name} of shape {shape} needs more memory than this "
-                                  "machine can address")
-            data = self._rng.uniform(-bound, bound, size=shape).astype(self.dtype)
-            self._params[name] = Parameter(data)
+            self._params[name] = new_parameter(
+                shape, self.dtype, lambda s: self._rng.uniform(-bound, bound, size=s))
 
     def __repr__(self):
         args = [f"{self.input_size}", f"{self.hidden_size}"]

@@ -12,6 +12,7 @@ Nothing in the file is executed or unpickled on load; every part is validated.
 """
 
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -22,12 +23,16 @@ import numpy as np
 
 from ._version import __version__
 from .data import Vocab
+from .rnn import parameter_shapes
 
 __all__ = ["save_model", "load_model", "LoadedModel"]
 
 FORMAT = "fastrnn.model/1"
 _HEADER = "fastrnn_header"
 _PARAM, _VOCAB = "param.", "vocab."
+
+# deflate emits at least 1 bit per 258-byte match: no entry inflates by more than this
+_DEFLATE_MAX_RATIO = 1032
 
 LoadedModel = namedtuple("LoadedModel", ["model", "vocab", "meta"])
 LoadedModel.__doc__ = "What :func:`load_model` returns: ``model, vocab, meta = load_model(path)``."
@@ -132,12 +137,44 @@ def load_model(path):
     return LoadedModel(model, vocab, meta)
 
 
+def _entry_shapes(archive):
+    """{entry: shape} from every ``.npy`` header, before any array is read.
+
+    numpy allocates what an entry's header claims before reading its data, so a header
+    claiming more elements than the entry's bytes can hold is refused here (ValueError)
+    rather than met with a huge allocation. The entry's size is bounded by its compressed
+    size, which the archive's real size bounds.
+    """
+    shapes = {}
+    for name in archive.files:
+        info = archive.zip.getinfo(name + ".npy")
+        most = info.compress_size * (1 if info.compress_type == zipfile.ZIP_STORED
+                                     else _DEFLATE_MAX_RATIO)
+        with archive.zip.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"corrupt model file: entry {name!r} has .npy format "
+                                 f"version {version}; expected 1.0 or 2.0")
+            claimed = f.tell() + math.prod(shape) * dtype.itemsize
+        if claimed != info.file_size or info.file_size > most:
+            raise ValueError(f"corrupt model file: entry {name!r} claims shape {shape} of "
+                             f"{dtype} ({claimed} bytes with its header) but holds "
+                             f"{min(info.file_size, most)} bytes")
+        shapes[name] = shape
+    return shapes
+
+
 def _read_archive(archive, path):
     """(model, vocabs, meta) from an open .npz archive, validating as it goes."""
     from .models import MODELS
 
     if _HEADER not in archive.files:
         raise ValueError(f"{path!s} is not a fastrnn model file (no {_HEADER!r} entry)")
+    stored = _entry_shapes(archive)
     header = _json_from(archive[_HEADER], "the header")
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         fmt = header.get("format") if isinstance(header, dict) else None
@@ -150,9 +187,19 @@ def _read_archive(archive, path):
     if not isinstance(config, dict):
         raise ValueError("corrupt model file: 'config' must be an object")
     try:
-        model = MODELS[name](**config)
+        # shapes first: a configuration must not make us allocate what the file lacks
+        expected = parameter_shapes(lambda: MODELS[name](**config))
     except (TypeError, ValueError) as e:
         raise ValueError(f"invalid configuration for {name} in {path!s}: {e}") from e
+    found = {k[len(_PARAM):]: stored[k] for k in stored if k.startswith(_PARAM)}
+    if found != expected:
+        wrong = sorted(set(expected) ^ set(found)) or sorted(
+            n for n in expected if expected[n] != found[n])
+        n = wrong[0]
+        raise ValueError(f"{path!s} does not match its configuration {config}: parameter "
+                         f"{n!r} should be {expected.get(n, 'absent')}, the file has "
+                         f"{found.get(n, 'none')} ({len(wrong)} parameter(s) differ)")
+    model = MODELS[name](**config)
     state = {k[len(_PARAM):]: archive[k] for k in archive.files if k.startswith(_PARAM)}
     model.load_state_dict(state)  # raises ValueError naming missing/unexpected/mismatched
     names = header.get("vocab", [])

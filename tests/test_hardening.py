@@ -5,10 +5,6 @@ the rest of issue 6: every argument's dtype, lengths and dropout-mask refusals, 
 dimensions, sizes whose buffers would overflow, NaN and inf against torch.nn.RNN, garbage
 in the padding of a variable-length batch, aliasing between arguments and results,
 read-only arrays, and hostile model and vocabulary files.
-
-Tests marked ``xfail(strict=True, reason="bug ...")`` document implementation bugs, listed
-with their fixes in docs/hardening.md; once a bug is fixed its test passes (XPASS), which
-fails the suite until the mark is removed.
 """
 
 import io
@@ -28,15 +24,6 @@ from fastrnn import _rnn, data, functional, load_model, reference, save_model
 from fastrnn.models import RNNLanguageModel
 
 LAYERS, D = 2, 2
-
-
-def bug(letter, what):
-    """Strict xfail for a known implementation bug (letters as in docs/hardening.md)."""
-    return pytest.mark.xfail(strict=True, reason=f"bug {letter}: {what}")
-
-
-BUG_LOAD_ALLOC = bug("E", "load_model allocates what a file claims (config sizes, .npy "
-                          "shapes) before validating it: MemoryError, not ValueError")
 
 
 def params_for(dtype=np.float32, num_layers=LAYERS, bidirectional=True, bias=True,
@@ -663,18 +650,26 @@ def test_corrupt_vocabulary_files(tmp_path, content):
         data.Vocab.load(path)
 
 
-@BUG_LOAD_ALLOC
-def test_huge_sizes_in_the_header_are_refused_before_allocating(saved):
-    """A few hundred bytes must not make the loader allocate (and fill) gigabytes. The sizes
-    here are beyond any address space, so today's behaviour fails fast with MemoryError;
-    smaller ones (vocab_size=2**28) would really be allocated and filled."""
+@pytest.mark.parametrize("vocab_size, embedding_dim", [(2**20, 2**8), (2**45, 2**10)],
+                         ids=["1GB", "beyond-address-space"])
+def test_huge_sizes_in_the_header_are_refused_before_allocating(saved, vocab_size,
+                                                                embedding_dim):
+    """A few hundred bytes must not make the loader allocate (and fill) gigabytes."""
+    import tracemalloc
+
     _, header, write = saved
-    config = dict(header["config"], vocab_size=2**45, embedding_dim=2**10)
-    with pytest.raises(ValueError):
-        load_model(write("huge.npz", fastrnn_header=_json_bytes(dict(header, config=config))))
+    config = dict(header["config"], vocab_size=vocab_size, embedding_dim=embedding_dim)
+    path = write("huge.npz", fastrnn_header=_json_bytes(dict(header, config=config)))
+    tracemalloc.start()  # numpy reports its data buffers to tracemalloc
+    try:
+        with pytest.raises(ValueError, match="does not match its configuration"):
+            load_model(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**24, f"loading a {path.stat().st_size}-byte file allocated {peak} bytes"
 
 
-@BUG_LOAD_ALLOC
 def test_huge_array_shape_in_an_entry_header(saved, tmp_path):
     arrays, _, _ = saved
     path = tmp_path / "huge-entry.npz"
