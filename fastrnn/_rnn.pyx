@@ -62,11 +62,49 @@ cdef extern from *:
     #define FR_OPENMP_ENABLED 0
     #define FR_OPENMP_VERSION 0
     #endif
-    /* An orphaned barrier: binds to the enclosing parallel region (none without OpenMP). */
-    static inline void fr_barrier(void) {
     #ifdef _OPENMP
-        _Pragma("omp barrier")
+    #include <omp.h>
     #endif
+    #if defined(__unix__) || defined(__APPLE__)
+    #include <sched.h>
+    #define FR_YIELD() sched_yield()
+    #else
+    #define FR_YIELD() ((void)0)
+    #endif
+    #if defined(__x86_64__) || defined(__i386__)
+    #define FR_PAUSE() __builtin_ia32_pause()
+    #elif defined(__aarch64__)
+    #define FR_PAUSE() __asm__ __volatile__("yield")
+    #else
+    #define FR_PAUSE() ((void)0)
+    #endif
+
+    /* Threads in the enclosing parallel region: OpenMP may give fewer than asked for. */
+    static inline int fr_team_size(void) {
+    #ifdef _OPENMP
+        return omp_get_num_threads();
+    #else
+        return 1;
+    #endif
+    }
+
+    /* A barrier for the threads of one parallel region. The column-split recurrence meets
+     * once per time step, a few hundred ns apart; libgomp's barrier costs about as much as
+     * such a step, this one (an atomic count and a generation to spin on) a cache-line
+     * transfer. After a while it yields, so an oversubscribed machine still progresses. */
+    typedef struct { int count; int generation; } fr_spin_barrier;
+
+    static inline void fr_spin_wait(fr_spin_barrier *b, int nthreads) {
+        int generation = __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE);
+        if (__atomic_add_fetch(&b->count, 1, __ATOMIC_ACQ_REL) == nthreads) {
+            __atomic_store_n(&b->count, 0, __ATOMIC_RELAXED);
+            __atomic_store_n(&b->generation, generation + 1, __ATOMIC_RELEASE);
+            return;
+        }
+        for (unsigned spins = 0; __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) == generation;
+             spins++) {
+            if (spins < 20000) FR_PAUSE(); else FR_YIELD();
+        }
     }
     #if defined(__clang__)
     #define FR_COMPILER "clang " __clang_version__
@@ -81,7 +119,11 @@ cdef extern from *:
     int FR_OPENMP_ENABLED
     int FR_OPENMP_VERSION
     const char *FR_COMPILER
-    void fr_barrier() noexcept nogil
+    ctypedef struct fr_spin_barrier:
+        int count
+        int generation
+    int fr_team_size() noexcept nogil
+    void fr_spin_wait(fr_spin_barrier *b, int nthreads) noexcept nogil
 
 ctypedef fused floating:
     float
@@ -294,9 +336,11 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
     cdef fr_index nslices = (N + slice_rows - 1) // slice_rows
     cdef int nthreads = num_threads if by_columns else <int> nslices
     cdef fr_index sl, b, b0, b1, t, s, sc, max_len = 0
-    cdef int m, mc, j0, j1
+    cdef int m, mc, j0, j1, team
     cdef int failed[1]
     failed[0] = 0
+    cdef fr_spin_barrier step_barrier
+    step_barrier.count = step_barrier.generation = 0
     cdef const floating **hprev
     cdef floating **rows
     for b in range(N):
@@ -312,8 +356,9 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
             if hprev == NULL or rows == NULL:
                 failed[0] = 1
             if by_columns:
-                j0 = _column_start(threadid(), nthreads, H)
-                j1 = _column_start(threadid() + 1, nthreads, H)
+                team = fr_team_size()
+                j0 = _column_start(threadid(), team, H)
+                j1 = _column_start(threadid() + 1, team, H)
                 for sc in range(max_len):
                     if hprev != NULL and rows != NULL:
                         mc = _gather_forward(sc, 0, N, plen, reverse, po, ts, bs, ph0, H, hprev, rows)
@@ -323,7 +368,7 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
                             else:
                                 ks.drnn_step(mc, H, j0, j1, hprev, <const double **> rows, rows, pw, relu)
                     # step s+1 reads all columns of h_s
-                    fr_barrier()
+                    fr_spin_wait(&step_barrier, team)
             elif hprev != NULL and rows != NULL:
                 for sl in prange(nslices, schedule="static"):
                     b0 = sl * slice_rows
@@ -407,9 +452,11 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
     cdef fr_index nslices = (N + slice_rows - 1) // slice_rows
     cdef int nthreads = num_threads if by_columns else <int> nslices
     cdef fr_index sl, b, b0, b1, s, sc, max_len = 0
-    cdef int m, mc, j0, j1
+    cdef int m, mc, j0, j1, team
     cdef int failed[1]
     failed[0] = 0
+    cdef fr_spin_barrier step_barrier
+    step_barrier.count = step_barrier.generation = 0
     cdef floating *g
     cdef floating *g_shared = NULL
     cdef const floating **dy
@@ -438,8 +485,9 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
             if (g == NULL and not by_columns) or dy == NULL or h == NULL or gr == NULL or da == NULL:
                 failed[0] = 1
             if by_columns:
-                j0 = _column_start(threadid(), nthreads, H)
-                j1 = _column_start(threadid() + 1, nthreads, H)
+                team = fr_team_size()
+                j0 = _column_start(threadid(), team, H)
+                j1 = _column_start(threadid() + 1, team, H)
                 for sc in range(max_len - 1, -1, -1):
                     if dy != NULL and h != NULL and gr != NULL and da != NULL:
                         mc = _gather_backward(sc, 0, N, plen, reverse, N, H, po, ts, bs, pgo, gts,
@@ -449,7 +497,7 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
                         else:
                             ks.dbptt_da(mc, j0, j1, dy, h, <const double **> gr, da, relu)
                     # g = dA_t W_hh reads all columns of dA_t
-                    fr_barrier()
+                    fr_spin_wait(&step_barrier, team)
                     if dy != NULL and h != NULL and gr != NULL and da != NULL and j1 > j0:
                         if floating is float:
                             ks.sbptt_g(mc, H, j0, j1, <const float **> da, gr, pw)

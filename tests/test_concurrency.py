@@ -80,6 +80,38 @@ def test_bitwise_identical_across_thread_counts_and_runs(kernel, restore_threads
                              dtype)
 
 
+@pytest.mark.skipif(not functional.openmp_enabled(), reason="a serial build has no team")
+def test_fewer_threads_than_asked_for(tmp_path):
+    """OpenMP may start fewer threads than asked (OMP_THREAD_LIMIT, nested regions): the
+    column slices follow the team actually running, so no column is left uncomputed."""
+    script = tmp_path / "limited.py"
+    script.write_text(
+        "import numpy as np, fastrnn, sys\n"
+        "from fastrnn import functional\n"
+        "from test_concurrency import _problem\n"
+        "from _helpers import run_api\n"
+        "fastrnn.set_num_threads(2)\n"
+        "problem = _problem(np.random.default_rng(5), 16, 1, 256, False, np.float64)\n"
+        "params, x, h0, gy, ghn, kwargs = problem\n"
+        "out, hn, gx, gh0, grads = run_api(functional, params, x, h0, gy, ghn, **kwargs)\n"
+        "np.savez(sys.argv[1], out=out, hn=hn, gx=gx, gh0=gh0, **grads)\n")
+    import os
+    import subprocess
+    import sys
+
+    paths = [os.path.dirname(__file__), os.path.dirname(os.path.dirname(fastrnn.__file__)),
+             os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, OMP_THREAD_LIMIT="1", PYTHONPATH=os.pathsep.join(paths))
+    subprocess.run([sys.executable, str(script), str(tmp_path / "got.npz")], env=env,
+                   check=True, timeout=120)
+    got = np.load(tmp_path / "got.npz")
+    params, x, h0, gy, ghn, kwargs = _problem(np.random.default_rng(5), 16, 1, 256, False,
+                                              np.float64)
+    expected = run_api(reference, params, x, h0, gy, ghn, **kwargs)
+    assert_results_close((got["out"], got["hn"], got["gx"], got["gh0"],
+                          {k: got[k] for k in expected[4]}), expected, np.float64)
+
+
 @pytest.mark.parametrize("seq_len,batch,hidden,ragged", PARALLEL_SIZES)
 def test_dropout_is_reproducible_from_its_seed(restore_threads, seq_len, batch, hidden, ragged):
     """Same seed → same masks and results, whatever the thread count; another seed differs."""
