@@ -67,6 +67,10 @@ IMPLEMENTATIONS = ("fastrnn", "reference", "torch")
 
 DTYPE = np.float32
 CELL_SECONDS = 1.0  # time after which a (row, implementation) stops repeating: time_calls
+# fast calls repeat past `repeats` until this much is timed (at most MAX_REPEATS calls): a
+# median of a few sub-millisecond calls still shows warm-up and the neighbours' noise
+MIN_CELL_SECONDS = 0.2
+MAX_REPEATS = 200
 SETTLE_SECONDS = 0.1  # pause after the reference: OpenBLAS's threads spin a while after a call
 PROBE_STEPS = 8  # time steps of the short run that estimates a long call's time
 PEAK_N = 2048  # matrix size of the matmul peak
@@ -314,19 +318,23 @@ def estimate_seconds(impl, pass_, size, steps=PROBE_STEPS):
     return min(_time(probe.call)[0] for _ in range(3)) * size.T / min(steps, size.T)
 
 
-def time_calls(call, repeats, warmup=1, budget=CELL_SECONDS):
-    """Seconds of up to ``repeats`` calls after ``warmup`` untimed ones, and the last result.
+def time_calls(call, repeats, warmup=1, budget=CELL_SECONDS, min_seconds=MIN_CELL_SECONDS):
+    """Seconds of at least ``repeats`` calls after ``warmup`` untimed ones, and the last result.
 
-    Stops early once the timed calls add up to ``budget`` seconds and there are 3 of them
-    (or they add up to 3 × ``budget``), so that slow sizes keep the whole run short.
+    Fast calls go on until the timed calls add up to ``min_seconds`` (at most MAX_REPEATS
+    calls). Slow ones stop early once the timed calls add up to ``budget`` seconds and there
+    are 3 of them (or they add up to 3 × ``budget``), so that slow sizes keep the run short.
     """
     for _ in range(warmup):
         _time(call)
     times = []
-    while len(times) < repeats:
+    while True:
         t, result = _time(call)
         times.append(t)
-        if sum(times) >= budget and (len(times) >= 3 or sum(times) >= 3 * budget):
+        total = sum(times)
+        if len(times) >= repeats and (total >= min_seconds or len(times) >= MAX_REPEATS):
+            break
+        if total >= budget and (len(times) >= 3 or total >= 3 * budget):
             break
     return times, result
 
@@ -508,7 +516,8 @@ def _measure(impl, pass_, size, repeats, max_reference_seconds, threads):
         warmup = 1
     work = make_workload(impl, pass_, size)
     with _blas_threads(threads):
-        times, result = time_calls(work.call, repeats, warmup=warmup)
+        times, result = time_calls(work.call, repeats, warmup=warmup,
+                                   min_seconds=0 if impl == "reference" else MIN_CELL_SECONDS)
     work.check(result)
     del work, result
     gc.collect()
@@ -634,7 +643,8 @@ def format_preamble(results):
         f"fastrnn {results['fastrnn']} bench: float32, {s['threads']} threads, kernel "
         f"{m['kernel']}, {cpu}",
         peak_line,
-        f"ms: median of ≤{s['repeats']} timed calls after a warm-up (reference: 1 call, — "
+        f"ms: median of {s['repeats']} or more timed calls (fast ones: {MIN_CELL_SECONDS:g} s of them, "
+        f"at most {MAX_REPEATS}; slow ones: fewer) after a warm-up (reference: 1 call, — "
         f"where estimated over {s['max_reference_seconds']:g} s)",
         "vs X: X's time / fastrnn's; fwd: eval mode, fwd+bwd: training mode + BPTT",
         *(textwrap.fill(line, 100) for line in busy),
@@ -753,9 +763,10 @@ def add_arguments(parser):
                         help="make sizes without their own -bi bidirectional")
     parser.add_argument(
         "--repeats", type=_int_arg(positive=True), default=5,
-        help=f"timed calls per measurement, after a warm-up; fewer for slow calls (it stops "
-             f"after {CELL_SECONDS:g} s of them once there are 3, or after {3 * CELL_SECONDS:g} s); "
-             "one for the reference (default: 5)")
+        help=f"timed calls per measurement, after a warm-up; more for fast calls (until "
+             f"{MIN_CELL_SECONDS:g} s of them, at most {MAX_REPEATS}), fewer for slow calls (it "
+             f"stops after {CELL_SECONDS:g} s of them once there are 3, or after "
+             f"{3 * CELL_SECONDS:g} s); one for the reference (default: 5)")
     parser.add_argument(
         "--max-reference-seconds", type=float, default=3.0, metavar="S",
         help="skip the reference where one call is estimated to take longer (default: 3)")

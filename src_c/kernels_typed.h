@@ -205,7 +205,9 @@ static void FR_P(block)(int M, int ncols, fr_index kb, fr_index kc, FR_P(asrc) a
             for (fr_index k = 0; k < kc; k++)
                 memcpy(ap + k * FR_MR, a.at + (kb + k) * a.ldat + i0, (size_t)mr * sizeof(REAL));
         for (int q = 0; q < npanels;) {
-            int n = npanels - q >= np ? np : 1;
+            /* the widest tile left (np, or a power of two below it: the tiles that exist) */
+            int n = np;
+            while (n > npanels - q) n /= 2;
             int cols = ncols - q * NR < n * NR ? ncols - q * NR : n * NR;
             if (a.rows)
                 FR_P(tile_dispatch)(mr, n, a, i0, kb, kc, bp + q * panel_stride, panel_stride,

@@ -56,7 +56,9 @@ def test_bench_json(tmp_path):
         assert _positive(row["pct_peak"])
         for impl in ("fastrnn", "reference") + (("torch",) if machine["torch"] else ()):
             r = row["results"][impl]
-            assert r["repeats"] == 1 and len(r["times_ms"]) == 1
+            assert r["repeats"] == len(r["times_ms"]) >= 1
+            if impl == "reference":
+                assert r["repeats"] == 1
             assert _positive(r["median_ms"]) and _positive(r["gflops"])
             if impl != "fastrnn":
                 assert _positive(row["speedup"][impl])
