@@ -18,13 +18,14 @@ from libc.string cimport memcpy, memset
 cdef extern from "kernels.h" nogil:
     ctypedef long fr_index
     ctypedef int (*sgemm_fn)(fr_index, fr_index, fr_index, const float *, fr_index, int,
-                             const float *, fr_index, float *, fr_index, const float *, int)
+                             const float *, fr_index, int, float *, fr_index, const float *, int)
     ctypedef int (*dgemm_fn)(fr_index, fr_index, fr_index, const double *, fr_index, int,
-                             const double *, fr_index, double *, fr_index, const double *, int)
+                             const double *, fr_index, int, double *, fr_index, const double *,
+                             int)
     ctypedef fr_index (*spacked_size_fn)(fr_index, fr_index)
     ctypedef fr_index (*dpacked_size_fn)(fr_index, fr_index)
-    ctypedef void (*spack_fn)(fr_index, fr_index, const float *, fr_index, float *)
-    ctypedef void (*dpack_fn)(fr_index, fr_index, const double *, fr_index, double *)
+    ctypedef void (*spack_fn)(fr_index, fr_index, const float *, fr_index, int, float *)
+    ctypedef void (*dpack_fn)(fr_index, fr_index, const double *, fr_index, int, double *)
     ctypedef void (*srnn_step_fn)(int, int, int, int, const float **, const float **,
                                   float **, const float *, int)
     ctypedef void (*drnn_step_fn)(int, int, int, int, const double **, const double **,
@@ -214,8 +215,9 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
          bint a_trans=False):
     """c = (c if accumulate else 0) + op(a) @ b + bias, op(a) = a.T if a_trans else a.
 
-    Each thread computes a block of c's rows and packs the blocks of a and b it needs
-    itself: no shared scratch, no barrier.
+    ``b`` may be a transposed view (``w.T`` of a row-major ``w``): it is packed from there,
+    with no transposed copy. Each thread computes a block of c's rows and packs the blocks
+    of a and b it needs itself: no shared scratch, no barrier.
     """
     _check_slices(num_threads)
     cdef fr_index M = a.shape[1] if a_trans else a.shape[0]
@@ -231,7 +233,11 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
     if M == 0 or N == 0:
         return
     cdef fr_index lda = _row_stride(a.shape, a.strides, sizeof(floating), "a")
-    cdef fr_index ldb = _row_stride(b.shape, b.strides, sizeof(floating), "b")
+    # b's columns contiguous (b_trans) and its rows not: read it as bᵀ stored row-major
+    cdef bint b_trans = (b.shape[1] > 1 and b.strides[1] != sizeof(floating)
+                         and (b.shape[0] <= 1 or b.strides[0] == sizeof(floating)))
+    cdef fr_index ldb = (b.strides[1] // sizeof(floating) if b_trans
+                         else _row_stride(b.shape, b.strides, sizeof(floating), "b"))
     cdef fr_index ldc = _row_stride(c.shape, c.strides, sizeof(floating), "c")
     cdef const floating *pa = &a[0, 0] if K > 0 else NULL
     cdef const floating *pb = &b[0, 0] if K > 0 else NULL
@@ -248,28 +254,30 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
         i0 = tile * tile_rows
         rows = min(tile_rows, M - i0)
         if floating is float:
-            if ks.sgemm(rows, N, K, pa + i0 * a_step, lda, a_trans, pb, ldb, pc + i0 * ldc, ldc,
-                        pbias, accumulate) != 0:
+            if ks.sgemm(rows, N, K, pa + i0 * a_step, lda, a_trans, pb, ldb, b_trans,
+                        pc + i0 * ldc, ldc, pbias, accumulate) != 0:
                 failed[0] = 1
         else:
-            if ks.dgemm(rows, N, K, pa + i0 * a_step, lda, a_trans, pb, ldb, pc + i0 * ldc, ldc,
-                        pbias, accumulate) != 0:
+            if ks.dgemm(rows, N, K, pa + i0 * a_step, lda, a_trans, pb, ldb, b_trans,
+                        pc + i0 * ldc, ldc, pbias, accumulate) != 0:
                 failed[0] = 1
     if failed[0]:
         raise MemoryError("could not allocate GEMM scratch")
 
 
-cdef floating *_packed_copy(const fastrnn_kernels *ks, const floating *w, fr_index H) noexcept nogil:
-    """W (H×H) packed for the step kernels, in a buffer the caller frees; NULL if out of memory."""
+cdef floating *_packed_copy(const fastrnn_kernels *ks, const floating *w, fr_index H,
+                           bint transpose) noexcept nogil:
+    """W (H×H, row-major), or Wᵀ if transpose, packed for the step kernels, in a buffer the
+    caller frees; NULL if out of memory."""
     cdef floating *packed
     if floating is float:
         packed = <floating *> malloc(ks.spacked_size(H, H) * sizeof(floating))
         if packed != NULL:
-            ks.spack(H, H, w, H, packed)
+            ks.spack(H, H, w, H, transpose, packed)
     else:
         packed = <floating *> malloc(ks.dpacked_size(H, H) * sizeof(floating))
         if packed != NULL:
-            ks.dpack(H, H, w, H, packed)
+            ks.dpack(H, H, w, H, transpose, packed)
     return packed
 
 
@@ -309,7 +317,7 @@ cdef inline int _gather_forward(fr_index s, fr_index b0, fr_index b1, const int6
 
 
 def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
-                       const floating[:, ::1] w_hh_t, const int64_t[::1] lengths,
+                       const floating[:, ::1] w_hh, const int64_t[::1] lengths,
                        bint reverse, bint relu, floating[:, ::1] h_n, int num_threads=1):
     """h_t = act(P_t + h_{t-1} W_hhᵀ) for every sequence, in place in ``out``.
 
@@ -347,7 +355,7 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
     for b in range(N):
         max_len = max(max_len, plen[b])
     # W_hhᵀ packed once per call; it stays in cache across all steps
-    cdef floating *pw = _packed_copy(ks, &w_hh_t[0, 0], H)
+    cdef floating *pw = _packed_copy(ks, &w_hh[0, 0], H, True)
     if pw == NULL:
         raise MemoryError("could not allocate the packed recurrent weights")
     with nogil, parallel(num_threads=nthreads):
@@ -466,7 +474,7 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
     cdef floating **da
     for b in range(N):
         max_len = max(max_len, plen[b])
-    cdef floating *pw = _packed_copy(ks, &w_hh[0, 0], H)
+    cdef floating *pw = _packed_copy(ks, &w_hh[0, 0], H, False)
     if pw == NULL:
         raise MemoryError("could not allocate the packed recurrent weights")
     if by_columns:

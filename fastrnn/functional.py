@@ -218,10 +218,11 @@ def rnn_forward(x, params, h0=None, *, num_layers=1, nonlinearity="tanh", bidire
                  if bias else None)
             out_d = out[:, :, d * H:(d + 1) * H]
             # P = X W_ihᵀ + (b_ih + b_hh), written where the outputs will go
-            _rnn.gemm(inp.reshape(L * N, inp.shape[2]), np.ascontiguousarray(w_ih.T),
+            # the kernels pack W_ihᵀ and W_hhᵀ from the row-major weights: no transposed copies
+            _rnn.gemm(inp.reshape(L * N, inp.shape[2]), np.ascontiguousarray(w_ih).T,
                       out.reshape(L * N, D * H)[:, d * H:(d + 1) * H], b, False, threads)
-            _rnn.recurrence_forward(out_d, h0[layer * D + d], np.ascontiguousarray(w_hh.T),
-                                    lengths, d == 1, relu, h_n[layer * D + d], threads)
+            _rnn.recurrence_forward(out_d, h0[layer * D + d], np.ascontiguousarray(w_hh), lengths,
+                                    d == 1, relu, h_n[layer * D + d], threads)
         layer_inputs.append(inp)
         layer_outputs.append(out)
         inp = out

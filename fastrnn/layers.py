@@ -311,7 +311,7 @@ class Linear(Module):
         x2 = np.ascontiguousarray(x.reshape(-1, self.in_features))
         y = np.empty((x2.shape[0], self.out_features), dtype=self.dtype)
         # y = X Wᵀ + b: one GEMM over all leading dimensions, bias added in its epilogue
-        _rnn.gemm(x2, np.ascontiguousarray(self.weight.data.T), y,
+        _rnn.gemm(x2, np.ascontiguousarray(self.weight.data).T, y,
                   self.bias.data if self.has_bias else None, False, get_num_threads())
         self._cache = (x2, x.shape) if self.training else None
         return y.reshape(x.shape[:-1] + (self.out_features,))

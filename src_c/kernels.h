@@ -20,17 +20,18 @@ extern "C" {
 typedef long fr_index;
 
 #define FASTRNN_DECLARE_TYPED(REAL, P)                                                        \
-    /* C[M,N] = (accumulate ? C : 0) + op(A)·B[K,N] + bias[N]  (bias may be NULL), where      \
-     * op(A) = A[M,K], or Aᵀ of A stored [K,M] if a_trans. Returns 0, or -1 if scratch        \
-     * memory could not be allocated. */                                                      \
+    /* C[M,N] = (accumulate ? C : 0) + op(A)·op(B) + bias[N]  (bias may be NULL), where     \
+     * op(A) = A[M,K], or Aᵀ of A stored [K,M] if a_trans; op(B) = B[K,N], or Bᵀ of B        \
+     * stored [N,K] if b_trans. Returns 0, or -1 if scratch memory could not be allocated. */ \
     typedef int (*P##gemm_fn)(fr_index M, fr_index N, fr_index K, const REAL *A,              \
                               fr_index lda, int a_trans, const REAL *B, fr_index ldb,         \
-                              REAL *C, fr_index ldc, const REAL *bias, int accumulate);       \
-    /* Elements needed to pack a K×N matrix for the step kernels; pack B[K,N] (row stride     \
-     * ldb) into that layout. */                                                              \
+                              int b_trans, REAL *C, fr_index ldc, const REAL *bias,           \
+                              int accumulate);                                                \
+    /* Elements needed to pack a K×N matrix for the step kernels; pack op(B) (B[K,N], or Bᵀ   \
+     * of B stored [N,K] if b_trans; row stride ldb) into that layout. */                     \
     typedef fr_index (*P##packed_size_fn)(fr_index K, fr_index N);                            \
     typedef void (*P##pack_fn)(fr_index K, fr_index N, const REAL *B, fr_index ldb,           \
-                               REAL *packed);                                                 \
+                               int b_trans, REAL *packed);                                    \
     /* Columns j0 .. j1 of the step kernels below; j0 must be a multiple of                  \
      * FASTRNN_COLUMN_GRANULE (the widest panel of any build), so threads can split H. */    \
     /* out_r = act(p_r + hprev_r · W_hhᵀ) for r < M; wt_packed is W_hhᵀ packed.              \

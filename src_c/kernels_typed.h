@@ -226,11 +226,23 @@ static fr_index FR_P(packed_size)(fr_index K, fr_index N) {
     return ((N + NR - 1) / NR) * NR * (K > 0 ? K : 1);
 }
 
-/* B[K, N] (row stride ldb) into panels of NR columns, k-major within a panel, zero-padded. */
-static void FR_P(pack)(fr_index K, fr_index N, const REAL *B, fr_index ldb, REAL *packed) {
+/* op(B) into panels of NR columns, k-major within a panel, zero-padded: op(B) = B[K, N]
+ * (element (k, j) at B[k·ldb + j]) or, if b_trans, Bᵀ of B stored [N, K] (at B[j·ldb + k]). */
+static void FR_P(pack)(fr_index K, fr_index N, const REAL *B, fr_index ldb, int b_trans,
+                       REAL *packed) {
     for (fr_index j0 = 0; j0 < N; j0 += NR) {
         fr_index n = N - j0 < NR ? N - j0 : NR;
         REAL *dst = packed + j0 * K;
+        if (b_trans) {
+            /* read each of B's rows (a column of op(B)) once, contiguously */
+            for (fr_index j = 0; j < n; j++) {
+                const REAL *col = B + (j0 + j) * ldb;
+                for (fr_index k = 0; k < K; k++) dst[k * NR + j] = col[k];
+            }
+            for (fr_index k = 0; k < K; k++)
+                for (fr_index j = n; j < NR; j++) dst[k * NR + j] = 0;
+            continue;
+        }
         for (fr_index k = 0; k < K; k++) {
             fr_index j = 0;
             for (; j < n; j++) dst[k * NR + j] = B[k * ldb + j0 + j];
@@ -239,13 +251,12 @@ static void FR_P(pack)(fr_index K, fr_index N, const REAL *B, fr_index ldb, REAL
     }
 }
 
-/* Run `block` over K blocks and column blocks, with B either pre-packed whole (packed,
- * panel_stride = K·NR) or packed here block by block from B/ldb into scratch. */
 /* C[:, c0 .. c0+N] from A and B, over K blocks and column blocks. B is either pre-packed
  * whole (packed: all columns, panel stride K·NR; c0 selects where to start) or packed here
- * block by block from B/ldb into scratch (c0 = 0). */
+ * block by block from B/ldb/b_trans into scratch (c0 = 0). */
 static void FR_P(drive)(int M, fr_index c0, fr_index N, fr_index K, FR_P(asrc) a,
-                        const REAL *packed, const REAL *B, fr_index ldb, REAL *scratch,
+                        const REAL *packed, const REAL *B, fr_index ldb, int b_trans,
+                        REAL *scratch,
                         const REAL *const *cin, REAL *const *cout, int load_first, int fin,
                         const REAL *bias) {
     for (fr_index jc = 0; jc < N; jc += NC) {
@@ -261,7 +272,8 @@ static void FR_P(drive)(int M, fr_index c0, fr_index N, fr_index K, FR_P(asrc) a
                 bp = packed + (c0 + jc) * K + kb * NR;
                 stride = K * NR;
             } else {
-                FR_P(pack)(kc, nc, B + kb * ldb + jc, ldb, scratch);
+                FR_P(pack)(kc, nc, b_trans ? B + jc * ldb + kb : B + kb * ldb + jc, ldb,
+                           b_trans, scratch);
                 bp = scratch;
                 stride = kc * NR;
             }
@@ -273,8 +285,8 @@ static void FR_P(drive)(int M, fr_index c0, fr_index N, fr_index K, FR_P(asrc) a
 }
 
 static int FR_P(gemm)(fr_index M, fr_index N, fr_index K, const REAL *A, fr_index lda,
-                      int a_trans, const REAL *B, fr_index ldb, REAL *C, fr_index ldc,
-                      const REAL *bias, int accumulate) {
+                      int a_trans, const REAL *B, fr_index ldb, int b_trans, REAL *C,
+                      fr_index ldc, const REAL *bias, int accumulate) {
     if (M <= 0 || N <= 0) return 0;
     const REAL **rows = malloc((size_t)M * 2 * sizeof(REAL *));
     /* scratch for one packed KC x NC block of B, no larger than B needs */
@@ -291,8 +303,9 @@ static int FR_P(gemm)(fr_index M, fr_index N, fr_index K, const REAL *A, fr_inde
         crows[i] = C + i * ldc;
     }
     FR_P(asrc) a = {a_trans ? NULL : rows, A, lda};
-    FR_P(drive)((int)M, 0, N, K, a, NULL, B, ldb, scratch, (const REAL *const *)crows, crows,
-                accumulate, bias ? FR_P(FIN_BIAS) : FR_P(FIN_NONE), bias);
+    FR_P(drive)((int)M, 0, N, K, a, NULL, B, ldb, b_trans, scratch,
+                (const REAL *const *)crows, crows, accumulate,
+                bias ? FR_P(FIN_BIAS) : FR_P(FIN_NONE), bias);
     free(rows);
     free(scratch);
     return 0;
@@ -303,7 +316,7 @@ static void FR_P(rnn_step)(int M, int H, int j0, int j1, const REAL *const *hpre
                            int relu) {
     /* h_t = act(P_t + h_{t-1} W_hhᵀ) for columns j0 .. j1: P is the accumulator's start */
     FR_P(asrc) a = {hprev, NULL, 0};
-    FR_P(drive)(M, j0, j1 - j0, H, a, wt_packed, NULL, 0, NULL, p, out, 1,
+    FR_P(drive)(M, j0, j1 - j0, H, a, wt_packed, NULL, 0, 0, NULL, p, out, 1,
                 relu ? FR_P(FIN_RELU) : FR_P(FIN_TANH), NULL);
 }
 
@@ -325,7 +338,7 @@ static void FR_P(bptt_g)(int M, int H, int j0, int j1, const REAL *const *da, RE
                          const REAL *w_packed) {
     /* g = dA_t W_hh for columns j0 .. j1 */
     FR_P(asrc) a = {da, NULL, 0};
-    FR_P(drive)(M, j0, j1 - j0, H, a, w_packed, NULL, 0, NULL, NULL, g, 0, FR_P(FIN_NONE),
+    FR_P(drive)(M, j0, j1 - j0, H, a, w_packed, NULL, 0, 0, NULL, NULL, g, 0, FR_P(FIN_NONE),
                 NULL);
 }
 

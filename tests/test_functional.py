@@ -189,3 +189,26 @@ def test_kernel_from_environment():
         [sys.executable, "-c", "import fastrnn.functional as f; print(f.get_kernel())"],
         env=env, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "portable"
+
+
+@pytest.mark.parametrize("a_trans", [False, True], ids=["a", "aT"])
+@pytest.mark.parametrize("b_layout", ["rows", "transposed-view"])
+@pytest.mark.parametrize("M,N,K", [(3, 5, 7), (17, 70, 300), (9, 530, 33)],
+                         ids=["tiny", "k-blocks", "column-blocks"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_compiled_gemm_matches_numpy(kernel, M, N, K, a_trans, b_layout, dtype):
+    """The GEMM under every pass: op(a) either way, b row-major or a transposed view (packed
+    from its rows), sizes past the K blocks (256), the column blocks and ragged panels."""
+    from fastrnn import _rnn
+
+    rng = np.random.default_rng(M * N + K)
+    a = rng.standard_normal((K, M) if a_trans else (M, K)).astype(dtype)
+    b = rng.standard_normal((K, N)).astype(dtype)
+    if b_layout == "transposed-view":
+        b = np.ascontiguousarray(b.T).T
+    bias = rng.standard_normal(N).astype(dtype)
+    c0 = rng.standard_normal((M, N)).astype(dtype)
+    expected = c0.astype(np.float64) + (a.T if a_trans else a).astype(np.float64) @ b + bias
+    c = c0.copy()
+    _rnn.gemm(a, b, c, bias, True, 2, a_trans)
+    assert_close_rel(c, expected, dtype, name="gemm")
