@@ -193,12 +193,13 @@ def test_kernel_from_environment():
 
 @pytest.mark.parametrize("a_trans", [False, True], ids=["a", "aT"])
 @pytest.mark.parametrize("b_layout", ["rows", "transposed-view"])
-@pytest.mark.parametrize("M,N,K", [(3, 5, 7), (17, 70, 300), (9, 530, 33)],
-                         ids=["tiny", "k-blocks", "column-blocks"])
+@pytest.mark.parametrize("M,N,K", [(3, 5, 7), (17, 70, 300), (9, 530, 33), (40, 75, 1100)],
+                         ids=["tiny", "k-blocks", "column-blocks", "long-reduction"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_compiled_gemm_matches_numpy(kernel, M, N, K, a_trans, b_layout, dtype):
     """The GEMM under every pass: op(a) either way, b row-major or a transposed view (packed
-    from its rows), sizes past the K blocks (256), the column blocks and ragged panels."""
+    from its rows), sizes past the K blocks (256), the column blocks and ragged panels; 2
+    threads give bitwise the result of one."""
     from fastrnn import _rnn
 
     rng = np.random.default_rng(M * N + K)
@@ -209,6 +210,8 @@ def test_compiled_gemm_matches_numpy(kernel, M, N, K, a_trans, b_layout, dtype):
     bias = rng.standard_normal(N).astype(dtype)
     c0 = rng.standard_normal((M, N)).astype(dtype)
     expected = c0.astype(np.float64) + (a.T if a_trans else a).astype(np.float64) @ b + bias
-    c = c0.copy()
+    c, c1 = c0.copy(), c0.copy()
     _rnn.gemm(a, b, c, bias, True, 2, a_trans)
     assert_close_rel(c, expected, dtype, name="gemm")
+    _rnn.gemm(a, b, c1, bias, True, 1, a_trans)
+    assert np.array_equal(c, c1)
