@@ -408,10 +408,11 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
 
 
 cdef inline int _gather_backward(fr_index s, fr_index b0, fr_index b1, const int64_t *plen,
-                                 bint reverse, fr_index N, int H, const floating *po,
-                                 fr_index ts, fr_index bs, const floating *pgo, fr_index gts,
-                                 fr_index gbs, floating *pda, floating *g, const floating **dy,
-                                 const floating **h, floating **gr, floating **da) noexcept nogil:
+                                 bint reverse, int H, const floating *po, fr_index ts,
+                                 fr_index bs, const floating *pgo, fr_index gts, fr_index gbs,
+                                 floating *pda, fr_index dts, fr_index dbs, floating *g,
+                                 const floating **dy, const floating **h, floating **gr,
+                                 floating **da) noexcept nogil:
     """Row pointers of the sequences running at step s: dY_t, h_t, their g and dA_t rows."""
     cdef int m = 0
     cdef fr_index b, t
@@ -421,7 +422,7 @@ cdef inline int _gather_backward(fr_index s, fr_index b0, fr_index b1, const int
             dy[m] = pgo + t * gts + b * gbs
             h[m] = po + t * ts + b * bs
             gr[m] = g + (b - b0) * H
-            da[m] = pda + (t * N + b) * H
+            da[m] = pda + t * dts + b * dbs
             m += 1
     return m
 
@@ -429,11 +430,12 @@ cdef inline int _gather_backward(fr_index s, fr_index b0, fr_index b1, const int
 def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] grad_out,
                         const floating[:, ::1] grad_h_n, const floating[:, ::1] w_hh,
                         const int64_t[::1] lengths, bint reverse, bint relu,
-                        floating[:, :, ::1] grad_a, floating[:, ::1] grad_h0,
+                        floating[:, :, :] grad_a, floating[:, ::1] grad_h0,
                         int num_threads=1):
     """The BPTT recurrence: dA_t = (dY_t + g) ⊙ act'(h_t), g = dA_t W_hh, backwards in time.
 
-    ``grad_a`` (L, N, H) must be zero on entry; it receives dA (zero past each length),
+    ``grad_a`` (L, N, H), contiguous rows (e.g. one direction's columns of an (L, N, 2H)
+    array), must be zero on entry; it receives dA (zero past each length),
     from which the caller forms the weight gradients as large GEMMs. ``grad_h0`` receives g
     after the first step. Threads split the batch, or the hidden columns for a small batch,
     as in :func:`recurrence_forward`.
@@ -441,8 +443,9 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
     _check_slices(num_threads)
     cdef fr_index L = out.shape[0], N = out.shape[1]
     cdef int H = <int> out.shape[2]
-    if H > 1 and (out.strides[2] != sizeof(floating) or grad_out.strides[2] != sizeof(floating)):
-        raise ValueError("out and grad_out must have contiguous rows")
+    if H > 1 and (out.strides[2] != sizeof(floating) or grad_out.strides[2] != sizeof(floating)
+                  or grad_a.strides[2] != sizeof(floating)):
+        raise ValueError("out, grad_out and grad_a must have contiguous rows")
     if N == 0:
         return
     cdef fr_index ts = out.strides[0] // sizeof(floating), bs = out.strides[1] // sizeof(floating)
@@ -451,6 +454,8 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
     cdef const floating *po = &out[0, 0, 0] if L > 0 else NULL
     cdef const floating *pgo = &grad_out[0, 0, 0] if L > 0 else NULL
     cdef floating *pda = &grad_a[0, 0, 0] if L > 0 else NULL
+    cdef fr_index dts = grad_a.strides[0] // sizeof(floating)
+    cdef fr_index dbs = grad_a.strides[1] // sizeof(floating)
     cdef const floating *pghn = &grad_h_n[0, 0]
     cdef floating *pgh0 = &grad_h0[0, 0]
     cdef const int64_t *plen = &lengths[0]
@@ -499,8 +504,8 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
                 j1 = _column_start(threadid() + 1, team, H)
                 for sc in range(max_len - 1, -1, -1):
                     if dy != NULL and h != NULL and gr != NULL and da != NULL:
-                        mc = _gather_backward(sc, 0, N, plen, reverse, N, H, po, ts, bs, pgo, gts,
-                                              gbs, pda, g_shared, dy, h, gr, da)
+                        mc = _gather_backward(sc, 0, N, plen, reverse, H, po, ts, bs, pgo, gts,
+                                              gbs, pda, dts, dbs, g_shared, dy, h, gr, da)
                         if floating is float:
                             ks.sbptt_da(mc, j0, j1, dy, h, <const float **> gr, da, relu)
                         else:
@@ -519,8 +524,8 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
                     # g starts as dLoss/dh_n
                     memcpy(g, pghn + b0 * H, (b1 - b0) * H * sizeof(floating))
                     for s in range(max_len - 1, -1, -1):
-                        m = _gather_backward(s, b0, b1, plen, reverse, N, H, po, ts, bs, pgo,
-                                             gts, gbs, pda, g, dy, h, gr, da)
+                        m = _gather_backward(s, b0, b1, plen, reverse, H, po, ts, bs, pgo,
+                                             gts, gbs, pda, dts, dbs, g, dy, h, gr, da)
                         if m == 0:
                             continue
                         if floating is float:

@@ -211,17 +211,15 @@ def rnn_forward(x, params, h0=None, *, num_layers=1, nonlinearity="tanh", bidire
     inp = x
     for layer in range(num_layers):
         out = np.empty((L, N, D * H), dtype=dtype)
-        for d in range(D):
-            k = f"l{layer}" + ("_reverse" if d else "")
-            w_ih, w_hh = np.asarray(params[f"weight_ih_{k}"]), np.asarray(params[f"weight_hh_{k}"])
-            b = (np.asarray(params[f"bias_ih_{k}"]) + np.asarray(params[f"bias_hh_{k}"])
-                 if bias else None)
-            out_d = out[:, :, d * H:(d + 1) * H]
-            # P = X W_ihᵀ + (b_ih + b_hh), written where the outputs will go
-            # the kernels pack W_ihᵀ and W_hhᵀ from the row-major weights: no transposed copies
-            _rnn.gemm(inp.reshape(L * N, inp.shape[2]), np.ascontiguousarray(w_ih).T,
-                      out.reshape(L * N, D * H)[:, d * H:(d + 1) * H], b, False, threads)
-            _rnn.recurrence_forward(out_d, h0[layer * D + d], np.ascontiguousarray(w_hh), lengths,
+        keys = _direction_keys(layer, D)
+        w_ih, b = _stacked_input_weights(params, keys, bias)
+        # P = X W_ihᵀ + (b_ih + b_hh) for every direction at once (one GEMM, X read once),
+        # written where the outputs will go; the kernels pack W_ihᵀ from the row-major rows
+        _rnn.gemm(inp.reshape(L * N, inp.shape[2]), w_ih.T, out.reshape(L * N, D * H), b,
+                  False, threads)
+        for d, k in enumerate(keys):
+            _rnn.recurrence_forward(out[:, :, d * H:(d + 1) * H], h0[layer * D + d],
+                                    np.ascontiguousarray(params[f"weight_hh_{k}"]), lengths,
                                     d == 1, relu, h_n[layer * D + d], threads)
         layer_inputs.append(inp)
         layer_outputs.append(out)
@@ -294,42 +292,64 @@ def rnn_backward(cache, grad_output, grad_h_n=None):
         inp = cache["layer_inputs"][layer]
         out = cache["layer_outputs"][layer]
         inp2d = inp.reshape(L * N, inp.shape[2])
-        d_inp = np.empty_like(inp)
-        for d in range(D):
-            k = f"l{layer}" + ("_reverse" if d else "")
+        keys = _direction_keys(layer, D)
+        # dA of every direction side by side, (L, N, D·H) like the output
+        da = np.zeros((L, N, D * H), dtype=dtype)
+        for d, k in enumerate(keys):
             i = layer * D + d
-            w_ih, w_hh = np.asarray(params[f"weight_ih_{k}"]), np.asarray(params[f"weight_hh_{k}"])
-            da = np.zeros((L, N, H), dtype=dtype)
-            _rnn.recurrence_backward(out[:, :, d * H:(d + 1) * H], d_out[:, :, d * H:(d + 1) * H],
-                                     grad_h_n[i], np.ascontiguousarray(w_hh), lengths, d == 1,
-                                     cache["relu"], da, grad_h0[i], threads)
-            da2d = da.reshape(L * N, H)
-            # dW_ih = dAᵀ X over all L·N rows
-            grads[f"weight_ih_{k}"] = dw_ih = np.empty(w_ih.shape, dtype=dtype)
-            _rnn.gemm(da2d, inp2d, dw_ih, None, False, threads, True)
-            grads[f"weight_hh_{k}"] = _weight_grad_hh(da2d, out, d, h0[i], lengths, threads)
+            cols = slice(d * H, (d + 1) * H)
+            _rnn.recurrence_backward(out[:, :, cols], d_out[:, :, cols], grad_h_n[i],
+                                     np.ascontiguousarray(params[f"weight_hh_{k}"]), lengths,
+                                     d == 1, cache["relu"], da[:, :, cols], grad_h0[i], threads)
+            grads[f"weight_hh_{k}"] = _weight_grad_hh(da[:, :, cols], out, d, h0[i], lengths,
+                                                      threads)
+        da2d = da.reshape(L * N, D * H)
+        # dW_ih = dAᵀ X over all L·N rows, every direction in one GEMM
+        dw_ih = np.empty((D * H, inp.shape[2]), dtype=dtype)
+        _rnn.gemm(da2d, inp2d, dw_ih, None, False, threads, True)
+        db = da2d.sum(axis=0) if cache["bias"] else None
+        for d, k in enumerate(keys):
+            cols = slice(d * H, (d + 1) * H)
+            grads[f"weight_ih_{k}"] = dw_ih[cols] if D == 1 else dw_ih[cols].copy()
             if cache["bias"]:
-                db = da2d.sum(axis=0)
-                grads[f"bias_ih_{k}"], grads[f"bias_hh_{k}"] = db, db.copy()
-            # dX (+)= dA W_ih
-            _rnn.gemm(da2d, np.ascontiguousarray(w_ih), d_inp.reshape(L * N, inp.shape[2]),
-                      None, d > 0, threads)
+                grads[f"bias_ih_{k}"], grads[f"bias_hh_{k}"] = db[cols].copy(), db[cols].copy()
+        # dX = dA W_ih, summed over directions by the GEMM's reduction over D·H
+        d_inp = np.empty_like(inp)
+        w_ih, _ = _stacked_input_weights(params, keys, False)
+        _rnn.gemm(da2d, w_ih, d_inp.reshape(L * N, inp.shape[2]), None, False, threads)
         d_out = d_inp
     grads = {name: grads[name] for name in params}
     grad_x = _from_time_major(d_out, unbatched, batch_first)
     return grad_x, (grad_h0[:, 0] if unbatched else grad_h0), grads
 
 
-def _weight_grad_hh(da2d, out, d, h0, lengths, threads):
+def _direction_keys(layer, D):
+    """Parameter name suffixes of a layer's directions: ['l0'] or ['l0', 'l0_reverse']."""
+    return [f"l{layer}" + ("_reverse" if d else "") for d in range(D)]
+
+
+def _stacked_input_weights(params, keys, bias):
+    """(W_ih of every direction stacked, (D·H, I) row-major; b_ih + b_hh likewise or None)."""
+    w = [np.asarray(params[f"weight_ih_{k}"]) for k in keys]
+    w = np.ascontiguousarray(w[0]) if len(w) == 1 else np.concatenate(w)
+    if not bias:
+        return w, None
+    b = [np.asarray(params[f"bias_ih_{k}"]) + np.asarray(params[f"bias_hh_{k}"]) for k in keys]
+    return w, (b[0] if len(b) == 1 else np.concatenate(b))
+
+
+def _weight_grad_hh(da, out, d, h0, lengths, threads):
     """dW_hh = Σ_t dA_tᵀ h_{t-1}, with h_{-1} = h0 (for the reverse direction, h_{t+1}).
 
-    The previous states are the outputs shifted by one step, except at each sequence's first
-    step, where it is h0: one GEMM over the shifted outputs plus one over h0.
+    ``da`` is this direction's dA, (L, N, H). The previous states are the outputs shifted by
+    one step, except at each sequence's first step, where it is h0: one GEMM over the
+    shifted outputs plus one over h0.
     """
     L, N, DH = out.shape
     H = h0.shape[1]
+    da2d = da.reshape(L * N, H)
     out2d = out.reshape(L * N, DH)[:, d * H:(d + 1) * H]
-    dw = np.zeros((H, H), dtype=da2d.dtype)
+    dw = np.zeros((H, H), dtype=da.dtype)
     if L == 0:
         return dw
     if d == 0:
@@ -342,6 +362,6 @@ def _weight_grad_hh(da2d, out, d, h0, lengths, threads):
         _rnn.gemm(da2d[:(L - 1) * N], out2d[N:], dw, None, False, threads, True)
         first = np.zeros((N, H), dtype=da2d.dtype)
         valid = np.nonzero(lengths > 0)[0]
-        first[valid] = da2d.reshape(L, N, H)[lengths[valid] - 1, valid]
+        first[valid] = da[lengths[valid] - 1, valid]
         _rnn.gemm(first, h0, dw, None, True, threads, True)
     return dw
