@@ -435,7 +435,7 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
     """The BPTT recurrence: dA_t = (dY_t + g) ⊙ act'(h_t), g = dA_t W_hh, backwards in time.
 
     ``grad_a`` (L, N, H), contiguous rows (e.g. one direction's columns of an (L, N, 2H)
-    array), must be zero on entry; it receives dA (zero past each length),
+    array), need not be initialised; it receives dA (zero past each length),
     from which the caller forms the weight gradients as large GEMMs. ``grad_h0`` receives g
     after the first step. Threads split the batch, or the hidden columns for a small batch,
     as in :func:`recurrence_forward`.
@@ -465,7 +465,7 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
     cdef fr_index slice_rows = N if by_columns else _slice_rows(N, num_threads)
     cdef fr_index nslices = (N + slice_rows - 1) // slice_rows
     cdef int nthreads = num_threads if by_columns else <int> nslices
-    cdef fr_index sl, b, b0, b1, s, sc, max_len = 0
+    cdef fr_index sl, b, b0, b1, s, sc, t, max_len = 0
     cdef int m, mc, j0, j1, team
     cdef int failed[1]
     failed[0] = 0
@@ -547,3 +547,6 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
         free(g_shared)
     if failed[0]:
         raise MemoryError("could not allocate per-thread scratch for BPTT")
+    for b in range(N):  # the steps each sequence ran are written; the rest are 0
+        for t in range(plen[b], L):
+            memset(pda + t * dts + b * dbs, 0, H * sizeof(floating))

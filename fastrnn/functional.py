@@ -294,7 +294,7 @@ def rnn_backward(cache, grad_output, grad_h_n=None):
         inp2d = inp.reshape(L * N, inp.shape[2])
         keys = _direction_keys(layer, D)
         # dA of every direction side by side, (L, N, D·H) like the output
-        da = np.zeros((L, N, D * H), dtype=dtype)
+        da = np.empty((L, N, D * H), dtype=dtype)
         for d, k in enumerate(keys):
             i = layer * D + d
             cols = slice(d * H, (d + 1) * H)

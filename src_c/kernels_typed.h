@@ -201,7 +201,10 @@ static void FR_P(block)(int M, int ncols, fr_index kb, fr_index kc, FR_P(asrc) a
         /* A transposed is copied into a dense kc x FR_MR block: read in place, its rows
          * (often a power of two apart) would alias in cache and miss the TLB every k */
         FR_P(asrc) at = {NULL, ap, FR_MR};
-        if (!a.rows)
+        if (!a.rows && mr == FR_MR) /* a constant size: the copy is a register move */
+            for (fr_index k = 0; k < kc; k++)
+                memcpy(ap + k * FR_MR, a.at + (kb + k) * a.ldat + i0, FR_MR * sizeof(REAL));
+        else if (!a.rows)
             for (fr_index k = 0; k < kc; k++)
                 memcpy(ap + k * FR_MR, a.at + (kb + k) * a.ldat + i0, (size_t)mr * sizeof(REAL));
         for (int q = 0; q < npanels;) {

@@ -215,3 +215,24 @@ def test_compiled_gemm_matches_numpy(kernel, M, N, K, a_trans, b_layout, dtype):
     assert_close_rel(c, expected, dtype, name="gemm")
     _rnn.gemm(a, b, c1, bias, True, 1, a_trans)
     assert np.array_equal(c, c1)
+
+
+@pytest.mark.parametrize("batch,hidden", [(5, 8), (1, 256)], ids=["batch-slices", "columns"])
+def test_recurrence_backward_writes_every_row_of_grad_a(kernel, batch, hidden):
+    """grad_a may come uninitialised: every row is written, dA up to each length, 0 after."""
+    from fastrnn import _rnn
+
+    rng = np.random.default_rng(batch)
+    L = 6
+    out = np.tanh(rng.standard_normal((L, batch, hidden))).astype(np.float32)
+    grad_out = rng.standard_normal((L, batch, hidden)).astype(np.float32)
+    w_hh = (rng.standard_normal((hidden, hidden)) / hidden).astype(np.float32)
+    lengths = rng.integers(0, L + 1, size=batch)
+    lengths[0] = 2
+    grad_a = np.full((L, batch, hidden), np.nan, dtype=np.float32)
+    grad_h0 = np.empty((batch, hidden), dtype=np.float32)
+    _rnn.recurrence_backward(out, grad_out, np.zeros((batch, hidden), np.float32), w_hh,
+                             lengths, False, False, grad_a, grad_h0, 2)
+    assert np.isfinite(grad_a).all()
+    past = np.arange(L)[:, None] >= lengths[None, :]
+    assert (grad_a[past] == 0).all()
