@@ -72,7 +72,10 @@ extensions = [
         "fastrnn._ops",
         sources=["fastrnn/_ops.pyx"],
         include_dirs=[np.get_include()],
-        extra_compile_args=["-O3"] if sys.platform != "win32" else ["/O2"],
+        # no FMA contraction (the layers' arithmetic follows torch's roundings); sqrt without
+        # errno, so that loops calling it vectorise
+        extra_compile_args=(["-O3", "-fno-math-errno"] if sys.platform != "win32"
+                            else ["/O2"]),
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     ),
 ]

@@ -14,6 +14,9 @@ def cross_entropy_forward(logits: _F, targets: _I64, ignore_index: int, losses: 
                           num_threads: int = 1) -> None: ...
 def cross_entropy_backward(probs: _F, targets: _I64, ignore_index: int, row_scale: _F,
                            grad: _F, num_threads: int = 1) -> None: ...
+def adam_step(param: _F, grad: _F, exp_avg: _F, exp_avg_sq: _F, step_size: float,
+              beta1: float, beta2: float, bias_correction2_sqrt: float, eps: float,
+              weight_decay: float) -> None: ...
 def generate(embedding: _F, weight_ih: Sequence[_F], weight_hh: Sequence[_F],
              biases: Sequence[Optional[_F]], dec_weight: _F, dec_bias: Optional[_F], h: _F,
              prime: _I64, out: _I64, out_lengths: _I64, temperature: float, top_k: int,

@@ -6,6 +6,7 @@
   there are no races and the result does not depend on the thread count.
 * ``cross_entropy_forward`` / ``cross_entropy_backward``: a fused, numerically stable
   log-softmax + negative log-likelihood, one independent row per logit vector.
+* ``adam_step``: torch's Adam update of one parameter in a single pass over its arrays.
 * ``generate``: a whole generated sequence per call (batch rows in parallel): per step an
   embedding lookup, the RNN cell of every layer, the output projection, softmax with
   temperature and top-k, and a draw from a seeded xoshiro256** generator.
@@ -15,7 +16,7 @@ Inputs are validated and allocated by the Python layers (``fastrnn.layers``,
 """
 
 from cython.parallel cimport parallel, prange
-from libc.math cimport exp, log, tanh, tanhf, INFINITY
+from libc.math cimport exp, log, sqrt, tanh, tanhf, INFINITY
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
@@ -146,6 +147,38 @@ ctypedef fused floating:
 cdef enum:
     # Embedding columns per task: one cache line of float32, enough tasks for 2+ threads.
     EMB_COL_BLOCK = 16
+
+
+# ---------------------------------------------------------------------------------------
+# Adam
+# ---------------------------------------------------------------------------------------
+
+def adam_step(floating[::1] param, const floating[::1] grad, floating[::1] exp_avg,
+              floating[::1] exp_avg_sq, double step_size, double beta1, double beta2,
+              double bias_correction2_sqrt, double eps, double weight_decay):
+    """One Adam update, in place, element by element in torch's order of operations:
+    ``g = grad + wd·p; m += (1-β1)(g - m); v = β2·v + (1-β2)·g·g;
+    p += (-step_size·m) / (√v / bias_correction2_sqrt + eps)`` (scalars in the arrays' dtype).
+    One pass instead of NumPy's dozen, which dominate the optimizer's time."""
+    cdef Py_ssize_t i, n = param.shape[0]
+    if grad.shape[0] != n or exp_avg.shape[0] != n or exp_avg_sq.shape[0] != n:
+        raise ValueError("adam_step: the arrays must have the same length")
+    cdef floating one_minus_b1 = 1 - beta1, b2 = beta2, one_minus_b2 = 1 - beta2
+    cdef floating neg_step = -step_size, bc2 = bias_correction2_sqrt, e = eps
+    cdef floating wd = weight_decay
+    cdef floating g, m, v
+    with nogil:
+        for i in range(n):
+            g = grad[i]
+            if wd != 0:
+                g = g + wd * param[i]
+            m = exp_avg[i]
+            m = m + one_minus_b1 * (g - m)
+            exp_avg[i] = m
+            v = exp_avg_sq[i] * b2
+            v = v + one_minus_b2 * g * g
+            exp_avg_sq[i] = v
+            param[i] = param[i] + (neg_step * m) / (<floating> sqrt(v) / bc2 + e)
 
 
 # ---------------------------------------------------------------------------------------

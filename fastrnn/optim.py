@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from . import _ops
 from .rnn import Parameter
 
 __all__ = ["Optimizer", "SGD", "Adam"]
@@ -133,13 +134,19 @@ class Adam(Optimizer):
             state["step"] += 1
             t = state["step"]
             m, v = state["exp_avg"], state["exp_avg_sq"]
+            step_size = self.lr / (1 - beta1 ** t)
+            bias_correction2_sqrt = math.sqrt(1 - beta2 ** t)
+            arrays = (p.data, p.grad, m, v)
+            if (all(a.flags.c_contiguous and a.dtype == p.data.dtype for a in arrays)
+                    and p.data.dtype in (np.float32, np.float64) and p.data.flags.writeable):
+                _ops.adam_step(*(a.reshape(-1) for a in arrays), step_size, beta1, beta2,
+                               bias_correction2_sqrt, self.eps, self.weight_decay)
+                continue
             g = p.grad
             if self.weight_decay != 0:
                 g = g + self.weight_decay * p.data
             m += (1 - beta1) * (g - m)  # m = lerp(m, g, 1 - β1)
             v *= beta2  # v = β2·v + (1 - β2)·g·g
             v += (1 - beta2) * g * g
-            step_size = self.lr / (1 - beta1 ** t)
-            bias_correction2_sqrt = math.sqrt(1 - beta2 ** t)
             denom = np.sqrt(v) / bias_correction2_sqrt + self.eps
             p.data += (-step_size * m) / denom  # p -= step_size · m / denom

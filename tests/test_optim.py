@@ -12,11 +12,11 @@ STEPS = 6
 TOL = {np.dtype(np.float32): 2e-6, np.dtype(np.float64): 1e-13}
 
 
-def _run_both(torch, rng, dtype, make, make_torch):
+def _run_both(torch, rng, dtype, make, make_torch, order="C"):
     """Apply the same random gradients for STEPS steps; return both parameter trajectories."""
     tdtype = torch.float64 if dtype == np.float64 else torch.float32
     init = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
-    ps = [Parameter(a.copy()) for a in init]
+    ps = [Parameter(a.copy(order=order)) for a in init]
     tps = [torch.tensor(a.copy(), dtype=tdtype, requires_grad=True) for a in init]
     opt, topt = make(ps), make_torch(tps)
     mine, theirs = [], []
@@ -61,9 +61,11 @@ def test_sgd_matches_torch(torch, rng, dtype, kw):
     dict(lr=0.05, betas=(0.8, 0.99), eps=1e-6),
     dict(lr=0.01, weight_decay=0.1),
 ], ids=["default", "betas-eps", "wd"])
-def test_adam_matches_torch(torch, rng, dtype, kw):
+@pytest.mark.parametrize("order", ["C", "F"], ids=["compiled", "numpy-fortran-params"])
+def test_adam_matches_torch(torch, rng, dtype, kw, order):
+    """C-contiguous parameters take the compiled single-pass update; others NumPy's."""
     mine, theirs = _run_both(torch, rng, dtype, lambda ps: optim.Adam(ps, **kw),
-                             lambda tps: torch.optim.Adam(tps, foreach=False, **kw))
+                             lambda tps: torch.optim.Adam(tps, foreach=False, **kw), order)
     _assert_trajectories_close(mine, theirs, dtype)
 
 
