@@ -21,7 +21,7 @@ import numpy as np
 
 from . import _rnn
 from .parallel import get_num_threads
-from .reference import _from_time_major, param_names
+from .reference import _from_time_major, layer_keys, param_names
 
 __all__ = ["rnn_forward", "rnn_backward", "available_kernels", "get_kernel", "set_kernel",
            "openmp_enabled"]
@@ -207,12 +207,13 @@ def rnn_forward(x, params, h0=None, *, num_layers=1, nonlinearity="tanh", bidire
     relu = nonlinearity == "relu"
     threads = get_num_threads()
     h_n = np.empty((D * num_layers, N, H), dtype=dtype)
-    layer_inputs, layer_outputs = [], []
+    layer_inputs, layer_outputs, input_weights = [], [], []
     inp = x
     for layer in range(num_layers):
         out = np.empty((L, N, D * H), dtype=dtype)
-        keys = _direction_keys(layer, D)
+        keys = layer_keys(layer, bidirectional)
         w_ih, b = _stacked_input_weights(params, keys, bias)
+        input_weights.append(w_ih)  # backward's dX = dA W_ih uses the same stacked rows
         # P = X W_ihᵀ + (b_ih + b_hh) for every direction at once (one GEMM, X read once),
         # written where the outputs will go; the kernels pack W_ihᵀ from the row-major rows
         _rnn.gemm(inp.reshape(L * N, inp.shape[2]), w_ih.T, out.reshape(L * N, D * H), b,
@@ -227,7 +228,8 @@ def rnn_forward(x, params, h0=None, *, num_layers=1, nonlinearity="tanh", bidire
         if dropout_masks is not None and layer < num_layers - 1:
             inp = out * dropout_masks[layer]
     cache = dict(params=params, h0=h0, lengths=lengths, layer_inputs=layer_inputs,
-                 layer_outputs=layer_outputs, dropout_masks=dropout_masks,
+                 layer_outputs=layer_outputs, input_weights=input_weights,
+                 dropout_masks=dropout_masks,
                  num_layers=num_layers, relu=relu, D=D, unbatched=unbatched,
                  batch_first=batch_first, bias=bias, dtype=dtype)
     output = _from_time_major(inp, unbatched, batch_first)
@@ -292,7 +294,7 @@ def rnn_backward(cache, grad_output, grad_h_n=None):
         inp = cache["layer_inputs"][layer]
         out = cache["layer_outputs"][layer]
         inp2d = inp.reshape(L * N, inp.shape[2])
-        keys = _direction_keys(layer, D)
+        keys = layer_keys(layer, D == 2)
         # dA of every direction side by side, (L, N, D·H) like the output
         da = np.empty((L, N, D * H), dtype=dtype)
         for d, k in enumerate(keys):
@@ -315,17 +317,12 @@ def rnn_backward(cache, grad_output, grad_h_n=None):
                 grads[f"bias_ih_{k}"], grads[f"bias_hh_{k}"] = db[cols].copy(), db[cols].copy()
         # dX = dA W_ih, summed over directions by the GEMM's reduction over D·H
         d_inp = np.empty_like(inp)
-        w_ih, _ = _stacked_input_weights(params, keys, False)
-        _rnn.gemm(da2d, w_ih, d_inp.reshape(L * N, inp.shape[2]), None, False, threads)
+        _rnn.gemm(da2d, cache["input_weights"][layer], d_inp.reshape(L * N, inp.shape[2]),
+                  None, False, threads)
         d_out = d_inp
     grads = {name: grads[name] for name in params}
     grad_x = _from_time_major(d_out, unbatched, batch_first)
     return grad_x, (grad_h0[:, 0] if unbatched else grad_h0), grads
-
-
-def _direction_keys(layer, D):
-    """Parameter name suffixes of a layer's directions: ['l0'] or ['l0', 'l0_reverse']."""
-    return [f"l{layer}" + ("_reverse" if d else "") for d in range(D)]
 
 
 def _stacked_input_weights(params, keys, bias):

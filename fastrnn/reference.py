@@ -18,14 +18,19 @@ import numpy as np
 __all__ = ["rnn_forward", "rnn_backward", "param_names"]
 
 
+def layer_keys(layer, bidirectional):
+    """Name suffixes of a layer's directions: ['l0'], or ['l0', 'l0_reverse']."""
+    return [f"l{layer}{suffix}" for suffix in ("", "_reverse")[: 2 if bidirectional else 1]]
+
+
 def param_names(num_layers, bidirectional, bias):
     """torch.nn.RNN's parameter names, in torch's order."""
     names = []
     for layer in range(num_layers):
-        for suffix in ("", "_reverse")[: 2 if bidirectional else 1]:
-            names += [f"weight_ih_l{layer}{suffix}", f"weight_hh_l{layer}{suffix}"]
+        for k in layer_keys(layer, bidirectional):
+            names += [f"weight_ih_{k}", f"weight_hh_{k}"]
             if bias:
-                names += [f"bias_ih_l{layer}{suffix}", f"bias_hh_l{layer}{suffix}"]
+                names += [f"bias_ih_{k}", f"bias_hh_{k}"]
     return names
 
 
