@@ -78,6 +78,15 @@ extensions = [
                             else ["/O2"]),
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     ),
+    Extension(
+        "fastrnn._memory",
+        sources=["fastrnn/_memory.pyx"],
+        include_dirs=[np.get_include()],
+        extra_compile_args=["-O2"] if sys.platform != "win32" else ["/O2"],
+        # NumPy's allocator hook (NEP 49) is part of the 1.22+ C API
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+                       ("NPY_TARGET_VERSION", "NPY_1_23_API_VERSION")],
+    ),
 ]
 
 setup(

@@ -7,6 +7,7 @@
 ((5, 3, 16), (2, 3, 16))
 """
 from . import functional, reference
+from ._memory import cache_info, empty_cache
 from ._version import __version__
 from .config import show_config
 from .parallel import get_num_threads, set_num_threads
@@ -17,4 +18,5 @@ from .serialize import load_model, save_model
 
 __all__ = ["RNN", "Parameter", "functional", "reference", "get_num_threads", "set_num_threads",
            "show_config", "__version__", "Embedding", "Linear", "CrossEntropyLoss", "clip_grad_norm_",
-           "clip_grad_value_", "optim", "data", "models", "save_model", "load_model"]
+           "clip_grad_value_", "optim", "data", "models", "save_model", "load_model",
+           "empty_cache", "cache_info"]

@@ -20,6 +20,7 @@ import sys
 import numpy as np
 
 from . import _rnn
+from ._memory import cached_allocation
 from .parallel import get_num_threads
 from .reference import _from_time_major, layer_keys, param_names
 
@@ -199,6 +200,14 @@ def rnn_forward(x, params, h0=None, *, num_layers=1, nonlinearity="tanh", bidire
     cache : dict
         What :func:`rnn_backward` needs.
     """
+    # the same large arrays every call: reuse their memory rather than fault in fresh pages
+    with cached_allocation():
+        return _rnn_forward(x, params, h0, num_layers, nonlinearity, bidirectional,
+                            batch_first, lengths, dropout_masks)
+
+
+def _rnn_forward(x, params, h0, num_layers, nonlinearity, bidirectional, batch_first, lengths,
+                 dropout_masks):
     (x, h0, lengths, dtype, H, bias, unbatched, dropout_masks) = _normalise_inputs(
         x, h0, lengths, params, num_layers, nonlinearity, bidirectional, batch_first,
         dropout_masks)
@@ -261,6 +270,11 @@ def rnn_backward(cache, grad_output, grad_h_n=None):
     grad_h0 : ndarray shaped like h0.
     grads : dict mapping every parameter name to its gradient (freshly allocated).
     """
+    with cached_allocation():
+        return _rnn_backward(cache, grad_output, grad_h_n)
+
+
+def _rnn_backward(cache, grad_output, grad_h_n):
     params, h0, lengths, dtype = cache["params"], cache["h0"], cache["lengths"], cache["dtype"]
     D, unbatched, batch_first = cache["D"], cache["unbatched"], cache["batch_first"]
     num_layers = cache["num_layers"]

@@ -1,0 +1,136 @@
+"""The block cache (fastrnn._memory): reuse, zeroing, bounds, isolation, threads."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from _helpers import random_params
+import fastrnn
+from fastrnn import _memory, functional, reference
+
+BIG = 1 << 20  # float64 elements: 8 MiB, well above the cache's smallest block
+
+
+@pytest.fixture(autouse=True)
+def empty():
+    fastrnn.empty_cache()
+    yield
+    fastrnn.empty_cache()
+
+
+def test_freed_block_is_reused_for_same_size_only():
+    with _memory.cached_allocation():
+        a = np.empty(BIG)
+    address = a.ctypes.data
+    del a
+    assert fastrnn.cache_info()["cached_blocks"] == 1
+    with _memory.cached_allocation():
+        other = np.empty(BIG + 1)
+        assert other.ctypes.data != address
+        same = np.empty(BIG)
+        assert same.ctypes.data == address
+    assert fastrnn.cache_info()["cached_blocks"] == 0
+
+
+def test_outside_the_context_numpy_allocates_as_usual():
+    with _memory.cached_allocation():
+        a = np.empty(BIG)
+    del a
+    b = np.empty(BIG)
+    assert fastrnn.cache_info()["cached_blocks"] == 1  # b did not take it
+    del b
+    assert fastrnn.cache_info()["cached_blocks"] == 1  # nor was b's block cached
+
+
+def test_zeros_from_a_reused_block_are_zero():
+    with _memory.cached_allocation():
+        a = np.empty(BIG)
+        a.fill(7.0)
+        address = a.ctypes.data
+        del a
+        z = np.zeros(BIG)
+        assert z.ctypes.data == address
+        assert not z.any()
+
+
+def test_small_arrays_are_not_cached():
+    with _memory.cached_allocation():
+        a = np.empty(1000)
+    del a
+    assert fastrnn.cache_info()["cached_blocks"] == 0
+
+
+def test_empty_cache_releases_everything():
+    with _memory.cached_allocation():
+        arrays = [np.empty(BIG + i) for i in range(3)]
+    total = sum(a.nbytes for a in arrays)
+    del arrays
+    assert fastrnn.cache_info()["cached_bytes"] == total
+    assert fastrnn.empty_cache() == total
+    assert fastrnn.cache_info()["cached_bytes"] == 0
+    assert fastrnn.empty_cache() == 0
+
+
+def test_cache_holds_no_more_than_the_peak_in_use():
+    with _memory.cached_allocation():
+        for i in range(20):  # one at a time: the peak in use is one block
+            a = np.empty(BIG + i)
+            del a
+    info = fastrnn.cache_info()
+    assert info["cached_bytes"] <= info["limit_bytes"]
+    assert info["cached_blocks"] <= 2
+
+
+def test_blocks_of_sizes_no_longer_asked_for_are_released():
+    with _memory.cached_allocation():
+        stale, reused = np.empty(BIG), np.empty(BIG + 1)
+        del stale  # cached, and never asked for again
+        for _ in range(300):  # every free of `reused` caches it anew
+            del reused
+            reused = np.empty(BIG + 1)
+        assert fastrnn.cache_info()["cached_blocks"] == 0  # stale was released
+        for _ in range(100):  # while blocks that keep being reused stay
+            del reused
+            reused = np.empty(BIG + 1)
+            assert fastrnn.cache_info()["live_bytes"] >= reused.nbytes
+    del reused
+    assert fastrnn.cache_info()["cached_bytes"] == (BIG + 1) * 8
+
+
+def test_arrays_freed_in_other_threads_and_concurrent_use():
+    params = random_params(np.random.default_rng(0), 16, 64, 2, True, True, np.float32)
+    x = np.random.default_rng(0).standard_normal((50, 32, 16), dtype=np.float32)
+    want, want_hn, _ = reference.rnn_forward(x, params, num_layers=2, bidirectional=True)
+    errors = []
+
+    def work():
+        try:
+            for _ in range(30):
+                out, h_n, cache = functional.rnn_forward(x, params, num_layers=2,
+                                                         bidirectional=True)
+                np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+                grad_x, _, grads = functional.rnn_backward(cache, np.ones_like(out))
+                assert np.isfinite(grad_x).all()
+        except Exception as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    info = fastrnn.cache_info()
+    assert info["cached_bytes"] <= info["limit_bytes"]
+
+
+def test_results_do_not_share_memory_across_calls():
+    params = random_params(np.random.default_rng(1), 32, 256, 1, False, True, np.float64)
+    x = np.random.default_rng(1).standard_normal((64, 16, 32))
+    out1, _, _ = functional.rnn_forward(x, params)
+    snapshot = out1.copy()
+    out2, _, _ = functional.rnn_forward(2 * x, params)
+    assert out1.nbytes >= (1 << 18)  # large enough to go through the cache
+    assert not np.shares_memory(out1, out2)
+    np.testing.assert_array_equal(out1, snapshot)
