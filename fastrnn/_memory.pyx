@@ -193,8 +193,11 @@ cdef class cached_allocation:
 
 
 def empty_cache():
-    """Free every cached block; return the number of bytes released to the system."""
-    global nblocks, cached_bytes
+    """Free every cached block; return the number of bytes released to the system.
+
+    The cache's limit starts again from the bytes in use now (it grows with later use).
+    """
+    global nblocks, cached_bytes, peak_live_bytes
     cdef void *ptrs[MAX_BLOCKS]
     cdef int i, n
     cdef size_t released
@@ -206,6 +209,7 @@ def empty_cache():
             ptrs[i] = blocks[i].ptr
         nblocks = 0
         cached_bytes = 0
+        peak_live_bytes = live_bytes
         PyThread_release_lock(lock)
         for i in range(n):
             free(ptrs[i])

@@ -71,7 +71,7 @@ CELL_SECONDS = 1.0  # time after which a (row, implementation) stops repeating: 
 # median of a few sub-millisecond calls still shows warm-up and the neighbours' noise
 MIN_CELL_SECONDS = 0.2
 MAX_REPEATS = 200
-SETTLE_SECONDS = 0.1  # pause after the reference: OpenBLAS's threads spin a while after a call
+SETTLE_SECONDS = 0.25  # pause after the reference: OpenBLAS's threads spin a while after a call
 PROBE_STEPS = 8  # time steps of the short run that estimates a long call's time
 PEAK_N = 2048  # matrix size of the matmul peak
 PEAK_ENV_UNSET = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")

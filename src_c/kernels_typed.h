@@ -188,25 +188,40 @@ static void FR_P(tile_dispatch)(int mr, int np, FR_P(asrc) a, int i0, fr_index k
 #undef FR_TILE_CASE
 }
 
+/* Distance between row blocks of packed A: one cache line more than a block needs, so
+ * that the row blocks (a power of two in size) do not all map to the same cache sets */
+static inline fr_index FR_P(apack_stride)(fr_index kc) {
+    return kc * FR_MR + 64 / (fr_index)sizeof(REAL);
+}
+
 /* One K block (kb, kc) of one column block (ncols, packed panels at bp) for all M rows,
- * row block by row block, each swept across the panels. */
+ * row block by row block, each swept across the panels. A transposed is first copied
+ * into apack (kc x FR_MR per row block, ASTRIDE apart): read in place, a row block's
+ * values sit one per row of the stored matrix (often a power of two apart), each k a
+ * cache and TLB miss; copied, they are read row by row, contiguously. */
 static void FR_P(block)(int M, int ncols, fr_index kb, fr_index kc, FR_P(asrc) a,
-                        const REAL *bp, fr_index panel_stride, const REAL *const *cin,
-                        REAL *const *cout, fr_index c_off, int init, int fin, const REAL *bias) {
+                        REAL *apack, const REAL *bp, fr_index panel_stride,
+                        const REAL *const *cin, REAL *const *cout, fr_index c_off, int init,
+                        int fin, const REAL *bias) {
     const int npanels = (ncols + NR - 1) / NR;
-    REAL ap[KC * FR_MR];
+    const fr_index astride = FR_P(apack_stride)(kc);
+    if (!a.rows)
+        for (fr_index k = 0; k < kc; k++) {
+            const REAL *src = a.at + (kb + k) * a.ldat;
+            if (k + 16 < kc) /* rows ahead: the hardware prefetchers miss this pattern */
+                for (int i = 0; i < M; i += 64 / (int)sizeof(REAL))
+                    __builtin_prefetch(src + 16 * a.ldat + i);
+            int i0 = 0;
+            for (; i0 + FR_MR <= M; i0 += FR_MR) /* a constant size: a register move */
+                memcpy(apack + i0 / FR_MR * astride + k * FR_MR, src + i0, FR_MR * sizeof(REAL));
+            if (i0 < M)
+                memcpy(apack + i0 / FR_MR * astride + k * FR_MR, src + i0,
+                       (size_t)(M - i0) * sizeof(REAL));
+        }
     for (int i0 = 0; i0 < M; i0 += FR_MR) {
         const int mr = M - i0 < FR_MR ? M - i0 : FR_MR;
         const int np = mr == FR_MR ? 1 : FR_P(panels_for_rows)(mr);
-        /* A transposed is copied into a dense kc x FR_MR block: read in place, its rows
-         * (often a power of two apart) would alias in cache and miss the TLB every k */
-        FR_P(asrc) at = {NULL, ap, FR_MR};
-        if (!a.rows && mr == FR_MR) /* a constant size: the copy is a register move */
-            for (fr_index k = 0; k < kc; k++)
-                memcpy(ap + k * FR_MR, a.at + (kb + k) * a.ldat + i0, FR_MR * sizeof(REAL));
-        else if (!a.rows)
-            for (fr_index k = 0; k < kc; k++)
-                memcpy(ap + k * FR_MR, a.at + (kb + k) * a.ldat + i0, (size_t)mr * sizeof(REAL));
+        FR_P(asrc) at = {NULL, apack + i0 / FR_MR * astride, FR_MR};
         for (int q = 0; q < npanels;) {
             /* the widest tile left (np, or a power of two below it: the tiles that exist) */
             int n = np;
@@ -233,10 +248,10 @@ static fr_index FR_P(packed_size)(fr_index K, fr_index N) {
  * (element (k, j) at B[k·ldb + j]) or, if b_trans, Bᵀ of B stored [N, K] (at B[j·ldb + k]). */
 static void FR_P(pack)(fr_index K, fr_index N, const REAL *B, fr_index ldb, int b_trans,
                        REAL *packed) {
-    for (fr_index j0 = 0; j0 < N; j0 += NR) {
-        fr_index n = N - j0 < NR ? N - j0 : NR;
-        REAL *dst = packed + j0 * K;
-        if (b_trans) {
+    if (b_trans) {
+        for (fr_index j0 = 0; j0 < N; j0 += NR) {
+            fr_index n = N - j0 < NR ? N - j0 : NR;
+            REAL *dst = packed + j0 * K;
             /* read each of B's rows (a column of op(B)) once, contiguously */
             for (fr_index j = 0; j < n; j++) {
                 const REAL *col = B + (j0 + j) * ldb;
@@ -244,12 +259,20 @@ static void FR_P(pack)(fr_index K, fr_index N, const REAL *B, fr_index ldb, int 
             }
             for (fr_index k = 0; k < K; k++)
                 for (fr_index j = n; j < NR; j++) dst[k * NR + j] = 0;
-            continue;
         }
-        for (fr_index k = 0; k < K; k++) {
-            fr_index j = 0;
-            for (; j < n; j++) dst[k * NR + j] = B[k * ldb + j0 + j];
-            for (; j < NR; j++) dst[k * NR + j] = 0;
+        return;
+    }
+    /* row by row (B read contiguously), one panel's part of a row at a time: for whole
+     * panels a constant-size copy, that is a few vector moves */
+    for (fr_index k = 0; k < K; k++) {
+        const REAL *row = B + k * ldb;
+        fr_index j0 = 0;
+        for (; j0 + NR <= N; j0 += NR)
+            memcpy(packed + j0 * K + k * NR, row + j0, NR * sizeof(REAL));
+        if (j0 < N) {
+            REAL *dst = packed + j0 * K + k * NR;
+            memcpy(dst, row + j0, (size_t)(N - j0) * sizeof(REAL));
+            memset(dst + (N - j0), 0, (size_t)(NR - (N - j0)) * sizeof(REAL));
         }
     }
 }
@@ -259,7 +282,7 @@ static void FR_P(pack)(fr_index K, fr_index N, const REAL *B, fr_index ldb, int 
  * block by block from B/ldb/b_trans into scratch (c0 = 0). */
 static void FR_P(drive)(int M, fr_index c0, fr_index N, fr_index K, FR_P(asrc) a,
                         const REAL *packed, const REAL *B, fr_index ldb, int b_trans,
-                        REAL *scratch,
+                        REAL *scratch, REAL *apack,
                         const REAL *const *cin, REAL *const *cout, int load_first, int fin,
                         const REAL *bias) {
     for (fr_index jc = 0; jc < N; jc += NC) {
@@ -280,7 +303,7 @@ static void FR_P(drive)(int M, fr_index c0, fr_index N, fr_index K, FR_P(asrc) a
                 bp = scratch;
                 stride = kc * NR;
             }
-            FR_P(block)(M, nc, kb, kc, a, bp, stride, cin, cout, c0 + jc, init,
+            FR_P(block)(M, nc, kb, kc, a, apack, bp, stride, cin, cout, c0 + jc, init,
                         last ? fin : FR_P(FIN_NONE), bias && last ? bias + jc : NULL);
             kb += kc;
         } while (kb < K);
@@ -294,7 +317,10 @@ static int FR_P(gemm)(fr_index M, fr_index N, fr_index K, const REAL *A, fr_inde
     const REAL **rows = malloc((size_t)M * 2 * sizeof(REAL *));
     /* scratch for one packed KC x NC block of B, no larger than B needs */
     fr_index kc = K < KC ? (K > 0 ? K : 1) : KC, nc = N < NC ? N : NC;
-    REAL *scratch = malloc((size_t)(kc * ((nc + NR - 1) / NR) * NR) * sizeof(REAL));
+    size_t bsize = (size_t)(kc * ((nc + NR - 1) / NR) * NR);
+    /* and, for A transposed, one KC-deep block of all M rows (see block) */
+    size_t asize = a_trans ? (size_t)(FR_P(apack_stride)(kc) * ((M + FR_MR - 1) / FR_MR)) : 0;
+    REAL *scratch = malloc((bsize + asize) * sizeof(REAL));
     if (!rows || !scratch) {
         free(rows);
         free(scratch);
@@ -306,7 +332,7 @@ static int FR_P(gemm)(fr_index M, fr_index N, fr_index K, const REAL *A, fr_inde
         crows[i] = C + i * ldc;
     }
     FR_P(asrc) a = {a_trans ? NULL : rows, A, lda};
-    FR_P(drive)((int)M, 0, N, K, a, NULL, B, ldb, b_trans, scratch,
+    FR_P(drive)((int)M, 0, N, K, a, NULL, B, ldb, b_trans, scratch, scratch + bsize,
                 (const REAL *const *)crows, crows, accumulate,
                 bias ? FR_P(FIN_BIAS) : FR_P(FIN_NONE), bias);
     free(rows);
@@ -319,7 +345,7 @@ static void FR_P(rnn_step)(int M, int H, int j0, int j1, const REAL *const *hpre
                            int relu) {
     /* h_t = act(P_t + h_{t-1} W_hhᵀ) for columns j0 .. j1: P is the accumulator's start */
     FR_P(asrc) a = {hprev, NULL, 0};
-    FR_P(drive)(M, j0, j1 - j0, H, a, wt_packed, NULL, 0, 0, NULL, p, out, 1,
+    FR_P(drive)(M, j0, j1 - j0, H, a, wt_packed, NULL, 0, 0, NULL, NULL, p, out, 1,
                 relu ? FR_P(FIN_RELU) : FR_P(FIN_TANH), NULL);
 }
 
@@ -341,7 +367,7 @@ static void FR_P(bptt_g)(int M, int H, int j0, int j1, const REAL *const *da, RE
                          const REAL *w_packed) {
     /* g = dA_t W_hh for columns j0 .. j1 */
     FR_P(asrc) a = {da, NULL, 0};
-    FR_P(drive)(M, j0, j1 - j0, H, a, w_packed, NULL, 0, 0, NULL, NULL, g, 0, FR_P(FIN_NONE),
+    FR_P(drive)(M, j0, j1 - j0, H, a, w_packed, NULL, 0, 0, NULL, NULL, NULL, g, 0, FR_P(FIN_NONE),
                 NULL);
 }
 
