@@ -80,6 +80,15 @@ cdef extern from *:
     #define FR_PAUSE() ((void)0)
     #endif
 
+    /* Ask for `bytes` from p to be brought into cache (a hint: never faults). */
+    static inline void fr_prefetch(const void *p, long bytes) {
+    #if defined(__GNUC__) || defined(__clang__)
+        for (long i = 0; i < bytes; i += 64) __builtin_prefetch((const char *)p + i);
+    #else
+        (void)p; (void)bytes;
+    #endif
+    }
+
     /* Threads in the enclosing parallel region: OpenMP may give fewer than asked for. */
     static inline int fr_team_size(void) {
     #ifdef _OPENMP
@@ -124,6 +133,7 @@ cdef extern from *:
         int count
         int generation
     int fr_team_size() noexcept nogil
+    void fr_prefetch(const void *p, long bytes) noexcept nogil
     void fr_spin_wait(fr_spin_barrier *b, int nthreads) noexcept nogil
 
 ctypedef fused floating:
@@ -386,6 +396,7 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
                         m = _gather_forward(s, b0, b1, plen, reverse, po, ts, bs, ph0, H, hprev, rows)
                         if m == 0:
                             break
+                        _prefetch_step(s + 1, b0, b1, plen, reverse, H, po, ts, bs, NULL, 0, 0)
                         # P_t is read and h_t written in place: out rows hold P until visited
                         if floating is float:
                             ks.srnn_step(m, H, 0, H, hprev, <const float **> rows, rows, pw, relu)
@@ -405,6 +416,26 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
             memcpy(phn + b * H, po + t * ts + b * bs, H * sizeof(floating))
         for t in range(plen[b], L):
             memset(po + t * ts + b * bs, 0, H * sizeof(floating))
+
+
+cdef inline void _prefetch_step(fr_index s, fr_index b0, fr_index b1, const int64_t *plen,
+                                bint reverse, int H, const floating *p1, fr_index ts1,
+                                fr_index bs1, const floating *p2, fr_index ts2,
+                                fr_index bs2) noexcept nogil:
+    """Prefetch the rows step s reads of one or two (L, N, H) arrays (p2 may be NULL).
+
+    Issued a step ahead, their loads overlap that step's products; read when needed, they
+    came from memory (a fifth of the BPTT recurrence's time went to such loads, measured).
+    """
+    cdef fr_index b, t
+    if s < 0:
+        return
+    for b in range(b0, b1):
+        if s < plen[b]:
+            t = plen[b] - 1 - s if reverse else s
+            fr_prefetch(p1 + t * ts1 + b * bs1, H * sizeof(floating))
+            if p2 != NULL:
+                fr_prefetch(p2 + t * ts2 + b * bs2, H * sizeof(floating))
 
 
 cdef inline int _gather_backward(fr_index s, fr_index b0, fr_index b1, const int64_t *plen,
@@ -528,6 +559,8 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
                                              gts, gbs, pda, dts, dbs, g, dy, h, gr, da)
                         if m == 0:
                             continue
+                        _prefetch_step(s - 1, b0, b1, plen, reverse, H, pgo, gts, gbs, po, ts,
+                                       bs)
                         if floating is float:
                             ks.sbptt_da(m, 0, H, dy, h, <const float **> gr, da, relu)
                             ks.sbptt_g(m, H, 0, H, <const float **> da, gr, pw)
