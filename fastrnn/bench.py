@@ -72,6 +72,9 @@ CELL_SECONDS = 1.0  # time after which a (row, implementation) stops repeating: 
 MIN_CELL_SECONDS = 0.2
 MAX_REPEATS = 200
 SETTLE_SECONDS = 0.25  # pause after the reference: OpenBLAS's threads spin a while after a call
+# fastrnn and torch are timed in alternating rounds (order swapped each round), so that a
+# change of the shared machine's load falls on both and the ratio of medians keeps steady
+ROUNDS = 3
 PROBE_STEPS = 8  # time steps of the short run that estimates a long call's time
 PEAK_N = 2048  # matrix size of the matmul peak
 PEAK_ENV_UNSET = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -500,27 +503,47 @@ def _blas_threads(threads):
     return threadpool_limits(threads, user_api="blas")
 
 
-def _measure(impl, pass_, size, repeats, max_reference_seconds, threads):
-    """Times of one (row, implementation) as a dict: times_ms, median_ms, repeats, or skipped."""
-    if not available(impl, pass_):
-        return {"skipped": "torch is not installed" if impl == "torch" else "not implemented"}
-    if impl == "reference":
-        # slow by design: one call, after a short run that estimates it and warms up BLAS
-        with _blas_threads(threads):
-            est = estimate_seconds(impl, pass_, size)
-        if est > max_reference_seconds:
-            return {"skipped": f"estimated {est:.1f} s per call > {max_reference_seconds:g} s",
-                    "estimated_s": est}
-        warmup, repeats = 0, 1
-    else:
-        warmup = 1
-    work = make_workload(impl, pass_, size)
+def _measure_reference(pass_, size, max_reference_seconds, threads):
+    """One call of the reference (slow by design), after a short run that estimates it and
+    warms up BLAS; skipped where the estimate is over ``max_reference_seconds``."""
     with _blas_threads(threads):
-        times, result = time_calls(work.call, repeats, warmup=warmup,
-                                   min_seconds=0 if impl == "reference" else MIN_CELL_SECONDS)
+        est = estimate_seconds("reference", pass_, size)
+    if est > max_reference_seconds:
+        return {"skipped": f"estimated {est:.1f} s per call > {max_reference_seconds:g} s",
+                "estimated_s": est}
+    work = make_workload("reference", pass_, size)
+    with _blas_threads(threads):
+        times, result = time_calls(work.call, 1, warmup=0, min_seconds=0)
     work.check(result)
-    del work, result
+    return _summary(times)
+
+
+def _measure_rounds(impls, pass_, size, repeats, threads):
+    """Times of the implementations ``impls``, in ROUNDS alternating rounds, as dicts.
+
+    Each round times every implementation in turn (a warm-up call, then at least
+    ``repeats / ROUNDS`` calls within a third of the cell's budget), the order reversed
+    from one round to the next.
+    """
+    works = {impl: make_workload(impl, pass_, size) for impl in impls}
+    times = {impl: [] for impl in impls}
+    per_round = -(-repeats // ROUNDS)
+    order = list(impls)
+    with _blas_threads(threads):
+        for _ in range(ROUNDS):
+            for impl in order:
+                t, result = time_calls(works[impl].call, per_round, warmup=1,
+                                       budget=CELL_SECONDS / ROUNDS,
+                                       min_seconds=MIN_CELL_SECONDS / ROUNDS)
+                works[impl].check(result)
+                times[impl] += t
+            order.reverse()
+    del works, result
     gc.collect()
+    return {impl: _summary(t) for impl, t in times.items()}
+
+
+def _summary(times):
     ms = [t * 1e3 for t in times]
     return {"times_ms": ms, "median_ms": statistics.median(ms), "repeats": len(ms)}
 
@@ -535,8 +558,9 @@ def run(sizes, threads, repeats=5, impls=IMPLEMENTATIONS, memory=False, max_refe
     threads : int
         fastrnn's and torch's thread count (the caller sets them), and the matmul peak's.
     repeats : int
-        Timed calls per (row, implementation) after one warm-up; fewer for slow calls (see
-        :func:`time_calls`). The reference gets one call.
+        Timed calls per (row, implementation), in ROUNDS alternating rounds of fastrnn and
+        torch, each after a warm-up call; fewer for slow calls (see :func:`time_calls`).
+        The reference gets one call.
     memory : bool
         Also measure the peak memory of fwd+bwd for fastrnn and torch (a subprocess each).
     max_reference_seconds : float
@@ -546,7 +570,7 @@ def run(sizes, threads, repeats=5, impls=IMPLEMENTATIONS, memory=False, max_refe
     """
     results = dict(
         fastrnn=__version__, machine=machine_info(threads), matmul_peak=matmul_peak(threads),
-        settings=dict(dtype="float32", threads=threads, repeats=repeats, warmup=1,
+        settings=dict(dtype="float32", threads=threads, repeats=repeats, rounds=ROUNDS, warmup=1,
                       cell_seconds=CELL_SECONDS, reference_repeats=1,
                       reference_blas_threads=(threads if _has_threadpoolctl()
                                               else "library default (no threadpoolctl)"),
@@ -562,16 +586,20 @@ def run(sizes, threads, repeats=5, impls=IMPLEMENTATIONS, memory=False, max_refe
         row = {"size": size.label, "name": size.name, "T": size.T, "N": size.N, "I": size.I,
                "H": size.H, "layers": size.layers, "bidirectional": size.bidirectional,
                "pass": pass_, "flops": flops(size, pass_), "results": {}}
-        # the reference first, then a pause, so that its idle BLAS threads (which spin for a
-        # while) do not compete with the threads of the implementations timed after it
-        for impl in sorted(impls, key=lambda impl: impl != "reference"):
-            start = time.perf_counter()
-            row["results"][impl] = _measure(impl, pass_, size, repeats, max_reference_seconds,
-                                            threads)
-            row["results"][impl]["wall_s"] = time.perf_counter() - start
-            if impl == "reference":
-                time.sleep(SETTLE_SECONDS)
-        row["results"] = {impl: row["results"][impl] for impl in impls}
+        measured = {}
+        for impl in impls:
+            if not available(impl, pass_):
+                measured[impl] = {"skipped": "torch is not installed" if impl == "torch"
+                                  else "not implemented"}
+        if "reference" in impls and "reference" not in measured:
+            # first, then a pause, so that its idle BLAS threads (which spin for a while)
+            # do not compete with the threads of the implementations timed after it
+            measured["reference"] = _measure_reference(pass_, size, max_reference_seconds,
+                                                       threads)
+            time.sleep(SETTLE_SECONDS)
+        measured.update(_measure_rounds([impl for impl in impls if impl not in measured],
+                                        pass_, size, repeats, threads))
+        row["results"] = {impl: measured[impl] for impl in impls}
         for r in row["results"].values():
             if "median_ms" in r:
                 r["gflops"] = row["flops"] / (r["median_ms"] * 1e6)
@@ -643,9 +671,10 @@ def format_preamble(results):
         f"fastrnn {results['fastrnn']} bench: float32, {s['threads']} threads, kernel "
         f"{m['kernel']}, {cpu}",
         peak_line,
-        f"ms: median of {s['repeats']} or more timed calls (fast ones: {MIN_CELL_SECONDS:g} s of them, "
-        f"at most {MAX_REPEATS}; slow ones: fewer) after a warm-up (reference: 1 call, — "
-        f"where estimated over {s['max_reference_seconds']:g} s)",
+        f"ms: median of {s['repeats']} or more timed calls (fast ones: {MIN_CELL_SECONDS:g} s of them; "
+        f"slow ones: fewer) in {s.get('rounds', 1)} rounds that alternate fastrnn and torch, each "
+        f"after a warm-up call (reference: 1 call, — where estimated over "
+        f"{s['max_reference_seconds']:g} s)",
         "vs X: X's time / fastrnn's; fwd: eval mode, fwd+bwd: training mode + BPTT",
         *(textwrap.fill(line, 100) for line in busy),
     ])
@@ -763,10 +792,11 @@ def add_arguments(parser):
                         help="make sizes without their own -bi bidirectional")
     parser.add_argument(
         "--repeats", type=_int_arg(positive=True), default=5,
-        help=f"timed calls per measurement, after a warm-up; more for fast calls (until "
-             f"{MIN_CELL_SECONDS:g} s of them, at most {MAX_REPEATS}), fewer for slow calls (it "
-             f"stops after {CELL_SECONDS:g} s of them once there are 3, or after "
-             f"{3 * CELL_SECONDS:g} s); one for the reference (default: 5)")
+        help=f"timed calls per measurement, in {ROUNDS} rounds that alternate fastrnn and "
+             f"torch, each after a warm-up call; more for fast calls (until {MIN_CELL_SECONDS:g} "
+             f"s of them), fewer for slow calls (a round stops after "
+             f"{CELL_SECONDS / ROUNDS:.2g} s of them once there are 3, or after "
+             f"{CELL_SECONDS:g} s); one for the reference (default: 5)")
     parser.add_argument(
         "--max-reference-seconds", type=float, default=3.0, metavar="S",
         help="skip the reference where one call is estimated to take longer (default: 3)")

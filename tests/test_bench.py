@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import fastrnn
-from fastrnn.bench import format_table
+from fastrnn.bench import ROUNDS, format_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastrnn.__file__)))
 TINY = ["--sizes", "8x2x4x6", "--repeats", "1"]
@@ -59,6 +59,8 @@ def test_bench_json(tmp_path):
             assert r["repeats"] == len(r["times_ms"]) >= 1
             if impl == "reference":
                 assert r["repeats"] == 1
+            else:  # at least one timed call in each of the alternating rounds
+                assert r["repeats"] >= results["settings"]["rounds"] == ROUNDS
             assert _positive(r["median_ms"]) and _positive(r["gflops"])
             if impl != "fastrnn":
                 assert _positive(row["speedup"][impl])
