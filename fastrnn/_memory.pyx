@@ -15,6 +15,8 @@ most doubles what fastrnn itself held at its peak), releases a block that was no
 while 256 others were cached, and ``empty_cache()`` frees it all.
 """
 
+import os
+
 from cpython.pycapsule cimport PyCapsule_New
 from cpython.pythread cimport (PyThread_acquire_lock, PyThread_allocate_lock,
                                PyThread_release_lock, PyThread_type_lock, WAIT_LOCK)
@@ -214,6 +216,16 @@ def empty_cache():
         for i in range(n):
             free(ptrs[i])
     return released
+
+
+def _after_fork_in_child():
+    """A fresh lock for a forked child: the parent's may have been held by another thread."""
+    global lock
+    lock = PyThread_allocate_lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def cache_info():

@@ -134,3 +134,22 @@ def test_results_do_not_share_memory_across_calls():
     assert out1.nbytes >= (1 << 18)  # large enough to go through the cache
     assert not np.shares_memory(out1, out2)
     np.testing.assert_array_equal(out1, snapshot)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_forked_child_allocates_through_the_cache():
+    import os
+    with _memory.cached_allocation():
+        a = np.empty(BIG)
+    del a  # the child inherits a cached block
+    pid = os.fork()
+    if pid == 0:  # child: must not deadlock or crash; exit status tells the parent
+        ok = False
+        try:
+            with _memory.cached_allocation():
+                b = np.ones(BIG)
+            ok = b.sum() == BIG and fastrnn.cache_info()["cached_blocks"] == 0
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
