@@ -152,9 +152,11 @@ cdef void _free(void *ctx, void *ptr, size_t size) noexcept nogil:
         nevicted += 1
     else:
         clock += 1
-        while nblocks > 0 and (nblocks == MAX_BLOCKS or cached_bytes + size > peak_live_bytes
-                               or clock - blocks[_oldest()].stamp > MAX_AGE):
+        while nblocks > 0:
             i = _oldest()
+            if not (nblocks == MAX_BLOCKS or cached_bytes + size > peak_live_bytes
+                    or clock - blocks[i].stamp > MAX_AGE):
+                break
             evicted[nevicted] = blocks[i].ptr
             nevicted += 1
             _drop(i)

@@ -526,19 +526,22 @@ def _measure_rounds(impls, pass_, size, repeats, threads):
     from one round to the next.
     """
     works = {impl: make_workload(impl, pass_, size) for impl in impls}
-    times = {impl: [] for impl in impls}
     per_round = -(-repeats // ROUNDS)
+
+    def one_round(impl):
+        t, result = time_calls(works[impl].call, per_round, warmup=1,
+                               budget=CELL_SECONDS / ROUNDS, min_seconds=MIN_CELL_SECONDS / ROUNDS)
+        works[impl].check(result)
+        return t
+
+    times = {impl: [] for impl in impls}
     order = list(impls)
     with _blas_threads(threads):
         for _ in range(ROUNDS):
             for impl in order:
-                t, result = time_calls(works[impl].call, per_round, warmup=1,
-                                       budget=CELL_SECONDS / ROUNDS,
-                                       min_seconds=MIN_CELL_SECONDS / ROUNDS)
-                works[impl].check(result)
-                times[impl] += t
+                times[impl] += one_round(impl)
             order.reverse()
-    del works, result
+    works.clear()  # free the workloads' arrays before the next row is built
     gc.collect()
     return {impl: _summary(t) for impl, t in times.items()}
 

@@ -199,7 +199,7 @@ static inline fr_index FR_P(apack_stride)(fr_index kc) {
 
 /* One K block (kb, kc) of one column block (ncols, packed panels at bp) for all M rows,
  * row block by row block, each swept across the panels. A transposed is first copied
- * into apack (kc x FR_MR per row block, ASTRIDE apart): read in place, a row block's
+ * into apack (kc x FR_MR per row block, apack_stride apart): read in place, a row block's
  * values sit one per row of the stored matrix (often a power of two apart), each k a
  * cache and TLB miss; copied, they are read row by row, contiguously. */
 static void FR_P(block)(int M, int ncols, fr_index kb, fr_index kc, FR_P(asrc) a,
