@@ -30,6 +30,10 @@ cdef extern from "kernels.h" nogil:
                                   float **, const float *, int)
     ctypedef void (*drnn_step_fn)(int, int, int, int, const double **, const double **,
                                   double **, const double *, int)
+    ctypedef void (*sinput_step_fn)(int, int, int, int, const float **, const float *,
+                                    const float *, float **)
+    ctypedef void (*dinput_step_fn)(int, int, int, int, const double **, const double *,
+                                    const double *, double **)
     ctypedef void (*sbptt_da_fn)(int, int, int, const float **, const float **,
                                  const float **, float **, int)
     ctypedef void (*dbptt_da_fn)(int, int, int, const double **, const double **,
@@ -46,6 +50,8 @@ cdef extern from "kernels.h" nogil:
         dpack_fn dpack
         srnn_step_fn srnn_step
         drnn_step_fn drnn_step
+        sinput_step_fn sinput_step
+        dinput_step_fn dinput_step
         sbptt_da_fn sbptt_da
         dbptt_da_fn dbptt_da
         sbptt_g_fn sbptt_g
@@ -291,6 +297,35 @@ cdef floating *_packed_copy(const fastrnn_kernels *ks, const floating *w, fr_ind
     return packed
 
 
+cdef floating *_packed_input(const fastrnn_kernels *ks, const floating *w_ih, int H,
+                            int I) noexcept nogil:
+    """W_ihᵀ (I×H) packed for input_step from W_ih (H×I, row-major), in a buffer the caller
+    frees; NULL if out of memory."""
+    cdef floating *packed
+    if floating is float:
+        packed = <floating *> malloc(ks.spacked_size(I, H) * sizeof(floating))
+        if packed != NULL:
+            ks.spack(I, H, w_ih, I, True, packed)
+    else:
+        packed = <floating *> malloc(ks.dpacked_size(I, H) * sizeof(floating))
+        if packed != NULL:
+            ks.dpack(I, H, w_ih, I, True, packed)
+    return packed
+
+
+cdef inline void _gather_inputs(fr_index s, fr_index b0, fr_index b1, const int64_t *plen,
+                                bint reverse, const floating *px, fr_index xts, fr_index xbs,
+                                const floating **xrows) noexcept nogil:
+    """x_t rows of the sequences running at step s, in _gather_forward's order."""
+    cdef int m = 0
+    cdef fr_index b, t
+    for b in range(b0, b1):
+        if s < plen[b]:
+            t = plen[b] - 1 - s if reverse else s
+            xrows[m] = px + t * xts + b * xbs
+            m += 1
+
+
 cdef inline bint _split_columns(fr_index N, int H, int num_threads) noexcept nogil:
     """Split hidden columns across threads (a barrier per step) rather than the batch?
 
@@ -328,12 +363,16 @@ cdef inline int _gather_forward(fr_index s, fr_index b0, fr_index b1, const int6
 
 def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
                        const floating[:, ::1] w_hh, const int64_t[::1] lengths,
-                       bint reverse, bint relu, floating[:, ::1] h_n, int num_threads=1):
+                       bint reverse, bint relu, floating[:, ::1] h_n, int num_threads=1,
+                       const floating[:, :, ::1] x=None, const floating[:, ::1] w_ih=None,
+                       const floating[::1] bias=None):
     """h_t = act(P_t + h_{t-1} W_hhᵀ) for every sequence, in place in ``out``.
 
     ``out`` (L, N, H) holds the input projection P on entry and the outputs on return,
     zero past each sequence's length; ``h_n`` receives the state at each sequence's last
-    step. Each thread owns a slice of the batch for all L steps (no barrier per step), or,
+    step. Given ``x`` (L, N, I) and ``w_ih`` (H, I) (and ``bias`` (H,) or None), P_t is
+    instead computed step by step, bitwise as ``gemm`` would, while the step's rows are in
+    cache (``out`` need not be initialised). Each thread owns a slice of the batch for all L steps (no barrier per step), or,
     for a small batch, a slice of the hidden columns (one barrier per step).
     """
     _check_slices(num_threads)
@@ -347,6 +386,22 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
     cdef floating *po = &out[0, 0, 0] if L > 0 else NULL
     cdef const floating *ph0 = &h0[0, 0]
     cdef floating *phn = &h_n[0, 0]
+    cdef int I = 0
+    cdef fr_index xts = 0, xbs = 0
+    cdef const floating *px = NULL
+    cdef const floating *pbias = NULL
+    cdef floating *pwi = NULL
+    if x is not None:
+        I = <int> x.shape[2]
+        if (x.shape[0] != L or x.shape[1] != N or w_ih is None or w_ih.shape[0] != H
+                or w_ih.shape[1] != I or (bias is not None and bias.shape[0] != H)):
+            raise ValueError("x, w_ih and bias must be (L, N, I), (H, I) and (H,)")
+        xts = x.strides[0] // sizeof(floating)
+        xbs = x.strides[1] // sizeof(floating)
+        if L == 0 or I == 0:
+            raise ValueError("x must have steps and inputs (else pass the projection in out)")
+        px = &x[0, 0, 0]
+        pbias = &bias[0] if bias is not None else NULL
     cdef const int64_t *plen = &lengths[0]
     cdef const fastrnn_kernels *ks = _kernels
     num_threads = _threads_for(<double> L * N * H * H, num_threads)
@@ -362,25 +417,38 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
     step_barrier.count = step_barrier.generation = 0
     cdef const floating **hprev
     cdef floating **rows
+    cdef const floating **xrows
     for b in range(N):
         max_len = max(max_len, plen[b])
     # W_hhᵀ packed once per call; it stays in cache across all steps
     cdef floating *pw = _packed_copy(ks, &w_hh[0, 0], H, True)
     if pw == NULL:
         raise MemoryError("could not allocate the packed recurrent weights")
+    if px != NULL:
+        pwi = _packed_input(ks, &w_ih[0, 0], H, I)
+        if pwi == NULL:
+            free(pw)
+            raise MemoryError("could not allocate the packed input weights")
     with nogil, parallel(num_threads=nthreads):
         hprev = <const floating **> malloc(slice_rows * sizeof(floating *))
         rows = <floating **> malloc(slice_rows * sizeof(floating *))
+        xrows = <const floating **> malloc(slice_rows * sizeof(floating *))
         try:
-            if hprev == NULL or rows == NULL:
+            if hprev == NULL or rows == NULL or xrows == NULL:
                 failed[0] = 1
             if by_columns:
                 team = fr_team_size()
                 j0 = _column_start(threadid(), team, H)
                 j1 = _column_start(threadid() + 1, team, H)
                 for sc in range(max_len):
-                    if hprev != NULL and rows != NULL:
+                    if hprev != NULL and rows != NULL and xrows != NULL:
                         mc = _gather_forward(sc, 0, N, plen, reverse, po, ts, bs, ph0, H, hprev, rows)
+                        if j1 > j0 and pwi != NULL:
+                            _gather_inputs(sc, 0, N, plen, reverse, px, xts, xbs, xrows)
+                            if floating is float:
+                                ks.sinput_step(mc, I, j0, j1, <const float **> xrows, pwi, pbias, rows)
+                            else:
+                                ks.dinput_step(mc, I, j0, j1, <const double **> xrows, pwi, pbias, rows)
                         if j1 > j0:
                             if floating is float:
                                 ks.srnn_step(mc, H, j0, j1, hprev, <const float **> rows, rows, pw, relu)
@@ -388,7 +456,7 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
                                 ks.drnn_step(mc, H, j0, j1, hprev, <const double **> rows, rows, pw, relu)
                     # step s+1 reads all columns of h_s
                     fr_spin_wait(&step_barrier, team)
-            elif hprev != NULL and rows != NULL:
+            elif hprev != NULL and rows != NULL and xrows != NULL:
                 for sl in prange(nslices, schedule="static"):
                     b0 = sl * slice_rows
                     b1 = min(N, b0 + slice_rows)
@@ -396,7 +464,14 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
                         m = _gather_forward(s, b0, b1, plen, reverse, po, ts, bs, ph0, H, hprev, rows)
                         if m == 0:
                             break
-                        _prefetch_step(s + 1, b0, b1, plen, reverse, H, po, ts, bs, NULL, 0, 0)
+                        if pwi != NULL:
+                            _gather_inputs(s, b0, b1, plen, reverse, px, xts, xbs, xrows)
+                            if floating is float:
+                                ks.sinput_step(m, I, 0, H, <const float **> xrows, pwi, pbias, rows)
+                            else:
+                                ks.dinput_step(m, I, 0, H, <const double **> xrows, pwi, pbias, rows)
+                        else:
+                            _prefetch_step(s + 1, b0, b1, plen, reverse, H, po, ts, bs, NULL, 0, 0)
                         # P_t is read and h_t written in place: out rows hold P until visited
                         if floating is float:
                             ks.srnn_step(m, H, 0, H, hprev, <const float **> rows, rows, pw, relu)
@@ -405,7 +480,9 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
         finally:
             free(hprev)
             free(rows)
+            free(xrows)
     free(pw)
+    free(pwi)
     if failed[0]:
         raise MemoryError("could not allocate per-thread scratch for the recurrence")
     for b in range(N):

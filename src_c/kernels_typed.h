@@ -350,6 +350,14 @@ static void FR_P(rnn_step)(int M, int H, int j0, int j1, const REAL *const *hpre
                 relu ? FR_P(FIN_RELU) : FR_P(FIN_TANH), NULL);
 }
 
+static void FR_P(input_step)(int M, int I, int j0, int j1, const REAL *const *x,
+                             const REAL *wit_packed, const REAL *bias, REAL *const *out) {
+    /* the input projection of one step's rows, as the GEMM computes it (zero start, bias last) */
+    FR_P(asrc) a = {x, NULL, 0};
+    FR_P(drive)(M, j0, j1 - j0, I, a, wit_packed, NULL, 0, 0, NULL, NULL, NULL, out, 0,
+                bias ? FR_P(FIN_BIAS) : FR_P(FIN_NONE), bias ? bias + j0 : NULL);
+}
+
 static void FR_P(bptt_da)(int M, int j0, int j1, const REAL *const *dy, const REAL *const *h,
                           const REAL *const *g, REAL *const *da, int relu) {
     /* dA_t = (dY_t + g) ⊙ act'(h_t),  tanh' = 1 - h², relu' = [h > 0]; as torch, a NaN

@@ -240,6 +240,45 @@ def test_compiled_tanh_within_three_ulp(kernel):
     assert np.array_equal(np.signbit(out.ravel()[nonzero]), np.signbit(x[nonzero]))
 
 
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("L,N,I,H", [(7, 37, 13, 64), (5, 1, 9, 256), (6, 3, 600, 40)],
+                         ids=["batch-slices", "columns", "k-blocks"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_projection_per_step_is_bitwise_the_gemm(kernel, L, N, I, H, reverse, dtype):
+    """The recurrence computing P_t = x_t W_ihᵀ + b itself, step by step, gives the bits of
+    the GEMM over all steps followed by the recurrence: with and without bias, ragged
+    lengths, batch or column slices, 1 and 2 threads."""
+    from fastrnn import _rnn
+
+    rng = np.random.default_rng(L * N + I)
+    x = rng.standard_normal((L, N, I)).astype(dtype)
+    w_ih = (rng.standard_normal((H, I)) / np.sqrt(I)).astype(dtype)
+    w_hh = (rng.standard_normal((H, H)) / np.sqrt(H)).astype(dtype)
+    h0 = rng.standard_normal((N, H)).astype(dtype)
+    lengths = rng.integers(0, L + 1, size=N)
+    lengths[0] = L
+    for bias in (rng.standard_normal(H).astype(dtype), None):
+        for threads in (1, 2):
+            expected, expected_hn = np.empty((L, N, H), dtype), np.empty((N, H), dtype)
+            _rnn.gemm(x.reshape(L * N, I), w_ih.T, expected.reshape(L * N, H), bias, False,
+                      threads)
+            _rnn.recurrence_forward(expected, h0, w_hh, lengths, reverse, False, expected_hn,
+                                    threads)
+            out, h_n = np.full((L, N, H), np.nan, dtype), np.empty((N, H), dtype)
+            _rnn.recurrence_forward(out, h0, w_hh, lengths, reverse, False, h_n, threads, x,
+                                    w_ih, bias)
+            assert np.array_equal(out, expected) and np.array_equal(h_n, expected_hn)
+
+
+def test_projection_per_step_refuses_mismatched_shapes():
+    from fastrnn import _rnn
+
+    out, h0, h_n = np.empty((2, 3, 4)), np.zeros((3, 4)), np.empty((3, 4))
+    with pytest.raises(ValueError, match="must be"):
+        _rnn.recurrence_forward(out, h0, np.zeros((4, 4)), np.full(3, 2), False, False, h_n, 1,
+                                np.zeros((2, 3, 5)), np.zeros((4, 6)), None)
+
+
 @pytest.mark.parametrize("batch,hidden", [(5, 8), (1, 256)], ids=["batch-slices", "columns"])
 def test_recurrence_backward_writes_every_row_of_grad_a(kernel, batch, hidden):
     """grad_a may come uninitialised: every row is written, dA up to each length, 0 after."""
