@@ -372,8 +372,9 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
     zero past each sequence's length; ``h_n`` receives the state at each sequence's last
     step. Given ``x`` (L, N, I) and ``w_ih`` (H, I) (and ``bias`` (H,) or None), P_t is
     instead computed step by step, bitwise as ``gemm`` would, while the step's rows are in
-    cache (``out`` need not be initialised). Each thread owns a slice of the batch for all L steps (no barrier per step), or,
-    for a small batch, a slice of the hidden columns (one barrier per step).
+    cache (``out`` need not be initialised). Each thread owns a slice of the batch for all
+    L steps (no barrier per step), or, for a small batch, a slice of the hidden columns (one
+    barrier per step).
     """
     _check_slices(num_threads)
     cdef fr_index L = out.shape[0], N = out.shape[1]
@@ -392,10 +393,16 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
     cdef const floating *pbias = NULL
     cdef floating *pwi = NULL
     if x is not None:
-        I = <int> x.shape[2]
         if (x.shape[0] != L or x.shape[1] != N or w_ih is None or w_ih.shape[0] != H
-                or w_ih.shape[1] != I or (bias is not None and bias.shape[0] != H)):
-            raise ValueError("x, w_ih and bias must be (L, N, I), (H, I) and (H,)")
+                or w_ih.shape[1] != x.shape[2] or (bias is not None and bias.shape[0] != H)):
+            raise ValueError(
+                f"x, w_ih and bias must be ({L}, {N}, I), ({H}, I) and ({H},), got "
+                f"{(x.shape[0], x.shape[1], x.shape[2])}, "
+                f"{None if w_ih is None else (w_ih.shape[0], w_ih.shape[1])} and "
+                f"{None if bias is None else (bias.shape[0],)}")
+        if x.shape[2] > INT_MAX:
+            raise MemoryError(f"{x.shape[2]} inputs exceed the kernels' {INT_MAX}")
+        I = <int> x.shape[2]
         xts = x.strides[0] // sizeof(floating)
         xbs = x.strides[1] // sizeof(floating)
         if L == 0 or I == 0:
