@@ -281,49 +281,21 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
         raise MemoryError("could not allocate GEMM scratch")
 
 
-cdef floating *_packed_copy(const fastrnn_kernels *ks, const floating *w, fr_index H,
-                           bint transpose) noexcept nogil:
-    """W (H×H, row-major), or Wᵀ if transpose, packed for the step kernels, in a buffer the
-    caller frees; NULL if out of memory."""
+cdef floating *_packed_copy(const fastrnn_kernels *ks, const floating *w, fr_index K,
+                           fr_index N, bint transpose) noexcept nogil:
+    """op(W) (K×N) packed for the step kernels, in a buffer the caller frees; NULL if out of
+    memory. W is row-major: K×N, or N×K read transposed if transpose."""
     cdef floating *packed
+    cdef fr_index ld = K if transpose else N
     if floating is float:
-        packed = <floating *> malloc(ks.spacked_size(H, H) * sizeof(floating))
+        packed = <floating *> malloc(ks.spacked_size(K, N) * sizeof(floating))
         if packed != NULL:
-            ks.spack(H, H, w, H, transpose, packed)
+            ks.spack(K, N, w, ld, transpose, packed)
     else:
-        packed = <floating *> malloc(ks.dpacked_size(H, H) * sizeof(floating))
+        packed = <floating *> malloc(ks.dpacked_size(K, N) * sizeof(floating))
         if packed != NULL:
-            ks.dpack(H, H, w, H, transpose, packed)
+            ks.dpack(K, N, w, ld, transpose, packed)
     return packed
-
-
-cdef floating *_packed_input(const fastrnn_kernels *ks, const floating *w_ih, int H,
-                            int I) noexcept nogil:
-    """W_ihᵀ (I×H) packed for input_step from W_ih (H×I, row-major), in a buffer the caller
-    frees; NULL if out of memory."""
-    cdef floating *packed
-    if floating is float:
-        packed = <floating *> malloc(ks.spacked_size(I, H) * sizeof(floating))
-        if packed != NULL:
-            ks.spack(I, H, w_ih, I, True, packed)
-    else:
-        packed = <floating *> malloc(ks.dpacked_size(I, H) * sizeof(floating))
-        if packed != NULL:
-            ks.dpack(I, H, w_ih, I, True, packed)
-    return packed
-
-
-cdef inline void _gather_inputs(fr_index s, fr_index b0, fr_index b1, const int64_t *plen,
-                                bint reverse, const floating *px, fr_index xts, fr_index xbs,
-                                const floating **xrows) noexcept nogil:
-    """x_t rows of the sequences running at step s, in _gather_forward's order."""
-    cdef int m = 0
-    cdef fr_index b, t
-    for b in range(b0, b1):
-        if s < plen[b]:
-            t = plen[b] - 1 - s if reverse else s
-            xrows[m] = px + t * xts + b * xbs
-            m += 1
 
 
 cdef inline bint _split_columns(fr_index N, int H, int num_threads) noexcept nogil:
@@ -348,8 +320,10 @@ cdef inline int _column_start(int thread, int nthreads, int H) noexcept nogil:
 cdef inline int _gather_forward(fr_index s, fr_index b0, fr_index b1, const int64_t *plen,
                                 bint reverse, floating *po, fr_index ts, fr_index bs,
                                 const floating *ph0, int H, const floating **hprev,
-                                floating **rows) noexcept nogil:
-    """Row pointers of the sequences still running at step s: their h_{t-1} and P_t/h_t."""
+                                floating **rows, const floating *px, fr_index xts,
+                                fr_index xbs, const floating **xrows) noexcept nogil:
+    """Row pointers of the sequences still running at step s: their h_{t-1} and P_t/h_t,
+    and, if px is not NULL, their x_t."""
     cdef int m = 0
     cdef fr_index b, t
     for b in range(b0, b1):
@@ -357,6 +331,8 @@ cdef inline int _gather_forward(fr_index s, fr_index b0, fr_index b1, const int6
             t = plen[b] - 1 - s if reverse else s
             rows[m] = po + t * ts + b * bs
             hprev[m] = ph0 + b * H if s == 0 else rows[m] + (ts if reverse else -ts)
+            if px != NULL:
+                xrows[m] = px + t * xts + b * xbs
             m += 1
     return m
 
@@ -428,11 +404,11 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
     for b in range(N):
         max_len = max(max_len, plen[b])
     # W_hhᵀ packed once per call; it stays in cache across all steps
-    cdef floating *pw = _packed_copy(ks, &w_hh[0, 0], H, True)
+    cdef floating *pw = _packed_copy(ks, &w_hh[0, 0], H, H, True)
     if pw == NULL:
         raise MemoryError("could not allocate the packed recurrent weights")
     if px != NULL:
-        pwi = _packed_input(ks, &w_ih[0, 0], H, I)
+        pwi = _packed_copy(ks, &w_ih[0, 0], I, H, True)
         if pwi == NULL:
             free(pw)
             raise MemoryError("could not allocate the packed input weights")
@@ -449,9 +425,9 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
                 j1 = _column_start(threadid() + 1, team, H)
                 for sc in range(max_len):
                     if hprev != NULL and rows != NULL and xrows != NULL:
-                        mc = _gather_forward(sc, 0, N, plen, reverse, po, ts, bs, ph0, H, hprev, rows)
+                        mc = _gather_forward(sc, 0, N, plen, reverse, po, ts, bs, ph0, H, hprev,
+                                             rows, px, xts, xbs, xrows)
                         if j1 > j0 and pwi != NULL:
-                            _gather_inputs(sc, 0, N, plen, reverse, px, xts, xbs, xrows)
                             if floating is float:
                                 ks.sinput_step(mc, I, j0, j1, <const float **> xrows, pwi, pbias, rows)
                             else:
@@ -468,11 +444,11 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
                     b0 = sl * slice_rows
                     b1 = min(N, b0 + slice_rows)
                     for s in range(max_len):
-                        m = _gather_forward(s, b0, b1, plen, reverse, po, ts, bs, ph0, H, hprev, rows)
+                        m = _gather_forward(s, b0, b1, plen, reverse, po, ts, bs, ph0, H, hprev,
+                                            rows, px, xts, xbs, xrows)
                         if m == 0:
                             break
                         if pwi != NULL:
-                            _gather_inputs(s, b0, b1, plen, reverse, px, xts, xbs, xrows)
                             if floating is float:
                                 ks.sinput_step(m, I, 0, H, <const float **> xrows, pwi, pbias, rows)
                             else:
@@ -594,7 +570,7 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
     cdef floating **da
     for b in range(N):
         max_len = max(max_len, plen[b])
-    cdef floating *pw = _packed_copy(ks, &w_hh[0, 0], H, False)
+    cdef floating *pw = _packed_copy(ks, &w_hh[0, 0], H, H, False)
     if pw == NULL:
         raise MemoryError("could not allocate the packed recurrent weights")
     if by_columns:
