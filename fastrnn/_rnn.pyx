@@ -18,10 +18,11 @@ from libc.string cimport memcpy, memset
 cdef extern from "kernels.h" nogil:
     ctypedef long fr_index
     ctypedef int (*sgemm_fn)(fr_index, fr_index, fr_index, const float *, fr_index, int,
-                             const float *, fr_index, int, float *, fr_index, const float *, int)
+                             const float *, fr_index, int, float *, fr_index, const float *, int,
+                             float *)
     ctypedef int (*dgemm_fn)(fr_index, fr_index, fr_index, const double *, fr_index, int,
                              const double *, fr_index, int, double *, fr_index, const double *,
-                             int)
+                             int, double *)
     ctypedef fr_index (*spacked_size_fn)(fr_index, fr_index)
     ctypedef fr_index (*dpacked_size_fn)(fr_index, fr_index)
     ctypedef void (*spack_fn)(fr_index, fr_index, const float *, fr_index, int, float *)
@@ -228,12 +229,14 @@ cdef inline fr_index _slice_rows(fr_index N, int num_threads) noexcept nogil:
 
 def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
          const floating[::1] bias=None, bint accumulate=False, int num_threads=1,
-         bint a_trans=False):
+         bint a_trans=False, floating[::1] a_sums=None):
     """c = (c if accumulate else 0) + op(a) @ b + bias, op(a) = a.T if a_trans else a.
 
     ``b`` may be a transposed view (``w.T`` of a row-major ``w``): it is packed from there,
     with no transposed copy. Each thread computes a block of c's rows and packs the blocks
-    of a and b it needs itself: no shared scratch, no barrier.
+    of a and b it needs itself: no shared scratch, no barrier. With ``a_trans``, ``a_sums``
+    (if given) receives op(a).sum(axis=1), each sum in row order of ``a``, from the one
+    reading of ``a`` (a bias gradient next to a weight gradient).
     """
     _check_slices(num_threads)
     cdef fr_index M = a.shape[1] if a_trans else a.shape[0]
@@ -246,7 +249,10 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
         raise MemoryError(f"gemm of {M} x {N} outputs exceeds the kernels' {INT_MAX} rows/columns")
     if bias is not None and bias.shape[0] != N:
         raise ValueError(f"bias must have {N} elements, got {bias.shape[0]}")
-    if M == 0 or N == 0:
+    if a_sums is not None and (not a_trans or a_sums.shape[0] != M):
+        raise ValueError(f"a_sums needs a_trans and {M} elements, got a_trans={a_trans} "
+                         f"and {a_sums.shape[0]} elements")
+    if M == 0:
         return
     cdef fr_index lda = _row_stride(a.shape, a.strides, sizeof(floating), "a")
     # b's columns contiguous (b_trans) and its rows not: read it as bᵀ stored row-major
@@ -259,6 +265,7 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
     cdef const floating *pb = &b[0, 0] if K > 0 else NULL
     cdef floating *pc = &c[0, 0]
     cdef const floating *pbias = &bias[0] if bias is not None else NULL
+    cdef floating *psums = &a_sums[0] if a_sums is not None else NULL
     num_threads = _threads_for(<double> M * N * K, num_threads)
     cdef fr_index tile_rows = _slice_rows(M, num_threads)
     cdef fr_index ntiles = (M + tile_rows - 1) // tile_rows
@@ -271,11 +278,13 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
         rows = min(tile_rows, M - i0)
         if floating is float:
             if ks.sgemm(rows, N, K, pa + i0 * a_step, lda, a_trans, pb, ldb, b_trans,
-                        pc + i0 * ldc, ldc, pbias, accumulate) != 0:
+                        pc + i0 * ldc, ldc, pbias, accumulate,
+                        psums + i0 if psums != NULL else NULL) != 0:
                 failed[0] = 1
         else:
             if ks.dgemm(rows, N, K, pa + i0 * a_step, lda, a_trans, pb, ldb, b_trans,
-                        pc + i0 * ldc, ldc, pbias, accumulate) != 0:
+                        pc + i0 * ldc, ldc, pbias, accumulate,
+                        psums + i0 if psums != NULL else NULL) != 0:
                 failed[0] = 1
     if failed[0]:
         raise MemoryError("could not allocate GEMM scratch")

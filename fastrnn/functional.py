@@ -326,10 +326,11 @@ def _rnn_backward(cache, grad_output, grad_h_n):
             grads[f"weight_hh_{k}"] = _weight_grad_hh(da[:, :, cols], out, d, h0[i], lengths,
                                                       threads)
         da2d = da.reshape(L * N, D * H)
-        # dW_ih = dAᵀ X over all L·N rows, every direction in one GEMM
+        # dW_ih = dAᵀ X over all L·N rows, every direction in one GEMM; db = Σ dA from the
+        # same reading of dA
         dw_ih = np.empty((D * H, inp.shape[2]), dtype=dtype)
-        _rnn.gemm(da2d, inp2d, dw_ih, None, False, threads, True)
-        db = da2d.sum(axis=0) if cache["bias"] else None
+        db = np.empty(D * H, dtype=dtype) if cache["bias"] else None
+        _rnn.gemm(da2d, inp2d, dw_ih, None, False, threads, True, db)
         for d, k in enumerate(keys):
             cols = slice(d * H, (d + 1) * H)
             grads[f"weight_ih_{k}"] = dw_ih[cols] if D == 1 else dw_ih[cols].copy()

@@ -327,10 +327,12 @@ class Linear(Module):
             raise ValueError(f"grad_output must have shape {want}, got {g.shape}")
         g2 = np.ascontiguousarray(g.reshape(-1, self.out_features), dtype=self.dtype)
         threads = get_num_threads()
-        # dW += dYᵀ X, reading dY transposed in place and accumulating into the gradient
-        _rnn.gemm(g2, x2, self.weight.grad, None, True, threads, True)
+        # dW += dYᵀ X, reading dY transposed in place and accumulating into the gradient;
+        # Σ_rows dY (db) from the same reading of dY
+        db = np.empty(self.out_features, dtype=self.dtype) if self.has_bias else None
+        _rnn.gemm(g2, x2, self.weight.grad, None, True, threads, True, db)
         if self.has_bias:
-            self.bias.grad += g2.sum(axis=0)  # db += Σ_rows dY
+            self.bias.grad += db
         dx = np.empty_like(x2)
         _rnn.gemm(g2, self.weight.data, dx, None, False, threads)  # dX = dY W
         return dx.reshape(x_shape)

@@ -22,11 +22,13 @@ typedef long fr_index;
 #define FASTRNN_DECLARE_TYPED(REAL, P)                                                        \
     /* C[M,N] = (accumulate ? C : 0) + op(A)·op(B) + bias[N]  (bias may be NULL), where     \
      * op(A) = A[M,K], or Aᵀ of A stored [K,M] if a_trans; op(B) = B[K,N], or Bᵀ of B        \
-     * stored [N,K] if b_trans. Returns 0, or -1 if scratch memory could not be allocated. */ \
+     * stored [N,K] if b_trans. If a_trans and a_sums is not NULL, also                      \
+     * a_sums[i] = Σ_k op(A)[i,k] in k order (a bias gradient, from the A read anyway).      \
+     * Returns 0, or -1 if scratch memory could not be allocated. */                          \
     typedef int (*P##gemm_fn)(fr_index M, fr_index N, fr_index K, const REAL *A,              \
                               fr_index lda, int a_trans, const REAL *B, fr_index ldb,         \
                               int b_trans, REAL *C, fr_index ldc, const REAL *bias,           \
-                              int accumulate);                                                \
+                              int accumulate, REAL *a_sums);                                  \
     /* Elements needed to pack a K×N matrix for the step kernels; pack op(B) (B[K,N], or Bᵀ   \
      * of B stored [N,K] if b_trans; row stride ldb) into that layout. */                     \
     typedef fr_index (*P##packed_size_fn)(fr_index K, fr_index N);                            \

@@ -217,6 +217,31 @@ def test_compiled_gemm_matches_numpy(kernel, M, N, K, a_trans, b_layout, dtype):
     assert np.array_equal(c, c1)
 
 
+@pytest.mark.parametrize("M,N,K", [(17, 70, 600), (9, 530, 33), (5, 0, 40), (6, 3, 0)],
+                         ids=["k-blocks", "column-blocks", "no-columns", "no-rows"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_compiled_gemm_sums_the_rows_of_op_a(kernel, M, N, K, dtype):
+    """With op(a) = aᵀ, the GEMM also returns aᵀ's row sums (the bias gradient): each row
+    of a counted once although the column blocks each read it, with no columns at all, and
+    bitwise the same with 1 and 2 threads."""
+    from fastrnn import _rnn
+
+    rng = np.random.default_rng(M + N + K)
+    a = rng.standard_normal((K, M)).astype(dtype)
+    b = rng.standard_normal((K, N)).astype(dtype)
+    results = []
+    for threads in (1, 2):
+        c, sums = np.empty((M, N), dtype), np.full(M, np.nan, dtype)
+        _rnn.gemm(a, b, c, None, False, threads, True, sums)
+        assert_close_rel(c, a.T.astype(np.float64) @ b, dtype, name="gemm")
+        assert_close_rel(sums, a.astype(np.float64).sum(axis=0), dtype, name="sums")
+        results.append(sums)
+    assert np.array_equal(results[0], results[1])
+    with pytest.raises(ValueError, match="a_sums needs a_trans"):
+        _rnn.gemm(np.ascontiguousarray(a.T), b, np.empty((M, N), dtype), None, False, 1, False,
+                  np.empty(M, dtype))
+
+
 def test_compiled_tanh_within_three_ulp(kernel):
     """The float32 tanh of the recurrence's store (a polynomial, not libm) against tanh in
     float64 rounded, on 1 of every 4099 floats from the smallest normal to past 20 and
