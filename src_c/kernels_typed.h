@@ -199,15 +199,16 @@ static inline fr_index FR_P(apack_stride)(fr_index kc) {
  * row block by row block, each swept across the panels. A transposed is first copied
  * into apack (kc x FR_MR per row block, apack_stride apart): read in place, a row block's
  * values sit one per row of the stored matrix (often a power of two apart), each k a
- * cache and TLB miss; copied, they are read row by row, contiguously. While copying, the
- * rows of op(A) are summed into a_sums if not NULL (A transposed only). */
+ * cache and TLB miss; copied, they are read row by row, contiguously. copy_a says whether
+ * to copy (or apack holds this K block already); while copying, the rows of op(A) are
+ * summed into a_sums if not NULL. */
 static void FR_P(block)(int M, int ncols, fr_index kb, fr_index kc, FR_P(asrc) a,
                         REAL *apack, const REAL *bp, fr_index panel_stride,
                         const REAL *const *cin, REAL *const *cout, fr_index c_off, int init,
-                        int fin, const REAL *bias, REAL *a_sums) {
+                        int fin, const REAL *bias, int copy_a, REAL *a_sums) {
     const int npanels = (ncols + NR - 1) / NR;
     const fr_index astride = FR_P(apack_stride)(kc);
-    if (!a.rows)
+    if (copy_a)
         for (fr_index k = 0; k < kc; k++) {
             const REAL *src = a.at + (kb + k) * a.ldat;
             if (k + 16 < kc) /* rows ahead: the hardware prefetchers miss this pattern */
@@ -292,10 +293,14 @@ static void FR_P(drive)(int M, fr_index c0, fr_index N, fr_index K, FR_P(asrc) a
                         REAL *scratch, REAL *apack,
                         const REAL *const *cin, REAL *const *cout, int load_first, int fin,
                         const REAL *bias, REAL *a_sums) {
-    for (fr_index jc = 0; jc < N; jc += NC) {
-        int nc = (int)(N - jc < NC ? N - jc : NC);
-        fr_index kb = 0;
-        do {
+    /* A transposed is copied once per K block: then the column blocks go inside the K
+     * blocks, so that one copy serves them all (row-major A is read in place) */
+    const fr_index ncb = (N + NC - 1) / NC, nkb = K > 0 ? (K + KC - 1) / KC : 1;
+    const int k_outer = !a.rows;
+    for (fr_index outer = 0; outer < (k_outer ? nkb : ncb); outer++)
+        for (fr_index inner = 0; inner < (k_outer ? ncb : nkb); inner++) {
+            const fr_index jc = (k_outer ? inner : outer) * NC, kb = (k_outer ? outer : inner) * KC;
+            int nc = (int)(N - jc < NC ? N - jc : NC);
             fr_index kc = K - kb < KC ? K - kb : KC;
             int last = kb + kc >= K;
             int init = kb > 0 ? FR_P(INIT_OUT) : load_first ? FR_P(INIT_IN) : FR_P(INIT_ZERO);
@@ -312,10 +317,8 @@ static void FR_P(drive)(int M, fr_index c0, fr_index N, fr_index K, FR_P(asrc) a
             }
             FR_P(block)(M, nc, kb, kc, a, apack, bp, stride, cin, cout, c0 + jc, init,
                         last ? fin : FR_P(FIN_NONE), bias && last ? bias + jc : NULL,
-                        jc == 0 ? a_sums : NULL);
-            kb += kc;
-        } while (kb < K);
-    }
+                        k_outer && jc == 0, jc == 0 ? a_sums : NULL);
+        }
 }
 
 static int FR_P(gemm)(fr_index M, fr_index N, fr_index K, const REAL *A, fr_index lda,
