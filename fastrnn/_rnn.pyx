@@ -23,6 +23,17 @@ cdef extern from "kernels.h" nogil:
     ctypedef int (*dgemm_fn)(fr_index, fr_index, fr_index, const double *, fr_index, int,
                              const double *, fr_index, int, double *, fr_index, const double *,
                              int, double *)
+    ctypedef void (*fr_barrier_fn)(void *) noexcept nogil
+    ctypedef fr_index (*sgemm_team_size_fn)(fr_index, fr_index)
+    ctypedef fr_index (*dgemm_team_size_fn)(fr_index, fr_index)
+    ctypedef int (*sgemm_at_team_fn)(fr_index, fr_index, fr_index, const float *, fr_index,
+                                     const float *, fr_index, int, float *, fr_index,
+                                     const float *, int, float *, int, int, float *,
+                                     fr_barrier_fn, void *)
+    ctypedef int (*dgemm_at_team_fn)(fr_index, fr_index, fr_index, const double *, fr_index,
+                                     const double *, fr_index, int, double *, fr_index,
+                                     const double *, int, double *, int, int, double *,
+                                     fr_barrier_fn, void *)
     ctypedef fr_index (*spacked_size_fn)(fr_index, fr_index)
     ctypedef fr_index (*dpacked_size_fn)(fr_index, fr_index)
     ctypedef void (*spack_fn)(fr_index, fr_index, const float *, fr_index, int, float *)
@@ -45,6 +56,10 @@ cdef extern from "kernels.h" nogil:
         const char *name
         sgemm_fn sgemm
         dgemm_fn dgemm
+        sgemm_team_size_fn sgemm_team_size
+        dgemm_team_size_fn dgemm_team_size
+        sgemm_at_team_fn sgemm_at_team
+        dgemm_at_team_fn dgemm_at_team
         spacked_size_fn spacked_size
         dpacked_size_fn dpacked_size
         spack_fn spack
@@ -123,6 +138,11 @@ cdef extern from *:
             if (spins < 20000) FR_PAUSE(); else FR_YIELD();
         }
     }
+
+    /* fr_spin_wait for the whole team of the enclosing parallel region, as a callback */
+    static void fr_team_barrier(void *barrier) {
+        fr_spin_wait((fr_spin_barrier *)barrier, fr_team_size());
+    }
     #if defined(__clang__)
     #define FR_COMPILER "clang " __clang_version__
     #elif defined(__GNUC__)
@@ -142,6 +162,7 @@ cdef extern from *:
     int fr_team_size() noexcept nogil
     void fr_prefetch(const void *p, long bytes) noexcept nogil
     void fr_spin_wait(fr_spin_barrier *b, int nthreads) noexcept nogil
+    void fr_team_barrier(void *barrier) noexcept nogil
 
 ctypedef fused floating:
     float
@@ -234,9 +255,11 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
 
     ``b`` may be a transposed view (``w.T`` of a row-major ``w``): it is packed from there,
     with no transposed copy. Each thread computes a block of c's rows and packs the blocks
-    of a and b it needs itself: no shared scratch, no barrier. With ``a_trans``, ``a_sums``
-    (if given) receives op(a).sum(axis=1), each sum in row order of ``a``, from the one
-    reading of ``a`` (a bias gradient next to a weight gradient).
+    of a it needs itself; b's blocks too (no barrier), except with ``a_trans``: in a weight
+    gradient (K long, c small) every thread would pack all of b, so the threads share that
+    packing, meeting once per block. With ``a_trans``, ``a_sums`` (if given) receives
+    op(a).sum(axis=1), each sum in row order of ``a``, from the one reading of ``a`` (a
+    bias gradient next to a weight gradient).
     """
     _check_slices(num_threads)
     cdef fr_index M = a.shape[1] if a_trans else a.shape[0]
@@ -273,6 +296,33 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
     cdef int failed[1]
     failed[0] = 0
     cdef const fastrnn_kernels *ks = _kernels
+    cdef fr_spin_barrier team_barrier
+    cdef floating *shared
+    cdef int team
+    if a_trans and num_threads > 1:
+        team_barrier.count = team_barrier.generation = 0
+        if floating is float:
+            shared = <floating *> malloc(ks.sgemm_team_size(K, N) * sizeof(floating))
+        else:
+            shared = <floating *> malloc(ks.dgemm_team_size(K, N) * sizeof(floating))
+        if shared == NULL:
+            raise MemoryError("could not allocate GEMM scratch")
+        with nogil, parallel(num_threads=num_threads):
+            team = fr_team_size()
+            if floating is float:
+                if ks.sgemm_at_team(M, N, K, pa, lda, pb, ldb, b_trans, pc, ldc, pbias,
+                                    accumulate, psums, threadid(), team, shared,
+                                    fr_team_barrier, &team_barrier) != 0:
+                    failed[0] = 1
+            else:
+                if ks.dgemm_at_team(M, N, K, pa, lda, pb, ldb, b_trans, pc, ldc, pbias,
+                                    accumulate, psums, threadid(), team, shared,
+                                    fr_team_barrier, &team_barrier) != 0:
+                    failed[0] = 1
+        free(shared)
+        if failed[0]:
+            raise MemoryError("could not allocate GEMM scratch")
+        return
     for tile in prange(ntiles, nogil=True, num_threads=num_threads, schedule="static"):
         i0 = tile * tile_rows
         rows = min(tile_rows, M - i0)

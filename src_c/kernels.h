@@ -34,6 +34,16 @@ typedef long fr_index;
     typedef fr_index (*P##packed_size_fn)(fr_index K, fr_index N);                            \
     typedef void (*P##pack_fn)(fr_index K, fr_index N, const REAL *B, fr_index ldb,           \
                                int b_trans, REAL *packed);                                    \
+    /* gemm with A transposed (a_trans), called by every thread of a team with its index:  \
+     * each computes a slice of C's rows and packs a share of op(B) into `shared`           \
+     * (team_size(K, N) elements) for all, meeting at barrier(barrier_arg) once per block.   \
+     * Bitwise gemm's result. Returns 0, or -1 if scratch could not be allocated. */          \
+    typedef fr_index (*P##gemm_team_size_fn)(fr_index K, fr_index N);                         \
+    typedef int (*P##gemm_at_team_fn)(fr_index M, fr_index N, fr_index K, const REAL *A,      \
+                                      fr_index lda, const REAL *B, fr_index ldb, int b_trans, \
+                                      REAL *C, fr_index ldc, const REAL *bias, int accumulate,\
+                                      REAL *a_sums, int thread, int nthreads, REAL *shared,   \
+                                      void (*barrier)(void *), void *barrier_arg);            \
     /* Columns j0 .. j1 of the step kernels below; j0 must be a multiple of                  \
      * FASTRNN_COLUMN_GRANULE (the widest panel of any build), so threads can split H. */    \
     /* out_r = act(p_r + hprev_r · W_hhᵀ) for r < M; wt_packed is W_hhᵀ packed.              \
@@ -63,6 +73,10 @@ typedef struct {
     const char *name;
     sgemm_fn sgemm;
     dgemm_fn dgemm;
+    sgemm_team_size_fn sgemm_team_size;
+    dgemm_team_size_fn dgemm_team_size;
+    sgemm_at_team_fn sgemm_at_team;
+    dgemm_at_team_fn dgemm_at_team;
     spacked_size_fn spacked_size;
     dpacked_size_fn dpacked_size;
     spack_fn spack;

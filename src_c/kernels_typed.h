@@ -358,6 +358,68 @@ static int FR_P(gemm)(fr_index M, fr_index N, fr_index K, const REAL *A, fr_inde
     return 0;
 }
 
+/* Elements of the buffer a team shares in gemm_at_team: two packed KC x NC blocks of B. */
+static fr_index FR_P(gemm_team_size)(fr_index K, fr_index N) {
+    fr_index kc = K < KC ? (K > 0 ? K : 1) : KC, nc = N < NC ? (N > 0 ? N : 1) : NC;
+    return 2 * FR_P(packed_size)(kc, nc);
+}
+
+/* gemm with A transposed, called by each thread of a team (thread of nthreads): each
+ * computes a slice of C's rows, and they share the packing of B. A weight gradient
+ * (C = dAᵀX: K = all time steps, C small) split by rows alone has every thread pack all of
+ * B, block after block; here each packs 1/nthreads of a block into `shared`
+ * (gemm_team_size elements), `barrier` waits for all, and each reads the whole block.
+ * Two blocks alternate: a thread packs block s + 2 only after the barrier of block s + 1,
+ * which every thread reaches after its work on block s. Bitwise the result of gemm. */
+static int FR_P(gemm_at_team)(fr_index M, fr_index N, fr_index K, const REAL *A, fr_index lda,
+                              const REAL *B, fr_index ldb, int b_trans, REAL *C, fr_index ldc,
+                              const REAL *bias, int accumulate, REAL *a_sums, int thread,
+                              int nthreads, REAL *shared, void (*barrier)(void *),
+                              void *barrier_arg) {
+    const fr_index i0 = M * thread / nthreads, rows = M * (thread + 1) / nthreads - i0;
+    if (a_sums) memset(a_sums + i0, 0, (size_t)rows * sizeof(REAL));
+    if (N <= 0) { /* no product to read A with: every thread returns here, none waits */
+        for (fr_index k = 0; a_sums && k < K; k++)
+            for (fr_index i = i0; i < i0 + rows; i++) a_sums[i] += A[k * lda + i];
+        return 0;
+    }
+    const fr_index kc_max = K < KC ? (K > 0 ? K : 1) : KC;
+    const fr_index half = FR_P(gemm_team_size)(K, N) / 2;
+    REAL **crows = malloc((size_t)(rows > 0 ? rows : 1) * sizeof(REAL *));
+    REAL *apack = malloc((size_t)(FR_P(apack_stride)(kc_max) * ((rows + FR_MR - 1) / FR_MR) + 1) *
+                         sizeof(REAL));
+    /* out of memory: still pack and meet the others at every barrier, compute nothing */
+    const int ok = crows && apack;
+    for (fr_index i = 0; ok && i < rows; i++) crows[i] = C + (i0 + i) * ldc;
+    const FR_P(asrc) a = {NULL, A + i0, lda};
+    const fr_index nkb = K > 0 ? (K + KC - 1) / KC : 1, ncb = (N + NC - 1) / NC;
+    for (fr_index s = 0; s < nkb * ncb; s++) {
+        /* K blocks outside, as in drive: one copy of A's block serves every column block */
+        const fr_index kb = s / ncb * KC, jc = s % ncb * NC;
+        const fr_index kc = K - kb < KC ? K - kb : KC;
+        const int nc = (int)(N - jc < NC ? N - jc : NC), last = kb + kc >= K;
+        REAL *bp = shared + (s % 2) * half;
+        const fr_index npanels = (nc + NR - 1) / NR;
+        const fr_index p0 = npanels * thread / nthreads, p1 = npanels * (thread + 1) / nthreads;
+        if (p1 > p0) {
+            const fr_index j = jc + p0 * NR, n = (p1 * NR < nc ? p1 * NR : nc) - p0 * NR;
+            FR_P(pack)(kc, n, b_trans ? B + j * ldb + kb : B + kb * ldb + j, ldb, b_trans,
+                       bp + p0 * NR * kc);
+        }
+        barrier(barrier_arg);
+        if (ok && rows > 0)
+            FR_P(block)((int)rows, nc, kb, kc, a, apack, bp, kc * NR,
+                        (const REAL *const *)crows, crows, jc,
+                        kb > 0 ? FR_P(INIT_OUT) : accumulate ? FR_P(INIT_IN) : FR_P(INIT_ZERO),
+                        last && bias ? FR_P(FIN_BIAS) : FR_P(FIN_NONE),
+                        last && bias ? bias + jc : NULL, jc == 0,
+                        jc == 0 && a_sums ? a_sums + i0 : NULL);
+    }
+    free(crows);
+    free(apack);
+    return ok ? 0 : -1;
+}
+
 static void FR_P(rnn_step)(int M, int H, int j0, int j1, const REAL *const *hprev,
                            const REAL *const *p, REAL *const *out, const REAL *wt_packed,
                            int relu) {

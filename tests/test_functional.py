@@ -193,13 +193,15 @@ def test_kernel_from_environment():
 
 @pytest.mark.parametrize("a_trans", [False, True], ids=["a", "aT"])
 @pytest.mark.parametrize("b_layout", ["rows", "transposed-view"])
-@pytest.mark.parametrize("M,N,K", [(3, 5, 7), (17, 70, 600), (9, 530, 33), (40, 75, 1100)],
-                         ids=["tiny", "k-blocks", "column-blocks", "long-reduction"])
+@pytest.mark.parametrize("M,N,K", [(3, 5, 7), (17, 70, 600), (9, 530, 33), (40, 75, 1100),
+                                   (1, 300, 1000)],
+                         ids=["tiny", "k-blocks", "column-blocks", "long-reduction", "one-row"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_compiled_gemm_matches_numpy(kernel, M, N, K, a_trans, b_layout, dtype):
     """The GEMM under every pass: op(a) either way, b row-major or a transposed view (packed
     from its rows), sizes past the K blocks (256, or 512 for float AVX-512), the column
-    blocks and ragged panels; 2 threads give bitwise the result of one."""
+    blocks and ragged panels, one row for two threads; 2 threads give bitwise the result of
+    one (with op(a) = aᵀ, they share the packing of b)."""
     from fastrnn import _rnn
 
     rng = np.random.default_rng(M * N + K)
