@@ -11,8 +11,9 @@ direction, the compiled code runs
   ``h_t = act(P_t + h_{t-1} W_hhᵀ)`` with each thread owning a slice of the batch (for
   batches of at least 8 rows per thread, P_t is computed inside the recurrence instead,
   step by step, with the same arithmetic);
-* backward: the dA recurrence per batch slice, then ``dW_hh``, ``dW_ih``, ``db``, ``dX``
-  as a few large GEMMs over all L·N rows.
+* backward: the dA recurrence per batch slice, then ``dW_hh``, ``dW_ih``, ``dX`` as a few
+  large GEMMs over all L·N rows (``db`` summed by the ``dW_ih`` GEMM as it reads dA; the
+  weight gradients' threads share the packing of the other operand).
 """
 
 import numbers
@@ -218,22 +219,22 @@ def _rnn_forward(x, params, h0, num_layers, nonlinearity, bidirectional, batch_f
     relu = nonlinearity == "relu"
     threads = get_num_threads()
     h_n = np.empty((D * num_layers, N, H), dtype=dtype)
-    layer_inputs, layer_outputs, input_weights = [], [], []
+    layer_inputs, layer_outputs = [], []
     inp = x
     for layer in range(num_layers):
         out = np.empty((L, N, D * H), dtype=dtype)
         keys = layer_keys(layer, bidirectional)
-        w_ih, b = _stacked_input_weights(params, keys, bias)
-        input_weights.append(w_ih)  # backward's dX = dA W_ih uses the same stacked rows
         per_step = _projection_per_step(L, N, inp.shape[2], threads)
         if not per_step:
             # P = X W_ihᵀ + (b_ih + b_hh) for every direction at once (one GEMM, X read once),
             # written where the outputs will go; the kernels pack W_ihᵀ from the row-major rows
+            w_ih, b = _stacked_input_weights(params, keys, bias)
             _rnn.gemm(inp.reshape(L * N, inp.shape[2]), w_ih.T, out.reshape(L * N, D * H), b,
                       False, threads)
         for d, k in enumerate(keys):
             cols = slice(d * H, (d + 1) * H)
-            projection = (inp, w_ih[cols], None if b is None else b[cols]) if per_step else ()
+            # per step: (x, W_ih, b) of this direction alone, no stacked copy of the weights
+            projection = (inp, *_stacked_input_weights(params, (k,), bias)) if per_step else ()
             _rnn.recurrence_forward(out[:, :, cols], h0[layer * D + d],
                                     np.ascontiguousarray(params[f"weight_hh_{k}"]), lengths,
                                     d == 1, relu, h_n[layer * D + d], threads, *projection)
@@ -243,7 +244,7 @@ def _rnn_forward(x, params, h0, num_layers, nonlinearity, bidirectional, batch_f
         if dropout_masks is not None and layer < num_layers - 1:
             inp = out * dropout_masks[layer]
     cache = dict(params=params, h0=h0, lengths=lengths, layer_inputs=layer_inputs,
-                 layer_outputs=layer_outputs, input_weights=input_weights,
+                 layer_outputs=layer_outputs,
                  dropout_masks=dropout_masks,
                  num_layers=num_layers, relu=relu, D=D, unbatched=unbatched,
                  batch_first=batch_first, bias=bias, dtype=dtype)
@@ -338,8 +339,8 @@ def _rnn_backward(cache, grad_output, grad_h_n):
                 grads[f"bias_ih_{k}"], grads[f"bias_hh_{k}"] = db[cols].copy(), db[cols].copy()
         # dX = dA W_ih, summed over directions by the GEMM's reduction over D·H
         d_inp = np.empty_like(inp)
-        _rnn.gemm(da2d, cache["input_weights"][layer], d_inp.reshape(L * N, inp.shape[2]),
-                  None, False, threads)
+        _rnn.gemm(da2d, _stacked_input_weights(params, keys, False)[0],
+                  d_inp.reshape(L * N, inp.shape[2]), None, False, threads)
         d_out = d_inp
     grads = {name: grads[name] for name in params}
     grad_x = _from_time_major(d_out, unbatched, batch_first)
@@ -361,7 +362,8 @@ def _projection_per_step(L, N, input_size, threads):
 
 
 def _stacked_input_weights(params, keys, bias):
-    """(W_ih of every direction stacked, (D·H, I) row-major; b_ih + b_hh likewise or None)."""
+    """(W_ih of the directions in keys stacked, (D·H, I) row-major; b_ih + b_hh likewise or
+    None)."""
     w = [np.asarray(params[f"weight_ih_{k}"]) for k in keys]
     w = np.ascontiguousarray(w[0]) if len(w) == 1 else np.concatenate(w)
     if not bias:
