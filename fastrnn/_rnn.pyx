@@ -42,10 +42,12 @@ cdef extern from "kernels.h" nogil:
                                   float **, const float *, int)
     ctypedef void (*drnn_step_fn)(int, int, int, int, const double **, const double **,
                                   double **, const double *, int)
-    ctypedef void (*sinput_step_fn)(int, int, int, int, const float **, const float *,
-                                    const float *, float **)
-    ctypedef void (*dinput_step_fn)(int, int, int, int, const double **, const double *,
-                                    const double *, double **)
+    ctypedef void (*srnn_input_step_fn)(int, int, int, int, int, const float **, const float *,
+                                        const float *, const float **, float **, const float *,
+                                        int)
+    ctypedef void (*drnn_input_step_fn)(int, int, int, int, int, const double **,
+                                        const double *, const double *, const double **,
+                                        double **, const double *, int)
     ctypedef void (*sbptt_da_fn)(int, int, int, const float **, const float **,
                                  const float **, float **, int)
     ctypedef void (*dbptt_da_fn)(int, int, int, const double **, const double **,
@@ -66,8 +68,8 @@ cdef extern from "kernels.h" nogil:
         dpack_fn dpack
         srnn_step_fn srnn_step
         drnn_step_fn drnn_step
-        sinput_step_fn sinput_step
-        dinput_step_fn dinput_step
+        srnn_input_step_fn srnn_input_step
+        drnn_input_step_fn drnn_input_step
         sbptt_da_fn sbptt_da
         dbptt_da_fn dbptt_da
         sbptt_g_fn sbptt_g
@@ -508,10 +510,12 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
                                              rows, px, xts, xbs, xrows)
                         if j1 > j0 and pwi != NULL:
                             if floating is float:
-                                ks.sinput_step(mc, I, j0, j1, <const float **> xrows, pwi, pbias, rows)
+                                ks.srnn_input_step(mc, I, H, j0, j1, <const float **> xrows, pwi,
+                                                   pbias, hprev, rows, pw, relu)
                             else:
-                                ks.dinput_step(mc, I, j0, j1, <const double **> xrows, pwi, pbias, rows)
-                        if j1 > j0:
+                                ks.drnn_input_step(mc, I, H, j0, j1, <const double **> xrows, pwi,
+                                                   pbias, hprev, rows, pw, relu)
+                        elif j1 > j0:
                             if floating is float:
                                 ks.srnn_step(mc, H, j0, j1, hprev, <const float **> rows, rows, pw, relu)
                             else:
@@ -529,11 +533,13 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
                             break
                         if pwi != NULL:
                             if floating is float:
-                                ks.sinput_step(m, I, 0, H, <const float **> xrows, pwi, pbias, rows)
+                                ks.srnn_input_step(m, I, H, 0, H, <const float **> xrows, pwi,
+                                                   pbias, hprev, rows, pw, relu)
                             else:
-                                ks.dinput_step(m, I, 0, H, <const double **> xrows, pwi, pbias, rows)
-                        else:
-                            _prefetch_step(s + 1, b0, b1, plen, reverse, H, po, ts, bs, NULL, 0, 0)
+                                ks.drnn_input_step(m, I, H, 0, H, <const double **> xrows, pwi,
+                                                   pbias, hprev, rows, pw, relu)
+                            continue
+                        _prefetch_step(s + 1, b0, b1, plen, reverse, H, po, ts, bs, NULL, 0, 0)
                         # P_t is read and h_t written in place: out rows hold P until visited
                         if floating is float:
                             ks.srnn_step(m, H, 0, H, hprev, <const float **> rows, rows, pw, relu)

@@ -51,11 +51,13 @@ typedef long fr_index;
     typedef void (*P##rnn_step_fn)(int M, int H, int j0, int j1, const REAL *const *hprev,    \
                                    const REAL *const *p, REAL *const *out,                    \
                                    const REAL *wt_packed, int relu);                          \
-    /* out_r = x_r · W_ihᵀ + bias for r < M (bias may be NULL), columns j0 .. j1; wit_packed \
-     * is W_ihᵀ packed (I×H). Bitwise the rows of the gemm with that bias. */                  \
-    typedef void (*P##input_step_fn)(int M, int I, int j0, int j1, const REAL *const *x,      \
-                                     const REAL *wit_packed, const REAL *bias,                \
-                                     REAL *const *out);                                       \
+    /* out_r = act(x_r · W_ihᵀ + bias + hprev_r · W_hhᵀ) for r < M (bias may be NULL):       \
+     * the step with its input projection; wit_packed is W_ihᵀ packed (I×H). Bitwise the     \
+     * gemm's rows x W_ihᵀ + bias followed by rnn_step. */                                     \
+    typedef void (*P##rnn_input_step_fn)(int M, int I, int H, int j0, int j1,                 \
+                                         const REAL *const *x, const REAL *wit_packed,        \
+                                         const REAL *bias, const REAL *const *hprev,          \
+                                         REAL *const *out, const REAL *wt_packed, int relu);  \
     /* da_r = (dy_r + g_r) ⊙ act'(h_r) for r < M. */                                          \
     typedef void (*P##bptt_da_fn)(int M, int j0, int j1, const REAL *const *dy,               \
                                   const REAL *const *h, const REAL *const *g,                 \
@@ -83,8 +85,8 @@ typedef struct {
     dpack_fn dpack;
     srnn_step_fn srnn_step;
     drnn_step_fn drnn_step;
-    sinput_step_fn sinput_step;
-    dinput_step_fn dinput_step;
+    srnn_input_step_fn srnn_input_step;
+    drnn_input_step_fn drnn_input_step;
     sbptt_da_fn sbptt_da;
     dbptt_da_fn dbptt_da;
     sbptt_g_fn sbptt_g;

@@ -437,6 +437,65 @@ static void FR_P(input_step)(int M, int I, int j0, int j1, const REAL *const *x,
                 bias ? FR_P(FIN_BIAS) : FR_P(FIN_NONE), bias ? bias + j0 : NULL, NULL);
 }
 
+/* One register block of rows (FR_MR) x one panel of columns (c .. c+ncols) of a step with
+ * its input projection: acc = Σ_k x·W_ihᵀ, + bias, + Σ_k hprev·W_hhᵀ, act, store. The
+ * operations of input_step and then rnn_step in the same order (the P they store between
+ * them is the accumulator, exactly), without that store and reload or a second tile. */
+static inline void FR_P(tile_step)(const REAL *const *x, int I, const REAL *bx,
+                                   const REAL *bias, const REAL *const *h, int H,
+                                   const REAL *bh, REAL *const *out, int c, int ncols, int relu) {
+    VEC acc[FR_MR][NV];
+    for (int r = 0; r < FR_MR; r++)
+        for (int i = 0; i < NV; i++) {
+            acc[r][i] = FR_P(splat)(0);
+            __builtin_prefetch(out[r] + c + i * VL, 1);
+        }
+    for (int k = 0; k < I; k++) {
+        VEC b[NV];
+        for (int v = 0; v < NV; v++) b[v] = FR_P(vload)(bx + k * NR + v * VL);
+        for (int r = 0; r < FR_MR; r++) {
+            const REAL s = x[r][k];
+            for (int v = 0; v < NV; v++) acc[r][v] += s * b[v];
+        }
+    }
+    if (bias)
+        for (int r = 0; r < FR_MR; r++)
+            for (int i = 0; i < NV && ncols - i * VL > 0; i++)
+                acc[r][i] += FR_P(vload_n)(bias + i * VL, ncols - i * VL);
+    for (int k = 0; k < H; k++) {
+        VEC b[NV];
+        for (int v = 0; v < NV; v++) b[v] = FR_P(vload)(bh + k * NR + v * VL);
+        for (int r = 0; r < FR_MR; r++) {
+            const REAL s = h[r][k];
+            for (int v = 0; v < NV; v++) acc[r][v] += s * b[v];
+        }
+    }
+    for (int r = 0; r < FR_MR; r++)
+        for (int i = 0; i < NV && ncols - i * VL > 0; i++)
+            FR_P(vstore_n)(out[r] + c + i * VL,
+                           relu ? FR_P(vrelu)(acc[r][i]) : FR_P(vtanh)(acc[r][i]),
+                           ncols - i * VL);
+}
+
+static void FR_P(rnn_input_step)(int M, int I, int H, int j0, int j1, const REAL *const *x,
+                                 const REAL *wit_packed, const REAL *bias,
+                                 const REAL *const *hprev, REAL *const *out,
+                                 const REAL *wt_packed, int relu) {
+    /* full register blocks in one tile each (panel by panel, as drive's row blocks), if
+     * the weights of a panel are one K block; other rows in two passes, the same sums */
+    const int fused = I <= KC && H <= KC && j1 - j0 <= NC ? M / FR_MR * FR_MR : 0;
+    for (int i0 = 0; i0 < fused; i0 += FR_MR)
+        for (int c = j0; c < j1; c += NR)
+            FR_P(tile_step)(x + i0, I, wit_packed + (fr_index)c * I, bias ? bias + c : NULL,
+                            hprev + i0, H, wt_packed + (fr_index)c * H, out + i0, c,
+                            j1 - c < NR ? j1 - c : NR, relu);
+    if (fused < M) {
+        FR_P(input_step)(M - fused, I, j0, j1, x + fused, wit_packed, bias, out + fused);
+        FR_P(rnn_step)(M - fused, H, j0, j1, hprev + fused, (const REAL *const *)out + fused,
+                       out + fused, wt_packed, relu);
+    }
+}
+
 static void FR_P(bptt_da)(int M, int j0, int j1, const REAL *const *dy, const REAL *const *h,
                           const REAL *const *g, REAL *const *da, int relu) {
     /* dA_t = (dY_t + g) ⊙ act'(h_t),  tanh' = 1 - h², relu' = [h > 0]; as torch, a NaN

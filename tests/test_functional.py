@@ -3,6 +3,7 @@
 Each conformance test runs once per compiled kernel path this CPU supports (``kernel``).
 """
 
+import itertools
 import os
 import subprocess
 import sys
@@ -268,13 +269,15 @@ def test_compiled_tanh_within_three_ulp(kernel):
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-@pytest.mark.parametrize("L,N,I,H", [(7, 37, 13, 64), (5, 1, 9, 256), (6, 3, 600, 40)],
-                         ids=["batch-slices", "columns", "k-blocks"])
+@pytest.mark.parametrize("L,N,I,H", [(7, 37, 13, 64), (4, 29, 20, 72), (5, 1, 9, 256),
+                                     (6, 3, 600, 40)],
+                         ids=["batch-slices", "ragged-panel", "columns", "k-blocks"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_projection_per_step_is_bitwise_the_gemm(kernel, L, N, I, H, reverse, dtype):
     """The recurrence computing P_t = x_t W_ihᵀ + b itself, step by step, gives the bits of
-    the GEMM over all steps followed by the recurrence: with and without bias, ragged
-    lengths, batch or column slices, 1 and 2 threads."""
+    the GEMM over all steps followed by the recurrence: with and without bias, tanh and
+    relu, ragged lengths, batch slices (whole register blocks of rows in one tile with the
+    projection, the rest in two passes) or column slices, 1 and 2 threads."""
     from fastrnn import _rnn
 
     rng = np.random.default_rng(L * N + I)
@@ -284,17 +287,16 @@ def test_projection_per_step_is_bitwise_the_gemm(kernel, L, N, I, H, reverse, dt
     h0 = rng.standard_normal((N, H)).astype(dtype)
     lengths = rng.integers(0, L + 1, size=N)
     lengths[0] = L
-    for bias in (rng.standard_normal(H).astype(dtype), None):
-        for threads in (1, 2):
-            expected, expected_hn = np.empty((L, N, H), dtype), np.empty((N, H), dtype)
-            _rnn.gemm(x.reshape(L * N, I), w_ih.T, expected.reshape(L * N, H), bias, False,
-                      threads)
-            _rnn.recurrence_forward(expected, h0, w_hh, lengths, reverse, False, expected_hn,
-                                    threads)
-            out, h_n = np.full((L, N, H), np.nan, dtype), np.empty((N, H), dtype)
-            _rnn.recurrence_forward(out, h0, w_hh, lengths, reverse, False, h_n, threads, x,
-                                    w_ih, bias)
-            assert np.array_equal(out, expected) and np.array_equal(h_n, expected_hn)
+    for bias, relu, threads in itertools.product(
+            (rng.standard_normal(H).astype(dtype), None), (False, True), (1, 2)):
+        expected, expected_hn = np.empty((L, N, H), dtype), np.empty((N, H), dtype)
+        _rnn.gemm(x.reshape(L * N, I), w_ih.T, expected.reshape(L * N, H), bias, False, threads)
+        _rnn.recurrence_forward(expected, h0, w_hh, lengths, reverse, relu, expected_hn,
+                                threads)
+        out, h_n = np.full((L, N, H), np.nan, dtype), np.empty((N, H), dtype)
+        _rnn.recurrence_forward(out, h0, w_hh, lengths, reverse, relu, h_n, threads, x, w_ih,
+                                bias)
+        assert np.array_equal(out, expected) and np.array_equal(h_n, expected_hn)
 
 
 def test_projection_per_step_refuses_mismatched_shapes():
