@@ -34,6 +34,14 @@ cdef extern from "kernels.h" nogil:
                                      const double *, fr_index, int, double *, fr_index,
                                      const double *, int, double *, int, int, double *,
                                      fr_barrier_fn, void *)
+    ctypedef int (*sweight_grads_at_team_fn)(fr_index, fr_index, fr_index, const float *,
+                                             fr_index, const float *, fr_index, fr_index,
+                                             const float **, float *, float *, float *, int,
+                                             int, float *, fr_barrier_fn, void *)
+    ctypedef int (*dweight_grads_at_team_fn)(fr_index, fr_index, fr_index, const double *,
+                                             fr_index, const double *, fr_index, fr_index,
+                                             const double **, double *, double *, double *,
+                                             int, int, double *, fr_barrier_fn, void *)
     ctypedef fr_index (*spacked_size_fn)(fr_index, fr_index)
     ctypedef fr_index (*dpacked_size_fn)(fr_index, fr_index)
     ctypedef void (*spack_fn)(fr_index, fr_index, const float *, fr_index, int, float *)
@@ -62,6 +70,8 @@ cdef extern from "kernels.h" nogil:
         dgemm_team_size_fn dgemm_team_size
         sgemm_at_team_fn sgemm_at_team
         dgemm_at_team_fn dgemm_at_team
+        sweight_grads_at_team_fn sweight_grads_at_team
+        dweight_grads_at_team_fn dweight_grads_at_team
         spacked_size_fn spacked_size
         dpacked_size_fn dpacked_size
         spack_fn spack
@@ -340,6 +350,103 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
                 failed[0] = 1
     if failed[0]:
         raise MemoryError("could not allocate GEMM scratch")
+
+
+def weight_grads(const floating[:, ::1] da, const floating[:, :] x,
+                 const floating[:, :, :] out, const floating[:, :, ::1] h0,
+                 const int64_t[::1] lengths, floating[:, ::1] dw_ih, floating[:, ::1] dw_hh,
+                 floating[::1] db=None, int num_threads=1):
+    """A layer's weight gradients from one reading of its dA, (L·N, D·H) (D = 1, or 2 with
+    direction 1 run backward in time): ``dw_ih`` = dAᵀ X, ``dw_hh`` = each direction's
+    dA_dᵀ H_prev stacked (D·H, H), ``db`` (if given) = dA summed over rows.
+
+    ``x`` is the layer's input (L·N, I); ``out`` its output (L, N, D·H), from which, with
+    ``h0`` (D, N, H) and ``lengths``, come the states before each step: h_{t-1} forward,
+    h_{t+1} in reverse, h0 where a sequence starts. Each thread takes a slice of the D·H
+    rows; they share the packing of X, and copy each block of dA once for both products.
+    Every element is a sum in row order: the same bits for any thread count.
+    """
+    _check_slices(num_threads)
+    cdef fr_index K = da.shape[0], M = da.shape[1], I = x.shape[1]
+    cdef fr_index L = out.shape[0], N = out.shape[1], D = h0.shape[0], H = h0.shape[2]
+    if (D not in (1, 2) or M != D * H or out.shape[2] != M or K != L * N or x.shape[0] != K
+            or h0.shape[1] != N or lengths.shape[0] != N or dw_ih.shape[0] != M
+            or dw_ih.shape[1] != I or dw_hh.shape[0] != M or dw_hh.shape[1] != H
+            or (db is not None and db.shape[0] != M)):
+        raise ValueError(
+            f"weight_grads shapes do not match: da ({K}, {M}), x ({x.shape[0]}, {I}), out "
+            f"({L}, {N}, {out.shape[2]}), h0 ({D}, {h0.shape[1]}, {H}), lengths "
+            f"({lengths.shape[0]},), dw_ih ({dw_ih.shape[0]}, {dw_ih.shape[1]}), dw_hh "
+            f"({dw_hh.shape[0]}, {dw_hh.shape[1]}), db "
+            f"{None if db is None else (db.shape[0],)}")
+    if M > INT_MAX:
+        raise MemoryError(f"{M} rows exceed the kernels' {INT_MAX}")
+    if M == 0:
+        return
+    if K == 0:
+        dw_ih[:, :] = 0
+        dw_hh[:, :] = 0
+        if db is not None:
+            db[:] = 0
+        return
+    if out.shape[2] > 1 and out.strides[2] != sizeof(floating):
+        raise ValueError("out must have contiguous rows")
+    cdef fr_index ldx = _row_stride(x.shape, x.strides, sizeof(floating), "x")
+    cdef fr_index ts = out.strides[0] // sizeof(floating), bs = out.strides[1] // sizeof(floating)
+    cdef const floating *po = &out[0, 0, 0]
+    cdef const floating *ph0 = &h0[0, 0, 0]
+    cdef const floating *px = &x[0, 0] if I > 0 else NULL
+    cdef floating *pdb = &db[0] if db is not None else NULL
+    cdef const int64_t *plen = &lengths[0]
+    cdef fr_index d, t, n, ln
+    # the state before each step, row by row: forward h_{t-1} (h0 at t = 0), reverse h_{t+1}
+    # (h0 at t = length - 1; past the length dA is 0 and any row serves)
+    cdef const floating **hprev = <const floating **> malloc(D * K * sizeof(floating *))
+    if hprev == NULL:
+        raise MemoryError("could not allocate weight-gradient scratch")
+    for d in range(D):
+        for t in range(L):
+            for n in range(N):
+                ln = plen[n]
+                if d == 0:
+                    hprev[t * N + n] = (ph0 + n * H if t == 0 else po + (t - 1) * ts + n * bs)
+                elif t == ln - 1:
+                    hprev[K + t * N + n] = ph0 + (N + n) * H
+                else:
+                    hprev[K + t * N + n] = po + (t + 1 if t + 1 < ln else t) * ts + n * bs + H
+    cdef const fastrnn_kernels *ks = _kernels
+    num_threads = _threads_for(<double> K * M * (I + H), num_threads)
+    cdef floating *shared
+    if floating is float:
+        shared = <floating *> malloc((ks.sgemm_team_size(K, I) + ks.sgemm_team_size(K, H))
+                                     * sizeof(floating))
+    else:
+        shared = <floating *> malloc((ks.dgemm_team_size(K, I) + ks.dgemm_team_size(K, H))
+                                     * sizeof(floating))
+    if shared == NULL:
+        free(hprev)
+        raise MemoryError("could not allocate weight-gradient scratch")
+    cdef fr_spin_barrier team_barrier
+    team_barrier.count = team_barrier.generation = 0
+    cdef int team
+    cdef int failed[1]
+    failed[0] = 0
+    with nogil, parallel(num_threads=num_threads):
+        team = fr_team_size()
+        if floating is float:
+            if ks.sweight_grads_at_team(M, K, H, &da[0, 0], M, px, ldx, I, hprev, &dw_ih[0, 0],
+                                        &dw_hh[0, 0], pdb, threadid(), team, shared,
+                                        fr_team_barrier, &team_barrier) != 0:
+                failed[0] = 1
+        else:
+            if ks.dweight_grads_at_team(M, K, H, &da[0, 0], M, px, ldx, I, hprev, &dw_ih[0, 0],
+                                        &dw_hh[0, 0], pdb, threadid(), team, shared,
+                                        fr_team_barrier, &team_barrier) != 0:
+                failed[0] = 1
+    free(shared)
+    free(hprev)
+    if failed[0]:
+        raise MemoryError("could not allocate weight-gradient scratch")
 
 
 cdef floating *_packed_buffer(const fastrnn_kernels *ks, fr_index K, fr_index N,

@@ -324,17 +324,18 @@ def _rnn_backward(cache, grad_output, grad_h_n):
             _rnn.recurrence_backward(out[:, :, cols], d_out[:, :, cols], grad_h_n[i],
                                      np.ascontiguousarray(params[f"weight_hh_{k}"]), lengths,
                                      d == 1, cache["relu"], da[:, :, cols], grad_h0[i], threads)
-            grads[f"weight_hh_{k}"] = _weight_grad_hh(da[:, :, cols], out, d, h0[i], lengths,
-                                                      threads)
         da2d = da.reshape(L * N, D * H)
-        # dW_ih = dAᵀ X over all L·N rows, every direction in one GEMM; db = Σ dA from the
-        # same reading of dA
+        # dW_ih = dAᵀ X, dW_hh = dA_dᵀ H_prev (h0 where sequences start) and db = Σ dA, every
+        # direction at once, from one reading of dA
         dw_ih = np.empty((D * H, inp.shape[2]), dtype=dtype)
+        dw_hh = np.empty((D * H, H), dtype=dtype)
         db = np.empty(D * H, dtype=dtype) if cache["bias"] else None
-        _rnn.gemm(da2d, inp2d, dw_ih, None, False, threads, True, db)
+        _rnn.weight_grads(da2d, inp2d, out, h0[layer * D:(layer + 1) * D], lengths, dw_ih,
+                          dw_hh, db, threads)
         for d, k in enumerate(keys):
             cols = slice(d * H, (d + 1) * H)
             grads[f"weight_ih_{k}"] = dw_ih[cols] if D == 1 else dw_ih[cols].copy()
+            grads[f"weight_hh_{k}"] = dw_hh[cols] if D == 1 else dw_hh[cols].copy()
             if cache["bias"]:
                 grads[f"bias_ih_{k}"], grads[f"bias_hh_{k}"] = db[cols].copy(), db[cols].copy()
         # dX = dA W_ih, summed over directions by the GEMM's reduction over D·H
@@ -370,32 +371,3 @@ def _stacked_input_weights(params, keys, bias):
         return w, None
     b = [np.asarray(params[f"bias_ih_{k}"]) + np.asarray(params[f"bias_hh_{k}"]) for k in keys]
     return w, (b[0] if len(b) == 1 else np.concatenate(b))
-
-
-def _weight_grad_hh(da, out, d, h0, lengths, threads):
-    """dW_hh = Σ_t dA_tᵀ h_{t-1}, with h_{-1} = h0 (for the reverse direction, h_{t+1}).
-
-    ``da`` is this direction's dA, (L, N, H). The previous states are the outputs shifted by
-    one step, except at each sequence's first step, where it is h0: one GEMM over the
-    shifted outputs plus one over h0.
-    """
-    L, N, DH = out.shape
-    H = h0.shape[1]
-    da2d = da.reshape(L * N, H)
-    out2d = out.reshape(L * N, DH)[:, d * H:(d + 1) * H]
-    dw = np.zeros((H, H), dtype=da.dtype)
-    if L == 0:
-        return dw
-    if d == 0:
-        # forward: dA_t (t ≥ 1) pairs with out_{t-1}; dA_0 with h0
-        _rnn.gemm(da2d[N:], out2d[:(L - 1) * N], dw, None, False, threads, True)
-        _rnn.gemm(da2d[:N], h0, dw, None, True, threads, True)
-    else:
-        # reverse: dA_t pairs with out_{t+1}, which is 0 past each length, and the first
-        # reverse step (t = len - 1) pairs with h0
-        _rnn.gemm(da2d[:(L - 1) * N], out2d[N:], dw, None, False, threads, True)
-        first = np.zeros((N, H), dtype=da2d.dtype)
-        valid = np.nonzero(lengths > 0)[0]
-        first[valid] = da[lengths[valid] - 1, valid]
-        _rnn.gemm(first, h0, dw, None, True, threads, True)
-    return dw

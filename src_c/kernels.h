@@ -44,6 +44,18 @@ typedef long fr_index;
                                       REAL *C, fr_index ldc, const REAL *bias, int accumulate,\
                                       REAL *a_sums, int thread, int nthreads, REAL *shared,   \
                                       void (*barrier)(void *), void *barrier_arg);            \
+    /* A layer's weight gradients, called by every thread of a team as gemm_at_team: from   \
+     * dA (K x M, M = D·H, lda), dW_ih = dAᵀ X (M x I), dW_hh = dA_dᵀ Hprev_d for each       \
+     * direction d (stacked, M x H; hprev[d·K + k] points to row k of Hprev_d) and, if not   \
+     * NULL, a_sums = Σ_k dA (db), reading dA once for them all. shared: gemm_team_size(K, I) \
+     * + gemm_team_size(K, H) elements. Returns 0, or -1 if scratch could not be allocated. */\
+    typedef int (*P##weight_grads_at_team_fn)(fr_index M, fr_index K, fr_index H,             \
+                                              const REAL *A, fr_index lda, const REAL *X,     \
+                                              fr_index ldx, fr_index I,                       \
+                                              const REAL *const *hprev, REAL *dw_ih,          \
+                                              REAL *dw_hh, REAL *a_sums, int thread,          \
+                                              int nthreads, REAL *shared,                     \
+                                              void (*barrier)(void *), void *barrier_arg);    \
     /* Columns j0 .. j1 of the step kernels below; j0 must be a multiple of                  \
      * FASTRNN_COLUMN_GRANULE (the widest panel of any build), so threads can split H. */    \
     /* out_r = act(p_r + hprev_r · W_hhᵀ) for r < M; wt_packed is W_hhᵀ packed.              \
@@ -79,6 +91,8 @@ typedef struct {
     dgemm_team_size_fn dgemm_team_size;
     sgemm_at_team_fn sgemm_at_team;
     dgemm_at_team_fn dgemm_at_team;
+    sweight_grads_at_team_fn sweight_grads_at_team;
+    dweight_grads_at_team_fn dweight_grads_at_team;
     spacked_size_fn spacked_size;
     dpacked_size_fn dpacked_size;
     spack_fn spack;

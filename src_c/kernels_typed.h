@@ -249,6 +249,19 @@ static fr_index FR_P(packed_size)(fr_index K, fr_index N) {
     return ((N + NR - 1) / NR) * NR * (K > 0 ? K : 1);
 }
 
+/* Row k of op(B) (N values) into a K-deep packing (pack's layout), one panel's part at a
+ * time: for whole panels a constant-size copy, that is a few vector moves. */
+static inline void FR_P(pack_row)(const REAL *row, fr_index N, fr_index K, fr_index k,
+                                  REAL *packed) {
+    fr_index j0 = 0;
+    for (; j0 + NR <= N; j0 += NR) memcpy(packed + j0 * K + k * NR, row + j0, NR * sizeof(REAL));
+    if (j0 < N) {
+        REAL *dst = packed + j0 * K + k * NR;
+        memcpy(dst, row + j0, (size_t)(N - j0) * sizeof(REAL));
+        memset(dst + (N - j0), 0, (size_t)(NR - (N - j0)) * sizeof(REAL));
+    }
+}
+
 /* op(B) into panels of NR columns, k-major within a panel, zero-padded: op(B) = B[K, N]
  * (element (k, j) at B[k·ldb + j]) or, if b_trans, Bᵀ of B stored [N, K] (at B[j·ldb + k]). */
 static void FR_P(pack)(fr_index K, fr_index N, const REAL *B, fr_index ldb, int b_trans,
@@ -267,21 +280,13 @@ static void FR_P(pack)(fr_index K, fr_index N, const REAL *B, fr_index ldb, int 
         }
         return;
     }
-    /* row by row (B read contiguously), one panel's part of a row at a time: for whole
-     * panels a constant-size copy, that is a few vector moves */
+    /* row by row (B read contiguously) */
     for (fr_index k = 0; k < K; k++) {
         const REAL *row = B + k * ldb;
         if (k + 8 < K) /* rows ahead, as the prefetchers miss rows far apart: dW_hh 3 % faster */
             for (fr_index j = 0; j < N; j += 64 / (fr_index)sizeof(REAL))
                 __builtin_prefetch(row + 8 * ldb + j);
-        fr_index j0 = 0;
-        for (; j0 + NR <= N; j0 += NR)
-            memcpy(packed + j0 * K + k * NR, row + j0, NR * sizeof(REAL));
-        if (j0 < N) {
-            REAL *dst = packed + j0 * K + k * NR;
-            memcpy(dst, row + j0, (size_t)(N - j0) * sizeof(REAL));
-            memset(dst + (N - j0), 0, (size_t)(NR - (N - j0)) * sizeof(REAL));
-        }
+        FR_P(pack_row)(row, N, K, k, packed);
     }
 }
 
@@ -417,6 +422,126 @@ static int FR_P(gemm_at_team)(fr_index M, fr_index N, fr_index K, const REAL *A,
     }
     free(crows);
     free(apack);
+    return ok ? 0 : -1;
+}
+
+/* A layer's weight gradients in one pass over dA, by each thread of a team (as
+ * gemm_at_team): dW_ih = dAᵀ X (M x I, shared packing of X), dW_hh of direction d =
+ * dA_dᵀ Hprev_d (rows d·H .. of dw_hh, H columns), db = Σ_k dA (a_sums, may be NULL).
+ * dA is K x M (lda), M = D·H; hprev[d·K + k] is row k of Hprev_d (H values: the state
+ * before step k's, h0 where a sequence starts). Each K block of a thread's dA columns is
+ * copied once for both products, where separate GEMMs copied it for each. Every element
+ * is a sum in k order, whatever the team. Returns 0, or -1 without scratch memory. */
+/* Rows k < kc of a K block of op(B) given by row pointers (rows[k] + j0, n values), in
+ * pack's layout (kc deep). */
+static void FR_P(pack_from_rows)(const REAL *const *rows, fr_index j0, fr_index n,
+                                 fr_index kc, REAL *packed) {
+    for (fr_index k = 0; k < kc; k++) {
+        if (k + 8 < kc) /* rows ahead, as in pack */
+            for (fr_index j = 0; j < n; j += 64 / (fr_index)sizeof(REAL))
+                __builtin_prefetch(rows[k + 8] + j0 + j);
+        FR_P(pack_row)(rows[k] + j0, n, kc, k, packed);
+    }
+}
+
+static int FR_P(weight_grads_at_team)(fr_index M, fr_index K, fr_index H, const REAL *A,
+                                      fr_index lda, const REAL *X, fr_index ldx, fr_index I,
+                                      const REAL *const *hprev, REAL *dw_ih, REAL *dw_hh,
+                                      REAL *a_sums, int thread, int nthreads, REAL *shared,
+                                      void (*barrier)(void *), void *barrier_arg) {
+    const fr_index i0 = M * thread / nthreads, rows = M * (thread + 1) / nthreads - i0;
+    if (a_sums) memset(a_sums + i0, 0, (size_t)rows * sizeof(REAL));
+    const fr_index kc_max = K < KC ? (K > 0 ? K : 1) : KC;
+    const fr_index half = FR_P(gemm_team_size)(K, I) / 2;
+    /* this thread's rows, cut where the direction changes: at most two runs for a team
+     * of at least D threads, D + 1 at most for fewer (run r: rows seg[r] .. seg[r + 1]) */
+    fr_index seg[4] = {i0, i0, i0, i0};
+    int nseg = 0;
+    if (rows > 0) {
+        fr_index r = i0;
+        while (r < i0 + rows && nseg < 3) {
+            fr_index end = (r / H + 1) * H < i0 + rows ? (r / H + 1) * H : i0 + rows;
+            seg[++nseg] = end;
+            r = end;
+        }
+    }
+    const fr_index astride_rows = FR_P(apack_stride)(kc_max);
+    fr_index ablocks = 0;
+    for (int g = 0; g < nseg; g++) ablocks += (seg[g + 1] - seg[g] + FR_MR - 1) / FR_MR;
+    REAL **crows = malloc((size_t)(2 * rows + 1) * sizeof(REAL *));
+    REAL *apack = malloc((size_t)(astride_rows * ablocks + 1) * sizeof(REAL));
+    REAL *hpack = malloc((size_t)FR_P(packed_size)(kc_max, H < NC ? H : NC) * sizeof(REAL));
+    /* out of memory: still pack and meet the others at every barrier, compute nothing */
+    const int ok = crows && apack && hpack && nseg <= 3 && seg[nseg] == i0 + rows;
+    for (fr_index i = 0; ok && i < rows; i++) {
+        crows[i] = dw_ih + (i0 + i) * I;
+        crows[rows + i] = dw_hh + (i0 + i) * H;
+    }
+    const fr_index nkb = K > 0 ? (K + KC - 1) / KC : 1;
+    const fr_index ncb = I > 0 ? (I + NC - 1) / NC : 0;
+    /* shared blocks so far, of X and of Hprev: each alternates between its buffer's halves */
+    fr_index s = 0, sh = 0;
+    REAL *shared_h = shared + 2 * half;
+    const fr_index half_h = FR_P(gemm_team_size)(K, H) / 2;
+    for (fr_index kb = 0; kb < nkb * KC; kb += KC) {
+        const fr_index kc = K - kb < KC ? K - kb : KC;
+        const int init = kb > 0 ? FR_P(INIT_OUT) : FR_P(INIT_ZERO);
+        for (fr_index jc = 0; jc < ncb * NC; jc += NC, s++) { /* dW_ih: X shared */
+            const int nc = (int)(I - jc < NC ? I - jc : NC);
+            REAL *bp = shared + (s % 2) * half;
+            const fr_index npanels = (nc + NR - 1) / NR;
+            const fr_index p0 = npanels * thread / nthreads, p1 = npanels * (thread + 1) / nthreads;
+            if (p1 > p0) {
+                const fr_index j = jc + p0 * NR, n = (p1 * NR < nc ? p1 * NR : nc) - p0 * NR;
+                FR_P(pack)(kc, n, X + kb * ldx + j, ldx, 0, bp + p0 * NR * kc);
+            }
+            barrier(barrier_arg);
+            fr_index ab = 0;
+            for (int g = 0; ok && g < nseg; g++) {
+                const fr_index r0 = seg[g], r1 = seg[g + 1];
+                const FR_P(asrc) a = {NULL, A + r0, lda};
+                FR_P(block)((int)(r1 - r0), nc, kb, kc, a, apack + ab * astride_rows, bp,
+                            kc * NR, (const REAL *const *)crows + (r0 - i0), crows + (r0 - i0),
+                            jc, init, FR_P(FIN_NONE), NULL, jc == 0,
+                            jc == 0 && a_sums ? a_sums + r0 : NULL);
+                ab += (r1 - r0 + FR_MR - 1) / FR_MR;
+            }
+        }
+        /* dW_hh. One direction: every thread reads the same Hprev, so they share its
+         * packing as X's. Two: each run packs its own direction's. */
+        for (fr_index jc = 0; jc < H; jc += NC) {
+            const int nc = (int)(H - jc < NC ? H - jc : NC);
+            REAL *hp = hpack;
+            if (M == H) {
+                hp = shared_h + (sh++ % 2) * half_h;
+                const fr_index npanels = (nc + NR - 1) / NR;
+                const fr_index p0 = npanels * thread / nthreads;
+                const fr_index p1 = npanels * (thread + 1) / nthreads;
+                if (p1 > p0)
+                    FR_P(pack_from_rows)(hprev + kb, jc + p0 * NR,
+                                         (p1 * NR < nc ? p1 * NR : nc) - p0 * NR, kc,
+                                         hp + p0 * NR * kc);
+                barrier(barrier_arg);
+            }
+            fr_index ab = 0;
+            for (int g = 0; ok && g < nseg; g++) {
+                const fr_index r0 = seg[g], r1 = seg[g + 1];
+                const FR_P(asrc) a = {NULL, A + r0, lda};
+                if (M != H)
+                    FR_P(pack_from_rows)(hprev + r0 / H * K + kb, jc, nc, kc, hp);
+                /* A's block was copied by the dW_ih pass, unless there was none (I = 0) */
+                const int copy_a = ncb == 0 && jc == 0;
+                FR_P(block)((int)(r1 - r0), nc, kb, kc, a, apack + ab * astride_rows, hp,
+                            kc * NR, (const REAL *const *)crows + rows + (r0 - i0),
+                            crows + rows + (r0 - i0), jc, init, FR_P(FIN_NONE), NULL, copy_a,
+                            copy_a && a_sums ? a_sums + r0 : NULL);
+                ab += (r1 - r0 + FR_MR - 1) / FR_MR;
+            }
+        }
+    }
+    free(crows);
+    free(apack);
+    free(hpack);
     return ok ? 0 : -1;
 }
 

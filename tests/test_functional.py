@@ -245,6 +245,52 @@ def test_compiled_gemm_sums_the_rows_of_op_a(kernel, M, N, K, dtype):
                   np.empty(M, dtype))
 
 
+@pytest.mark.parametrize("L,N,I,H,D", [(5, 7, 13, 40, 2), (40, 16, 9, 24, 2), (2, 3, 5, 530, 1),
+                                       (2, 3, 530, 8, 2), (4, 3, 0, 16, 2)],
+                         ids=["ragged", "k-blocks", "hidden-blocks", "input-blocks", "no-input"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weight_grads_match_numpy(kernel, L, N, I, H, D, dtype):
+    """A layer's dW_ih, dW_hh (each direction against its previous states: h_{t-1} forward,
+    h_{t+1} in reverse, h0 where a sequence starts) and db from one pass over dA, against
+    NumPy; bitwise the same for 1, 2 and 3 threads (3: a thread's rows cross directions)."""
+    from fastrnn import _rnn
+
+    rng = np.random.default_rng(L * N + I + H)
+    lengths = rng.integers(0, L + 1, size=N)
+    lengths[0] = L
+    valid = np.arange(L)[:, None] < lengths[None, :]
+    da = (rng.standard_normal((L, N, D * H)) * valid[:, :, None]).astype(dtype)
+    x = rng.standard_normal((L, N, I)).astype(dtype)
+    out = (rng.standard_normal((L, N, D * H)) * valid[:, :, None]).astype(dtype)
+    h0 = rng.standard_normal((D, N, H)).astype(dtype)
+    da2d, x2d = da.reshape(L * N, D * H), x.reshape(L * N, I)
+    expected_hh = []
+    for d in range(D):
+        hprev = np.zeros((L, N, H))
+        for n in range(N):
+            for t in range(lengths[n]):
+                if d == 0:
+                    hprev[t, n] = h0[0, n] if t == 0 else out[t - 1, n, :H]
+                else:
+                    hprev[t, n] = h0[1, n] if t == lengths[n] - 1 else out[t + 1, n, H:]
+        a = da2d[:, d * H:(d + 1) * H].astype(np.float64)
+        expected_hh.append(a.T @ hprev.reshape(L * N, H))
+    results = []
+    for threads in (1, 2, 3):
+        dw_ih, dw_hh = np.full((D * H, I), np.nan, dtype), np.full((D * H, H), np.nan, dtype)
+        db = np.full(D * H, np.nan, dtype)
+        _rnn.weight_grads(da2d, x2d, out, h0, lengths, dw_ih, dw_hh, db, threads)
+        assert_close_rel(dw_ih, da2d.T.astype(np.float64) @ x2d, dtype, name="dW_ih")
+        assert_close_rel(dw_hh, np.concatenate(expected_hh), dtype, name="dW_hh")
+        assert_close_rel(db, da2d.astype(np.float64).sum(axis=0), dtype, name="db")
+        results.append((dw_ih, dw_hh, db))
+    for other in results[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(results[0], other))
+    with pytest.raises(ValueError, match="shapes do not match"):
+        _rnn.weight_grads(da2d, x2d, out, h0, lengths, dw_ih, np.empty((D * H, H + 1), dtype),
+                          db, 1)
+
+
 def test_compiled_tanh_within_three_ulp(kernel):
     """The float32 tanh of the recurrence's store (a polynomial, not libm) against tanh in
     float64 rounded, on 1 of every 4099 floats from the smallest normal to past 20 and
