@@ -363,6 +363,18 @@ static int FR_P(gemm)(fr_index M, fr_index N, fr_index K, const REAL *A, fr_inde
     return 0;
 }
 
+/* A thread's share (thread of nthreads: a contiguous run of panels) of packing the K block
+ * kb .. kb+kc of op(B)'s columns jc .. jc+nc into bp, the block's packing for the team. */
+static void FR_P(pack_share)(fr_index kb, fr_index kc, fr_index jc, fr_index nc, const REAL *B,
+                             fr_index ldb, int b_trans, REAL *bp, int thread, int nthreads) {
+    const fr_index npanels = (nc + NR - 1) / NR;
+    const fr_index p0 = npanels * thread / nthreads, p1 = npanels * (thread + 1) / nthreads;
+    if (p1 <= p0) return;
+    const fr_index j = jc + p0 * NR, n = (p1 * NR < nc ? p1 * NR : nc) - p0 * NR;
+    FR_P(pack)(kc, n, b_trans ? B + j * ldb + kb : B + kb * ldb + j, ldb, b_trans,
+               bp + p0 * NR * kc);
+}
+
 /* Elements of the buffer a team shares in gemm_at_team: two packed KC x NC blocks of B. */
 static fr_index FR_P(gemm_team_size)(fr_index K, fr_index N) {
     fr_index kc = K < KC ? (K > 0 ? K : 1) : KC, nc = N < NC ? (N > 0 ? N : 1) : NC;
@@ -404,13 +416,7 @@ static int FR_P(gemm_at_team)(fr_index M, fr_index N, fr_index K, const REAL *A,
         const fr_index kc = K - kb < KC ? K - kb : KC;
         const int nc = (int)(N - jc < NC ? N - jc : NC), last = kb + kc >= K;
         REAL *bp = shared + (s % 2) * half;
-        const fr_index npanels = (nc + NR - 1) / NR;
-        const fr_index p0 = npanels * thread / nthreads, p1 = npanels * (thread + 1) / nthreads;
-        if (p1 > p0) {
-            const fr_index j = jc + p0 * NR, n = (p1 * NR < nc ? p1 * NR : nc) - p0 * NR;
-            FR_P(pack)(kc, n, b_trans ? B + j * ldb + kb : B + kb * ldb + j, ldb, b_trans,
-                       bp + p0 * NR * kc);
-        }
+        FR_P(pack_share)(kb, kc, jc, nc, B, ldb, b_trans, bp, thread, nthreads);
         barrier(barrier_arg);
         if (ok && rows > 0)
             FR_P(block)((int)rows, nc, kb, kc, a, apack, bp, kc * NR,
@@ -489,12 +495,7 @@ static int FR_P(weight_grads_at_team)(fr_index M, fr_index K, fr_index H, const 
         for (fr_index jc = 0; jc < ncb * NC; jc += NC, s++) { /* dW_ih: X shared */
             const int nc = (int)(I - jc < NC ? I - jc : NC);
             REAL *bp = shared + (s % 2) * half;
-            const fr_index npanels = (nc + NR - 1) / NR;
-            const fr_index p0 = npanels * thread / nthreads, p1 = npanels * (thread + 1) / nthreads;
-            if (p1 > p0) {
-                const fr_index j = jc + p0 * NR, n = (p1 * NR < nc ? p1 * NR : nc) - p0 * NR;
-                FR_P(pack)(kc, n, X + kb * ldx + j, ldx, 0, bp + p0 * NR * kc);
-            }
+            FR_P(pack_share)(kb, kc, jc, nc, X, ldx, 0, bp, thread, nthreads);
             barrier(barrier_arg);
             fr_index ab = 0;
             for (int g = 0; ok && g < nseg; g++) {
@@ -566,6 +567,19 @@ static void FR_P(input_step)(int M, int I, int j0, int j1, const REAL *const *x,
  * its input projection: acc = Σ_k x·W_ihᵀ, + bias, + Σ_k hprev·W_hhᵀ, act, store. The
  * operations of input_step and then rnn_step in the same order (the P they store between
  * them is the accumulator, exactly), without that store and reload or a second tile. */
+static inline __attribute__((always_inline)) void FR_P(accumulate_rows)(
+    VEC acc[FR_MR][NV], const REAL *const *a, int K, const REAL *bp) {
+    /* acc[r] += Σ_k a[r][k]·bp[k] over one packed panel, k in order */
+    for (int k = 0; k < K; k++) {
+        VEC b[NV];
+        for (int v = 0; v < NV; v++) b[v] = FR_P(vload)(bp + k * NR + v * VL);
+        for (int r = 0; r < FR_MR; r++) {
+            const REAL s = a[r][k];
+            for (int v = 0; v < NV; v++) acc[r][v] += s * b[v];
+        }
+    }
+}
+
 static inline void FR_P(tile_step)(const REAL *const *x, int I, const REAL *bx,
                                    const REAL *bias, const REAL *const *h, int H,
                                    const REAL *bh, REAL *const *out, int c, int ncols, int relu) {
@@ -575,26 +589,12 @@ static inline void FR_P(tile_step)(const REAL *const *x, int I, const REAL *bx,
             acc[r][i] = FR_P(splat)(0);
             __builtin_prefetch(out[r] + c + i * VL, 1);
         }
-    for (int k = 0; k < I; k++) {
-        VEC b[NV];
-        for (int v = 0; v < NV; v++) b[v] = FR_P(vload)(bx + k * NR + v * VL);
-        for (int r = 0; r < FR_MR; r++) {
-            const REAL s = x[r][k];
-            for (int v = 0; v < NV; v++) acc[r][v] += s * b[v];
-        }
-    }
+    FR_P(accumulate_rows)(acc, x, I, bx);
     if (bias)
         for (int r = 0; r < FR_MR; r++)
             for (int i = 0; i < NV && ncols - i * VL > 0; i++)
                 acc[r][i] += FR_P(vload_n)(bias + i * VL, ncols - i * VL);
-    for (int k = 0; k < H; k++) {
-        VEC b[NV];
-        for (int v = 0; v < NV; v++) b[v] = FR_P(vload)(bh + k * NR + v * VL);
-        for (int r = 0; r < FR_MR; r++) {
-            const REAL s = h[r][k];
-            for (int v = 0; v < NV; v++) acc[r][v] += s * b[v];
-        }
-    }
+    FR_P(accumulate_rows)(acc, h, H, bh);
     for (int r = 0; r < FR_MR; r++)
         for (int i = 0; i < NV && ncols - i * VL > 0; i++)
             FR_P(vstore_n)(out[r] + c + i * VL,
