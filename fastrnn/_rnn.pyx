@@ -56,6 +56,10 @@ cdef extern from "kernels.h" nogil:
     ctypedef void (*drnn_input_step_fn)(int, int, int, int, int, const double **,
                                         const double *, const double *, const double **,
                                         double **, const double *, int)
+    ctypedef void (*sinput_step_fn)(int, int, int, int, const float **, const float *,
+                                    const float *, float **)
+    ctypedef void (*dinput_step_fn)(int, int, int, int, const double **, const double *,
+                                    const double *, double **)
     ctypedef void (*sbptt_da_fn)(int, int, int, const float **, const float **,
                                  const float **, float **, int)
     ctypedef void (*dbptt_da_fn)(int, int, int, const double **, const double **,
@@ -80,6 +84,8 @@ cdef extern from "kernels.h" nogil:
         drnn_step_fn drnn_step
         srnn_input_step_fn srnn_input_step
         drnn_input_step_fn drnn_input_step
+        sinput_step_fn sinput_step
+        dinput_step_fn dinput_step
         sbptt_da_fn sbptt_da
         dbptt_da_fn dbptt_da
         sbptt_g_fn sbptt_g
@@ -459,13 +465,13 @@ cdef floating *_packed_buffer(const fastrnn_kernels *ks, fr_index K, fr_index N,
         return <floating *> malloc(ks.dpacked_size(K, N) * sizeof(floating))
 
 
-cdef void _pack_part(const fastrnn_kernels *ks, const floating *w, fr_index K, fr_index N,
-                     bint transpose, floating *packed, int part, int parts) noexcept nogil:
+cdef void _pack_part(const fastrnn_kernels *ks, const floating *w, fr_index ld, fr_index K,
+                     fr_index N, bint transpose, floating *packed, int part,
+                     int parts) noexcept nogil:
     """Share ``part`` of ``parts`` of packing op(W) (K×N) into ``packed``: a contiguous run
     of its panels, so that the threads of a region pack the weights together, each its own
     share, before a barrier (one thread alone was ~1 % of a layer's time, the others idle).
-    W is row-major: K×N, or N×K read transposed if transpose."""
-    cdef fr_index ld = K if transpose else N
+    W is row-major with row stride ld: K×N, or N×K read transposed if transpose."""
     cdef fr_index panel = ks.spacked_size(1, 1) if floating is float else ks.dpacked_size(1, 1)
     cdef fr_index panels = (N + panel - 1) // panel
     cdef fr_index j0 = panels * part // parts * panel
@@ -597,9 +603,9 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
             raise MemoryError("could not allocate the packed input weights")
     with nogil, parallel(num_threads=nthreads):
         team = fr_team_size()
-        _pack_part(ks, pw_hh, H, H, True, pw, threadid(), team)
+        _pack_part(ks, pw_hh, H, H, H, True, pw, threadid(), team)
         if pwi != NULL:
-            _pack_part(ks, pw_ih, I, H, True, pwi, threadid(), team)
+            _pack_part(ks, pw_ih, I, I, H, True, pwi, threadid(), team)
         fr_spin_wait(&pack_barrier, team)
         hprev = <const floating **> malloc(slice_rows * sizeof(floating *))
         rows = <floating **> malloc(slice_rows * sizeof(floating *))
@@ -710,18 +716,38 @@ cdef inline int _gather_backward(fr_index s, fr_index b0, fr_index b1, const int
     return m
 
 
+cdef inline const floating **_step_dy(const fastrnn_kernels *ks, int m, int K, int j0, int j1,
+                                     const floating **dy, floating **gr, floating *g,
+                                     floating *dy_rows, const floating *pwo,
+                                     const floating **dyp) noexcept nogil:
+    """The step's dY rows: ``dy`` itself, or, given the packed w_out, dy · w_out (columns
+    j0 .. j1) written to ``dy_rows`` at the offsets of the rows' g."""
+    cdef int i
+    if pwo == NULL:
+        return dy
+    for i in range(m):
+        dyp[i] = dy_rows + (gr[i] - g)
+    if floating is float:
+        ks.sinput_step(m, K, j0, j1, dy, pwo, NULL, <float **> dyp)
+    else:
+        ks.dinput_step(m, K, j0, j1, dy, pwo, NULL, <double **> dyp)
+    return dyp
+
+
 def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] grad_out,
                         const floating[:, ::1] grad_h_n, const floating[:, ::1] w_hh,
                         const int64_t[::1] lengths, bint reverse, bint relu,
                         floating[:, :, :] grad_a, floating[:, ::1] grad_h0,
-                        int num_threads=1):
+                        int num_threads=1, const floating[:, :] w_out=None):
     """The BPTT recurrence: dA_t = (dY_t + g) ⊙ act'(h_t), g = dA_t W_hh, backwards in time.
 
     ``grad_a`` (L, N, H), contiguous rows (e.g. one direction's columns of an (L, N, 2H)
     array), need not be initialised; it receives dA (zero past each length),
     from which the caller forms the weight gradients as large GEMMs. ``grad_h0`` receives g
     after the first step. Threads split the batch, or the hidden columns for a small batch,
-    as in :func:`recurrence_forward`.
+    as in :func:`recurrence_forward`. ``grad_out`` is dY (L, N, H); or, given ``w_out``
+    (K, H), the layer above's dA (L, N, K), and dY_t = grad_out_t · w_out is computed step by
+    step, bitwise as ``gemm`` would, while the rows are in cache (dY is never stored).
     """
     _check_slices(num_threads)
     cdef fr_index L = out.shape[0], N = out.shape[1]
@@ -729,6 +755,16 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
     if H > 1 and (out.strides[2] != sizeof(floating) or grad_out.strides[2] != sizeof(floating)
                   or grad_a.strides[2] != sizeof(floating)):
         raise ValueError("out, grad_out and grad_a must have contiguous rows")
+    cdef fr_index K = grad_out.shape[2]
+    if (K != H if w_out is None else (w_out.shape[0] != K or w_out.shape[1] != H)):
+        raise ValueError(f"grad_out must be ({out.shape[0]}, {out.shape[1]}, {H}), or "
+                         f"(..., K) with w_out (K, {H}); got "
+                         f"{(grad_out.shape[0], grad_out.shape[1], grad_out.shape[2])} and "
+                         f"{None if w_out is None else (w_out.shape[0], w_out.shape[1])}")
+    if K > INT_MAX:
+        raise MemoryError(f"{K} columns of grad_out exceed the kernels' {INT_MAX}")
+    if w_out is not None and w_out.shape[1] > 1 and w_out.strides[1] != sizeof(floating):
+        raise ValueError("w_out must have contiguous rows")
     if N == 0:
         return
     cdef fr_index ts = out.strides[0] // sizeof(floating), bs = out.strides[1] // sizeof(floating)
@@ -757,35 +793,58 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
     pack_barrier.count = pack_barrier.generation = 0
     cdef floating *g
     cdef floating *g_shared = NULL
+    cdef floating *dy_rows = NULL
+    cdef floating *dy_shared = NULL
     cdef const floating **dy
+    cdef const floating **dyp
+    cdef const floating **dys
+    cdef const floating **dy_step
     cdef const floating **h
     cdef floating **gr
     cdef floating **da
     for b in range(N):
         max_len = max(max_len, plen[b])
-    # W_hh packed once per call, by all threads
+    # W_hh (and w_out) packed once per call, by all threads
     cdef const floating *pw_hh = &w_hh[0, 0]
+    cdef const floating *pw_out_src = &w_out[0, 0] if w_out is not None and K > 0 else NULL
+    cdef fr_index ld_out = w_out.strides[0] // sizeof(floating) if pw_out_src != NULL else 0
     cdef floating *pw = _packed_buffer(ks, H, H, pda)
+    cdef floating *pwo = NULL
     if pw == NULL:
         raise MemoryError("could not allocate the packed recurrent weights")
-    if by_columns:
-        # one g for the whole batch, each thread updating its own columns
-        g_shared = <floating *> malloc(N * H * sizeof(floating))
-        if g_shared == NULL:
+    if w_out is not None:
+        pwo = _packed_buffer(ks, K, H, pda)
+        if pwo == NULL:
             free(pw)
+            raise MemoryError("could not allocate the packed output weights")
+    if by_columns:
+        # one g (and dY) for the whole batch, each thread updating its own columns
+        g_shared = <floating *> malloc(N * H * sizeof(floating))
+        if w_out is not None:
+            dy_shared = <floating *> malloc(N * H * sizeof(floating))
+        if g_shared == NULL or (w_out is not None and dy_shared == NULL):
+            free(pw)
+            free(pwo)
+            free(g_shared)
             raise MemoryError("could not allocate BPTT scratch")
         memcpy(g_shared, pghn, N * H * sizeof(floating))
     with nogil, parallel(num_threads=nthreads):
         team = fr_team_size()
-        _pack_part(ks, pw_hh, H, H, False, pw, threadid(), team)
+        _pack_part(ks, pw_hh, H, H, H, False, pw, threadid(), team)
+        if pwo != NULL:
+            _pack_part(ks, pw_out_src, ld_out, K, H, False, pwo, threadid(), team)
         fr_spin_wait(&pack_barrier, team)
         g = NULL if by_columns else <floating *> malloc(slice_rows * H * sizeof(floating) + 1)
+        dy_rows = dy_shared if by_columns or pwo == NULL else <floating *> malloc(
+            slice_rows * H * sizeof(floating) + 1)
         dy = <const floating **> malloc(slice_rows * sizeof(floating *))
+        dyp = <const floating **> malloc(slice_rows * sizeof(floating *))
         h = <const floating **> malloc(slice_rows * sizeof(floating *))
         gr = <floating **> malloc(slice_rows * sizeof(floating *))
         da = <floating **> malloc(slice_rows * sizeof(floating *))
         try:
-            if (g == NULL and not by_columns) or dy == NULL or h == NULL or gr == NULL or da == NULL:
+            if ((g == NULL and not by_columns) or (pwo != NULL and dy_rows == NULL) or dy == NULL
+                    or dyp == NULL or h == NULL or gr == NULL or da == NULL):
                 failed[0] = 1
             if by_columns:
                 team = fr_team_size()
@@ -795,10 +854,12 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
                     if dy != NULL and h != NULL and gr != NULL and da != NULL:
                         mc = _gather_backward(sc, 0, N, plen, reverse, H, po, ts, bs, pgo, gts,
                                               gbs, pda, dts, dbs, g_shared, dy, h, gr, da)
+                        dys = _step_dy(ks, mc, <int> K, j0, j1, dy, gr, g_shared, dy_rows, pwo,
+                                       dyp)
                         if floating is float:
-                            ks.sbptt_da(mc, j0, j1, dy, h, <const float **> gr, da, relu)
+                            ks.sbptt_da(mc, j0, j1, dys, h, <const float **> gr, da, relu)
                         else:
-                            ks.dbptt_da(mc, j0, j1, dy, h, <const double **> gr, da, relu)
+                            ks.dbptt_da(mc, j0, j1, dys, h, <const double **> gr, da, relu)
                     # g = dA_t W_hh reads all columns of dA_t
                     fr_spin_wait(&step_barrier, team)
                     if dy != NULL and h != NULL and gr != NULL and da != NULL and j1 > j0:
@@ -817,22 +878,34 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
                                              gts, gbs, pda, dts, dbs, g, dy, h, gr, da)
                         if m == 0:
                             continue
-                        _prefetch_step(s - 1, b0, b1, plen, reverse, H, pgo, gts, gbs, po, ts,
-                                       bs)
+                        if pwo == NULL:
+                            _prefetch_step(s - 1, b0, b1, plen, reverse, H, pgo, gts, gbs, po,
+                                           ts, bs)
+                        else:  # the layer above's dA rows are K wide
+                            _prefetch_step(s - 1, b0, b1, plen, reverse, <int> K, pgo, gts, gbs,
+                                           NULL, 0, 0)
+                            _prefetch_step(s - 1, b0, b1, plen, reverse, H, po, ts, bs, NULL, 0,
+                                           0)
+                        dy_step = _step_dy(ks, m, <int> K, 0, H, dy, gr, g, dy_rows, pwo, dyp)
                         if floating is float:
-                            ks.sbptt_da(m, 0, H, dy, h, <const float **> gr, da, relu)
+                            ks.sbptt_da(m, 0, H, dy_step, h, <const float **> gr, da, relu)
                             ks.sbptt_g(m, H, 0, H, <const float **> da, gr, pw)
                         else:
-                            ks.dbptt_da(m, 0, H, dy, h, <const double **> gr, da, relu)
+                            ks.dbptt_da(m, 0, H, dy_step, h, <const double **> gr, da, relu)
                             ks.dbptt_g(m, H, 0, H, <const double **> da, gr, pw)
                     memcpy(pgh0 + b0 * H, g, (b1 - b0) * H * sizeof(floating))
         finally:
             free(g)
+            if dy_rows != dy_shared:
+                free(dy_rows)
             free(dy)
+            free(dyp)
             free(h)
             free(gr)
             free(da)
     free(pw)
+    free(pwo)
+    free(dy_shared)
     if by_columns:
         memcpy(pgh0, g_shared, N * H * sizeof(floating))
         free(g_shared)

@@ -308,7 +308,9 @@ def _rnn_backward(cache, grad_output, grad_h_n):
     threads = get_num_threads()
     grads = {}
     grad_h0 = np.empty_like(h0)
-    d_out = np.ascontiguousarray(grad_output)
+    # dLoss/d(this layer's output): d_out, or, if w_above is set, d_out · w_above (d_out the
+    # layer above's dA: see below)
+    d_out, w_above = np.ascontiguousarray(grad_output), None
     for layer in reversed(range(num_layers)):
         if layer < num_layers - 1 and cache["dropout_masks"] is not None:
             d_out = d_out * cache["dropout_masks"][layer]
@@ -321,9 +323,11 @@ def _rnn_backward(cache, grad_output, grad_h_n):
         for d, k in enumerate(keys):
             i = layer * D + d
             cols = slice(d * H, (d + 1) * H)
-            _rnn.recurrence_backward(out[:, :, cols], d_out[:, :, cols], grad_h_n[i],
+            dy = (d_out[:, :, cols],) if w_above is None else (d_out, w_above[:, cols])
+            _rnn.recurrence_backward(out[:, :, cols], dy[0], grad_h_n[i],
                                      np.ascontiguousarray(params[f"weight_hh_{k}"]), lengths,
-                                     d == 1, cache["relu"], da[:, :, cols], grad_h0[i], threads)
+                                     d == 1, cache["relu"], da[:, :, cols], grad_h0[i], threads,
+                                     *dy[1:])
         da2d = da.reshape(L * N, D * H)
         # dW_ih = dAᵀ X, dW_hh = dA_dᵀ H_prev (h0 where sequences start) and db = Σ dA, every
         # direction at once, from one reading of dA
@@ -338,11 +342,16 @@ def _rnn_backward(cache, grad_output, grad_h_n):
             grads[f"weight_hh_{k}"] = dw_hh[cols] if D == 1 else dw_hh[cols].copy()
             if cache["bias"]:
                 grads[f"bias_ih_{k}"], grads[f"bias_hh_{k}"] = db[cols].copy(), db[cols].copy()
-        # dX = dA W_ih, summed over directions by the GEMM's reduction over D·H
-        d_inp = np.empty_like(inp)
-        _rnn.gemm(da2d, _stacked_input_weights(params, keys, False)[0],
-                  d_inp.reshape(L * N, inp.shape[2]), None, False, threads)
-        d_out = d_inp
+        # dX = dA W_ih, summed over directions by the reduction over D·H. For the layer below
+        # (no dropout between), its BPTT computes dX_t step by step, bitwise as this GEMM,
+        # while the rows are in cache: dX never makes a round trip through memory
+        w_ih = _stacked_input_weights(params, keys, False)[0]
+        if (layer > 0 and cache["dropout_masks"] is None
+                and _projection_per_step(L, N, D * H, threads)):
+            d_out, w_above = da, w_ih
+        else:
+            d_out, w_above = np.empty_like(inp), None
+            _rnn.gemm(da2d, w_ih, d_out.reshape(L * N, inp.shape[2]), None, False, threads)
     grads = {name: grads[name] for name in params}
     grad_x = _from_time_major(d_out, unbatched, batch_first)
     return grad_x, (grad_h0[:, 0] if unbatched else grad_h0), grads

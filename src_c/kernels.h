@@ -70,6 +70,11 @@ typedef long fr_index;
                                          const REAL *const *x, const REAL *wit_packed,        \
                                          const REAL *bias, const REAL *const *hprev,          \
                                          REAL *const *out, const REAL *wt_packed, int relu);  \
+    /* out_r = x_r · B + bias for r < M (bias may be NULL), columns j0 .. j1; b_packed is a  \
+     * K×H matrix packed. Bitwise the rows of the gemm with that bias. */                      \
+    typedef void (*P##input_step_fn)(int M, int K, int j0, int j1, const REAL *const *x,      \
+                                     const REAL *b_packed, const REAL *bias,                  \
+                                     REAL *const *out);                                       \
     /* da_r = (dy_r + g_r) ⊙ act'(h_r) for r < M. */                                          \
     typedef void (*P##bptt_da_fn)(int M, int j0, int j1, const REAL *const *dy,               \
                                   const REAL *const *h, const REAL *const *g,                 \
@@ -101,6 +106,8 @@ typedef struct {
     drnn_step_fn drnn_step;
     srnn_input_step_fn srnn_input_step;
     drnn_input_step_fn drnn_input_step;
+    sinput_step_fn sinput_step;
+    dinput_step_fn dinput_step;
     sbptt_da_fn sbptt_da;
     dbptt_da_fn dbptt_da;
     sbptt_g_fn sbptt_g;

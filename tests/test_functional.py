@@ -345,6 +345,41 @@ def test_projection_per_step_is_bitwise_the_gemm(kernel, L, N, I, H, reverse, dt
         assert np.array_equal(out, expected) and np.array_equal(h_n, expected_hn)
 
 
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("L,N,K,H", [(7, 37, 26, 64), (5, 1, 18, 256), (6, 19, 600, 40)],
+                         ids=["batch-slices", "columns", "k-blocks"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bptt_output_gradient_per_step_is_bitwise_the_gemm(kernel, L, N, K, H, reverse, dtype):
+    """The BPTT computing dY_t = dA_above_t · W itself, step by step (W a column slice, as
+    one direction's columns of the layer above's W_ih), gives the bits of the GEMM over all
+    steps followed by the BPTT: ragged lengths, batch or column slices, 1 and 2 threads."""
+    from fastrnn import _rnn
+
+    rng = np.random.default_rng(L * N + K)
+    lengths = rng.integers(0, L + 1, size=N)
+    lengths[0] = L
+    valid = (np.arange(L)[:, None] < lengths[None, :])[:, :, None]
+    out = (np.tanh(rng.standard_normal((L, N, H))) * valid).astype(dtype)
+    da_above = rng.standard_normal((L, N, K)).astype(dtype)
+    w = (rng.standard_normal((K, 2 * H)) / np.sqrt(K)).astype(dtype)
+    w_hh = (rng.standard_normal((H, H)) / np.sqrt(H)).astype(dtype)
+    grad_h_n = rng.standard_normal((N, H)).astype(dtype)
+    for relu, threads in itertools.product((False, True), (1, 2)):
+        dy = np.empty((L * N, 2 * H), dtype)
+        _rnn.gemm(da_above.reshape(L * N, K), w, dy, None, False, threads)
+        dy = dy.reshape(L, N, 2 * H)[:, :, H:]
+        expected_da, expected_h0 = np.empty((L, N, H), dtype), np.empty((N, H), dtype)
+        _rnn.recurrence_backward(out, dy, grad_h_n, w_hh, lengths, reverse, relu, expected_da,
+                                 expected_h0, threads)
+        da, h0 = np.full((L, N, H), np.nan, dtype), np.full((N, H), np.nan, dtype)
+        _rnn.recurrence_backward(out, da_above, grad_h_n, w_hh, lengths, reverse, relu, da, h0,
+                                 threads, w[:, H:])
+        assert np.array_equal(da, expected_da) and np.array_equal(h0, expected_h0)
+    with pytest.raises(ValueError, match="grad_out must be"):
+        _rnn.recurrence_backward(out, da_above, grad_h_n, w_hh, lengths, reverse, False, da, h0,
+                                 1, w[1:, H:])
+
+
 def test_projection_per_step_refuses_mismatched_shapes():
     from fastrnn import _rnn
 
