@@ -756,7 +756,8 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
                   or grad_a.strides[2] != sizeof(floating)):
         raise ValueError("out, grad_out and grad_a must have contiguous rows")
     cdef fr_index K = grad_out.shape[2]
-    if (K != H if w_out is None else (w_out.shape[0] != K or w_out.shape[1] != H)):
+    if (grad_out.shape[0] != out.shape[0] or grad_out.shape[1] != out.shape[1]
+            or (K != H if w_out is None else (w_out.shape[0] != K or w_out.shape[1] != H))):
         raise ValueError(f"grad_out must be ({out.shape[0]}, {out.shape[1]}, {H}), or "
                          f"(..., K) with w_out (K, {H}); got "
                          f"{(grad_out.shape[0], grad_out.shape[1], grad_out.shape[2])} and "

@@ -378,6 +378,9 @@ def test_bptt_output_gradient_per_step_is_bitwise_the_gemm(kernel, L, N, K, H, r
     with pytest.raises(ValueError, match="grad_out must be"):
         _rnn.recurrence_backward(out, da_above, grad_h_n, w_hh, lengths, reverse, False, da, h0,
                                  1, w[1:, H:])
+    with pytest.raises(ValueError, match="grad_out must be"):  # fewer steps than out
+        _rnn.recurrence_backward(out, da_above[1:], grad_h_n, w_hh, lengths, reverse, False, da,
+                                 h0, 1, w[:, H:])
 
 
 def test_projection_per_step_refuses_mismatched_shapes():
