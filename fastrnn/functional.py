@@ -11,9 +11,10 @@ direction, the compiled code runs
   ``h_t = act(P_t + h_{t-1} W_hhᵀ)`` with each thread owning a slice of the batch (for
   batches of at least 8 rows per thread, P_t is computed inside the recurrence instead,
   step by step, with the same arithmetic);
-* backward: the dA recurrence per batch slice, then ``dW_hh``, ``dW_ih``, ``dX`` as a few
-  large GEMMs over all L·N rows (``db`` summed by the ``dW_ih`` GEMM as it reads dA; the
-  weight gradients' threads share the packing of the other operand).
+* backward: the dA recurrence per batch slice, then one pass over all L·N rows of dA for
+  ``dW_ih``, ``dW_hh`` and ``db`` (the threads share the packing of the other operand), and
+  ``dX`` as a GEMM (for a layer below another, computed step by step inside that layer's
+  dA recurrence instead, with the same arithmetic).
 """
 
 import numbers

@@ -363,16 +363,24 @@ static int FR_P(gemm)(fr_index M, fr_index N, fr_index K, const REAL *A, fr_inde
     return 0;
 }
 
-/* A thread's share (thread of nthreads: a contiguous run of panels) of packing the K block
- * kb .. kb+kc of op(B)'s columns jc .. jc+nc into bp, the block's packing for the team. */
-static void FR_P(pack_share)(fr_index kb, fr_index kc, fr_index jc, fr_index nc, const REAL *B,
-                             fr_index ldb, int b_trans, REAL *bp, int thread, int nthreads) {
+/* A thread's share of a block of nc columns that a team packs together: a contiguous run
+ * of panels, columns *j .. *j + return value (0: none) from the block's first. */
+static fr_index FR_P(panel_share)(fr_index nc, int thread, int nthreads, fr_index *j) {
     const fr_index npanels = (nc + NR - 1) / NR;
     const fr_index p0 = npanels * thread / nthreads, p1 = npanels * (thread + 1) / nthreads;
-    if (p1 <= p0) return;
-    const fr_index j = jc + p0 * NR, n = (p1 * NR < nc ? p1 * NR : nc) - p0 * NR;
-    FR_P(pack)(kc, n, b_trans ? B + j * ldb + kb : B + kb * ldb + j, ldb, b_trans,
-               bp + p0 * NR * kc);
+    *j = p0 * NR;
+    return p1 > p0 ? (p1 * NR < nc ? p1 * NR : nc) - p0 * NR : 0;
+}
+
+/* A thread's share of packing the K block kb .. kb+kc of op(B)'s columns jc .. jc+nc into
+ * bp, the block's packing for the team. */
+static void FR_P(pack_share)(fr_index kb, fr_index kc, fr_index jc, fr_index nc, const REAL *B,
+                             fr_index ldb, int b_trans, REAL *bp, int thread, int nthreads) {
+    fr_index j;
+    const fr_index n = FR_P(panel_share)(nc, thread, nthreads, &j);
+    if (n > 0)
+        FR_P(pack)(kc, n, b_trans ? B + (jc + j) * ldb + kb : B + kb * ldb + jc + j, ldb,
+                   b_trans, bp + j * kc);
 }
 
 /* Elements of the buffer a team shares in gemm_at_team: two packed KC x NC blocks of B. */
@@ -431,13 +439,6 @@ static int FR_P(gemm_at_team)(fr_index M, fr_index N, fr_index K, const REAL *A,
     return ok ? 0 : -1;
 }
 
-/* A layer's weight gradients in one pass over dA, by each thread of a team (as
- * gemm_at_team): dW_ih = dAᵀ X (M x I, shared packing of X), dW_hh of direction d =
- * dA_dᵀ Hprev_d (rows d·H .. of dw_hh, H columns), db = Σ_k dA (a_sums, may be NULL).
- * dA is K x M (lda), M = D·H; hprev[d·K + k] is row k of Hprev_d (H values: the state
- * before step k's, h0 where a sequence starts). Each K block of a thread's dA columns is
- * copied once for both products, where separate GEMMs copied it for each. Every element
- * is a sum in k order, whatever the team. Returns 0, or -1 without scratch memory. */
 /* Rows k < kc of a K block of op(B) given by row pointers (rows[k] + j0, n values), in
  * pack's layout (kc deep). */
 static void FR_P(pack_from_rows)(const REAL *const *rows, fr_index j0, fr_index n,
@@ -450,6 +451,13 @@ static void FR_P(pack_from_rows)(const REAL *const *rows, fr_index j0, fr_index 
     }
 }
 
+/* A layer's weight gradients in one pass over dA, by each thread of a team (as
+ * gemm_at_team): dW_ih = dAᵀ X (M x I, shared packing of X), dW_hh of direction d =
+ * dA_dᵀ Hprev_d (rows d·H .. of dw_hh, H columns), db = Σ_k dA (a_sums, may be NULL).
+ * dA is K x M (lda), M = D·H; hprev[d·K + k] is row k of Hprev_d (H values: the state
+ * before step k's, h0 where a sequence starts). Each K block of a thread's dA columns is
+ * copied once for both products, where separate GEMMs copied it for each. Every element
+ * is a sum in k order, whatever the team. Returns 0, or -1 without scratch memory. */
 static int FR_P(weight_grads_at_team)(fr_index M, fr_index K, fr_index H, const REAL *A,
                                       fr_index lda, const REAL *X, fr_index ldx, fr_index I,
                                       const REAL *const *hprev, REAL *dw_ih, REAL *dw_hh,
@@ -459,8 +467,9 @@ static int FR_P(weight_grads_at_team)(fr_index M, fr_index K, fr_index H, const 
     if (a_sums) memset(a_sums + i0, 0, (size_t)rows * sizeof(REAL));
     const fr_index kc_max = K < KC ? (K > 0 ? K : 1) : KC;
     const fr_index half = FR_P(gemm_team_size)(K, I) / 2;
-    /* this thread's rows, cut where the direction changes: at most two runs for a team
-     * of at least D threads, D + 1 at most for fewer (run r: rows seg[r] .. seg[r + 1]) */
+    /* this thread's rows, cut where the direction changes (run r: rows seg[r] ..
+     * seg[r + 1]); a slice spans at most D <= 2 directions: room for three runs, a slice
+     * needing more is refused (ok = 0) */
     fr_index seg[4] = {i0, i0, i0, i0};
     int nseg = 0;
     if (rows > 0) {
@@ -478,7 +487,7 @@ static int FR_P(weight_grads_at_team)(fr_index M, fr_index K, fr_index H, const 
     REAL *apack = malloc((size_t)(astride_rows * ablocks + 1) * sizeof(REAL));
     REAL *hpack = malloc((size_t)FR_P(packed_size)(kc_max, H < NC ? H : NC) * sizeof(REAL));
     /* out of memory: still pack and meet the others at every barrier, compute nothing */
-    const int ok = crows && apack && hpack && nseg <= 3 && seg[nseg] == i0 + rows;
+    const int ok = crows && apack && hpack && seg[nseg] == i0 + rows;
     for (fr_index i = 0; ok && i < rows; i++) {
         crows[i] = dw_ih + (i0 + i) * I;
         crows[rows + i] = dw_hh + (i0 + i) * H;
@@ -515,13 +524,9 @@ static int FR_P(weight_grads_at_team)(fr_index M, fr_index K, fr_index H, const 
             REAL *hp = hpack;
             if (M == H) {
                 hp = shared_h + (sh++ % 2) * half_h;
-                const fr_index npanels = (nc + NR - 1) / NR;
-                const fr_index p0 = npanels * thread / nthreads;
-                const fr_index p1 = npanels * (thread + 1) / nthreads;
-                if (p1 > p0)
-                    FR_P(pack_from_rows)(hprev + kb, jc + p0 * NR,
-                                         (p1 * NR < nc ? p1 * NR : nc) - p0 * NR, kc,
-                                         hp + p0 * NR * kc);
+                fr_index j;
+                const fr_index n = FR_P(panel_share)(nc, thread, nthreads, &j);
+                if (n > 0) FR_P(pack_from_rows)(hprev + kb, jc + j, n, kc, hp + j * kc);
                 barrier(barrier_arg);
             }
             fr_index ab = 0;
@@ -563,10 +568,6 @@ static void FR_P(input_step)(int M, int I, int j0, int j1, const REAL *const *x,
                 bias ? FR_P(FIN_BIAS) : FR_P(FIN_NONE), bias ? bias + j0 : NULL, NULL);
 }
 
-/* One register block of rows (FR_MR) x one panel of columns (c .. c+ncols) of a step with
- * its input projection: acc = Σ_k x·W_ihᵀ, + bias, + Σ_k hprev·W_hhᵀ, act, store. The
- * operations of input_step and then rnn_step in the same order (the P they store between
- * them is the accumulator, exactly), without that store and reload or a second tile. */
 static inline __attribute__((always_inline)) void FR_P(accumulate_rows)(
     VEC acc[FR_MR][NV], const REAL *const *a, int K, const REAL *bp) {
     /* acc[r] += Σ_k a[r][k]·bp[k] over one packed panel, k in order */
@@ -580,6 +581,10 @@ static inline __attribute__((always_inline)) void FR_P(accumulate_rows)(
     }
 }
 
+/* One register block of rows (FR_MR) x one panel of columns (c .. c+ncols) of a step with
+ * its input projection: acc = Σ_k x·W_ihᵀ, + bias, + Σ_k hprev·W_hhᵀ, act, store. The
+ * operations of input_step and then rnn_step in the same order (the P they store between
+ * them is the accumulator, exactly), without that store and reload or a second tile. */
 static inline void FR_P(tile_step)(const REAL *const *x, int I, const REAL *bx,
                                    const REAL *bias, const REAL *const *h, int H,
                                    const REAL *bh, REAL *const *out, int c, int ncols, int relu) {
