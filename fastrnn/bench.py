@@ -437,15 +437,25 @@ def peak_memory(impl, size, threads):
         return None
 
 
-def _cpu_model():
+def _cpuinfo_field(name):
+    """The first ``name : value`` of /proc/cpuinfo, or None (no such file or field)."""
     try:
         with open("/proc/cpuinfo") as f:
-            m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
-        if m:
-            return m.group(1).strip()
+            m = re.search(rf"^{name}\s*:\s*(.+)$", f.read(), re.M)
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return None
+    return m.group(1).strip() if m else None
+
+
+def _cpu_model():
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def _cpu_generation():
+    """"family F model M" from /proc/cpuinfo, or None: a model name such as "AMD EPYC" covers
+    generations whose vector units differ (Zen 4 runs a 512-bit FMA at half Zen 5's rate)."""
+    family, model = _cpuinfo_field("cpu family"), _cpuinfo_field("model")
+    return f"family {family} model {model}" if family and model else None
 
 
 def _physical_cores():
@@ -472,7 +482,7 @@ def machine_info(threads):
     except AttributeError:
         usable = os.cpu_count()
     return dict(
-        cpu_model=_cpu_model(), physical_cores=_physical_cores(), logical_cpus=os.cpu_count(),
+        cpu_model=_cpu_model(), cpu_generation=_cpu_generation(), physical_cores=_physical_cores(), logical_cpus=os.cpu_count(),
         usable_cpus=usable,
         threads=threads, kernel=functional.get_kernel(),
         available_kernels=list(functional.available_kernels()),
@@ -606,9 +616,9 @@ def run(sizes, threads, repeats=5, impls=IMPLEMENTATIONS, memory=False, max_refe
         for r in row["results"].values():
             if "median_ms" in r:
                 r["gflops"] = row["flops"] / (r["median_ms"] * 1e6)
+                r["pct_peak"] = 100 * r["gflops"] / peak if peak else None
         ours = row["results"][impls[0]].get("median_ms")
-        row["pct_peak"] = (100 * row["results"][impls[0]]["gflops"] / peak
-                           if ours and peak else None)
+        row["pct_peak"] = row["results"][impls[0]].get("pct_peak")
         row["speedup"] = {impl: (r["median_ms"] / ours if ours and "median_ms" in r else None)
                           for impl, r in row["results"].items() if impl != impls[0]}
         if memory and pass_ == "fwd+bwd":
@@ -634,6 +644,10 @@ class _Table:
                         ("T×N×I×H", max(7, *map(len, shapes)), "<"), ("pass", 7, "<"),
                         (f"{self.impls[0]} ms", 10, ">"), ("GFLOP/s", 7, ">"), ("% peak", 6, ">")]
         self.columns += [(f"vs {impl}", max(7, len(impl) + 3), ">") for impl in self.impls[1:]]
+        # torch's own share of the peak bounds "vs torch": at 100 % fastrnn would be
+        # 100 / that many times faster
+        self.peak_impls = [impl for impl in ("torch",) if impl in self.impls[1:]]
+        self.columns += [(f"{impl} % peak", len(impl) + 7, ">") for impl in self.peak_impls]
         self.memory_impls = [impl for impl in ("fastrnn", "torch") if memory and impl in impls]
         self.columns += [(f"MB {impl}", max(7, len(impl) + 3), ">") for impl in self.memory_impls]
 
@@ -650,6 +664,8 @@ class _Table:
                  _fmt(ours.get("median_ms"), ".2f"), _fmt(ours.get("gflops"), ".1f"),
                  _fmt(row["pct_peak"], ".1f", "%")]
         cells += [_fmt(row["speedup"].get(impl), ".2f", "×") for impl in self.impls[1:]]
+        cells += [_fmt(row["results"][impl].get("pct_peak"), ".1f", "%")
+                  for impl in self.peak_impls]
         mem = row.get("peak_memory_bytes")
         cells += ["" if mem is None else _fmt(mem.get(impl) and mem[impl] / 2 ** 20, ".1f")
                   for impl in self.memory_impls]
@@ -659,7 +675,8 @@ class _Table:
 def format_preamble(results):
     """The lines above the table: machine, matmul peak, how the numbers were taken."""
     m, peak, s = results["machine"], results["matmul_peak"], results["settings"]
-    cpu = f"{m['cpu_model']} ({m['usable_cpus']} of {m['logical_cpus']} CPUs usable)"
+    generation = f"{m['cpu_generation']}, " if m.get("cpu_generation") else ""
+    cpu = f"{m['cpu_model']} ({generation}{m['usable_cpus']} of {m['logical_cpus']} CPUs usable)"
     busy = []
     if m.get("load_average") and m["load_average"][0] >= m["usable_cpus"]:
         busy = [f"warning: load average {m['load_average'][0]:.1f} on {m['usable_cpus']} usable "
@@ -678,7 +695,9 @@ def format_preamble(results):
         f"slow ones: fewer) in {s.get('rounds', 1)} rounds that alternate fastrnn and torch, each "
         f"after a warm-up call (reference: 1 call, — where estimated over "
         f"{s['max_reference_seconds']:g} s)",
-        "vs X: X's time / fastrnn's; fwd: eval mode, fwd+bwd: training mode + BPTT",
+        "vs X: X's time / fastrnn's; fwd: eval mode, fwd+bwd: training mode + BPTT; "
+        "% peak: GFLOP/s / matmul peak (fastrnn at 100 % would be 100 / torch's % × faster "
+        "than torch)",
         *(textwrap.fill(line, 100) for line in busy),
     ])
 

@@ -38,7 +38,7 @@ def test_bench_json(tmp_path):
     results = json.loads(path.read_text())
 
     machine = results["machine"]
-    for key in ("cpu_model", "logical_cpus", "usable_cpus", "threads", "kernel", "python",
+    for key in ("cpu_model", "cpu_generation", "logical_cpus", "usable_cpus", "threads", "kernel", "python",
                 "numpy", "fastrnn", "torch"):
         assert key in machine
     assert machine["kernel"] == fastrnn.functional.get_kernel()
@@ -62,6 +62,7 @@ def test_bench_json(tmp_path):
             else:  # at least one timed call in each of the alternating rounds
                 assert r["repeats"] >= results["settings"]["rounds"] == ROUNDS
             assert _positive(r["median_ms"]) and _positive(r["gflops"])
+            assert r["pct_peak"] == pytest.approx(100 * r["gflops"] / peak["gflops"])
             if impl != "fastrnn":
                 assert _positive(row["speedup"][impl])
 
@@ -70,6 +71,8 @@ def test_bench_json(tmp_path):
     table = lines[lines.index(next(l for l in lines if l.startswith("size "))):][:4]
     assert len({len(line) for line in table}) == 1, table
     assert all(line in proc.stdout.splitlines() for line in table)
+    # torch's share of the peak is printed next to the speedup it bounds
+    assert ("torch % peak" in table[0]) == bool(machine["torch"])
 
 
 def test_bench_layers_bidirectional_sizes_and_memory(tmp_path):
