@@ -71,7 +71,6 @@ CELL_SECONDS = 1.0  # time after which a (row, implementation) stops repeating: 
 # median of a few sub-millisecond calls still shows warm-up and the neighbours' noise
 MIN_CELL_SECONDS = 0.2
 MAX_REPEATS = 200
-SETTLE_SECONDS = 0.25  # pause after the reference: OpenBLAS's threads spin a while after a call
 # fastrnn and torch are timed in alternating rounds (order swapped each round), so that a
 # change of the shared machine's load falls on both and the ratio of medians keeps steady
 ROUNDS = 3
@@ -513,19 +512,41 @@ def _blas_threads(threads):
     return threadpool_limits(threads, user_api="blas")
 
 
-def _measure_reference(pass_, size, max_reference_seconds, threads):
-    """One call of the reference (slow by design), after a short run that estimates it and
-    warms up BLAS; skipped where the estimate is over ``max_reference_seconds``."""
+def _reference_child(pass_, token, max_reference_seconds, threads):
+    """In a fresh process: print, as JSON, one call of the reference (slow by design), after
+    a short run that estimates it and warms up BLAS; skipped where the estimate is over
+    ``max_reference_seconds``."""
+    size, threads = parse_sizes(token)[0], int(threads)
+    max_reference_seconds = float(max_reference_seconds)
     with _blas_threads(threads):
         est = estimate_seconds("reference", pass_, size)
-    if est > max_reference_seconds:
-        return {"skipped": f"estimated {est:.1f} s per call > {max_reference_seconds:g} s",
-                "estimated_s": est}
-    work = make_workload("reference", pass_, size)
-    with _blas_threads(threads):
-        times, result = time_calls(work.call, 1, warmup=0, min_seconds=0)
-    work.check(result)
-    return _summary(times)
+        if est > max_reference_seconds:
+            result = {"skipped": f"estimated {est:.1f} s per call > {max_reference_seconds:g} s",
+                      "estimated_s": est}
+        else:
+            work = make_workload("reference", pass_, size)
+            times, out = time_calls(work.call, 1, warmup=0, min_seconds=0)
+            work.check(out)
+            result = _summary(times)
+    print(json.dumps(result))
+
+
+def _measure_reference(pass_, size, max_reference_seconds, threads):
+    """The reference's time (see :func:`_reference_child`), measured in a subprocess.
+
+    In this process, NumPy's OpenBLAS threads would busy-wait for 0.1-0.3 s after the
+    reference's last matmul and take a core from whatever is timed next: fastrnn's L
+    forward measured 23-26 ms in that window against 12.5-14 ms (2 cores, Zen 4).
+    """
+    code = ("import sys; from fastrnn.bench import _reference_child; "
+            "_reference_child(*sys.argv[1:])")
+    proc = subprocess.run([sys.executable, "-c", code, pass_, size.token,
+                           repr(float(max_reference_seconds)), str(threads)],
+                          env=_child_env(threads), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the reference on {size.label} {pass_} failed in its subprocess:\n"
+                           f"{proc.stderr.strip()}")
+    return json.loads(proc.stdout)
 
 
 def _measure_rounds(impls, pass_, size, repeats, threads):
@@ -605,11 +626,8 @@ def run(sizes, threads, repeats=5, impls=IMPLEMENTATIONS, memory=False, max_refe
                 measured[impl] = {"skipped": "torch is not installed" if impl == "torch"
                                   else "not implemented"}
         if "reference" in impls and "reference" not in measured:
-            # first, then a pause, so that its idle BLAS threads (which spin for a while)
-            # do not compete with the threads of the implementations timed after it
             measured["reference"] = _measure_reference(pass_, size, max_reference_seconds,
                                                        threads)
-            time.sleep(SETTLE_SECONDS)
         measured.update(_measure_rounds([impl for impl in impls if impl not in measured],
                                         pass_, size, repeats, threads))
         row["results"] = {impl: measured[impl] for impl in impls}
