@@ -17,6 +17,7 @@ direction, the compiled code runs
   dA recurrence instead, with the same arithmetic).
 """
 
+import functools
 import numbers
 import os
 import sys
@@ -53,10 +54,6 @@ if os.environ.get("FASTRNN_KERNEL"):
     set_kernel(os.environ["FASTRNN_KERNEL"])
 
 
-def _shape(a):
-    return tuple(int(n) for n in a.shape)
-
-
 def _check_float_array(a, name, dtype):
     """``a`` as an ndarray of ``dtype``; non-float or mismatched dtypes are refused."""
     a = np.asarray(a)
@@ -66,6 +63,18 @@ def _check_float_array(a, name, dtype):
         raise TypeError(f"{name} dtype ({a.dtype}) does not match the parameters' dtype "
                         f"({np.dtype(dtype)}); convert it with {name}.astype(np.{np.dtype(dtype)})")
     return a
+
+
+@functools.lru_cache(maxsize=64)
+def _param_spec(num_layers, bidirectional, bias):
+    """((name, kind) of each parameter in torch's order, the set of names); kind: 'ih_first'
+    (layer 0's W_ih), 'ih', 'hh' or 'bias'. Cached: every call checks the parameters."""
+    def kind(name):
+        if name.startswith("weight_ih"):
+            return "ih_first" if name.split("_")[2] == "l0" else "ih"
+        return "hh" if name.startswith("weight_hh") else "bias"
+    names = param_names(num_layers, bidirectional, bias)
+    return tuple((name, kind(name)) for name in names), frozenset(names)
 
 
 def _check_params(params, num_layers, bidirectional):
@@ -78,25 +87,25 @@ def _check_params(params, num_layers, bidirectional):
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"parameters must be float32 or float64, got {dtype}")
     if w_ih0.ndim != 2:
-        raise ValueError(f"weight_ih_l0 must be 2-D, got shape {_shape(w_ih0)}")
-    hidden_size, input_size = _shape(w_ih0)
+        raise ValueError(f"weight_ih_l0 must be 2-D, got shape {w_ih0.shape}")
+    hidden_size, input_size = w_ih0.shape
     bias = "bias_ih_l0" in params
-    expected = param_names(num_layers, bidirectional, bias)
-    if set(expected) != set(params):
+    spec, names = _param_spec(int(num_layers), bool(bidirectional), bias)
+    if len(params) != len(names) or not names <= params.keys():
+        expected = [name for name, _ in spec]
         missing = [k for k in expected if k not in params]
         unexpected = [k for k in params if k not in expected]
         raise ValueError(f"params do not match num_layers={num_layers}, "
                          f"bidirectional={bidirectional}, bias={bias}: missing {missing}, "
                          f"unexpected {unexpected}")
     D = 2 if bidirectional else 1
-    for name in expected:
+    shapes = {"ih_first": (hidden_size, input_size), "ih": (hidden_size, D * hidden_size),
+              "hh": (hidden_size, hidden_size), "bias": (hidden_size,)}
+    for name, kind in spec:
         p = np.asarray(params[name])
-        layer_in = input_size if "_l0" in name else D * hidden_size
-        want = ((hidden_size, layer_in) if name.startswith("weight_ih")
-                else (hidden_size, hidden_size) if name.startswith("weight_hh")
-                else (hidden_size,))
-        if _shape(p) != want:
-            raise ValueError(f"{name} must have shape {want}, got {_shape(p)}")
+        want = shapes[kind]
+        if p.shape != want:
+            raise ValueError(f"{name} must have shape {want}, got {p.shape}")
         if p.dtype != dtype:
             raise TypeError(f"{name} has dtype {p.dtype}, expected {dtype} like weight_ih_l0")
     return dtype, input_size, hidden_size, bias
@@ -115,7 +124,7 @@ def _check_lengths(lengths, batch, seq_len):
         raise TypeError(f"lengths must be integers (whole numbers), got {arr.dtype} values {arr}")
     if arr.shape != (batch,):
         raise ValueError(f"lengths must have shape ({batch},) (one per batch element), "
-                         f"got {_shape(arr)}")
+                         f"got {arr.shape}")
     if arr.size and (arr.min() < 0 or arr.max() > seq_len):
         raise ValueError(f"lengths must be in [0, {seq_len}] (the sequence length), got "
                          f"min {arr.min()}, max {arr.max()}")
@@ -125,7 +134,7 @@ def _check_lengths(lengths, batch, seq_len):
 def _normalise_inputs(x, h0, lengths, params, num_layers, nonlinearity, bidirectional,
                       batch_first, dropout_masks):
     """Validate everything; return time-major contiguous arrays and the layout to undo."""
-    if not isinstance(num_layers, numbers.Integral) or num_layers < 1:
+    if not (type(num_layers) is int or isinstance(num_layers, numbers.Integral)) or num_layers < 1:
         raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or 'relu'.")
@@ -141,7 +150,7 @@ def _normalise_inputs(x, h0, lengths, params, num_layers, nonlinearity, bidirect
         x = x[:, None, :]
     elif batch_first:
         x = x.transpose(1, 0, 2)
-    L, N = _shape(x)[:2]
+    L, N = x.shape[:2]
     D = 2 if bidirectional else 1
     # outputs and BPTT buffers hold L·N·D·H elements per layer: refuse sizes that overflow
     if L * N * D * hidden_size * dtype.itemsize * 4 > sys.maxsize:
@@ -152,13 +161,14 @@ def _normalise_inputs(x, h0, lengths, params, num_layers, nonlinearity, bidirect
     else:
         h0 = _check_float_array(h0, "h0", dtype)
         want = (D * num_layers, hidden_size) if unbatched else (D * num_layers, N, hidden_size)
-        if _shape(h0) != want:
-            raise ValueError(f"Expected hidden size {want}, got {_shape(h0)}")
+        if h0.shape != want:
+            raise ValueError(f"Expected hidden size {want}, got {h0.shape}")
         h0 = np.ascontiguousarray(h0[:, None, :] if unbatched else h0)
     if unbatched and lengths is not None:
         raise ValueError("lengths is only accepted with a batched (3-D) input")
+    padded = lengths is not None
     lengths = _check_lengths(lengths, N, L)
-    if N and lengths.min() < L and not np.all(np.isfinite(x)):
+    if padded and N and lengths.min() < L and not np.all(np.isfinite(x)):
         # steps past a length never run; zero them so non-finite padding cannot reach the
         # weight gradients (dW_ih sums dAᵀX over every row, and 0·NaN = NaN)
         x = np.where((np.arange(L)[:, None] < lengths[None, :])[:, :, None], x, 0).astype(dtype)
@@ -169,9 +179,9 @@ def _normalise_inputs(x, h0, lengths, params, num_layers, nonlinearity, bidirect
         masks = []
         for i, m in enumerate(dropout_masks):
             m = _check_float_array(m, f"dropout_masks[{i}]", dtype)
-            if _shape(m) != (L, N, D * hidden_size):
+            if m.shape != (L, N, D * hidden_size):
                 raise ValueError(f"dropout_masks[{i}] must have shape {(L, N, D * hidden_size)}, "
-                                 f"got {_shape(m)}")
+                                 f"got {m.shape}")
             masks.append(np.ascontiguousarray(m))
         dropout_masks = masks
     return (np.ascontiguousarray(x), h0, lengths, dtype, hidden_size, bias, unbatched,
@@ -258,8 +268,8 @@ def _rnn_forward(x, params, h0, num_layers, nonlinearity, bidirectional, batch_f
 
 def _check_grad(g, name, dtype, want):
     g = _check_float_array(g, name, dtype)
-    if _shape(g) != want:
-        raise ValueError(f"{name} must have shape {want} (like the forward's output), got {_shape(g)}")
+    if g.shape != want:
+        raise ValueError(f"{name} must have shape {want} (like the forward's output), got {g.shape}")
     return g
 
 
