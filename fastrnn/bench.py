@@ -451,8 +451,10 @@ def _cpu_model():
 
 
 def _cpu_generation():
-    """"family F model M" from /proc/cpuinfo, or None: a model name such as "AMD EPYC" covers
-    generations whose vector units differ (Zen 4 runs a 512-bit FMA at half Zen 5's rate)."""
+    """The CPU's family and model from /proc/cpuinfo ('family 25 model 17'), or None.
+
+    A model name such as "AMD EPYC" covers generations whose vector units differ (Zen 4
+    runs a 512-bit FMA at half Zen 5's rate), and the speedups with them."""
     family, model = _cpuinfo_field("cpu family"), _cpuinfo_field("model")
     return f"family {family} model {model}" if family and model else None
 
