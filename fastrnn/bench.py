@@ -483,8 +483,8 @@ def machine_info(threads):
     except AttributeError:
         usable = os.cpu_count()
     return dict(
-        cpu_model=_cpu_model(), cpu_generation=_cpu_generation(), physical_cores=_physical_cores(), logical_cpus=os.cpu_count(),
-        usable_cpus=usable,
+        cpu_model=_cpu_model(), cpu_generation=_cpu_generation(),
+        physical_cores=_physical_cores(), logical_cpus=os.cpu_count(), usable_cpus=usable,
         threads=threads, kernel=functional.get_kernel(),
         available_kernels=list(functional.available_kernels()),
         openmp=bool(functional.openmp_enabled()), platform=platform.platform(),

@@ -269,7 +269,8 @@ def _rnn_forward(x, params, h0, num_layers, nonlinearity, bidirectional, batch_f
 def _check_grad(g, name, dtype, want):
     g = _check_float_array(g, name, dtype)
     if g.shape != want:
-        raise ValueError(f"{name} must have shape {want} (like the forward's output), got {g.shape}")
+        raise ValueError(f"{name} must have shape {want} (like the forward's output), "
+                         f"got {g.shape}")
     return g
 
 

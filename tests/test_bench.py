@@ -38,8 +38,8 @@ def test_bench_json(tmp_path):
     results = json.loads(path.read_text())
 
     machine = results["machine"]
-    for key in ("cpu_model", "cpu_generation", "logical_cpus", "usable_cpus", "threads", "kernel", "python",
-                "numpy", "fastrnn", "torch"):
+    for key in ("cpu_model", "cpu_generation", "logical_cpus", "usable_cpus", "threads", "kernel",
+                "python", "numpy", "fastrnn", "torch"):
         assert key in machine
     assert machine["kernel"] == fastrnn.functional.get_kernel()
     assert _positive(machine["threads"]) and _positive(machine["logical_cpus"])
