@@ -134,7 +134,7 @@ def _check_lengths(lengths, batch, seq_len):
 def _normalise_inputs(x, h0, lengths, params, num_layers, nonlinearity, bidirectional,
                       batch_first, dropout_masks):
     """Validate everything; return time-major contiguous arrays and the layout to undo."""
-    if not (type(num_layers) is int or isinstance(num_layers, numbers.Integral)) or num_layers < 1:
+    if not isinstance(num_layers, numbers.Integral) or num_layers < 1:
         raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or 'relu'.")
