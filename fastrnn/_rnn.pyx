@@ -237,11 +237,48 @@ def selected_kernels():
     return _kernels.name.decode()
 
 
+# Every entry point checks, before any pointer is formed, what its kernels will index: each
+# array's shape against the others' and strides the kernels can step by (whole, non-negative
+# elements, unit along rows). These checks cost O(sizes); lengths cost O(batch).
+
+cdef int _check_strides(str name, Py_ssize_t *shape, Py_ssize_t *strides, int ndim,
+                        size_t itemsize, int unit_dim) except -1:
+    """Refuse strides the kernels cannot step by: negative or not whole elements in any
+    dimension of more than one element, or (``unit_dim`` >= 0) not one element in that one."""
+    cdef int i
+    for i in range(ndim):
+        if shape[i] > 1 and (strides[i] < 0 or strides[i] % <Py_ssize_t> itemsize != 0):
+            raise ValueError(f"{name} must have non-negative strides of whole elements, got "
+                             f"strides {tuple(strides[j] for j in range(ndim))}")
+    if unit_dim >= 0 and shape[unit_dim] > 1 and strides[unit_dim] != <Py_ssize_t> itemsize:
+        raise ValueError(f"{name} must have contiguous rows")
+    return 0
+
+
+cdef int _check_shape(str name, Py_ssize_t *shape, int ndim, tuple want) except -1:
+    """Refuse a view whose shape is not ``want``."""
+    cdef tuple got = tuple(shape[i] for i in range(ndim))
+    if got != want:
+        raise ValueError(f"{name} must have shape {want}, got {got}")
+    return 0
+
+
+cdef int _check_lengths(const int64_t[::1] lengths, fr_index N, fr_index L) except -1:
+    """Refuse lengths that are not one per batch row, each in [0, L]: the kernels index rows
+    by them without further checks."""
+    _check_shape("lengths", lengths.shape, 1, (N,))
+    cdef fr_index b
+    for b in range(N):
+        if lengths[b] < 0 or lengths[b] > L:
+            raise ValueError(f"lengths must be in [0, {L}] (the sequence length), got "
+                             f"{lengths[b]} at position {b}")
+    return 0
+
+
 cdef inline fr_index _row_stride(Py_ssize_t *shape, Py_ssize_t *strides, size_t itemsize,
                                  str name) except -1:
     """Leading dimension, in elements, of a 2-D view whose rows are contiguous."""
-    if shape[1] > 1 and strides[1] != <Py_ssize_t> itemsize:
-        raise ValueError(f"{name} must have contiguous rows")
+    _check_strides(name, shape, strides, 2, itemsize, 1)
     return strides[0] // itemsize
 
 
@@ -299,6 +336,8 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
     # b's columns contiguous (b_trans) and its rows not: read it as bᵀ stored row-major
     cdef bint b_trans = (b.shape[1] > 1 and b.strides[1] != sizeof(floating)
                          and (b.shape[0] <= 1 or b.strides[0] == sizeof(floating)))
+    if b_trans:
+        _check_strides("b", b.shape, b.strides, 2, sizeof(floating), 0)
     cdef fr_index ldb = (b.strides[1] // sizeof(floating) if b_trans
                          else _row_stride(b.shape, b.strides, sizeof(floating), "b"))
     cdef fr_index ldc = _row_stride(c.shape, c.strides, sizeof(floating), "c")
@@ -387,6 +426,8 @@ def weight_grads(const floating[:, ::1] da, const floating[:, :] x,
             f"{None if db is None else (db.shape[0],)}")
     if M > INT_MAX:
         raise MemoryError(f"{M} rows exceed the kernels' {INT_MAX}")
+    _check_lengths(lengths, N, L)
+    _check_strides("out", out.shape, out.strides, 3, sizeof(floating), 2)
     if M == 0:
         return
     if K == 0:
@@ -395,8 +436,6 @@ def weight_grads(const floating[:, ::1] da, const floating[:, :] x,
         if db is not None:
             db[:] = 0
         return
-    if out.shape[2] > 1 and out.strides[2] != sizeof(floating):
-        raise ValueError("out must have contiguous rows")
     cdef fr_index ldx = _row_stride(x.shape, x.strides, sizeof(floating), "x")
     cdef fr_index ts = out.strides[0] // sizeof(floating), bs = out.strides[1] // sizeof(floating)
     cdef const floating *po = &out[0, 0, 0]
@@ -540,9 +579,14 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
     """
     _check_slices(num_threads)
     cdef fr_index L = out.shape[0], N = out.shape[1]
+    if out.shape[2] > INT_MAX:
+        raise MemoryError(f"{out.shape[2]} hidden units exceed the kernels' {INT_MAX}")
     cdef int H = <int> out.shape[2]
-    if out.shape[2] > 1 and out.strides[2] != sizeof(floating):
-        raise ValueError("out must have contiguous rows")
+    _check_strides("out", out.shape, out.strides, 3, sizeof(floating), 2)
+    _check_shape("h0", h0.shape, 2, (N, H))
+    _check_shape("w_hh", w_hh.shape, 2, (H, H))
+    _check_shape("h_n", h_n.shape, 2, (N, H))
+    _check_lengths(lengths, N, L)
     if N == 0:
         return
     cdef fr_index ts = out.strides[0] // sizeof(floating), bs = out.strides[1] // sizeof(floating)
@@ -756,10 +800,17 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
     """
     _check_slices(num_threads)
     cdef fr_index L = out.shape[0], N = out.shape[1]
+    if out.shape[2] > INT_MAX:
+        raise MemoryError(f"{out.shape[2]} hidden units exceed the kernels' {INT_MAX}")
     cdef int H = <int> out.shape[2]
-    if H > 1 and (out.strides[2] != sizeof(floating) or grad_out.strides[2] != sizeof(floating)
-                  or grad_a.strides[2] != sizeof(floating)):
-        raise ValueError("out, grad_out and grad_a must have contiguous rows")
+    _check_strides("out", out.shape, out.strides, 3, sizeof(floating), 2)
+    _check_strides("grad_out", grad_out.shape, grad_out.strides, 3, sizeof(floating), 2)
+    _check_strides("grad_a", grad_a.shape, grad_a.strides, 3, sizeof(floating), 2)
+    _check_shape("grad_a", grad_a.shape, 3, (L, N, H))
+    _check_shape("grad_h_n", grad_h_n.shape, 2, (N, H))
+    _check_shape("w_hh", w_hh.shape, 2, (H, H))
+    _check_shape("grad_h0", grad_h0.shape, 2, (N, H))
+    _check_lengths(lengths, N, L)
     cdef fr_index K = grad_out.shape[2]
     if (grad_out.shape[0] != out.shape[0] or grad_out.shape[1] != out.shape[1]
             or (K != H if w_out is None else (w_out.shape[0] != K or w_out.shape[1] != H))):
@@ -769,8 +820,8 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
                          f"{None if w_out is None else (w_out.shape[0], w_out.shape[1])}")
     if K > INT_MAX:
         raise MemoryError(f"{K} columns of grad_out exceed the kernels' {INT_MAX}")
-    if w_out is not None and w_out.shape[1] > 1 and w_out.strides[1] != sizeof(floating):
-        raise ValueError("w_out must have contiguous rows")
+    if w_out is not None:
+        _check_strides("w_out", w_out.shape, w_out.strides, 2, sizeof(floating), 1)
     if N == 0:
         return
     cdef fr_index ts = out.strides[0] // sizeof(floating), bs = out.strides[1] // sizeof(floating)

@@ -128,7 +128,8 @@ def _check_lengths(lengths, batch, seq_len):
     if arr.size and (arr.min() < 0 or arr.max() > seq_len):
         raise ValueError(f"lengths must be in [0, {seq_len}] (the sequence length), got "
                          f"min {arr.min()}, max {arr.max()}")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    # always a copy: the cache keeps it, and the caller's array may change before backward
+    return np.array(arr, dtype=np.int64)
 
 
 def _normalise_inputs(x, h0, lengths, params, num_layers, nonlinearity, bidirectional,
@@ -189,7 +190,7 @@ def _normalise_inputs(x, h0, lengths, params, num_layers, nonlinearity, bidirect
 
 
 def rnn_forward(x, params, h0=None, *, num_layers=1, nonlinearity="tanh", bidirectional=False,
-                batch_first=False, lengths=None, dropout_masks=None):
+                batch_first=False, lengths=None, dropout_masks=None, keep_cache=True):
     """Forward pass of a multi-layer, optionally bidirectional Elman RNN (compiled).
 
     Parameters
@@ -206,25 +207,48 @@ def rnn_forward(x, params, h0=None, *, num_layers=1, nonlinearity="tanh", bidire
         length are 0 and h_n is the state at each element's own last step.
     dropout_masks : list of ``num_layers - 1`` arrays of shape (L, N, D·H), optional
         Multiplied into each layer's output (time-major) before it feeds the next layer.
+    keep_cache : bool, default True
+        False for inference: no cache is returned (None), the arguments are not copied for
+        it, and ``output`` is writable.
 
     Returns
     -------
-    output : ndarray, (L, N, D·H) (batch-first or unbatched like ``x``)
+    output : ndarray, (L, N, D·H) (batch-first or unbatched like ``x``); read-only if
+        ``keep_cache``, since backward reads it.
     h_n : ndarray, (D·num_layers, N, H) (2-D if unbatched)
-    cache : dict
-        What :func:`rnn_backward` needs.
+    cache : dict or None
+        What :func:`rnn_backward` needs. It owns everything backward reads: arguments that
+        backward depends on (``x``, ``h0``, ``lengths``, the parameters, the dropout masks)
+        are copied, so changing or rebinding them after this call does not change the
+        gradients.
     """
     # the same large arrays every call: reuse their memory rather than fault in fresh pages
     with cached_allocation():
         return _rnn_forward(x, params, h0, num_layers, nonlinearity, bidirectional,
-                            batch_first, lengths, dropout_masks)
+                            batch_first, lengths, dropout_masks, keep_cache)
+
+
+def _owned(array, given):
+    """``array``, copied if it may share memory with the caller's ``given``."""
+    if given is not None and np.may_share_memory(array, given):
+        return array.copy()
+    return array
 
 
 def _rnn_forward(x, params, h0, num_layers, nonlinearity, bidirectional, batch_first, lengths,
-                 dropout_masks):
+                 dropout_masks, keep_cache):
+    given_x, given_h0, given_masks = x, h0, dropout_masks
     (x, h0, lengths, dtype, H, bias, unbatched, dropout_masks) = _normalise_inputs(
         x, h0, lengths, params, num_layers, nonlinearity, bidirectional, batch_first,
         dropout_masks)
+    if keep_cache:
+        # backward must see what this forward saw (a copy costs about one more reading of
+        # each argument; detecting a change later would cost two and still fail the call)
+        x, h0 = _owned(x, given_x), _owned(h0, given_h0)
+        params = {name: np.array(params[name]) for name in param_names(
+            num_layers, bidirectional, bias)}
+        if dropout_masks is not None:
+            dropout_masks = [_owned(m, g) for m, g in zip(dropout_masks, given_masks)]
     L, N = x.shape[:2]
     D = 2 if bidirectional else 1
     relu = nonlinearity == "relu"
@@ -249,21 +273,25 @@ def _rnn_forward(x, params, h0, num_layers, nonlinearity, bidirectional, batch_f
             _rnn.recurrence_forward(out[:, :, cols], h0[layer * D + d],
                                     np.ascontiguousarray(params[f"weight_hh_{k}"]), lengths,
                                     d == 1, relu, h_n[layer * D + d], threads, *projection)
-        layer_inputs.append(inp)
-        layer_outputs.append(out)
+        if keep_cache:
+            layer_inputs.append(inp)
+            layer_outputs.append(out)
         inp = out
         if dropout_masks is not None and layer < num_layers - 1:
             inp = out * dropout_masks[layer]
+    output = _from_time_major(inp, unbatched, batch_first)
+    h_n = h_n[:, 0] if unbatched else h_n
+    if not keep_cache:
+        return output, h_n, None
     cache = dict(params=params, h0=h0, lengths=lengths, layer_inputs=layer_inputs,
                  layer_outputs=layer_outputs,
                  dropout_masks=dropout_masks,
                  num_layers=num_layers, relu=relu, D=D, unbatched=unbatched,
                  batch_first=batch_first, bias=bias, dtype=dtype)
-    output = _from_time_major(inp, unbatched, batch_first)
     # the output is also the cache backward reads: read-only, so changing it in place
     # cannot silently change the gradients (copy it to modify it)
     output.flags.writeable = False
-    return output, (h_n[:, 0] if unbatched else h_n), cache
+    return output, h_n, cache
 
 
 def _check_grad(g, name, dtype, want):
@@ -293,7 +321,46 @@ def rnn_backward(cache, grad_output, grad_h_n=None):
         return _rnn_backward(cache, grad_output, grad_h_n)
 
 
+_CACHE_KEYS = frozenset(("params", "h0", "lengths", "layer_inputs", "layer_outputs",
+                         "dropout_masks", "num_layers", "relu", "D", "unbatched", "batch_first",
+                         "bias", "dtype"))
+
+
+def _check_cache(cache):
+    """Refuse a cache that is not what rnn_forward returned (an entry changed or rebound):
+    every array backward hands the kernels, against the cache's own parameters. O(layers)."""
+    if not isinstance(cache, dict) or not _CACHE_KEYS <= cache.keys():
+        raise TypeError("cache must be the dict returned by rnn_forward (with keep_cache=True)")
+    num_layers, D = cache["num_layers"], cache["D"]
+    if D not in (1, 2) or not isinstance(num_layers, int) or num_layers < 1:
+        raise ValueError(f"cache holds an invalid layout: num_layers={num_layers!r}, D={D!r}")
+    try:
+        dtype, input_size, H, bias = _check_params(cache["params"], num_layers, D == 2)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"cache parameters do not match its layout: {e}") from None
+    inputs, outputs, masks = cache["layer_inputs"], cache["layer_outputs"], cache["dropout_masks"]
+    if (dtype != cache["dtype"] or bias != cache["bias"]
+            or not all(isinstance(a, list) and len(a) == num_layers for a in (inputs, outputs))
+            or not (masks is None or isinstance(masks, list) and len(masks) == num_layers - 1)):
+        raise ValueError("cache entries do not match its parameters")
+    shape = np.shape(inputs[0])
+    L, N = shape[:2] if len(shape) == 3 else (-1, -1)
+    wants = [(cache["h0"], (D * num_layers, N, H), dtype), (cache["lengths"], (N,), np.int64)]
+    for layer in range(num_layers):
+        wants.append((inputs[layer], (L, N, input_size if layer == 0 else D * H), dtype))
+        wants.append((outputs[layer], (L, N, D * H), dtype))
+    wants += [(m, (L, N, D * H), dtype) for m in masks or ()]
+    for array, shape, kind in wants:
+        if not isinstance(array, np.ndarray) or array.shape != shape or array.dtype != kind:
+            raise ValueError(f"cache entries do not match its parameters: expected a {shape} "
+                             f"{np.dtype(kind)} array, got "
+                             f"{getattr(array, 'shape', type(array).__name__)}")
+    if N and (cache["lengths"].min() < 0 or cache["lengths"].max() > L):
+        raise ValueError(f"cache lengths must be in [0, {L}]")
+
+
 def _rnn_backward(cache, grad_output, grad_h_n):
+    _check_cache(cache)
     params, h0, lengths, dtype = cache["params"], cache["h0"], cache["lengths"], cache["dtype"]
     D, unbatched, batch_first = cache["D"], cache["unbatched"], cache["batch_first"]
     num_layers = cache["num_layers"]

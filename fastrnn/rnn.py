@@ -257,10 +257,8 @@ class RNN:
             x_arr, {name: p.data for name, p in self._params.items()}, h0,
             num_layers=self.num_layers, nonlinearity=self.nonlinearity,
             bidirectional=self.bidirectional, batch_first=self.batch_first, lengths=lengths,
-            dropout_masks=masks)
-        self._cache = cache if self.training else None
-        if not self.training:
-            output.flags.writeable = True  # no cache to protect in eval mode
+            dropout_masks=masks, keep_cache=self.training)
+        self._cache = cache
         return output, h_n
 
     __call__ = forward

@@ -738,3 +738,138 @@ def test_damaged_entries_are_refused_or_loaded_safely(saved, tmp_path, case):
         model, _, _ = load_model(write(path.name, **{"param.decoder.bias": bias}))
         np.testing.assert_array_equal(model.decoder.bias.data, bias.astype(np.float32))
     assert os.path.exists(path)
+
+
+# what the forward's cache owns (issue 14) ---------------------------------------------------
+
+def _changes_after_forward():
+    """(name, change(args)) pairs: each changes, in place or by rebinding, one argument the
+    caller handed to a training-mode forward, between that forward and its backward."""
+    def rebind_weight(args):
+        args["params"]["weight_hh_l0"] = np.zeros((1, 1), np.float32)
+
+    def scale_weight(args):
+        args["params"]["weight_hh_l1_reverse"] *= 3
+
+    def huge_lengths(args):
+        args["lengths"][:] = 10 ** 6
+
+    def shorter_lengths(args):
+        args["lengths"][:] = 1
+
+    def scale_x(args):
+        args["x"] *= 2
+
+    def scale_h0(args):
+        args["h0"] += 1
+
+    def zero_mask(args):
+        args["masks"][0][:] = 0
+
+    return {f.__name__: f for f in (rebind_weight, scale_weight, huge_lengths, shorter_lengths,
+                                     scale_x, scale_h0, zero_mask)}
+
+
+CHANGES = _changes_after_forward()
+
+
+@pytest.mark.parametrize("change", CHANGES.values(), ids=CHANGES.keys())
+def test_functional_cache_owns_what_backward_reads(change):
+    """Changing or rebinding any argument after forward leaves backward's gradients those of
+    the forward that ran (they used to crash on lengths, read a (1, 1) weight as (H, H) or
+    silently change dW_ih)."""
+    x, h0, lengths, gy, ghn = inputs_for(lengths_kind="ragged")
+    masks = make_dropout_masks(np.random.default_rng(2), LAYERS, L, N, H, True, 0.3, np.float32)
+    kwargs = dict(num_layers=LAYERS, bidirectional=True)
+    args = dict(x=x.copy(), h0=h0.copy(), lengths=np.array(lengths, np.int64),
+                params=params_for(), masks=[m.copy() for m in masks])
+    _, _, cache = functional.rnn_forward(args["x"], args["params"], args["h0"],
+                                         lengths=args["lengths"], dropout_masks=args["masks"],
+                                         **kwargs)
+    change(args)
+    grad_x, grad_h0, grads = functional.rnn_backward(cache, gy, ghn)
+    _, _, clean = functional.rnn_forward(x, params_for(), h0, lengths=lengths,
+                                         dropout_masks=masks, **kwargs)
+    want_x, want_h0, want = functional.rnn_backward(clean, gy, ghn)
+    assert np.array_equal(grad_x, want_x) and np.array_equal(grad_h0, want_h0)
+    assert grads.keys() == want.keys()
+    assert all(np.array_equal(grads[k], want[k]) for k in want)
+
+
+def test_module_backward_unaffected_by_changes_after_forward():
+    """The issue's crash: ``rnn(x, lengths=buf); buf[:] = 10**6; rnn.backward(g)``, and the
+    same for x and a parameter changed in place before backward."""
+    x, _, lengths, gy, _ = inputs_for(lengths_kind="ragged")
+    results = []
+    for modify in (False, True):
+        rnn = fastrnn.RNN(I, H, LAYERS, bidirectional=True, seed=0)
+        buf, xb = np.array(lengths, np.int64), x.copy()
+        rnn(xb, lengths=buf)
+        if modify:
+            buf[:] = 10 ** 6
+            xb[:] = 0
+            rnn.weight_hh_l0.data[...] = 0
+        grad_x, grad_h0 = rnn.backward(gy)
+        results.append((grad_x, grad_h0, *(p.grad for p in rnn.parameters())))
+    for a, b in zip(*results):
+        assert np.array_equal(a, b)
+
+
+def _tamper_cases():
+    def lengths_huge(cache):
+        cache["lengths"] = np.full(N, 10 ** 6, np.int64)
+
+    def lengths_short(cache):
+        cache["lengths"] = np.full(N - 1, L, np.int64)
+
+    def weight_rebound(cache):
+        cache["params"]["weight_hh_l0"] = np.zeros((1, 1), np.float32)
+
+    def input_shrunk(cache):
+        cache["layer_inputs"][0] = np.zeros((1, 1, I), np.float32)
+
+    def output_shrunk(cache):
+        cache["layer_outputs"][1] = np.zeros((L, N, H), np.float32)
+
+    def h0_wrong(cache):
+        cache["h0"] = np.zeros((1, N, H), np.float32)
+
+    def layers_more(cache):
+        cache["num_layers"] = 100
+
+    def layer_dropped(cache):
+        cache["layer_inputs"].pop()
+
+    def dtype_changed(cache):
+        cache["dtype"] = np.dtype(np.float64)
+
+    def key_deleted(cache):
+        del cache["lengths"]
+
+    return {f.__name__: f for f in (lengths_huge, lengths_short, weight_rebound, input_shrunk,
+                                     output_shrunk, h0_wrong, layers_more, layer_dropped,
+                                     dtype_changed, key_deleted)}
+
+
+TAMPER = _tamper_cases()
+
+
+@pytest.mark.parametrize("tamper", TAMPER.values(), ids=TAMPER.keys())
+def test_backward_refuses_a_tampered_cache(tamper):
+    """The cache is a plain dict: an entry changed by hand is refused with a clear error
+    before any kernel reads it."""
+    x, h0, lengths, gy, ghn = inputs_for(lengths_kind="ragged")
+    _, _, cache = functional.rnn_forward(x, params_for(), h0, lengths=lengths,
+                                         num_layers=LAYERS, bidirectional=True)
+    tamper(cache)
+    with pytest.raises((ValueError, TypeError), match="cache"):
+        functional.rnn_backward(cache, gy, ghn)
+
+
+def test_forward_without_cache_returns_writable_output():
+    x, h0, _, _, _ = inputs_for()
+    kwargs = dict(num_layers=LAYERS, bidirectional=True)
+    out, h_n, cache = functional.rnn_forward(x, params_for(), h0, keep_cache=False, **kwargs)
+    want_out, want_hn, _ = functional.rnn_forward(x, params_for(), h0, **kwargs)
+    assert cache is None and out.flags.writeable
+    assert np.array_equal(out, want_out) and np.array_equal(h_n, want_hn)

@@ -1,0 +1,372 @@
+"""The compiled entry points refuse, with a Python exception, every argument their kernels
+would index outside of: each entry point of ``fastrnn._rnn`` and ``fastrnn._ops`` called
+directly with one bad argument at a time, on top of a set of good ones that is checked to
+run. The public API never passes such arguments; these calls stand for any Python caller,
+however wrong (issue 14)."""
+
+import numpy as np
+import pytest
+
+from fastrnn import _ops, _rnn
+
+L, N, I, H = 5, 6, 7, 8
+F = np.float32
+
+
+def _rng():
+    return np.random.default_rng(0)
+
+
+def _strided(shape, step=2, dtype=F):
+    """A view of ``shape`` whose last dimension steps by ``step`` elements."""
+    full = np.zeros(shape[:-1] + (shape[-1] * step,), dtype)
+    return full[..., ::step]
+
+
+def _negative(shape, dtype=F):
+    """A view of ``shape`` with a negative stride along its first dimension."""
+    return np.zeros(shape, dtype)[::-1]
+
+
+def _unaligned(shape):
+    """A float32 view whose row stride is not a whole number of float32 elements."""
+    rows = np.zeros(shape[0], dtype=[("v", F, shape[1:]), ("pad", np.uint8)])
+    view = rows["v"]
+    assert view.strides[0] % 4 != 0
+    return view
+
+
+# ---------------------------------------------------------------------------------------
+# recurrence_forward(out, h0, w_hh, lengths, reverse, relu, h_n, threads, x, w_ih, bias)
+# ---------------------------------------------------------------------------------------
+
+def forward_args(**change):
+    rng = _rng()
+    args = dict(out=rng.standard_normal((L, N, H)).astype(F), h0=np.zeros((N, H), F),
+                w_hh=rng.standard_normal((H, H)).astype(F), lengths=np.full(N, L, np.int64),
+                reverse=False, relu=False, h_n=np.empty((N, H), F), num_threads=2)
+    args.update(change)
+    return args
+
+
+def per_step_args(**change):
+    rng = _rng()
+    args = forward_args(x=rng.standard_normal((L, N, I)).astype(F),
+                        w_ih=rng.standard_normal((H, I)).astype(F), bias=np.zeros(H, F))
+    args.update(change)
+    return args
+
+
+def _call_forward(args):
+    names = ("out", "h0", "w_hh", "lengths", "reverse", "relu", "h_n", "num_threads")
+    extra = [args[k] for k in ("x", "w_ih", "bias") if k in args]
+    _rnn.recurrence_forward(*(args[k] for k in names), *extra)
+
+
+@pytest.mark.parametrize("build", [forward_args, per_step_args], ids=["P", "per-step"])
+def test_recurrence_forward_good_arguments_run(build):
+    _call_forward(build())
+
+
+BAD_FORWARD = {
+    "h0 too few rows": dict(h0=np.zeros((N - 1, H), F)),
+    "h0 too narrow": dict(h0=np.zeros((N, H - 1), F)),
+    "w_hh (1, 1)": dict(w_hh=np.zeros((1, 1), F)),
+    "w_hh too short": dict(w_hh=np.zeros((H - 1, H), F)),
+    "h_n too few rows": dict(h_n=np.empty((N - 1, H), F)),
+    "h_n too narrow": dict(h_n=np.empty((N, 1), F)),
+    "lengths past L": dict(lengths=np.array([L + 1] + [L] * (N - 1), np.int64)),
+    "lengths huge": dict(lengths=np.full(N, 10 ** 6, np.int64)),
+    "lengths negative": dict(lengths=np.array([-1] + [L] * (N - 1), np.int64)),
+    "lengths too few": dict(lengths=np.full(N - 1, L, np.int64)),
+    "lengths too many": dict(lengths=np.full(N + 1, L, np.int64)),
+    "out strided rows": dict(out=_strided((L, N, H))),
+    "out negative stride": dict(out=_negative((L, N, H))),
+    "threads 0": dict(num_threads=0),
+}
+BAD_PER_STEP = {
+    "x wrong steps": dict(x=np.zeros((L + 1, N, I), F)),
+    "x wrong batch": dict(x=np.zeros((L, N + 1, I), F)),
+    "w_ih wrong inputs": dict(w_ih=np.zeros((H, I + 1), F)),
+    "w_ih wrong rows": dict(w_ih=np.zeros((H + 1, I), F)),
+    "bias too short": dict(bias=np.zeros(H - 1, F)),
+}
+
+
+@pytest.mark.parametrize("change", BAD_FORWARD.values(), ids=BAD_FORWARD.keys())
+@pytest.mark.parametrize("build", [forward_args, per_step_args], ids=["P", "per-step"])
+def test_recurrence_forward_refuses(build, change):
+    with pytest.raises(ValueError):
+        _call_forward(build(**change))
+
+
+@pytest.mark.parametrize("change", BAD_PER_STEP.values(), ids=BAD_PER_STEP.keys())
+def test_recurrence_forward_per_step_refuses(change):
+    with pytest.raises(ValueError):
+        _call_forward(per_step_args(**change))
+
+
+def test_recurrence_forward_refuses_wrong_dtype():
+    with pytest.raises(ValueError, match="dtype mismatch"):
+        _call_forward(forward_args(h0=np.zeros((N, H), np.float64)))
+
+
+# ---------------------------------------------------------------------------------------
+# recurrence_backward(out, grad_out, grad_h_n, w_hh, lengths, reverse, relu, grad_a,
+#                     grad_h0, threads, w_out)
+# ---------------------------------------------------------------------------------------
+
+def backward_args(**change):
+    rng = _rng()
+    args = dict(out=np.tanh(rng.standard_normal((L, N, H))).astype(F),
+                grad_out=rng.standard_normal((L, N, H)).astype(F),
+                grad_h_n=rng.standard_normal((N, H)).astype(F),
+                w_hh=rng.standard_normal((H, H)).astype(F), lengths=np.full(N, L, np.int64),
+                reverse=False, relu=False, grad_a=np.empty((L, N, H), F),
+                grad_h0=np.empty((N, H), F), num_threads=2)
+    args.update(change)
+    return args
+
+
+def above_args(**change):
+    """The layer-above form: grad_out is that layer's dA (L, N, K), w_out its W_ih (K, H)."""
+    rng = _rng()
+    args = backward_args(grad_out=rng.standard_normal((L, N, 2 * H)).astype(F),
+                         w_out=rng.standard_normal((2 * H, H)).astype(F))
+    args.update(change)
+    return args
+
+
+def _call_backward(args):
+    names = ("out", "grad_out", "grad_h_n", "w_hh", "lengths", "reverse", "relu", "grad_a",
+             "grad_h0", "num_threads")
+    _rnn.recurrence_backward(*(args[k] for k in names), *([args["w_out"]] if "w_out" in args
+                                                            else []))
+
+
+@pytest.mark.parametrize("build", [backward_args, above_args], ids=["dY", "layer-above"])
+def test_recurrence_backward_good_arguments_run(build):
+    _call_backward(build())
+
+
+BAD_BACKWARD = {
+    "grad_h_n too few rows": dict(grad_h_n=np.zeros((N - 1, H), F)),
+    "grad_h_n too narrow": dict(grad_h_n=np.zeros((N, 1), F)),
+    "w_hh (1, 1)": dict(w_hh=np.zeros((1, 1), F)),
+    "grad_a too few steps": dict(grad_a=np.empty((L - 1, N, H), F)),
+    "grad_a too few rows": dict(grad_a=np.empty((L, N - 1, H), F)),
+    "grad_a too narrow": dict(grad_a=np.empty((L, N, H - 1), F)),
+    "grad_h0 too few rows": dict(grad_h0=np.empty((N - 1, H), F)),
+    "grad_h0 too narrow": dict(grad_h0=np.empty((N, 1), F)),
+    "lengths past L": dict(lengths=np.array([L + 1] + [L] * (N - 1), np.int64)),
+    "lengths huge": dict(lengths=np.full(N, 10 ** 6, np.int64)),
+    "lengths negative": dict(lengths=np.array([-3] + [L] * (N - 1), np.int64)),
+    "lengths too few": dict(lengths=np.full(N - 1, L, np.int64)),
+    "out strided rows": dict(out=_strided((L, N, H))),
+    "grad_a strided rows": dict(grad_a=_strided((L, N, H))),
+    "grad_a negative stride": dict(grad_a=_negative((L, N, H))),
+    "threads 0": dict(num_threads=0),
+}
+BAD_ABOVE = {
+    "w_out wrong rows": dict(w_out=np.zeros((2 * H + 1, H), F)),
+    "w_out wrong columns": dict(w_out=np.zeros((2 * H, H + 1), F)),
+    "w_out strided rows": dict(w_out=_strided((2 * H, H))),
+    "grad_out wrong steps": dict(grad_out=np.zeros((L + 1, N, 2 * H), F)),
+}
+
+
+@pytest.mark.parametrize("change", BAD_BACKWARD.values(), ids=BAD_BACKWARD.keys())
+@pytest.mark.parametrize("build", [backward_args, above_args], ids=["dY", "layer-above"])
+def test_recurrence_backward_refuses(build, change):
+    with pytest.raises(ValueError):
+        _call_backward(build(**change))
+
+
+@pytest.mark.parametrize("change", BAD_ABOVE.values(), ids=BAD_ABOVE.keys())
+def test_recurrence_backward_layer_above_refuses(change):
+    with pytest.raises(ValueError):
+        _call_backward(above_args(**change))
+
+
+def test_recurrence_backward_refuses_grad_out_of_wrong_width():
+    with pytest.raises(ValueError, match="grad_out"):
+        _call_backward(backward_args(grad_out=np.zeros((L, N, H + 1), F)))
+
+
+# ---------------------------------------------------------------------------------------
+# weight_grads(da, x, out, h0, lengths, dw_ih, dw_hh, db, threads)
+# ---------------------------------------------------------------------------------------
+
+def weight_grad_args(D=2, **change):
+    rng = _rng()
+    args = dict(da=rng.standard_normal((L * N, D * H)).astype(F),
+                x=rng.standard_normal((L * N, I)).astype(F),
+                out=rng.standard_normal((L, N, D * H)).astype(F),
+                h0=rng.standard_normal((D, N, H)).astype(F), lengths=np.full(N, L, np.int64),
+                dw_ih=np.empty((D * H, I), F), dw_hh=np.empty((D * H, H), F),
+                db=np.empty(D * H, F), num_threads=2)
+    args.update(change)
+    return args
+
+
+def _call_weight_grads(args):
+    _rnn.weight_grads(*(args[k] for k in ("da", "x", "out", "h0", "lengths", "dw_ih", "dw_hh",
+                                          "db", "num_threads")))
+
+
+def test_weight_grads_good_arguments_run():
+    _call_weight_grads(weight_grad_args())
+
+
+BAD_WEIGHT_GRADS = {
+    "lengths past L": dict(lengths=np.array([L + 1] + [L] * (N - 1), np.int64)),
+    "lengths huge": dict(lengths=np.full(N, 10 ** 6, np.int64)),
+    "lengths negative": dict(lengths=np.array([-1] + [L] * (N - 1), np.int64)),
+    "lengths too few": dict(lengths=np.full(N - 1, L, np.int64)),
+    "h0 three directions": dict(h0=np.zeros((3, N, H), F)),
+    "h0 wrong batch": dict(h0=np.zeros((2, N + 1, H), F)),
+    "x too few rows": dict(x=np.zeros((L * N - 1, I), F)),
+    "x strided rows": dict(x=_strided((L * N, I))),
+    "x unaligned rows": dict(x=_unaligned((L * N, I))),
+    "out wrong width": dict(out=np.zeros((L, N, H), F)),
+    "out strided rows": dict(out=_strided((L, N, 2 * H))),
+    "dw_ih wrong shape": dict(dw_ih=np.empty((2 * H, I + 1), F)),
+    "dw_hh wrong shape": dict(dw_hh=np.empty((2 * H - 1, H), F)),
+    "db wrong shape": dict(db=np.empty(2 * H + 1, F)),
+    "threads 0": dict(num_threads=0),
+}
+
+
+@pytest.mark.parametrize("change", BAD_WEIGHT_GRADS.values(), ids=BAD_WEIGHT_GRADS.keys())
+def test_weight_grads_refuses(change):
+    with pytest.raises(ValueError):
+        _call_weight_grads(weight_grad_args(**change))
+
+
+# ---------------------------------------------------------------------------------------
+# gemm(a, b, c, bias, accumulate, threads, a_trans, a_sums)
+# ---------------------------------------------------------------------------------------
+
+M, K, NC = 9, 11, 13
+
+
+def gemm_args(**change):
+    rng = _rng()
+    args = dict(a=rng.standard_normal((M, K)).astype(F), b=rng.standard_normal((K, NC)).astype(F),
+                c=np.empty((M, NC), F), bias=None, accumulate=False, num_threads=2,
+                a_trans=False, a_sums=None)
+    args.update(change)
+    return args
+
+
+def _call_gemm(args):
+    _rnn.gemm(*(args[k] for k in ("a", "b", "c", "bias", "accumulate", "num_threads",
+                                  "a_trans", "a_sums")))
+
+
+@pytest.mark.parametrize("change", [{}, dict(b=np.zeros((NC, K), F).T),
+                                    dict(a=np.zeros((K, M), F), a_trans=True,
+                                         a_sums=np.empty(M, F))],
+                         ids=["plain", "b transposed", "a transposed"])
+def test_gemm_good_arguments_run(change):
+    _call_gemm(gemm_args(**change))
+
+
+BAD_GEMM = {
+    "b wrong rows": dict(b=np.zeros((K + 1, NC), F)),
+    "c wrong shape": dict(c=np.empty((M, NC + 1), F)),
+    "bias wrong length": dict(bias=np.zeros(NC + 1, F)),
+    "a_sums without a_trans": dict(a_sums=np.empty(M, F)),
+    "a strided both ways": dict(a=np.zeros((2 * M, 2 * K), F)[::2, ::2]),
+    "b strided both ways": dict(b=np.zeros((2 * K, 2 * NC), F)[::2, ::2]),
+    "b transposed negative": dict(b=np.zeros((NC, K), F)[::-1].T),
+    "c negative stride": dict(c=_negative((M, NC))),
+    "c unaligned rows": dict(c=_unaligned((M, NC))),
+    "threads 0": dict(num_threads=0),
+}
+
+
+@pytest.mark.parametrize("change", BAD_GEMM.values(), ids=BAD_GEMM.keys())
+def test_gemm_refuses(change):
+    with pytest.raises(ValueError):
+        _call_gemm(gemm_args(**change))
+
+
+# ---------------------------------------------------------------------------------------
+# _ops: embedding, cross-entropy, Adam, generation
+# ---------------------------------------------------------------------------------------
+
+def test_embedding_backward_refuses_indices_out_of_range():
+    grad, weight_grad = np.ones((3, 4), F), np.zeros((5, 4), F)
+    for bad in (5, -1, 2 ** 40):
+        with pytest.raises(IndexError):
+            _ops.embedding_backward(np.array([0, bad, 1], np.int64), grad, weight_grad)
+    with pytest.raises(ValueError):
+        _ops.embedding_backward(np.zeros(2, np.int64), grad, weight_grad)
+    assert not weight_grad.any()
+
+
+def test_cross_entropy_refuses_targets_and_shapes():
+    logits, losses, probs = np.zeros((3, 4), F), np.empty(3, F), np.empty((3, 4), F)
+    for bad in (4, -2, 2 ** 40):
+        with pytest.raises(IndexError):
+            _ops.cross_entropy_forward(logits, np.array([0, bad, 1], np.int64), -100, losses,
+                                       probs)
+        with pytest.raises(IndexError):
+            _ops.cross_entropy_backward(probs, np.array([0, bad, 1], np.int64), -100,
+                                        np.ones(3, F), np.empty((3, 4), F))
+    with pytest.raises(ValueError):
+        _ops.cross_entropy_forward(logits, np.zeros(2, np.int64), -100, losses, probs)
+    with pytest.raises(ValueError):
+        _ops.cross_entropy_backward(probs, np.zeros(3, np.int64), -100, np.ones(2, F),
+                                    np.empty((3, 4), F))
+
+
+def test_adam_step_refuses_lengths_that_differ():
+    with pytest.raises(ValueError):
+        _ops.adam_step(np.zeros(4, F), np.zeros(3, F), np.zeros(4, F), np.zeros(4, F),
+                       0.1, 0.9, 0.999, 1.0, 1e-8, 0.0)
+
+
+def generate_args(**change):
+    rng = _rng()
+    V, E, B, P, T = 10, 4, 3, 2, 5
+    args = dict(embedding=rng.standard_normal((V, E)).astype(F),
+                weight_ih=[rng.standard_normal((H, E)).astype(F)],
+                weight_hh=[rng.standard_normal((H, H)).astype(F)], biases=[None],
+                dec_weight=rng.standard_normal((V, H)).astype(F), dec_bias=None,
+                h=np.zeros((1, B, H), F), prime=np.zeros((B, P), np.int64),
+                out=np.empty((B, T), np.int64), out_lengths=np.empty(B, np.int64),
+                temperature=1.0, top_k=3, relu=False, seeds=np.arange(B, dtype=np.uint64))
+    args.update(change)
+    return args
+
+
+def test_generate_good_arguments_run():
+    args = generate_args()
+    _ops.generate(**args)
+    assert ((0 <= args["out"]) & (args["out"] < 10)).all()
+
+
+BAD_GENERATE = {
+    "prime past the embedding": (IndexError, dict(prime=np.full((3, 2), 10, np.int64))),
+    "prime negative": (IndexError, dict(prime=np.full((3, 2), -1, np.int64))),
+    "no prime": (ValueError, dict(prime=np.zeros((3, 0), np.int64))),
+    "weight_hh (1, 1)": (ValueError, dict(weight_hh=[np.zeros((1, 1), F)])),
+    "weight_ih wrong inputs": (ValueError, dict(weight_ih=[np.zeros((H, 5), F)])),
+    "bias too short": (ValueError, dict(biases=[np.zeros(H - 1, F)])),
+    "decoder wider than the embedding": (ValueError,
+                                         dict(dec_weight=np.zeros((11, H), F))),
+    "decoder wrong features": (ValueError, dict(dec_weight=np.zeros((10, H + 1), F))),
+    "h two layers": (ValueError, dict(h=np.zeros((2, 3, H), F))),
+    "seeds too few": (ValueError, dict(seeds=np.arange(2, dtype=np.uint64))),
+    "out_lengths too few": (ValueError, dict(out_lengths=np.empty(2, np.int64))),
+    "layers disagree": (ValueError, dict(weight_hh=[])),
+    "threads 0": (ValueError, dict(num_threads=0)),
+}
+
+
+@pytest.mark.parametrize("error,change", BAD_GENERATE.values(), ids=BAD_GENERATE.keys())
+def test_generate_refuses(error, change):
+    with pytest.raises(error):
+        _ops.generate(**generate_args(**change))
