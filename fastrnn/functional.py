@@ -27,7 +27,7 @@ import numpy as np
 from . import _rnn
 from ._memory import cached_allocation
 from .parallel import get_num_threads
-from .reference import _from_time_major, layer_keys, param_names
+from ._layout import directions, from_time_major, layer_keys, param_shapes, to_time_major
 
 __all__ = ["rnn_forward", "rnn_backward", "available_kernels", "get_kernel", "set_kernel",
            "openmp_enabled"]
@@ -65,16 +65,8 @@ def _check_float_array(a, name, dtype):
     return a
 
 
-@functools.lru_cache(maxsize=64)
-def _param_spec(num_layers, bidirectional, bias):
-    """((name, kind) of each parameter in torch's order, the set of names); kind: 'ih_first'
-    (layer 0's W_ih), 'ih', 'hh' or 'bias'. Cached: every call checks the parameters."""
-    def kind(name):
-        if name.startswith("weight_ih"):
-            return "ih_first" if name.split("_")[2] == "l0" else "ih"
-        return "hh" if name.startswith("weight_hh") else "bias"
-    names = param_names(num_layers, bidirectional, bias)
-    return tuple((name, kind(name)) for name in names), frozenset(names)
+# every call checks the parameters against these: cached
+_expected_shapes = functools.lru_cache(maxsize=64)(param_shapes)
 
 
 def _check_params(params, num_layers, bidirectional):
@@ -90,20 +82,15 @@ def _check_params(params, num_layers, bidirectional):
         raise ValueError(f"weight_ih_l0 must be 2-D, got shape {w_ih0.shape}")
     hidden_size, input_size = w_ih0.shape
     bias = "bias_ih_l0" in params
-    spec, names = _param_spec(int(num_layers), bool(bidirectional), bias)
-    if len(params) != len(names) or not names <= params.keys():
-        expected = [name for name, _ in spec]
-        missing = [k for k in expected if k not in params]
-        unexpected = [k for k in params if k not in expected]
+    shapes = _expected_shapes(input_size, hidden_size, int(num_layers), bool(bidirectional), bias)
+    if len(params) != len(shapes) or not shapes.keys() <= params.keys():
+        missing = [k for k in shapes if k not in params]
+        unexpected = [k for k in params if k not in shapes]
         raise ValueError(f"params do not match num_layers={num_layers}, "
                          f"bidirectional={bidirectional}, bias={bias}: missing {missing}, "
                          f"unexpected {unexpected}")
-    D = 2 if bidirectional else 1
-    shapes = {"ih_first": (hidden_size, input_size), "ih": (hidden_size, D * hidden_size),
-              "hh": (hidden_size, hidden_size), "bias": (hidden_size,)}
-    for name, kind in spec:
+    for name, want in shapes.items():
         p = np.asarray(params[name])
-        want = shapes[kind]
         if p.shape != want:
             raise ValueError(f"{name} must have shape {want}, got {p.shape}")
         if p.dtype != dtype:
@@ -146,13 +133,9 @@ def _normalise_inputs(x, h0, lengths, params, num_layers, nonlinearity, bidirect
     if x.shape[-1] != input_size:
         raise ValueError(f"input.shape[-1] must be equal to input_size. Expected {input_size}, "
                          f"got {x.shape[-1]}")
-    unbatched = x.ndim == 2
-    if unbatched:
-        x = x[:, None, :]
-    elif batch_first:
-        x = x.transpose(1, 0, 2)
+    x, unbatched = to_time_major(x, batch_first)
     L, N = x.shape[:2]
-    D = 2 if bidirectional else 1
+    D = directions(bidirectional)
     # outputs and BPTT buffers hold L·N·D·H elements per layer: refuse sizes that overflow
     if L * N * D * hidden_size * dtype.itemsize * 4 > sys.maxsize:
         raise MemoryError(f"an RNN over {L} steps x {N} sequences x {D * hidden_size} "
@@ -245,12 +228,12 @@ def _rnn_forward(x, params, h0, num_layers, nonlinearity, bidirectional, batch_f
         # backward must see what this forward saw (a copy costs about one more reading of
         # each argument; detecting a change later would cost two and still fail the call)
         x, h0 = _owned(x, given_x), _owned(h0, given_h0)
-        params = {name: np.array(params[name]) for name in param_names(
-            num_layers, bidirectional, bias)}
+        params = {name: np.array(params[name]) for name in _expected_shapes(
+            x.shape[2], H, num_layers, bidirectional, bias)}
         if dropout_masks is not None:
             dropout_masks = [_owned(m, g) for m, g in zip(dropout_masks, given_masks)]
     L, N = x.shape[:2]
-    D = 2 if bidirectional else 1
+    D = directions(bidirectional)
     relu = nonlinearity == "relu"
     threads = get_num_threads()
     h_n = np.empty((D * num_layers, N, H), dtype=dtype)
@@ -279,7 +262,7 @@ def _rnn_forward(x, params, h0, num_layers, nonlinearity, bidirectional, batch_f
         inp = out
         if dropout_masks is not None and layer < num_layers - 1:
             inp = out * dropout_masks[layer]
-    output = _from_time_major(inp, unbatched, batch_first)
+    output = from_time_major(inp, unbatched, batch_first)
     h_n = h_n[:, 0] if unbatched else h_n
     if not keep_cache:
         return output, h_n, None
@@ -432,7 +415,7 @@ def _rnn_backward(cache, grad_output, grad_h_n):
             d_out, w_above = np.empty_like(inp), None
             _rnn.gemm(da2d, w_ih, d_out.reshape(L * N, inp.shape[2]), None, False, threads)
     grads = {name: grads[name] for name in params}
-    grad_x = _from_time_major(d_out, unbatched, batch_first)
+    grad_x = from_time_major(d_out, unbatched, batch_first)
     return grad_x, (grad_h0[:, 0] if unbatched else grad_h0), grads
 
 

@@ -15,23 +15,9 @@ Parameters are a dict with torch's names (``weight_ih_l0``, ``bias_hh_l1_reverse
 
 import numpy as np
 
+from ._layout import directions, from_time_major, layer_keys, param_names, to_time_major
+
 __all__ = ["rnn_forward", "rnn_backward", "param_names"]
-
-
-def layer_keys(layer, bidirectional):
-    """Name suffixes of a layer's directions: ['l0'], or ['l0', 'l0_reverse']."""
-    return [f"l{layer}{suffix}" for suffix in ("", "_reverse")[: 2 if bidirectional else 1]]
-
-
-def param_names(num_layers, bidirectional, bias):
-    """torch.nn.RNN's parameter names, in torch's order."""
-    names = []
-    for layer in range(num_layers):
-        for k in layer_keys(layer, bidirectional):
-            names += [f"weight_ih_{k}", f"weight_hh_{k}"]
-            if bias:
-                names += [f"bias_ih_{k}", f"bias_hh_{k}"]
-    return names
 
 
 def _act(a, nonlinearity):
@@ -93,28 +79,16 @@ def _direction_backward(x, h0, out, w_ih, w_hh, lengths, reverse, nonlinearity, 
     return dx, g, dw_ih, dw_hh, db
 
 
-def _to_time_major(x, h0, lengths, num_layers, bidirectional, batch_first, hidden_size):
-    """Normalise inputs to (L, N, I), (D·layers, N, H), lengths (N,). Returns them and the 'unbatched' flag."""
-    unbatched = x.ndim == 2
-    if unbatched:
-        x = x[:, None, :]
-        if h0 is not None:
-            h0 = h0[:, None, :]
-    elif batch_first:
-        x = x.transpose(1, 0, 2)
+def _inputs(x, h0, lengths, num_layers, bidirectional, batch_first, hidden_size):
+    """x (L, N, I) and h0 (D·layers, N, H) time-major, lengths (N,); and the 'unbatched' flag."""
+    x, unbatched = to_time_major(x, batch_first)
     L, N = x.shape[:2]
-    D = 2 if bidirectional else 1
     if h0 is None:
-        h0 = np.zeros((D * num_layers, N, hidden_size), dtype=x.dtype)
+        h0 = np.zeros((directions(bidirectional) * num_layers, N, hidden_size), dtype=x.dtype)
+    elif unbatched:
+        h0 = h0[:, None, :]
     lengths = np.full(N, L, dtype=np.int64) if lengths is None else np.asarray(lengths, dtype=np.int64)
     return x, h0, lengths, unbatched
-
-
-def _from_time_major(y, unbatched, batch_first):
-    """Undo the input layout on a time-major (L, N, ·) result."""
-    if unbatched:
-        return y[:, 0]
-    return y.transpose(1, 0, 2) if batch_first else y
 
 
 def rnn_forward(x, params, h0=None, *, num_layers=1, nonlinearity="tanh", bidirectional=False,
@@ -136,18 +110,16 @@ def rnn_forward(x, params, h0=None, *, num_layers=1, nonlinearity="tanh", bidire
         ``cache`` holds what :func:`rnn_backward` needs.
     """
     hidden_size = params["weight_hh_l0"].shape[0]
-    x_tm, h0, lengths, unbatched = _to_time_major(x, h0, lengths, num_layers, bidirectional,
-                                                  batch_first, hidden_size)
+    inp, h0, lengths, unbatched = _inputs(x, h0, lengths, num_layers, bidirectional,
+                                          batch_first, hidden_size)
     bias = "bias_ih_l0" in params
-    suffixes = ("", "_reverse") if bidirectional else ("",)
+    D = directions(bidirectional)
     layer_inputs, layer_outputs, h_n = [], [], []
-    inp = x_tm
     for layer in range(num_layers):
         outs = []
-        for d, suffix in enumerate(suffixes):
-            k = f"l{layer}{suffix}"
+        for d, k in enumerate(layer_keys(layer, bidirectional)):
             b = params[f"bias_ih_{k}"] + params[f"bias_hh_{k}"] if bias else 0
-            o, h = _direction_forward(inp, h0[layer * len(suffixes) + d], params[f"weight_ih_{k}"],
+            o, h = _direction_forward(inp, h0[layer * D + d], params[f"weight_ih_{k}"],
                                       params[f"weight_hh_{k}"], b, lengths, d == 1, nonlinearity)
             outs.append(o)
             h_n.append(h)
@@ -158,10 +130,10 @@ def rnn_forward(x, params, h0=None, *, num_layers=1, nonlinearity="tanh", bidire
             inp = inp * dropout_masks[layer]
     cache = dict(params=params, h0=h0, lengths=lengths, layer_inputs=layer_inputs,
                  layer_outputs=layer_outputs, dropout_masks=dropout_masks, num_layers=num_layers,
-                 nonlinearity=nonlinearity, suffixes=suffixes, unbatched=unbatched,
+                 nonlinearity=nonlinearity, bidirectional=bidirectional, unbatched=unbatched,
                  batch_first=batch_first, bias=bias)
     h_n = np.stack(h_n)
-    return (_from_time_major(inp, unbatched, batch_first), h_n[:, 0] if unbatched else h_n, cache)
+    return (from_time_major(inp, unbatched, batch_first), h_n[:, 0] if unbatched else h_n, cache)
 
 
 def rnn_backward(cache, grad_output, grad_h_n=None):
@@ -178,8 +150,8 @@ def rnn_backward(cache, grad_output, grad_h_n=None):
         ``grads`` maps every parameter name to its gradient.
     """
     params, h0, lengths = cache["params"], cache["h0"], cache["lengths"]
-    suffixes, unbatched = cache["suffixes"], cache["unbatched"]
-    D = len(suffixes)
+    bidirectional, unbatched = cache["bidirectional"], cache["unbatched"]
+    D = directions(bidirectional)
     H = h0.shape[2]
     if unbatched:
         grad_output = grad_output[:, None, :]
@@ -195,8 +167,7 @@ def rnn_backward(cache, grad_output, grad_h_n=None):
             d_out = d_out * cache["dropout_masks"][layer]
         inp = cache["layer_inputs"][layer]
         d_inp = np.zeros_like(inp)
-        for d, suffix in enumerate(suffixes):
-            k = f"l{layer}{suffix}"
+        for d, k in enumerate(layer_keys(layer, bidirectional)):
             i = layer * D + d
             dx, dh0, dw_ih, dw_hh, db = _direction_backward(
                 inp, h0[i], cache["layer_outputs"][layer][d], params[f"weight_ih_{k}"],
@@ -209,5 +180,5 @@ def rnn_backward(cache, grad_output, grad_h_n=None):
                 grads[f"bias_ih_{k}"], grads[f"bias_hh_{k}"] = db, db.copy()
         d_out = d_inp
     grads = {name: grads[name] for name in params}
-    grad_x = _from_time_major(d_out, unbatched, cache["batch_first"])
+    grad_x = from_time_major(d_out, unbatched, cache["batch_first"])
     return grad_x, grad_h0[:, 0] if unbatched else grad_h0, grads

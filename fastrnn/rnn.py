@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 
 from . import functional
-from .reference import param_names
+from ._layout import directions, param_shapes
 
 __all__ = ["RNN", "Parameter"]
 
@@ -134,14 +134,10 @@ class RNN:
         self.training = True
         self._rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         self._cache = None
-        D = 2 if self.bidirectional else 1
         bound = 1 / math.sqrt(self.hidden_size)
         self._params = {}
-        for name in param_names(self.num_layers, self.bidirectional, self.bias):
-            rows, layer_in = self.hidden_size, (self.input_size if "_l0" in name
-                                                else D * self.hidden_size)
-            shape = ((rows, layer_in) if name.startswith("weight_ih")
-                     else (rows, rows) if name.startswith("weight_hh") else (rows,))
+        for name, shape in param_shapes(self.input_size, self.hidden_size, self.num_layers,
+                                        self.bidirectional, self.bias).items():
             self._params[name] = new_parameter(
                 shape, self.dtype, lambda s: self._rng.uniform(-bound, bound, size=s))
 
@@ -222,8 +218,7 @@ class RNN:
     def _dropout_masks(self, seq_len, batch):
         if not (self.training and self.dropout > 0 and self.num_layers > 1):
             return None
-        D = 2 if self.bidirectional else 1
-        shape = (seq_len, batch, D * self.hidden_size)
+        shape = (seq_len, batch, directions(self.bidirectional) * self.hidden_size)
         if self.dropout == 1:
             return [np.zeros(shape, dtype=self.dtype) for _ in range(self.num_layers - 1)]
         scale = self.dtype.type(1 / (1 - self.dropout))
