@@ -26,31 +26,39 @@ def state_index(layer, direction, bidirectional):
     return layer * directions(bidirectional) + direction
 
 
-def param_names(num_layers, bidirectional, bias):
-    """torch.nn.RNN's parameter names, in torch's order."""
+def param_names(num_layers, bidirectional, bias, proj=False):
+    """torch's parameter names (nn.RNN, nn.GRU, nn.LSTM; ``weight_hr`` with a projection),
+    in torch's order."""
     names = []
     for layer in range(num_layers):
         for k in layer_keys(layer, bidirectional):
             names += [f"weight_ih_{k}", f"weight_hh_{k}"]
             if bias:
                 names += [f"bias_ih_{k}", f"bias_hh_{k}"]
+            if proj:
+                names.append(f"weight_hr_{k}")
     return names
 
 
-def param_shapes(input_size, hidden_size, num_layers, bidirectional, bias, gates=1):
-    """``{name: shape}`` in torch's order: W_ih (G·H, I) for layer 0 and (G·H, D·H) above it,
-    W_hh (G·H, H), biases (G·H,), for G gates per hidden unit."""
+def param_shapes(input_size, hidden_size, num_layers, bidirectional, bias, gates=1,
+                 proj_size=0):
+    """``{name: shape}`` in torch's order, for G ``gates`` per hidden unit and outputs
+    h of width H_out (``proj_size`` if > 0, else H): W_ih (G·H, I) for layer 0 and
+    (G·H, D·H_out) above it, W_hh (G·H, H_out), biases (G·H,), W_hr (H_out, H)."""
     rows = gates * hidden_size
+    out = proj_size or hidden_size
     D = directions(bidirectional)
     shapes = {}
-    for name in param_names(num_layers, bidirectional, bias):
-        if name.startswith("weight_ih"):
-            shapes[name] = (rows, input_size if name.split("_")[2] == "l0"
-                            else D * hidden_size)
-        elif name.startswith("weight_hh"):
-            shapes[name] = (rows, hidden_size)
-        else:
+    for name in param_names(num_layers, bidirectional, bias, proj_size > 0):
+        what, kind, layer = name.split("_")[:3]
+        if what == "bias":
             shapes[name] = (rows,)
+        elif kind == "ih":
+            shapes[name] = (rows, input_size if layer == "l0" else D * out)
+        elif kind == "hh":
+            shapes[name] = (rows, out)
+        else:
+            shapes[name] = (out, hidden_size)
     return shapes
 
 

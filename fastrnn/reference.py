@@ -1,14 +1,20 @@
-"""Pure NumPy RNN forward and backpropagation through time: the executable specification.
+"""Pure NumPy forward and backpropagation through time: the executable specification.
 
-Written to be read, not to be fast. Every compiled path in fastrnn is tested against
-this file. Semantics are those of ``torch.nn.RNN``:
+Written to be read, not to be fast. Every compiled path in fastrnn is tested against this
+file. Semantics are torch's (``nn.RNN``, ``nn.LSTM``, ``nn.GRU``); per step, with
+``a = x_t W_ihᵀ + b_ih`` (the input part) and ``r = h_{t-1} W_hhᵀ + b_hh`` (the recurrent
+part), split by gate where there are several:
 
-    h_t = act(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh),   act = tanh or relu
+    Elman  h_t = act(a + r),  act = tanh or relu
+    LSTM   i, f, g, o = σ(a_i + r_i), σ(a_f + r_f), tanh(a_g + r_g), σ(a_o + r_o)
+           c_t = f ⊙ c_{t-1} + i ⊙ g,   h_t = o ⊙ tanh(c_t)   (then h_t W_hrᵀ with proj_size)
+    GRU    r, z = σ(a_r + r_r), σ(a_z + r_z),   n = tanh(a_n + r ⊙ r_n)
+           h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
 
 with multiple layers, both directions, dropout between layers, and variable lengths
-(torch's PackedSequence semantics without packing: outputs past a sequence's length
-are 0, h_n is the state at the sequence's own last step, and the reverse direction
-starts from that step).
+(torch's PackedSequence semantics without packing: outputs past a sequence's length are 0,
+the final states are those at the sequence's own last step, and the reverse direction
+starts from that step; a length of 0 leaves the initial state).
 
 Parameters are a dict with torch's names (``weight_ih_l0``, ``bias_hh_l1_reverse``, ...).
 """
@@ -17,18 +23,91 @@ import numpy as np
 
 from ._layout import directions, from_time_major, layer_keys, param_names, to_time_major
 
-__all__ = ["rnn_forward", "rnn_backward", "param_names"]
+__all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward",
+           "gru_backward", "param_names"]
 
 
-def _act(a, nonlinearity):
-    return np.tanh(a) if nonlinearity == "tanh" else np.maximum(a, 0)
+def _sigmoid(a):
+    return 1 / (1 + np.exp(-a))
 
 
-def _act_grad(h, nonlinearity):
-    """act'(a) written in terms of h = act(a): tanh' = 1 - h², relu' = [h > 0] (so relu'(0) = 0;
-    a NaN output passes the gradient, as in torch)."""
-    return 1 - h * h if nonlinearity == "tanh" else (~(h <= 0)).astype(h.dtype)
+# ---------------------------------------------------------------------------------------
+# Cells. forward(a, r, states, w) -> (new states, what backward needs);
+# backward(dh, dc, saved, w) -> (d of a, d of r, d of the previous states but through r,
+# parameter gradients of the cell's own weights).
+# ---------------------------------------------------------------------------------------
 
+class _Elman:
+    gates, has_c = 1, False
+
+    def __init__(self, nonlinearity="tanh"):
+        self.nonlinearity = nonlinearity
+
+    def forward(self, a, r, states, w):
+        (h_prev,) = states
+        z = a + r
+        h = np.tanh(z) if self.nonlinearity == "tanh" else np.maximum(z, 0)
+        return (h,), h
+
+    def backward(self, dh, dc, h, w):
+        # act'(z) from h = act(z): tanh' = 1 - h², relu' = [h > 0] (a NaN h passes, as torch)
+        grad = 1 - h * h if self.nonlinearity == "tanh" else (~(h <= 0)).astype(h.dtype)
+        da = dh * grad
+        return da, da, (0,), {}
+
+
+class _LSTM:
+    gates, has_c = 4, True
+
+    def forward(self, a, r, states, w):
+        h_prev, c_prev = states
+        i, f, g, o = np.split(a + r, 4, axis=1)
+        i, f, g, o = _sigmoid(i), _sigmoid(f), np.tanh(g), _sigmoid(o)
+        c = f * c_prev + i * g
+        m = o * np.tanh(c)
+        h = m @ w["hr"].T if "hr" in w else m
+        return (h, c), (i, f, g, o, c, c_prev, m)
+
+    def backward(self, dh, dc, saved, w):
+        i, f, g, o, c, c_prev, m = saved
+        grads = {}
+        if "hr" in w:  # h = m W_hrᵀ
+            grads["hr"] = dh.T @ m
+            dh = dh @ w["hr"]
+        tanh_c = np.tanh(c)
+        # dc_t gathers the carried gradient and h_t's: h = o ⊙ tanh(c)
+        dc = dc + dh * o * (1 - tanh_c * tanh_c)
+        di, df, dg, do = dc * g, dc * c_prev, dc * i, dh * tanh_c
+        dz = np.concatenate([di * i * (1 - i), df * f * (1 - f), dg * (1 - g * g),
+                             do * o * (1 - o)], axis=1)
+        return dz, dz, (0, dc * f), grads
+
+
+class _GRU:
+    gates, has_c = 3, False
+
+    def forward(self, a, r, states, w):
+        (h_prev,) = states
+        a_r, a_z, a_n = np.split(a, 3, axis=1)
+        r_r, r_z, r_n = np.split(r, 3, axis=1)
+        reset, update = _sigmoid(a_r + r_r), _sigmoid(a_z + r_z)
+        n = np.tanh(a_n + reset * r_n)
+        h = (1 - update) * n + update * h_prev
+        return (h,), (reset, update, n, r_n, h_prev)
+
+    def backward(self, dh, dc, saved, w):
+        reset, update, n, r_n, h_prev = saved
+        dn = dh * (1 - update) * (1 - n * n)
+        dr = dn * r_n * reset * (1 - reset)
+        du = dh * (h_prev - n) * update * (1 - update)
+        da = np.concatenate([dr, du, dn], axis=1)
+        dr_part = np.concatenate([dr, du, dn * reset], axis=1)
+        return da, dr_part, (dh * update,), {}
+
+
+# ---------------------------------------------------------------------------------------
+# One layer, one direction, for any cell
+# ---------------------------------------------------------------------------------------
 
 def _time_index(step, lengths, reverse):
     """Time index each batch element visits at this step, and which elements are still running."""
@@ -37,59 +116,152 @@ def _time_index(step, lengths, reverse):
     return np.where(running, t, 0), running
 
 
-def _direction_forward(x, h0, w_ih, w_hh, b, lengths, reverse, nonlinearity):
-    """One layer, one direction. x (L, N, I), h0 (N, H) -> out (L, N, H), h_n (N, H)."""
+def _direction_forward(cell, x, states0, w, lengths, reverse):
+    """x (L, N, I), states0 [(N, H_out)] or [h0, c0] -> out (L, N, H_out), final states, and
+    per step the rows that ran, their time indices and what the cell saved."""
     L, N = x.shape[:2]
-    out = np.zeros((L, N, w_hh.shape[0]), dtype=x.dtype)
-    h = h0.copy()
+    states = [s.copy() for s in states0]
+    out = np.zeros((L, N, states[0].shape[1]), dtype=x.dtype)
+    steps = []
     for step in range(L):
         t, running = _time_index(step, lengths, reverse)
         rows = np.nonzero(running)[0]
         t = t[rows]
-        # h_t = act(x_t W_ihᵀ + h_{t-1} W_hhᵀ + b)
-        h[rows] = _act(x[t, rows] @ w_ih.T + h[rows] @ w_hh.T + b, nonlinearity)
-        out[t, rows] = h[rows]
-    return out, h
+        h_prev = states[0][rows]
+        a = x[t, rows] @ w["ih"].T + w["b_ih"]   # the input part
+        r = h_prev @ w["hh"].T + w["b_hh"]       # the recurrent part
+        new, saved = cell.forward(a, r, [s[rows] for s in states], w)
+        for s, v in zip(states, new):
+            s[rows] = v
+        out[t, rows] = states[0][rows]
+        steps.append((rows, t, h_prev, saved))
+    return out, states, steps
 
 
-def _direction_backward(x, h0, out, w_ih, w_hh, lengths, reverse, nonlinearity, d_out, d_hn):
-    """BPTT for one layer, one direction. Returns dx, dh0, dW_ih, dW_hh, db."""
-    L = x.shape[0]
+def _direction_backward(cell, x, steps, w, d_out, d_states_n):
+    """BPTT for one layer, one direction. Returns dx, the initial states' gradients, and
+    the gradients of w's entries."""
     dx = np.zeros_like(x)
-    dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
-    db = np.zeros(w_hh.shape[0], dtype=x.dtype)
-    g = d_hn.copy()  # dLoss/dh carried backwards through time
-    for step in reversed(range(L)):
-        t, running = _time_index(step, lengths, reverse)
-        rows = np.nonzero(running)[0]
-        t = t[rows]
-        h = out[t, rows]
-        if step == 0:
-            h_prev = h0[rows]
-        else:
-            h_prev = out[t + (1 if reverse else -1), rows]
-        # dA_t = (dY_t + g) ⊙ act'(h_t)
-        da = (d_out[t, rows] + g[rows]) * _act_grad(h, nonlinearity)
-        # g = dA_t W_hh ;  dW_hh += dA_tᵀ h_{t-1} ;  dW_ih += dA_tᵀ x_t ;  db += Σ dA_t
-        g[rows] = da @ w_hh
-        dw_hh += da.T @ h_prev
-        dw_ih += da.T @ x[t, rows]
-        db += da.sum(axis=0)
-        dx[t, rows] = da @ w_ih
-    return dx, g, dw_ih, dw_hh, db
+    grads = {k: np.zeros_like(v) for k, v in w.items()}
+    d_states = [d.copy() for d in d_states_n]  # dLoss/d(state) carried backwards in time
+    for rows, t, h_prev, saved in reversed(steps):
+        dh = d_out[t, rows] + d_states[0][rows]
+        dc = d_states[1][rows] if cell.has_c else None
+        da, dr, d_prev, cell_grads = cell.backward(dh, dc, saved, w)
+        # a = x W_ihᵀ + b_ih ;  r = h_prev W_hhᵀ + b_hh
+        dx[t, rows] = da @ w["ih"]
+        grads["ih"] += da.T @ x[t, rows]
+        grads["b_ih"] += da.sum(axis=0)
+        grads["hh"] += dr.T @ h_prev
+        grads["b_hh"] += dr.sum(axis=0)
+        d_states[0][rows] = dr @ w["hh"] + d_prev[0]
+        if cell.has_c:
+            d_states[1][rows] = d_prev[1]
+        for k, g in cell_grads.items():
+            grads[k] += g
+    return dx, d_states, grads
 
 
-def _inputs(x, h0, lengths, num_layers, bidirectional, batch_first, hidden_size):
-    """x (L, N, I) and h0 (D·layers, N, H) time-major, lengths (N,); and the 'unbatched' flag."""
-    x, unbatched = to_time_major(x, batch_first)
+# ---------------------------------------------------------------------------------------
+# Layers, directions and layouts
+# ---------------------------------------------------------------------------------------
+
+_PARAM_KEYS = {"ih": "weight_ih", "hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh",
+               "hr": "weight_hr"}
+
+
+def _weights(params, k, bias, dtype):
+    """This layer and direction's weights by role; zero biases where there are none."""
+    w = {role: params[f"{prefix}_{k}"] for role, prefix in _PARAM_KEYS.items()
+         if f"{prefix}_{k}" in params}
+    if not bias:
+        w["b_ih"] = w["b_hh"] = np.zeros(w["hh"].shape[0], dtype)
+    return w
+
+
+def _forward(cell, x, params, states0, num_layers, bidirectional, batch_first, lengths,
+             dropout_masks):
+    """The multi-layer forward for any cell; states0 is a list of (D·layers, N, ·) arrays or
+    None entries (zeros). Returns output, final states and the cache."""
+    x, unbatched = to_time_major(np.asarray(x), batch_first)
     L, N = x.shape[:2]
-    if h0 is None:
-        h0 = np.zeros((directions(bidirectional) * num_layers, N, hidden_size), dtype=x.dtype)
-    elif unbatched:
-        h0 = h0[:, None, :]
-    lengths = np.full(N, L, dtype=np.int64) if lengths is None else np.asarray(lengths, dtype=np.int64)
-    return x, h0, lengths, unbatched
+    D = directions(bidirectional)
+    w_hh = params["weight_hh_l0"]
+    widths = (w_hh.shape[1], w_hh.shape[0] // cell.gates)[:len(states0)]  # h: H_out, c: H
+    states0 = [np.zeros((D * num_layers, N, width), x.dtype) if s is None
+               else (np.asarray(s)[:, None, :] if unbatched else np.asarray(s))
+               for s, width in zip(states0, widths)]
+    lengths = (np.full(N, L, dtype=np.int64) if lengths is None
+               else np.asarray(lengths, dtype=np.int64))
+    bias = "bias_ih_l0" in params
+    finals = [np.zeros_like(s) for s in states0]
+    layers = []
+    inp = x
+    for layer in range(num_layers):
+        outs, directions_steps = [], []
+        for d, k in enumerate(layer_keys(layer, bidirectional)):
+            i = layer * D + d
+            out, states, steps = _direction_forward(
+                cell, inp, [s[i] for s in states0], _weights(params, k, bias, x.dtype),
+                lengths, d == 1)
+            for final, s in zip(finals, states):
+                final[i] = s
+            outs.append(out)
+            directions_steps.append(steps)
+        layers.append((inp, directions_steps))
+        inp = np.concatenate(outs, axis=2)
+        if dropout_masks is not None and layer < num_layers - 1:
+            inp = inp * dropout_masks[layer]
+    cache = dict(cell=cell, params=params, layers=layers, dropout_masks=dropout_masks,
+                 num_layers=num_layers, bidirectional=bidirectional, unbatched=unbatched,
+                 batch_first=batch_first, bias=bias, state_shapes=[s.shape for s in states0])
+    finals = [f[:, 0] if unbatched else f for f in finals]
+    return from_time_major(inp, unbatched, batch_first), finals, cache
 
+
+def _backward(cache, grad_output, grad_states):
+    """BPTT through the forward that made ``cache``; grad_states: one array or None per
+    state. Returns grad_x, the initial states' gradients and every parameter's gradient."""
+    cell, params, unbatched = cache["cell"], cache["params"], cache["unbatched"]
+    bidirectional, bias = cache["bidirectional"], cache["bias"]
+    D = directions(bidirectional)
+    grad_output = np.asarray(grad_output)
+    if unbatched:
+        grad_output = grad_output[:, None, :]
+    elif cache["batch_first"]:
+        grad_output = grad_output.transpose(1, 0, 2)
+    grad_states = [np.zeros(shape, grad_output.dtype) if g is None
+                   else (np.asarray(g)[:, None, :] if unbatched else np.asarray(g))
+                   for g, shape in zip(grad_states, cache["state_shapes"])]
+    grads, grad_states0 = {}, [np.zeros_like(g) for g in grad_states]
+    d_out = grad_output
+    for layer in reversed(range(cache["num_layers"])):
+        if layer < cache["num_layers"] - 1 and cache["dropout_masks"] is not None:
+            d_out = d_out * cache["dropout_masks"][layer]
+        inp, directions_steps = cache["layers"][layer]
+        d_inp = np.zeros_like(inp)
+        width = d_out.shape[2] // D
+        for d, k in enumerate(layer_keys(layer, bidirectional)):
+            i = layer * D + d
+            w = _weights(params, k, bias, inp.dtype)
+            dx, d_states0, g = _direction_backward(
+                cell, inp, directions_steps[d], w, d_out[:, :, d * width:(d + 1) * width],
+                [s[i] for s in grad_states])
+            d_inp += dx
+            for g0, d0 in zip(grad_states0, d_states0):
+                g0[i] = d0
+            for role, prefix in _PARAM_KEYS.items():
+                if f"{prefix}_{k}" in params:
+                    grads[f"{prefix}_{k}"] = g[role]
+        d_out = d_inp
+    grads = {name: grads[name] for name in params}
+    grad_states0 = [g[:, 0] if unbatched else g for g in grad_states0]
+    return from_time_major(d_out, unbatched, cache["batch_first"]), grad_states0, grads
+
+
+# ---------------------------------------------------------------------------------------
+# The three networks
+# ---------------------------------------------------------------------------------------
 
 def rnn_forward(x, params, h0=None, *, num_layers=1, nonlinearity="tanh", bidirectional=False,
                 batch_first=False, lengths=None, dropout_masks=None):
@@ -109,76 +281,55 @@ def rnn_forward(x, params, h0=None, *, num_layers=1, nonlinearity="tanh", bidire
     output, h_n, cache
         ``cache`` holds what :func:`rnn_backward` needs.
     """
-    hidden_size = params["weight_hh_l0"].shape[0]
-    inp, h0, lengths, unbatched = _inputs(x, h0, lengths, num_layers, bidirectional,
-                                          batch_first, hidden_size)
-    bias = "bias_ih_l0" in params
-    D = directions(bidirectional)
-    layer_inputs, layer_outputs, h_n = [], [], []
-    for layer in range(num_layers):
-        outs = []
-        for d, k in enumerate(layer_keys(layer, bidirectional)):
-            b = params[f"bias_ih_{k}"] + params[f"bias_hh_{k}"] if bias else 0
-            o, h = _direction_forward(inp, h0[layer * D + d], params[f"weight_ih_{k}"],
-                                      params[f"weight_hh_{k}"], b, lengths, d == 1, nonlinearity)
-            outs.append(o)
-            h_n.append(h)
-        layer_inputs.append(inp)
-        layer_outputs.append(outs)
-        inp = np.concatenate(outs, axis=2)
-        if dropout_masks is not None and layer < num_layers - 1:
-            inp = inp * dropout_masks[layer]
-    cache = dict(params=params, h0=h0, lengths=lengths, layer_inputs=layer_inputs,
-                 layer_outputs=layer_outputs, dropout_masks=dropout_masks, num_layers=num_layers,
-                 nonlinearity=nonlinearity, bidirectional=bidirectional, unbatched=unbatched,
-                 batch_first=batch_first, bias=bias)
-    h_n = np.stack(h_n)
-    return (from_time_major(inp, unbatched, batch_first), h_n[:, 0] if unbatched else h_n, cache)
+    output, (h_n,), cache = _forward(_Elman(nonlinearity), x, params, [h0], num_layers,
+                                     bidirectional, batch_first, lengths, dropout_masks)
+    return output, h_n, cache
 
 
 def rnn_backward(cache, grad_output, grad_h_n=None):
     """Backpropagation through time for the forward pass that produced ``cache``.
-
-    Parameters
-    ----------
-    grad_output : ndarray shaped like the forward's output.
-    grad_h_n : ndarray shaped like h_n, or None for zeros.
 
     Returns
     -------
     grad_x, grad_h0, grads
         ``grads`` maps every parameter name to its gradient.
     """
-    params, h0, lengths = cache["params"], cache["h0"], cache["lengths"]
-    bidirectional, unbatched = cache["bidirectional"], cache["unbatched"]
-    D = directions(bidirectional)
-    H = h0.shape[2]
-    if unbatched:
-        grad_output = grad_output[:, None, :]
-        grad_h_n = None if grad_h_n is None else grad_h_n[:, None, :]
-    elif cache["batch_first"]:
-        grad_output = grad_output.transpose(1, 0, 2)
-    if grad_h_n is None:
-        grad_h_n = np.zeros_like(h0)
-    grads, grad_h0 = {}, np.zeros_like(h0)
-    d_out = grad_output
-    for layer in reversed(range(cache["num_layers"])):
-        if layer < cache["num_layers"] - 1 and cache["dropout_masks"] is not None:
-            d_out = d_out * cache["dropout_masks"][layer]
-        inp = cache["layer_inputs"][layer]
-        d_inp = np.zeros_like(inp)
-        for d, k in enumerate(layer_keys(layer, bidirectional)):
-            i = layer * D + d
-            dx, dh0, dw_ih, dw_hh, db = _direction_backward(
-                inp, h0[i], cache["layer_outputs"][layer][d], params[f"weight_ih_{k}"],
-                params[f"weight_hh_{k}"], lengths, d == 1, cache["nonlinearity"],
-                d_out[:, :, d * H:(d + 1) * H], grad_h_n[i])
-            d_inp += dx
-            grad_h0[i] = dh0
-            grads[f"weight_ih_{k}"], grads[f"weight_hh_{k}"] = dw_ih, dw_hh
-            if cache["bias"]:
-                grads[f"bias_ih_{k}"], grads[f"bias_hh_{k}"] = db, db.copy()
-        d_out = d_inp
-    grads = {name: grads[name] for name in params}
-    grad_x = from_time_major(d_out, unbatched, cache["batch_first"])
-    return grad_x, grad_h0[:, 0] if unbatched else grad_h0, grads
+    grad_x, (grad_h0,), grads = _backward(cache, grad_output, [grad_h_n])
+    return grad_x, grad_h0, grads
+
+
+def lstm_forward(x, params, hx=None, *, num_layers=1, bidirectional=False, batch_first=False,
+                 lengths=None, dropout_masks=None):
+    """Forward pass of a multi-layer, optionally bidirectional LSTM (torch.nn.LSTM).
+
+    ``hx`` is None or a pair (h0, c0), either None for zeros: h0 (D·num_layers, N, H_out),
+    c0 (D·num_layers, N, H) (2-D unbatched). With ``weight_hr_l0`` in ``params`` (proj_size
+    P > 0) h is projected to H_out = P. Returns ``output, (h_n, c_n), cache``.
+    """
+    h0, c0 = (None, None) if hx is None else hx
+    output, (h_n, c_n), cache = _forward(_LSTM(), x, params, [h0, c0], num_layers,
+                                         bidirectional, batch_first, lengths, dropout_masks)
+    return output, (h_n, c_n), cache
+
+
+def lstm_backward(cache, grad_output, grad_hx=None):
+    """BPTT for :func:`lstm_forward`. ``grad_hx`` is None or (grad_h_n, grad_c_n), either
+    None for zeros. Returns ``grad_x, (grad_h0, grad_c0), grads``."""
+    g_h, g_c = (None, None) if grad_hx is None else grad_hx
+    grad_x, (grad_h0, grad_c0), grads = _backward(cache, grad_output, [g_h, g_c])
+    return grad_x, (grad_h0, grad_c0), grads
+
+
+def gru_forward(x, params, h0=None, *, num_layers=1, bidirectional=False, batch_first=False,
+                lengths=None, dropout_masks=None):
+    """Forward pass of a multi-layer, optionally bidirectional GRU (torch.nn.GRU).
+    Returns ``output, h_n, cache``."""
+    output, (h_n,), cache = _forward(_GRU(), x, params, [h0], num_layers, bidirectional,
+                                     batch_first, lengths, dropout_masks)
+    return output, h_n, cache
+
+
+def gru_backward(cache, grad_output, grad_h_n=None):
+    """BPTT for :func:`gru_forward`. Returns ``grad_x, grad_h0, grads``."""
+    grad_x, (grad_h0,), grads = _backward(cache, grad_output, [grad_h_n])
+    return grad_x, grad_h0, grads
