@@ -15,6 +15,7 @@ on the thread count, and they share the RNN's OpenMP threads instead of starting
 
 import math
 import numbers
+import operator
 
 import numpy as np
 
@@ -33,13 +34,72 @@ def _threads_for(n_elements):
     return get_num_threads() if n_elements >= _PARALLEL_MIN_ELEMENTS else 1
 
 
+def _check_int(value, name, low=None, high=None):
+    """``value`` as a Python int, refusing what is not an integer (torch's rules).
+
+    Python and NumPy integers (and 0-d integer arrays) are accepted; bools, floats (even
+    whole ones: ``2.0``), strings and None raise TypeError, since ``int()`` would truncate
+    them silently. ``low <= value < high`` (either bound optional) or ValueError.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} should be of type int, got: bool")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}") from None
+    if (low is not None and value < low) or (high is not None and value >= high):
+        want = (f"in [{low}, {high})" if low is not None and high is not None
+                else f">= {low}" if low is not None else f"< {high}")
+        raise ValueError(f"{name} must be {want}, got {value}")
+    return value
+
+
 def _check_size(value, name, allow_zero=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+    """A size: a positive (or, with ``allow_zero``, non-negative) int; see :func:`_check_int`."""
+    value = _check_int(value, name)
     if value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'non-negative' if allow_zero else 'positive'}, "
                          f"got {value}")
-    return int(value)
+    return value
+
+
+def _check_real(value, name, low=None, allow_inf=False):
+    """``value`` as a float: a real number (not a bool or a string), not NaN, ``>= low``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} should be a real number, got: {type(value).__name__}")
+    value = float(value)
+    if math.isnan(value) or (math.isinf(value) and not allow_inf) or (
+            low is not None and value < low):
+        want = "a finite number" if not allow_inf else "a number"
+        raise ValueError(f"{name} must be {want}{'' if low is None else f' >= {low}'}, "
+                         f"got {value}")
+    return value
+
+
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+def _check_indices(values, name, high, ignore=None, is_out=None):
+    """``values`` as a contiguous int64 array of indices in ``[0, high)`` (or ``== ignore``).
+
+    ``is_out`` ends the error message ("{name} {value} is {is_out}").
+
+    Only integer dtypes are accepted (TypeError otherwise). The range is checked on the
+    original values, before the cast to int64, so that a uint64 value of 2**64 - 100 cannot
+    wrap around to -100 (an ``ignore_index``, say); out of range raises IndexError, as
+    torch's indexing does.
+    """
+    values = np.asarray(values)
+    if values.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be integers, got dtype {values.dtype}")
+    if values.size:
+        valid = (values >= 0) & (values < high)
+        if ignore is not None:
+            valid |= values == ignore
+        if not valid.all():
+            raise IndexError(f"{name} {values[~valid].flat[0]} is "
+                             f"{is_out or f'out of range [0, {high})'}")
+    return np.ascontiguousarray(values, dtype=np.int64)
 
 
 def _check_dtype(dtype):
@@ -50,6 +110,33 @@ def _check_dtype(dtype):
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"dtype must be np.float32 or np.float64, got {dtype}")
     return dtype
+
+
+def _check_grad_output(grad, shape, dtype, name="grad_output"):
+    """``grad`` as an array of exactly ``shape`` and ``dtype`` (nothing cast, nothing
+    broadcast: torch refuses a gradient whose dtype or shape differs from its tensor's)."""
+    grad = np.asarray(grad)
+    if grad.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype} (that of the output), got {grad.dtype}")
+    if grad.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {grad.shape}")
+    return grad
+
+
+def _checked_grad(p, name="parameter", kernel=False):
+    """``p.grad`` once checked to be an array of ``p.data``'s shape and dtype (``p.grad`` is
+    a plain attribute: anything may have been assigned to it), and with ``kernel`` also
+    writeable and C-contiguous, as the compiled kernels that accumulate into it need."""
+    g = p.grad
+    if not isinstance(g, np.ndarray):
+        raise TypeError(f"the gradient of {name} must be a NumPy array, got "
+                        f"{type(g).__name__}")
+    if g.shape != p.data.shape or g.dtype != p.data.dtype:
+        raise ValueError(f"the gradient of {name} must have the parameter's shape {p.data.shape}"
+                         f" and dtype {p.data.dtype}, got {g.shape} {g.dtype}")
+    if kernel and not (g.flags.c_contiguous and g.flags.writeable):
+        raise ValueError(f"the gradient of {name} must be a writeable C-contiguous array")
+    return g
 
 
 def _as_rng(seed):
@@ -204,12 +291,11 @@ class Embedding(Module):
         self.num_embeddings = _check_size(num_embeddings, "num_embeddings")
         self.embedding_dim = _check_size(embedding_dim, "embedding_dim")
         if padding_idx is not None:
-            if isinstance(padding_idx, bool) or not isinstance(padding_idx, numbers.Integral):
-                raise TypeError(f"padding_idx must be an int or None, got {padding_idx!r}")
+            padding_idx = _check_int(padding_idx, "padding_idx")
             if not -self.num_embeddings <= padding_idx < self.num_embeddings:
                 raise ValueError("padding_idx must be within num_embeddings, got "
                                  f"{padding_idx} for {self.num_embeddings}")
-            padding_idx = int(padding_idx) % self.num_embeddings
+            padding_idx %= self.num_embeddings
         self.padding_idx = padding_idx
         self.dtype = _check_dtype(dtype)
         rng = _as_rng(seed)
@@ -230,36 +316,31 @@ class Embedding(Module):
     def _clear_cache(self):
         self._cache = None
 
+    def _indices(self, indices):
+        return _check_indices(indices, "index", self.num_embeddings, is_out="out of range for "
+                              f"an Embedding of {self.num_embeddings} rows")
+
     def lookup(self, indices):
         """The rows for ``indices`` (validated), without keeping anything for backward."""
-        idx = np.asarray(indices)
-        if idx.dtype.kind not in "iu":
-            raise TypeError(f"Embedding indices must be integers, got dtype {idx.dtype}")
-        if idx.size and (idx.min() < 0 or idx.max() >= self.num_embeddings):
-            bad = idx.min() if idx.min() < 0 else idx.max()
-            raise IndexError(f"index {bad} is out of range for an Embedding of "
-                             f"{self.num_embeddings} rows")
-        return self.weight.data[idx]
+        return self.weight.data[self._indices(indices)]
 
     def forward(self, indices):
         """Rows of the table: (...) integer indices -> (..., embedding_dim)."""
-        out = self.lookup(indices)
-        self._cache = np.array(indices, copy=True) if self.training else None
-        return out
+        idx = self._indices(indices)
+        # the cache owns its indices: the caller may change theirs before backward
+        self._cache = idx.copy() if self.training else None
+        return self.weight.data[idx]
 
     def backward(self, grad_output):
         """Add the gradient of every looked-up row into ``weight.grad``; returns None."""
         if self._cache is None:
             raise self._no_cache_error()
         idx = self._cache
-        want = idx.shape + (self.embedding_dim,)
-        g = np.asarray(grad_output)
-        if g.shape != want:
-            raise ValueError(f"grad_output must have shape {want}, got {g.shape}")
-        g = np.ascontiguousarray(g, dtype=self.dtype).reshape(-1, self.embedding_dim)
-        flat = np.ascontiguousarray(idx.reshape(-1), dtype=np.int64)
+        g = _check_grad_output(grad_output, idx.shape + (self.embedding_dim,), self.dtype)
+        g = np.ascontiguousarray(g).reshape(-1, self.embedding_dim)
         pad = -1 if self.padding_idx is None else self.padding_idx
-        _ops.embedding_backward(flat, g, self.weight.grad, pad, _threads_for(g.size))
+        dW = _checked_grad(self.weight, "weight", kernel=True)
+        _ops.embedding_backward(idx.reshape(-1), g, dW, pad, _threads_for(g.size))
         return None
 
 
@@ -309,6 +390,9 @@ class Linear(Module):
                              f"got shape {x.shape}")
         # the cache and the GEMM both want the input as contiguous rows (..., in) -> (M, in)
         x2 = np.ascontiguousarray(x.reshape(-1, self.in_features))
+        if self.training and x2.flags.writeable and np.shares_memory(x2, x):
+            # backward reads X: the cache owns it, unless it is read-only (an RNN's output)
+            x2 = x2.copy()
         y = np.empty((x2.shape[0], self.out_features), dtype=self.dtype)
         # y = X Wᵀ + b: one GEMM over all leading dimensions, bias added in its epilogue
         _rnn.gemm(x2, np.ascontiguousarray(self.weight.data).T, y,
@@ -321,16 +405,16 @@ class Linear(Module):
         if self._cache is None:
             raise self._no_cache_error()
         x2, x_shape = self._cache
-        g = np.asarray(grad_output)
-        want = x_shape[:-1] + (self.out_features,)
-        if g.shape != want:
-            raise ValueError(f"grad_output must have shape {want}, got {g.shape}")
-        g2 = np.ascontiguousarray(g.reshape(-1, self.out_features), dtype=self.dtype)
+        g = _check_grad_output(grad_output, x_shape[:-1] + (self.out_features,), self.dtype)
+        g2 = np.ascontiguousarray(g.reshape(-1, self.out_features))
         threads = get_num_threads()
         # dW += dYᵀ X, reading dY transposed in place and accumulating into the gradient;
         # Σ_rows dY (db) from the same reading of dY
         db = np.empty(self.out_features, dtype=self.dtype) if self.has_bias else None
-        _rnn.gemm(g2, x2, self.weight.grad, None, True, threads, True, db)
+        dW = _checked_grad(self.weight, "weight", kernel=True)
+        if self.has_bias:
+            _checked_grad(self.bias, "bias", kernel=True)
+        _rnn.gemm(g2, x2, dW, None, True, threads, True, db)
         if self.has_bias:
             self.bias.grad += db
         dx = np.empty_like(x2)
@@ -361,10 +445,10 @@ class CrossEntropyLoss:
     """
 
     def __init__(self, ignore_index=-100, reduction="mean"):
-        if reduction not in _REDUCTIONS:
+        if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
             raise ValueError(f"{reduction!r} is not a valid value for reduction; "
                              f"expected one of {_REDUCTIONS}")
-        self.ignore_index = int(ignore_index)
+        self.ignore_index = _check_int(ignore_index, "ignore_index")
         self.reduction = reduction
         self._cache = None
 
@@ -386,8 +470,11 @@ class CrossEntropyLoss:
             raise ValueError(f"logits must have shape targets.shape + (C,) = "
                              f"{targets.shape + ('C',)}, got {logits.shape}")
         C = logits.shape[-1]
+        if C == 0:
+            raise ValueError(f"logits must have at least one class, got shape {logits.shape}")
         x = np.ascontiguousarray(logits).reshape(-1, C)
-        t = np.ascontiguousarray(targets, dtype=np.int64).reshape(-1)
+        t = _check_indices(targets, "Target", C, ignore=self.ignore_index,
+                           is_out=f"out of bounds for {C} classes").reshape(-1)
         losses = np.empty(t.shape[0], dtype=logits.dtype)
         probs = np.empty_like(x)
         _ops.cross_entropy_forward(x, t, self.ignore_index, losses, probs, _threads_for(x.size))
@@ -416,10 +503,17 @@ class CrossEntropyLoss:
             raise RuntimeError("CrossEntropyLoss.backward needs a forward call first")
         probs, t, count, t_shape, shape = self._cache
         if self.reduction == "none":
-            g = np.asarray(grad, dtype=probs.dtype)
-            scale = np.ascontiguousarray(np.broadcast_to(g, t_shape)).reshape(-1)
+            g = np.asarray(grad)
+            if g.dtype.kind not in "fiu":
+                raise TypeError(f"grad must be a real number or a float array shaped like the "
+                                f"targets {t_shape}, got dtype {g.dtype}")
+            if g.shape not in ((), t_shape):
+                raise ValueError(f"grad must be a scalar or have the targets' shape {t_shape},"
+                                 f" got {g.shape}")
+            scale = np.ascontiguousarray(np.broadcast_to(g.astype(probs.dtype), t_shape))
+            scale = scale.reshape(-1)
         else:
-            g = float(grad)
+            g = _check_real(grad, "grad", allow_inf=True)
             if self.reduction == "mean":
                 g = g / count if count else 0.0
             scale = np.full(t.shape[0], g, dtype=probs.dtype)
@@ -432,20 +526,49 @@ class CrossEntropyLoss:
 def _grads(parameters):
     if isinstance(parameters, Parameter):
         parameters = [parameters]
-    return [p.grad for p in parameters]
+    try:
+        parameters = list(parameters)
+    except TypeError:
+        raise TypeError("parameters must be a Parameter or an iterable of Parameters, got "
+                        f"{type(parameters).__name__}") from None
+    for i, p in enumerate(parameters):
+        if not isinstance(p, Parameter):
+            raise TypeError(f"parameters[{i}] must be a Parameter, got {type(p).__name__}")
+    return [_checked_grad(p, f"parameters[{i}]") for i, p in enumerate(parameters)]
+
+
+def _vector_norm(a, p):
+    """torch.linalg.vector_norm(a, p) of an array, accumulated in float64."""
+    if p in (math.inf, -math.inf):
+        if not a.size:
+            raise RuntimeError(f"cannot compute the {p} norm of an empty gradient (torch "
+                               "refuses it too: the max/min of nothing is undefined)")
+        m = np.abs(a)
+        return float(m.max() if p > 0 else m.min())
+    if p == 0:
+        return float(np.count_nonzero(a))
+    if p == 2.0:
+        a = a.reshape(-1)
+        return math.sqrt(float(np.dot(a, a)))  # a BLAS dot: no temporary array
+    with np.errstate(divide="ignore", over="ignore"):  # |0|^p for p < 0 is inf, as torch's
+        return float(np.sum(np.abs(a.astype(np.float64, copy=False)) ** p) ** (1.0 / p))
 
 
 def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
     """Scale gradients in place so that their total norm is at most ``max_norm`` (torch's).
 
-    The total norm is taken over all gradients together, as if concatenated; gradients
-    are multiplied by ``min(1, max_norm / (total_norm + 1e-6))``.
+    The total norm is the ``norm_type``-norm of the vector of the gradients' norms (for
+    p ≠ 0 the norm of all gradients concatenated); gradients are multiplied by
+    ``min(1, max_norm / (total_norm + 1e-6))``, so a NaN norm or ``max_norm`` makes them
+    NaN and a negative ``max_norm`` flips their sign, exactly as in torch.
 
     Parameters
     ----------
     parameters : Parameter or iterable of Parameter
-    max_norm : float
-    norm_type : float, default 2 (``inf`` for the max-abs norm)
+    max_norm : float (anything ``float()`` accepts, as torch)
+    norm_type : float or str, default 2
+        Any p torch's ``vector_norm`` accepts: positive, negative, 0 (the number of
+        non-zero entries), ``inf`` or ``'inf'`` (max-abs), ``-inf`` (min-abs).
     error_if_nonfinite : bool, default False
         Raise RuntimeError if the total norm is NaN or infinite.
 
@@ -455,30 +578,25 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         The total norm of the gradients before clipping.
     """
     grads = _grads(parameters)
-    max_norm, norm_type = float(max_norm), float(norm_type)
+    max_norm, norm_type = float(max_norm), float(norm_type)  # torch's conversions
     if not grads:
         return 0.0
-    if norm_type == math.inf:
-        total = max(float(np.max(np.abs(g))) if g.size else 0.0 for g in grads)
-    elif norm_type == 2.0:
-        # Σ ‖g‖² by BLAS dot products: no temporary arrays
-        total = math.sqrt(sum(float(np.dot(g.reshape(-1), g.reshape(-1))) for g in grads))
-    else:
-        # Σ ‖g‖_p^p accumulated in float64
-        total = sum(float(np.sum(np.abs(g.astype(np.float64, copy=False)) ** norm_type))
-                    for g in grads) ** (1.0 / norm_type)
+    total = _vector_norm(np.array([_vector_norm(g, norm_type) for g in grads]), norm_type)
     if error_if_nonfinite and not math.isfinite(total):
         raise RuntimeError(f"The total norm of order {norm_type} for gradients is non-finite, "
                            "so it cannot be clipped")
     coef = max_norm / (total + 1e-6)
-    if coef < 1.0:
+    if not coef >= 1.0:  # NaN included, as torch's clamp(coef, max=1)
         for g in grads:
             g *= g.dtype.type(coef)
     return total
 
 
 def clip_grad_value_(parameters, clip_value):
-    """Clip every gradient element into [-clip_value, clip_value], in place (torch's)."""
+    """Clip every gradient element into [-clip_value, clip_value], in place (torch's).
+
+    ``clip_value`` is converted with ``float()``, as torch does.
+    """
     clip_value = float(clip_value)
     for g in _grads(parameters):
         np.clip(g, -clip_value, clip_value, out=g)

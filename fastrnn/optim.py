@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from . import _ops
+from .layers import _check_real, _checked_grad
 from .rnn import Parameter
 
 __all__ = ["Optimizer", "SGD", "Adam"]
@@ -33,19 +34,38 @@ class Optimizer:
             if not isinstance(p, Parameter):
                 raise TypeError(f"optimizer can only optimize Parameters, but params[{i}] is "
                                 f"{type(p).__name__}")
-        if not lr >= 0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        self.lr = float(lr)
+        if len({id(p) for p in self.params}) != len(self.params):
+            # each entry has its own state: a repeated parameter would be stepped twice
+            raise ValueError("optimizer got a parameter more than once")
+        self.lr = _hyperparameter(lr, "learning rate")
         self.state = [dict() for _ in self.params]
+
+    def _grads(self):
+        """(index, parameter, gradient, state), each gradient checked to match its parameter.
+
+        All are checked before any parameter changes, so a bad gradient leaves the model as
+        it was (NumPy would broadcast a gradient of another shape into the update).
+        """
+        grads = [_checked_grad(p, f"params[{i}]") for i, p in enumerate(self.params)]
+        return zip(self.params, grads, self.state)
 
     def zero_grad(self):
         """Set the gradient of every parameter to zero."""
-        for p in self.params:
-            p.grad[...] = 0
+        for i, p in enumerate(self.params):
+            _checked_grad(p, f"params[{i}]")[...] = 0
 
     def step(self):
         """Update every parameter from its gradient."""
         raise NotImplementedError
+
+
+def _hyperparameter(value, name, low=0.0):
+    """A real hyperparameter ``>= low`` (not NaN; inf allowed, as torch), else torch's
+    ``Invalid <name>: <value>``."""
+    try:
+        return _check_real(value, name, low=low, allow_inf=True)
+    except ValueError:
+        raise ValueError(f"Invalid {name}: {value}") from None
 
 
 class SGD(Optimizer):
@@ -66,20 +86,17 @@ class SGD(Optimizer):
     def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, dampening=0.0,
                  nesterov=False):
         super().__init__(params, lr)
-        if momentum < 0:
-            raise ValueError(f"Invalid momentum value: {momentum}")
-        if weight_decay < 0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if nesterov and (momentum <= 0 or dampening != 0):
+        self.momentum = _hyperparameter(momentum, "momentum")
+        self.weight_decay = _hyperparameter(weight_decay, "weight_decay")
+        self.dampening = _hyperparameter(dampening, "dampening", low=None)
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise TypeError(f"nesterov must be a bool, got {type(nesterov).__name__}")
+        if nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-        self.momentum = float(momentum)
-        self.weight_decay = float(weight_decay)
-        self.dampening = float(dampening)
         self.nesterov = bool(nesterov)
 
     def step(self):
-        for p, state in zip(self.params, self.state):
-            d = p.grad
+        for p, d, state in self._grads():
             if self.weight_decay != 0:
                 d = d + self.weight_decay * p.data  # d = g + wd·p
             if self.momentum != 0:
@@ -111,22 +128,20 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr)
-        beta1, beta2 = betas
-        if not 0.0 <= beta1 < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0: {beta1}")
-        if not 0.0 <= beta2 < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1: {beta2}")
-        if not eps >= 0.0:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not weight_decay >= 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        self.betas = (float(beta1), float(beta2))
-        self.eps = float(eps)
-        self.weight_decay = float(weight_decay)
+        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+            raise TypeError(f"betas must be a pair of floats, got {betas!r}")
+        beta1, beta2 = (_hyperparameter(b, f"beta parameter at index {i}")
+                        for i, b in enumerate(betas))
+        for i, b in enumerate((beta1, beta2)):
+            if not b < 1.0:
+                raise ValueError(f"Invalid beta parameter at index {i}: {b}")
+        self.betas = (beta1, beta2)
+        self.eps = _hyperparameter(eps, "epsilon value")
+        self.weight_decay = _hyperparameter(weight_decay, "weight_decay")
 
     def step(self):
         beta1, beta2 = self.betas
-        for p, state in zip(self.params, self.state):
+        for p, grad, state in self._grads():
             if not state:
                 state["step"] = 0
                 state["exp_avg"] = np.zeros_like(p.data)
@@ -136,13 +151,13 @@ class Adam(Optimizer):
             m, v = state["exp_avg"], state["exp_avg_sq"]
             step_size = self.lr / (1 - beta1 ** t)
             bias_correction2_sqrt = math.sqrt(1 - beta2 ** t)
-            arrays = (p.data, p.grad, m, v)
+            arrays = (p.data, grad, m, v)
             if (all(a.flags.c_contiguous and a.dtype == p.data.dtype for a in arrays)
                     and p.data.dtype in (np.float32, np.float64) and p.data.flags.writeable):
                 _ops.adam_step(*(a.reshape(-1) for a in arrays), step_size, beta1, beta2,
                                bias_correction2_sqrt, self.eps, self.weight_decay)
                 continue
-            g = p.grad
+            g = grad
             if self.weight_decay != 0:
                 g = g + self.weight_decay * p.data
             m += (1 - beta1) * (g - m)  # m = lerp(m, g, 1 - β1)
