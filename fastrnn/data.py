@@ -18,6 +18,8 @@ from collections import Counter
 
 import numpy as np
 
+from .layers import _as_rng, _check_indices, _check_int, _check_size
+
 __all__ = ["Vocab", "PAD", "UNK", "char_tokenize", "whitespace_tokenize", "get_tokenizer",
            "TOKEN_SEPARATORS", "pad_sequences", "train_val_test_split", "batch_iterator",
            "lm_batches"]
@@ -81,20 +83,24 @@ class Vocab:
     """
 
     def __init__(self, tokens=(), min_freq=1, max_size=None, specials=(PAD, UNK)):
+        if isinstance(specials, str):
+            raise TypeError(f"specials must be a sequence of str, got the str {specials!r}")
         specials = list(specials)
         if specials[:2] != [PAD, UNK]:
             raise ValueError(f"specials must start with {PAD!r} and {UNK!r}, got {specials}")
-        if len(set(specials)) != len(specials):
-            raise ValueError(f"specials must be distinct, got {specials}")
-        if isinstance(min_freq, bool) or not isinstance(min_freq, numbers.Integral) or min_freq < 1:
-            raise ValueError(f"min_freq must be a positive integer, got {min_freq!r}")
-        if max_size is not None and max_size < len(specials):
-            raise ValueError(f"max_size must be at least the {len(specials)} specials, "
-                             f"got {max_size}")
+        min_freq = _check_size(min_freq, "min_freq")
+        if max_size is not None:
+            max_size = _check_size(max_size, "max_size")
+            if max_size < len(specials):
+                raise ValueError(f"max_size must be at least the {len(specials)} specials, "
+                                 f"got {max_size}")
         counts = Counter()
         for item in tokens:
             if isinstance(item, str):
                 counts[item] += 1
+            elif isinstance(item, (bytes, numbers.Number)) or not hasattr(item, "__iter__"):
+                raise TypeError(f"tokens must be str or iterables of str, got "
+                                f"{type(item).__name__} {item!r:.40}")
             else:
                 counts.update(item)
         # Counter keeps insertion order, and sorted() is stable: ties stay in first-seen order
@@ -106,15 +112,29 @@ class Vocab:
         self._set(itos, len(specials))
 
     def _set(self, itos, n_specials):
-        self.itos = list(itos)
-        self.stoi = {t: i for i, t in enumerate(self.itos)}
-        if len(self.stoi) != len(self.itos):
+        # what save() could not write (or load() would refuse) is refused here
+        for t in itos:
+            if not isinstance(t, str):
+                raise TypeError(f"vocabulary tokens must be str, got {type(t).__name__} {t!r:.40}")
+        try:
+            "".join(itos).encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"vocabulary tokens must be valid Unicode text (they are saved "
+                             f"as UTF-8): {e}") from None
+        n_specials = _check_int(n_specials, "n_specials")
+        if not 2 <= n_specials <= len(itos):
+            raise ValueError(f"n_specials must be in [2, {len(itos)}] (the pad and unk tokens "
+                             f"at least), got {n_specials}")
+        stoi = {t: i for i, t in enumerate(itos)}
+        if len(stoi) != len(itos):
             raise ValueError("vocabulary tokens must be distinct")
-        self.n_specials = n_specials
+        self.itos, self.stoi, self.n_specials = itos, stoi, n_specials
 
     @classmethod
     def from_tokens(cls, itos, n_specials=2):
         """A Vocab with exactly this id order (``itos[0]`` must be '<pad>', ``itos[1]`` '<unk>')."""
+        if isinstance(itos, str):
+            raise TypeError(f"itos must be a sequence of str, got the str {itos!r:.40}")
         itos = list(itos)
         if itos[:2] != [PAD, UNK]:
             raise ValueError(f"the first tokens must be {PAD!r} and {UNK!r}, got {itos[:2]}")
@@ -149,12 +169,13 @@ class Vocab:
     def decode(self, ids, sep=None, skip_specials=False):
         """Tokens for ``ids``: a list, or joined into a string with ``sep`` if it is given.
 
-        Raises IndexError for an id outside the vocabulary.
+        Raises TypeError for non-integer ids, IndexError for an id outside the vocabulary.
         """
-        ids = np.asarray(ids).reshape(-1)
+        if sep is not None and not isinstance(sep, str):
+            raise TypeError(f"sep must be a str or None, got {type(sep).__name__}")
         n = len(self.itos)
-        if ids.size and (ids.min() < 0 or ids.max() >= n):
-            raise IndexError(f"token id out of range for a vocabulary of {n}")
+        ids = _check_indices(ids, "token id", n, is_out=f"out of range for a vocabulary of {n}")
+        ids = ids.reshape(-1)
         tokens = [self.itos[i] for i in ids.tolist()
                   if not (skip_specials and i < self.n_specials)]
         return tokens if sep is None else sep.join(tokens)
@@ -176,9 +197,12 @@ class Vocab:
             raise ValueError(f"not a fastrnn vocabulary (expected format {_VOCAB_FORMAT!r})")
         itos, n_specials = obj.get("itos"), obj.get("n_specials")
         if (not isinstance(itos, list) or not all(isinstance(t, str) for t in itos)
-                or not isinstance(n_specials, int) or not 2 <= n_specials <= len(itos)):
+                or type(n_specials) is not int or not 2 <= n_specials <= len(itos)):
             raise ValueError("corrupt fastrnn vocabulary: bad 'itos' or 'n_specials'")
-        return cls.from_tokens(itos, n_specials)
+        try:
+            return cls.from_tokens(itos, n_specials)
+        except TypeError as e:  # from a file, every failure is a ValueError
+            raise ValueError(f"corrupt fastrnn vocabulary: {e}") from e
 
     def save(self, path):
         """Write the vocabulary to ``path`` as UTF-8 JSON."""
@@ -212,6 +236,9 @@ def pad_sequences(sequences, pad_value=0, batch_first=False, max_len=None, dtype
     lengths : int64 ndarray (N,), each sequence's length (after truncation); pass it to
         the RNN as ``lengths`` so padding never reaches states or gradients.
     """
+    if isinstance(sequences, (str, bytes, np.ndarray)) and np.ndim(sequences) < 2:
+        raise TypeError(f"sequences must be a sequence of 1-D arrays or lists, got "
+                        f"{type(sequences).__name__}")
     seqs = [np.asarray(s) for s in sequences]
     if not seqs:
         raise ValueError("pad_sequences needs at least one sequence")
@@ -220,14 +247,26 @@ def pad_sequences(sequences, pad_value=0, batch_first=False, max_len=None, dtype
         if s.ndim < 1 or s.shape[1:] != trailing:
             raise ValueError(f"sequence {i} has shape {s.shape}; every sequence must be "
                              f"(L_i,) + {trailing}")
+        if s.dtype.kind not in "biufc":
+            raise TypeError(f"sequence {i} has dtype {s.dtype}; expected numbers")
     lengths = np.array([len(s) for s in seqs], dtype=np.int64)
-    L = int(lengths.max()) if max_len is None else int(max_len)
+    L = int(lengths.max()) if max_len is None else _check_size(max_len, "max_len",
+                                                               allow_zero=True)
     lengths = np.minimum(lengths, L)
     if dtype is None:
         # empty lists come out as float64 arrays: they should not decide the dtype
         dtypes = [s.dtype for s in seqs if s.size]
         dtype = np.result_type(*dtypes) if dtypes else np.int64
-    out = np.full((len(seqs), L) + trailing, pad_value, dtype=dtype)
+    dtype = np.dtype(dtype)
+    pad = np.asarray(pad_value)
+    if pad.ndim or pad.dtype.kind not in "biufc":
+        raise TypeError(f"pad_value must be a number, got {pad_value!r:.40}")
+    with np.errstate(invalid="ignore"):
+        fill = pad.astype(dtype)
+    if not (fill == pad or (pad != pad and fill != fill)):  # NaN stays NaN
+        # np.full would truncate 2.5 to 2 (or wrap -1 to 255) without a word
+        raise ValueError(f"pad_value {pad_value!r} cannot be represented in dtype {dtype}")
+    out = np.full((len(seqs), L) + trailing, fill, dtype=dtype)
     for i, (s, n) in enumerate(zip(seqs, lengths)):
         out[i, :n] = s[:n]
     if not batch_first:
@@ -238,7 +277,18 @@ def pad_sequences(sequences, pad_value=0, batch_first=False, max_len=None, dtype
 def _take(data, index):
     if isinstance(data, np.ndarray):
         return data[index]
-    return [data[i] for i in index]
+    return type(data)(data[i] for i in index) if isinstance(data, tuple) else \
+        [data[i] for i in index]
+
+
+def _sized_length(data, name):
+    """len(data) for a list, tuple or array of at least one dimension (what _take indexes)."""
+    if isinstance(data, np.ndarray):
+        if data.ndim == 0:
+            raise ValueError(f"{name} must have at least one dimension, got a 0-d array")
+    elif not isinstance(data, (list, tuple)):
+        raise TypeError(f"{name} must be a list, tuple or ndarray, got {type(data).__name__}")
+    return len(data)
 
 
 def train_val_test_split(data, val=0.1, test=0.1, shuffle=True, seed=None):
@@ -257,26 +307,24 @@ def train_val_test_split(data, val=0.1, test=0.1, shuffle=True, seed=None):
     -------
     train, val, test : the same type as ``data``.
     """
-    n = len(data)
+    n = _sized_length(data, "data")
 
     def count(x, name):
-        if isinstance(x, numbers.Integral) and not isinstance(x, bool):
-            k = int(x)
-        elif isinstance(x, numbers.Real) and 0 <= x < 1:
-            k = int(math.floor(x * n))
-        else:
+        if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
+            raise TypeError(f"{name} must be a fraction in [0, 1) or a count (int), got "
+                            f"{type(x).__name__}")
+        if isinstance(x, numbers.Integral):
+            return _check_size(x, name, allow_zero=True)
+        if not 0 <= x < 1:
             raise ValueError(f"{name} must be a fraction in [0, 1) or a count, got {x!r}")
-        if k < 0:
-            raise ValueError(f"{name} must be non-negative, got {x!r}")
-        return k
+        return int(math.floor(x * n))
 
     n_val, n_test = count(val, "val"), count(test, "test")
     if n_val + n_test > n:
         raise ValueError(f"val ({n_val}) + test ({n_test}) exceed the {n} items")
     n_train = n - n_val - n_test
     if shuffle:
-        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        order = rng.permutation(n)
+        order = _as_rng(seed).permutation(n)
         return (_take(data, order[:n_train]), _take(data, order[n_train:n_train + n_val]),
                 _take(data, order[n_train + n_val:]))
     return data[:n_train], data[n_train:n_train + n_val], data[n_train + n_val:]
@@ -303,13 +351,16 @@ def batch_iterator(*datasets, batch_size, shuffle=False, seed=None, drop_last=Fa
     """
     if not datasets:
         raise ValueError("batch_iterator needs at least one dataset")
-    n = len(datasets[0])
-    if any(len(d) != n for d in datasets):
-        raise ValueError(f"datasets must have equal lengths, got {[len(d) for d in datasets]}")
-    if (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
-            or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    lengths = [_sized_length(d, f"datasets[{i}]") for i, d in enumerate(datasets)]
+    if any(k != lengths[0] for k in lengths):
+        raise ValueError(f"datasets must have equal lengths, got {lengths}")
+    batch_size = _check_size(batch_size, "batch_size")
+    rng = _as_rng(seed)
+    # checked here, when called: a generator function would check only at the first next()
+    return _batches(datasets, lengths[0], batch_size, bool(shuffle), rng, bool(drop_last))
+
+
+def _batches(datasets, n, batch_size, shuffle, rng, drop_last):
     order = rng.permutation(n) if shuffle else np.arange(n)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
@@ -336,15 +387,23 @@ def lm_batches(ids, batch_size, seq_len, batch_first=False):
         token of every x; L = seq_len except possibly a shorter last batch.
     """
     ids = np.asarray(ids)
-    if ids.ndim != 1 or ids.dtype.kind not in "iu":
-        raise ValueError(f"ids must be a 1-D integer array, got {ids.dtype} of shape {ids.shape}")
-    if batch_size < 1 or seq_len < 1:
-        raise ValueError(f"batch_size and seq_len must be positive, got {batch_size}, {seq_len}")
+    if ids.ndim != 1:
+        raise ValueError(f"ids must be a 1-D integer array, got shape {ids.shape}")
+    # token ids are indices: integers, non-negative, and none wraps around in the int64 cast
+    ids = _check_indices(ids, "token id", np.iinfo(np.int64).max)
+    batch_size = _check_size(batch_size, "batch_size")
+    seq_len = _check_size(seq_len, "seq_len")
     n = len(ids) // batch_size
     if n < 2:
         raise ValueError(f"{len(ids)} tokens are too few for {batch_size} streams of at least 2")
     # column b is the stream ids[b·n : (b+1)·n]
-    streams = np.ascontiguousarray(ids[:n * batch_size].astype(np.int64).reshape(batch_size, n).T)
+    streams = np.ascontiguousarray(ids[:n * batch_size].reshape(batch_size, n).T)
+    # checked here, when called: a generator function would check only at the first next()
+    return _lm_batches(streams, seq_len, bool(batch_first))
+
+
+def _lm_batches(streams, seq_len, batch_first):
+    n = streams.shape[0]
     for i in range(0, n - 1, seq_len):
         L = min(seq_len, n - 1 - i)
         x, y = streams[i:i + L], streams[i + 1:i + 1 + L]

@@ -26,7 +26,8 @@ import numpy as np
 
 from . import _ops
 from .data import lm_batches
-from .layers import CrossEntropyLoss, Embedding, Linear, Module, _as_rng, _check_dtype
+from .layers import (CrossEntropyLoss, Embedding, Linear, Module, _as_rng, _check_dtype,
+                     _check_indices, _check_int, _check_real, _check_size)
 from .parallel import get_num_threads
 from .rnn import RNN
 
@@ -68,30 +69,34 @@ def sample_tokens(embedding, rnn, decoder, prime, length, *, h0=None, temperatur
     """
     if rnn.bidirectional:
         raise ValueError("generation needs a unidirectional RNN")
-    dtype = rnn.dtype
+    for layer, name in ((embedding, "embedding"), (decoder, "decoder")):
+        if layer.dtype != rnn.dtype:
+            raise TypeError(f"{name} dtype {layer.dtype} does not match the RNN's {rnn.dtype}")
+    if embedding.embedding_dim != rnn.input_size or decoder.in_features != rnn.hidden_size:
+        raise ValueError("embedding_dim must equal rnn.input_size and decoder.in_features "
+                         "must equal rnn.hidden_size")
+    dtype, V = rnn.dtype, embedding.num_embeddings
     prime = np.asarray(prime)
-    if prime.dtype.kind not in "iu":
-        raise TypeError(f"prime must hold integer token ids, got dtype {prime.dtype}")
-    single = prime.ndim == 1
-    prime = np.ascontiguousarray(prime[None] if single else prime, dtype=np.int64)
-    if prime.ndim != 2 or prime.shape[1] < 1:
+    if prime.ndim not in (1, 2) or prime.shape[-1] < 1:
         raise ValueError(f"prime must have shape (P,) or (B, P) with P ≥ 1, got {prime.shape}")
+    single = prime.ndim == 1
+    # the compiled loop looks the tokens up unchecked: every one must be a row of the table
+    prime = _check_indices(prime[None] if single else prime, "prime token", V,
+                           is_out=f"out of range for an Embedding of {V} rows")
     B = prime.shape[0]
-    length = int(length)
-    if length < 0:
-        raise ValueError(f"length must be non-negative, got {length}")
-    temperature = float(temperature)
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be ≥ 0 (0 = greedy), got {temperature}")
-    top_k = 0 if top_k is None else int(top_k)
-    if top_k < 0:
-        raise ValueError(f"top_k must be positive (or None for all tokens), got {top_k}")
+    length = _check_size(length, "length", allow_zero=True)
+    temperature = _check_real(temperature, "temperature", low=0.0)
+    top_k = 0 if top_k is None else _check_size(top_k, "top_k")
+    eos = -1 if eos is None else _check_int(eos, "eos", low=0, high=decoder.out_features)
+    pad = _check_int(pad, "pad", low=np.iinfo(np.int64).min, high=np.iinfo(np.int64).max)
     Lyr, H = rnn.num_layers, rnn.hidden_size
     if h0 is None:
         h = np.zeros((Lyr, B, H), dtype=dtype)
     else:
         h0 = np.asarray(h0)
         want = (Lyr, H) if single else (Lyr, B, H)
+        if h0.dtype != dtype:
+            raise TypeError(f"h0 dtype ({h0.dtype}) does not match the RNN's dtype ({dtype})")
         if h0.shape != want:
             raise ValueError(f"h0 must have shape {want}, got {h0.shape}")
         h = np.array(h0[:, None] if single else h0, dtype=dtype, order="C")
@@ -100,20 +105,14 @@ def sample_tokens(embedding, rnn, decoder, prime, length, *, h0=None, temperatur
     w_hh = [np.ascontiguousarray(params[f"weight_hh_l{k}"].data) for k in range(Lyr)]
     biases = [params[f"bias_ih_l{k}"].data + params[f"bias_hh_l{k}"].data if rnn.bias else None
               for k in range(Lyr)]
-    for layer, name in ((embedding, "embedding"), (decoder, "decoder")):
-        if layer.dtype != dtype:
-            raise TypeError(f"{name} dtype {layer.dtype} does not match the RNN's {dtype}")
-    if embedding.embedding_dim != rnn.input_size or decoder.in_features != H:
-        raise ValueError("embedding_dim must equal rnn.input_size and decoder.in_features "
-                         "must equal rnn.hidden_size")
     rng = _as_rng(seed)
     seeds = rng.integers(0, 2**64, size=B, dtype=np.uint64)
     out = np.empty((B, length), dtype=np.int64)
     lengths = np.empty(B, dtype=np.int64)
     _ops.generate(embedding.weight.data, w_ih, w_hh, biases, decoder.weight.data,
                   decoder.bias.data if decoder.has_bias else None, h, prime, out, lengths,
-                  temperature, top_k, rnn.nonlinearity == "relu", seeds,
-                  -1 if eos is None else int(eos), int(pad), get_num_threads())
+                  temperature, top_k, rnn.nonlinearity == "relu", seeds, eos, pad,
+                  get_num_threads())
     if single:
         return out[0], int(lengths[0]), h[:, 0]
     return out, lengths, h
@@ -124,7 +123,15 @@ def accuracy(logits, targets, ignore_index=-100):
 
     logits (..., C), targets (...). NaN if every target is ignored.
     """
+    logits = np.asarray(logits)
     targets = np.asarray(targets)
+    ignore_index = _check_int(ignore_index, "ignore_index")
+    if targets.dtype.kind not in "iu":
+        raise TypeError(f"targets must be integers (class indices), got dtype {targets.dtype}")
+    if logits.dtype.kind not in "fiu" or logits.ndim < 1 or logits.shape[:-1] != targets.shape:
+        # a mismatch would broadcast into a meaningless fraction
+        raise ValueError(f"logits must be numbers of shape targets.shape + (C,) = "
+                         f"{targets.shape + ('C',)}, got {logits.dtype} {logits.shape}")
     mask = targets != ignore_index
     n = int(mask.sum())
     if n == 0:
@@ -132,12 +139,19 @@ def accuracy(logits, targets, ignore_index=-100):
     return float(((np.argmax(logits, axis=-1) == targets) & mask).sum() / n)
 
 
+def _plain(value):
+    """A NumPy scalar as the Python bool, int or float of the same value; others unchanged."""
+    return value.item() if isinstance(value, np.generic) and value.dtype.kind in "biuf" \
+        else value
+
+
 class _Model(Module):
     """A Module that remembers its constructor arguments (for save/load)."""
 
     def __init__(self, config):
         super().__init__()
-        config = dict(config)
+        # as Python values (numpy scalars are not JSON): what save_model stores must load
+        config = {k: _plain(v) for k, v in config.items()}
         config["dtype"] = str(_check_dtype(config.get("dtype", np.float32)))
         self._config = config
 
@@ -286,6 +300,8 @@ class ConditionalGenerator(_Model):
         """Sequences for each label: (N, length) tokens and (N,) lengths (greedy by default)."""
         labels = np.atleast_1d(np.asarray(labels))
         h0 = self.initial_state(labels, keep_cache=False)
+        # checked before np.full, which would truncate 2.5 to 2
+        bos = _check_int(bos, "bos", low=0, high=self.embedding.num_embeddings)
         prime = np.full((len(labels), 1), bos, dtype=np.int64)
         tokens, lengths, _ = sample_tokens(self.embedding, self.rnn, self.decoder, prime, length,
                                            h0=h0, temperature=temperature, top_k=top_k,
@@ -465,6 +481,8 @@ class Seq2Seq(_Model):
         was_training = self.training
         self.eval()
         try:
+            # checked before np.full, which would truncate 2.5 to 2
+            bos = _check_int(bos, "bos", low=0, high=self.tgt_embedding.num_embeddings)
             h = self.encode(src, src_lengths)
             prime = np.full((h.shape[1], 1), bos, dtype=np.int64)
             tokens, lengths, _ = sample_tokens(self.tgt_embedding, self.decoder, self.projection,
