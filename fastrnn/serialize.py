@@ -14,6 +14,7 @@ Nothing in the file is executed or unpickled on load; every part is validated.
 import json
 import math
 import os
+import struct
 import tempfile
 import zipfile
 import zlib
@@ -42,14 +43,39 @@ def _json_array(obj):
     return np.frombuffer(json.dumps(obj, ensure_ascii=False).encode("utf-8"), dtype=np.uint8)
 
 
-def _json_from(array, what):
+def _text_from(array, what):
+    """The UTF-8 text a uint8 entry holds."""
     array = np.asarray(array)
     if array.dtype != np.uint8 or array.ndim != 1:
-        raise ValueError(f"corrupt model file: {what} is not UTF-8 JSON bytes")
+        raise ValueError(f"corrupt model file: {what} is not UTF-8 text bytes, got "
+                         f"{array.dtype} of shape {array.shape}")
     try:
-        return json.loads(array.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        return array.tobytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"corrupt model file: {what} is not UTF-8 text ({e})") from e
+
+
+def _json_from(array, what):
+    try:
+        return json.loads(_text_from(array, what))
+    except (json.JSONDecodeError, RecursionError) as e:
         raise ValueError(f"corrupt model file: {what} is not valid UTF-8 JSON ({e})") from e
+
+
+def _vocab_size_key(name):
+    """The configuration entry a vocabulary's size must equal: ``vocab_size`` for the
+    unnamed one, ``src_vocab_size`` for ``"src"``, ..."""
+    return f"{name}_vocab_size" if name else "vocab_size"
+
+
+def _check_vocab_sizes(config, vocabs):
+    """Every vocabulary has as many tokens as the embedding it indexes has rows (ids the
+    model emits must decode, ids the vocabulary encodes must be rows)."""
+    for name, vocab in vocabs.items():
+        size = config.get(_vocab_size_key(name))
+        if size is not None and size != len(vocab):
+            raise ValueError(f"vocabulary {name or 'vocab'!r} has {len(vocab)} tokens but the "
+                             f"model's {_vocab_size_key(name)} is {size}")
 
 
 def save_model(path, model, vocab=None, meta=None):
@@ -80,11 +106,18 @@ def save_model(path, model, vocab=None, meta=None):
         vocabs = dict(vocab)
     else:
         raise TypeError("vocab must be a Vocab, a dict of non-empty names to Vocabs, or None")
+    config = model.config()
+    _check_vocab_sizes(config, vocabs)  # load_model would refuse the file
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) for k in meta):
+        raise TypeError(f"meta must be a dict with str keys (a JSON object) or None, got "
+                        f"{type(meta).__name__}")
     header = {"format": FORMAT, "fastrnn_version": __version__, "model": name,
-              "config": model.config(), "vocab": sorted(vocabs), "meta": meta or {}}
+              "config": config, "vocab": sorted(vocabs), "meta": meta}
     try:
         arrays = {_HEADER: _json_array(header)}
-    except TypeError as e:
+    except (TypeError, ValueError, RecursionError) as e:  # ValueError: circular reference
         raise TypeError(f"meta must be JSON-serialisable: {e}") from e
     for key, v in vocabs.items():
         arrays[_VOCAB + key] = np.frombuffer(v.to_json().encode("utf-8"), dtype=np.uint8)
@@ -117,24 +150,36 @@ def load_model(path):
 
     Raises
     ------
+    OSError
+        If the file cannot be opened or read (missing, a directory, no permission).
     ValueError
-        If the file is not a fastrnn model file or any part of it is inconsistent.
+        If the file is not a fastrnn model file or any part of it is inconsistent. Nothing
+        of a size the file states is allocated before that size is checked against what the
+        file holds.
     """
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path!s} is not a readable .npz model file: {e}") from e
-    if not hasattr(archive, "files"):
-        raise ValueError(f"{path!s} is a single .npy array, not a fastrnn model file")
-    # a damaged archive fails inside zipfile/zlib/numpy's reader with their own exceptions
-    try:
-        with archive:
-            model, vocabs, meta = _read_archive(archive, path)
-    except (zipfile.BadZipFile, zlib.error, EOFError, UnicodeDecodeError, KeyError,
-            TypeError) as e:
-        raise ValueError(f"corrupt model file {path!s}: {type(e).__name__}: {e}") from e
+    with open(path, "rb") as f:
+        magic = f.read(6)
+        # np.load would read (and allocate for) a bare .npy array: refuse it unread
+        if magic.startswith(b"\x93NUMPY"):
+            raise ValueError(f"{path!s} is a single .npy array, not a fastrnn model file")
+        if magic[:4] != _ZIP_MAGIC:
+            raise ValueError(f"{path!s} is not a fastrnn model file (not an .npz archive)")
+        f.seek(0)
+        # a damaged archive fails inside zipfile/zlib/numpy's reader with their own exceptions
+        try:
+            with np.load(f, allow_pickle=False) as archive:
+                model, vocabs, meta = _read_archive(archive, path)
+        except _ARCHIVE_ERRORS as e:
+            raise ValueError(f"corrupt model file {path!s}: {type(e).__name__}: {e}") from e
     vocab = vocabs.get("") if list(vocabs) in ([], [""]) else vocabs
     return LoadedModel(model, vocab, meta)
+
+
+_ZIP_MAGIC = b"PK\x03\x04"  # a local file header: every non-empty zip starts with one
+# what zipfile, zlib and numpy's .npy reader raise on damaged bytes; OSError excluded, but
+# the file is open already, so a read failure then is the file system's
+_ARCHIVE_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, struct.error, KeyError,
+                   TypeError, OverflowError)
 
 
 def _entry_shapes(archive):
@@ -148,6 +193,12 @@ def _entry_shapes(archive):
     shapes = {}
     for name in archive.files:
         info = archive.zip.getinfo(name + ".npy")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            # np.savez writes no other; bzip2 and lzma have no useful bound on their ratio
+            raise ValueError(f"corrupt model file: entry {name!r} has compression method "
+                             f"{info.compress_type}; expected stored or deflated")
+        if info.flag_bits & 0x1:
+            raise ValueError(f"corrupt model file: entry {name!r} is encrypted")
         most = info.compress_size * (1 if info.compress_type == zipfile.ZIP_STORED
                                      else _DEFLATE_MAX_RATIO)
         with archive.zip.open(info) as f:
@@ -168,8 +219,31 @@ def _entry_shapes(archive):
     return shapes
 
 
+def _check_config_bounds(config, stored, path):
+    """Refuse a configuration number larger than the file could hold, before building.
+
+    Building even the shapes of a model costs time in proportion to its layers, so the
+    stored parameter entries bound ``num_layers`` (each layer has at least two), and the
+    stored elements bound every other integer (a size, a class count, an index); the
+    entries were checked against the archive's real size by :func:`_entry_shapes`.
+    """
+    params = [shape for key, shape in stored.items() if key.startswith(_PARAM)]
+    n_entries, n_elements = len(params), sum(math.prod(shape) for shape in params)
+    for key, value in config.items():
+        if type(value) is int:
+            most = n_entries if key == "num_layers" else n_elements
+            if abs(value) > most:
+                raise ValueError(f"{path!s} does not match its configuration: {key}={value} "
+                                 f"but the file holds {n_entries} parameters of {n_elements} "
+                                 f"elements")
+
+
 def _read_archive(archive, path):
-    """(model, vocabs, meta) from an open .npz archive, validating as it goes."""
+    """(model, vocabs, meta) from an open .npz archive, validating as it goes.
+
+    Everything cheap is checked before the model is built: header, configuration against
+    the stored shapes, vocabularies against the configuration, metadata.
+    """
     from .models import MODELS
 
     if _HEADER not in archive.files:
@@ -181,11 +255,12 @@ def _read_archive(archive, path):
         raise ValueError(f"unsupported model file format {fmt!r}; this fastrnn reads "
                          f"{FORMAT!r}")
     name, config = header.get("model"), header.get("config")
-    if name not in MODELS:
+    if not isinstance(name, str) or name not in MODELS:
         raise ValueError(f"unknown model class {name!r} in {path!s}; expected one of "
                          f"{sorted(MODELS)}")
     if not isinstance(config, dict):
         raise ValueError("corrupt model file: 'config' must be an object")
+    _check_config_bounds(config, stored, path)
     try:
         # shapes first: a configuration must not make us allocate what the file lacks
         expected = parameter_shapes(lambda: MODELS[name](**config))
@@ -199,18 +274,21 @@ def _read_archive(archive, path):
         raise ValueError(f"{path!s} does not match its configuration {config}: parameter "
                          f"{n!r} should be {expected.get(n, 'absent')}, the file has "
                          f"{found.get(n, 'none')} ({len(wrong)} parameter(s) differ)")
-    model = MODELS[name](**config)
-    state = {k[len(_PARAM):]: archive[k] for k in archive.files if k.startswith(_PARAM)}
-    model.load_state_dict(state)  # raises ValueError naming missing/unexpected/mismatched
     names = header.get("vocab", [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ValueError("corrupt model file: 'vocab' must be a list of names")
-    vocabs = {}
-    for n in names:
-        if _VOCAB + n not in archive.files:
-            raise ValueError(f"corrupt model file: vocabulary {n!r} is missing")
-        vocabs[n] = Vocab.from_json(archive[_VOCAB + n].tobytes().decode("utf-8"))
+    in_file = {k[len(_VOCAB):] for k in archive.files if k.startswith(_VOCAB)}
+    if sorted(set(names)) != sorted(names) or set(names) != in_file:
+        raise ValueError(f"corrupt model file: the header lists vocabularies {names}, the "
+                         f"file holds {sorted(in_file)}")
+    vocabs = {n: Vocab.from_json(_text_from(archive[_VOCAB + n], f"vocabulary {n!r}"))
+              for n in names}
+    _check_vocab_sizes(config, vocabs)
     meta = header.get("meta", {})
     if not isinstance(meta, dict):
-        raise ValueError("corrupt model file: 'meta' must be an object")
+        raise ValueError(f"corrupt model file: 'meta' must be an object, got "
+                         f"{type(meta).__name__}")
+    model = MODELS[name](**config)
+    state = {k[len(_PARAM):]: archive[k] for k in archive.files if k.startswith(_PARAM)}
+    model.load_state_dict(state)  # raises ValueError naming missing/unexpected/mismatched
     return model, vocabs, meta

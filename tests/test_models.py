@@ -376,7 +376,7 @@ MODEL_CASES = [
 def test_save_load_round_trip(tmp_path, cls, kwargs):
     m = cls(**kwargs, seed=3)
     vocab = data.Vocab("abcde")
-    vocabs = {"src": vocab, "tgt": data.Vocab("xyz")} if cls is Seq2Seq else vocab
+    vocabs = {"src": vocab, "tgt": data.Vocab("xyzw")} if cls is Seq2Seq else vocab
     path = tmp_path / "model.npz"
     save_model(path, m, vocabs, meta={"step": 5, "note": "ünïcode"})
     with np.load(path, allow_pickle=False) as f:  # a plain npz, no pickles
