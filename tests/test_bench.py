@@ -135,7 +135,8 @@ def test_bench_without_torch(tmp_path):
 
 def test_reference_failure_in_its_subprocess_is_reported():
     # the reference runs in a child process; a failure there surfaces with the child's error
-    from fastrnn.bench import Size, _measure_reference
+    from fastrnn.bench import Size
+    from fastrnn.bench.reference_time import measure_reference as _measure_reference
 
     with pytest.raises(RuntimeError, match="must be positive"):
         _measure_reference("fwd", Size("bad", 0, 1, 1, 1), 3.0, 1)

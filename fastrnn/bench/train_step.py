@@ -25,7 +25,7 @@ def make_training_step(rnn):
     """
     import torch
 
-    from .torch import RNN
+    from ..torch import RNN
 
     rnn_class = {"fastrnn": RNN, "torch": torch.nn.RNN}[rnn]
     torch.manual_seed(0)
@@ -77,7 +77,7 @@ def bench_torch_training_step(threads=1, repeats=5):
     """
     import torch
 
-    from . import parallel
+    from .. import parallel
 
     previous_torch, previous_fastrnn = torch.get_num_threads(), parallel._num_threads
     torch.set_num_threads(threads)

@@ -1,0 +1,133 @@
+"""What ``fastrnn bench`` measures: the grid of sizes, the size grammar, the passes and FLOPs.
+
+The grid (seq_len T × batch N × input I × hidden H, float32):
+
+====  ===================  ==========================================
+S     512 × 1 × 64 × 128   inference latency: forward only, eval mode
+M1    50 × 32 × 64 × 128
+M2    100 × 64 × 128 × 256
+L     200 × 16 × 256 × 512
+XL    100 × 128 × 512 × 1024
+====  ===================  ==========================================
+
+A size is written ``NAME`` or ``TxNxIxH``, optionally followed by ``-<k>L`` (layers) and
+``-bi`` (bidirectional): ``M2-2L-bi``, ``64x8x32x64-bi``.
+
+FLOPs of one layer and direction: 2·T·N·(I_layer·H + H·H), where I_layer is I for the first
+layer and D·H above it; forward + backward counts 3× the forward.
+"""
+import dataclasses
+import re
+
+__all__ = ["Size", "GRID", "DEFAULT_SIZES", "PASSES", "parse_sizes", "rows", "forward_flops",
+           "flops"]
+
+# name -> (T, N, I, H, passes)
+GRID = {
+    "S": (512, 1, 64, 128, ("fwd",)),  # inference latency: batch 1, long sequence
+    "M1": (50, 32, 64, 128, ("fwd", "fwd+bwd")),
+    "M2": (100, 64, 128, 256, ("fwd", "fwd+bwd")),
+    "L": (200, 16, 256, 512, ("fwd", "fwd+bwd")),
+    "XL": (100, 128, 512, 1024, ("fwd", "fwd+bwd")),
+}
+DEFAULT_SIZES = ("S", "M1", "M2", "L", "XL", "M2-2L-bi")
+
+# pass -> (FLOPs as a multiple of one forward, what is timed). Issue 5 adds "train-step"
+# (forward + backward + Adam of a small torch model, fastrnn.torch.RNN vs torch.nn.RNN):
+# one entry here and its builders in workloads.BUILDERS.
+PASSES = {
+    "fwd": (1, "forward only, eval mode (torch: inference_mode)"),
+    "fwd+bwd": (3, "forward in training mode + BPTT: gradients of the input and every parameter"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+    """One workload: its name (a GRID key or 'TxNxIxH'), T, N, I, H, layers, directions and
+    the passes timed on it."""
+
+    name: str
+    T: int
+    N: int
+    I: int  # noqa: E741 (the input size, as in the issue's notation)
+    H: int
+    layers: int = 1
+    bidirectional: bool = False
+    passes: tuple = ("fwd", "fwd+bwd")
+
+    @property
+    def shape(self):
+        """'T×N×I×H'."""
+        return f"{self.T}×{self.N}×{self.I}×{self.H}"
+
+    @property
+    def suffix(self):
+        """'-2L-bi', '-bi', '-3L' or ''."""
+        layers = f"-{self.layers}L" if self.layers != 1 else ""
+        return layers + ("-bi" if self.bidirectional else "")
+
+    @property
+    def label(self):
+        """The name (or TxNxIxH) with its layer and direction suffixes: 'M2-2L-bi'."""
+        return self.name + self.suffix
+
+    @property
+    def token(self):
+        """A string :func:`parse_sizes` reads back to this size (passes aside)."""
+        return f"{self.T}x{self.N}x{self.I}x{self.H}{self.suffix}"
+
+    def with_steps(self, T):
+        """The same size over T time steps."""
+        return dataclasses.replace(self, T=T)
+
+
+_TOKEN = re.compile(r"^(?P<base>[A-Za-z]\w*|\d+x\d+x\d+x\d+)(?:-(?P<layers>\d+)L)?(?P<bi>-bi)?$")
+
+
+def parse_sizes(text, layers=1, bidirectional=False):
+    """Sizes from a comma-separated list of names and TxNxIxH tuples.
+
+    ``layers`` and ``bidirectional`` apply where a token has no ``-<k>L`` or ``-bi`` suffix of
+    its own. Duplicates are dropped. Raises ValueError naming the bad token.
+    """
+    sizes = []
+    for token in (t.strip() for t in text.split(",")):
+        m = _TOKEN.match(token)
+        if m is None or (m["base"][0].isalpha() and m["base"].upper() not in GRID):
+            raise ValueError(f"unknown size {token!r}: expected one of {', '.join(GRID)} or "
+                             "TxNxIxH (e.g. 64x8x32x64), optionally followed by -<k>L and -bi")
+        base = m["base"]
+        if base[0].isalpha():
+            name = base.upper()
+            T, N, I, H, passes = GRID[name]
+        else:
+            name = base
+            T, N, I, H = (int(v) for v in base.split("x"))
+            passes = ("fwd", "fwd+bwd")
+        size = Size(name, T, N, I, H, int(m["layers"]) if m["layers"] else layers,
+                    bool(m["bi"]) or bidirectional, passes)
+        if min(size.T, size.N, size.I, size.H, size.layers) < 1:
+            raise ValueError(f"size {token!r}: T, N, I, H and layers must be positive")
+        if size not in sizes:
+            sizes.append(size)
+    return sizes
+
+
+def rows(sizes):
+    """The (size, pass) rows of a table over ``sizes``, in order."""
+    return [(size, p) for size in sizes for p in size.passes]
+
+
+def forward_flops(size):
+    """FLOPs of one forward pass: Σ over layers and directions of 2·T·N·(I_layer·H + H·H)."""
+    D = 2 if size.bidirectional else 1
+    total = 0
+    for layer in range(size.layers):
+        i_layer = size.I if layer == 0 else D * size.H
+        total += D * 2 * size.T * size.N * (i_layer * size.H + size.H * size.H)
+    return total
+
+
+def flops(size, pass_):
+    """FLOPs of one call of ``pass_`` on ``size``."""
+    return PASSES[pass_][0] * forward_flops(size)
