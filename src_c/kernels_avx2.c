@@ -6,6 +6,6 @@ FR_TARGET_BEGIN("avx2,fma")
 #define FR_NAME_STR "avx2"
 #define FR_VBYTES 32
 #define FR_MR 6
-#include "kernels_impl.h"
+#include "kernels_build.h"
 FR_TARGET_END
 #endif

@@ -6,6 +6,6 @@ FR_TARGET_BEGIN("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")
 #define FR_NAME_STR "avx512"
 #define FR_VBYTES 64
 #define FR_MR 8
-#include "kernels_impl.h"
+#include "kernels_build.h"
 FR_TARGET_END
 #endif

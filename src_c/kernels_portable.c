@@ -3,4 +3,4 @@
 #define FR_NAME_STR "portable"
 #define FR_VBYTES 16
 #define FR_MR 4
-#include "kernels_impl.h"
+#include "kernels_build.h"

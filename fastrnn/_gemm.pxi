@@ -1,0 +1,191 @@
+# The GEMM entry points and the weights' packing by a team (included by _rnn.pyx).
+
+def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
+         const floating[::1] bias=None, bint accumulate=False, int num_threads=1,
+         bint a_trans=False, floating[::1] a_sums=None):
+    """c = (c if accumulate else 0) + op(a) @ b + bias, op(a) = a.T if a_trans else a.
+
+    ``b`` may be a transposed view (``w.T`` of a row-major ``w``): it is packed from there,
+    with no transposed copy. Each thread computes a block of c's rows and packs the blocks
+    of a it needs itself; b's blocks too (no barrier), except with ``a_trans``: in a weight
+    gradient (K long, c small) every thread would pack all of b, so the threads share that
+    packing, meeting once per block. With ``a_trans``, ``a_sums`` (if given) receives
+    op(a).sum(axis=1), each sum in row order of ``a``, from the one reading of ``a`` (a
+    bias gradient next to a weight gradient).
+    """
+    _check_num_threads(num_threads)
+    cdef fr_index M = a.shape[1] if a_trans else a.shape[0]
+    cdef fr_index K = a.shape[0] if a_trans else a.shape[1]
+    cdef fr_index N = b.shape[1]
+    if b.shape[0] != K or c.shape[0] != M or c.shape[1] != N:
+        raise ValueError(f"gemm shapes do not match: op(a) ({M}, {K}), b ({b.shape[0]}, {N}), "
+                         f"c ({c.shape[0]}, {c.shape[1]})")
+    if M > INT_MAX or N > INT_MAX:
+        raise MemoryError(f"gemm of {M} x {N} outputs exceeds the kernels' {INT_MAX} rows/columns")
+    if bias is not None and bias.shape[0] != N:
+        raise ValueError(f"bias must have {N} elements, got {bias.shape[0]}")
+    if a_sums is not None and (not a_trans or a_sums.shape[0] != M):
+        raise ValueError(f"a_sums needs a_trans and {M} elements, got a_trans={a_trans} "
+                         f"and {a_sums.shape[0]} elements")
+    if M == 0:
+        return
+    cdef fr_index lda = _row_stride(a.shape, a.strides, sizeof(floating), "a")
+    # b's columns contiguous (b_trans) and its rows not: read it as bᵀ stored row-major
+    cdef bint b_trans = (b.shape[1] > 1 and b.strides[1] != sizeof(floating)
+                         and (b.shape[0] <= 1 or b.strides[0] == sizeof(floating)))
+    if b_trans:
+        _check_strides("b", b.shape, b.strides, 2, sizeof(floating), 0)
+    cdef fr_index ldb = (b.strides[1] // sizeof(floating) if b_trans
+                         else _row_stride(b.shape, b.strides, sizeof(floating), "b"))
+    cdef fr_index ldc = _row_stride(c.shape, c.strides, sizeof(floating), "c")
+    cdef const floating *pa = &a[0, 0] if K > 0 else NULL
+    cdef const floating *pb = &b[0, 0] if K > 0 else NULL
+    cdef floating *pc = &c[0, 0]
+    cdef const floating *pbias = &bias[0] if bias is not None else NULL
+    cdef floating *psums = &a_sums[0] if a_sums is not None else NULL
+    num_threads = threads_for(<double> M * N * K, num_threads)
+    cdef fr_index tile_rows = _slice_rows(M, num_threads)
+    cdef fr_index ntiles = (M + tile_rows - 1) // tile_rows
+    cdef fr_index tile, i0, rows, a_step = 1 if a_trans else lda
+    cdef int failed[1]
+    failed[0] = 0
+    cdef const fastrnn_kernels *ks = _selected
+    cdef fr_spin_barrier team_barrier
+    cdef floating *shared
+    cdef int team
+    if a_trans and num_threads > 1:
+        team_barrier.count = team_barrier.generation = 0
+        shared = <floating *> malloc(kernels.gemm_team_size(ks, K, N, pc) * sizeof(floating))
+        if shared == NULL:
+            raise MemoryError("could not allocate GEMM scratch")
+        with nogil, parallel(num_threads=num_threads):
+            team = fr_team_size()
+            if kernels.gemm_at_team(ks, M, N, K, pa, lda, pb, ldb, b_trans, pc, ldc, pbias,
+                                    accumulate, psums, threadid(), team, shared,
+                                    fr_team_barrier, &team_barrier) != 0:
+                failed[0] = 1
+        free(shared)
+        if failed[0]:
+            raise MemoryError("could not allocate GEMM scratch")
+        return
+    for tile in prange(ntiles, nogil=True, num_threads=num_threads, schedule="static"):
+        i0 = tile * tile_rows
+        rows = min(tile_rows, M - i0)
+        if kernels.gemm(ks, rows, N, K, pa + i0 * a_step, lda, a_trans, pb, ldb, b_trans,
+                        pc + i0 * ldc, ldc, pbias, accumulate,
+                        psums + i0 if psums != NULL else NULL) != 0:
+            failed[0] = 1
+    if failed[0]:
+        raise MemoryError("could not allocate GEMM scratch")
+
+
+def weight_grads(const floating[:, ::1] da, const floating[:, :] x,
+                 const floating[:, :, :] out, const floating[:, :, ::1] h0,
+                 const int64_t[::1] lengths, floating[:, ::1] dw_ih, floating[:, ::1] dw_hh,
+                 floating[::1] db=None, int num_threads=1):
+    """A layer's weight gradients from one reading of its dA, (L·N, D·H) (D = 1, or 2 with
+    direction 1 run backward in time): ``dw_ih`` = dAᵀ X, ``dw_hh`` = each direction's
+    dA_dᵀ H_prev stacked (D·H, H), ``db`` (if given) = dA summed over rows.
+
+    ``x`` is the layer's input (L·N, I); ``out`` its output (L, N, D·H), from which, with
+    ``h0`` (D, N, H) and ``lengths``, come the states before each step: h_{t-1} forward,
+    h_{t+1} in reverse, h0 where a sequence starts. Each thread takes a slice of the D·H
+    rows; they share the packing of X, and copy each block of dA once for both products.
+    Every element is a sum in row order: the same bits for any thread count.
+    """
+    _check_num_threads(num_threads)
+    cdef fr_index K = da.shape[0], M = da.shape[1], I = x.shape[1]
+    cdef fr_index L = out.shape[0], N = out.shape[1], D = h0.shape[0], H = h0.shape[2]
+    if (D not in (1, 2) or M != D * H or out.shape[2] != M or K != L * N or x.shape[0] != K
+            or h0.shape[1] != N or lengths.shape[0] != N or dw_ih.shape[0] != M
+            or dw_ih.shape[1] != I or dw_hh.shape[0] != M or dw_hh.shape[1] != H
+            or (db is not None and db.shape[0] != M)):
+        raise ValueError(
+            f"weight_grads shapes do not match: da ({K}, {M}), x ({x.shape[0]}, {I}), out "
+            f"({L}, {N}, {out.shape[2]}), h0 ({D}, {h0.shape[1]}, {H}), lengths "
+            f"({lengths.shape[0]},), dw_ih ({dw_ih.shape[0]}, {dw_ih.shape[1]}), dw_hh "
+            f"({dw_hh.shape[0]}, {dw_hh.shape[1]}), db "
+            f"{None if db is None else (db.shape[0],)}")
+    if M > INT_MAX:
+        raise MemoryError(f"{M} rows exceed the kernels' {INT_MAX}")
+    _check_lengths(lengths, N, L)
+    _check_strides("out", out.shape, out.strides, 3, sizeof(floating), 2)
+    if M == 0:
+        return
+    if K == 0:
+        dw_ih[:, :] = 0
+        dw_hh[:, :] = 0
+        if db is not None:
+            db[:] = 0
+        return
+    cdef fr_index ldx = _row_stride(x.shape, x.strides, sizeof(floating), "x")
+    cdef fr_index ts = out.strides[0] // sizeof(floating), bs = out.strides[1] // sizeof(floating)
+    cdef const floating *po = &out[0, 0, 0]
+    cdef const floating *ph0 = &h0[0, 0, 0]
+    cdef const floating *px = &x[0, 0] if I > 0 else NULL
+    cdef floating *pdb = &db[0] if db is not None else NULL
+    cdef floating *pdw_ih = &dw_ih[0, 0]
+    cdef const int64_t *plen = &lengths[0]
+    cdef fr_index d, t, n, ln
+    # the state before each step, row by row: forward h_{t-1} (h0 at t = 0), reverse h_{t+1}
+    # (h0 at t = length - 1; past the length dA is 0 and any row serves)
+    cdef const floating **hprev = <const floating **> malloc(D * K * sizeof(floating *))
+    if hprev == NULL:
+        raise MemoryError("could not allocate weight-gradient scratch")
+    for d in range(D):
+        for t in range(L):
+            for n in range(N):
+                ln = plen[n]
+                if d == 0:
+                    hprev[t * N + n] = (ph0 + n * H if t == 0 else po + (t - 1) * ts + n * bs)
+                elif t == ln - 1:
+                    hprev[K + t * N + n] = ph0 + (N + n) * H
+                else:
+                    hprev[K + t * N + n] = po + (t + 1 if t + 1 < ln else t) * ts + n * bs + H
+    cdef const fastrnn_kernels *ks = _selected
+    num_threads = threads_for(<double> K * M * (I + H), num_threads)
+    cdef floating *shared = <floating *> malloc(
+        (kernels.gemm_team_size(ks, K, I, pdw_ih) + kernels.gemm_team_size(ks, K, H, pdw_ih))
+        * sizeof(floating))
+    if shared == NULL:
+        free(hprev)
+        raise MemoryError("could not allocate weight-gradient scratch")
+    cdef fr_spin_barrier team_barrier
+    team_barrier.count = team_barrier.generation = 0
+    cdef int team
+    cdef int failed[1]
+    failed[0] = 0
+    with nogil, parallel(num_threads=num_threads):
+        team = fr_team_size()
+        if kernels.weight_grads_at_team(ks, M, K, H, &da[0, 0], M, px, ldx, I, hprev, pdw_ih,
+                                        &dw_hh[0, 0], pdb, threadid(), team, shared,
+                                        fr_team_barrier, &team_barrier) != 0:
+            failed[0] = 1
+    free(shared)
+    free(hprev)
+    if failed[0]:
+        raise MemoryError("could not allocate weight-gradient scratch")
+
+
+cdef floating *_packed_buffer(const fastrnn_kernels *ks, fr_index K, fr_index N,
+                             floating *like) noexcept nogil:
+    """Room for a K×N matrix packed for the step kernels (free it); NULL if out of memory.
+    ``like`` only selects the type."""
+    return <floating *> malloc(kernels.packed_size(ks, K, N, like) * sizeof(floating))
+
+
+cdef void _pack_part(const fastrnn_kernels *ks, const floating *w, fr_index ld, fr_index K,
+                     fr_index N, bint transpose, floating *packed, int part,
+                     int parts) noexcept nogil:
+    """Share ``part`` of ``parts`` of packing op(W) (K×N) into ``packed``: a contiguous run
+    of its panels, so that the threads of a region pack the weights together, each its own
+    share, before a barrier (one thread alone would leave the others idle meanwhile).
+    W is row-major with row stride ld: K×N, or N×K read transposed if transpose."""
+    cdef fr_index panel = kernels.packed_size(ks, 1, 1, packed)
+    cdef fr_index panels = (N + panel - 1) // panel
+    cdef fr_index j0 = panels * part // parts * panel
+    cdef fr_index j1 = min(N, panels * (part + 1) // parts * panel)
+    if j1 <= j0:
+        return
+    kernels.pack(ks, K, j1 - j0, w + (j0 * ld if transpose else j0), ld, transpose,
+                 packed + j0 * K)

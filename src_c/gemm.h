@@ -1,0 +1,285 @@
+/* The GEMM framework for one dtype: the register tile (microkernel), B's packing, the
+ * blocking over K and columns, and gemm itself. Part of the per-dtype kernel bodies
+ * (kernels_dtype.h), after vector_math.h.
+ *
+ * One register-blocked tile does all the arithmetic: an mr x (np·NR) block of vector
+ * accumulators, broadcast-multiply-add over k in increasing order, then an epilogue
+ * (bias, tanh or relu) applied in the store. B is packed into panels of NR columns
+ * (zero-padded), k-major inside a panel. Every output element is
+ *     init (0, or a value loaded from memory) + Σ_k a[k]·b[k]   (k = 0, 1, ..., in order)
+ * whatever mr, np and the K blocking, so a row's result never depends on which rows
+ * share its call: that is what makes results independent of the thread count.
+ */
+
+#define NV 2          /* vectors per panel */
+#define NR (NV * VL)  /* columns per panel */
+/* k per block (an mr x KC slice of A stays in L1) and columns per block (KC x NC of B in
+ * L2). Each K block past the first re-reads and re-writes C's block: with float AVX-512 a
+ * 512-deep block (1 MiB of B) halves that traffic */
+#define KC (FR_VBYTES == 64 && FR_IS_FLOAT ? 512 : 256)
+#define NC (FR_VBYTES == 64 && FR_IS_FLOAT ? 512 : 256)
+
+enum { FR_P(INIT_ZERO), FR_P(INIT_IN), FR_P(INIT_OUT) };
+enum { FR_P(FIN_NONE), FR_P(FIN_BIAS), FR_P(FIN_TANH), FR_P(FIN_RELU) };
+
+/* Where A comes from: row pointers (element (i, k) at rows[i][k]), or, when rows is NULL,
+ * a matrix stored transposed (element (i, k) at at[k·ldat + i]). */
+typedef struct {
+    const REAL *const *rows;
+    const REAL *at;
+    fr_index ldat;
+} FR_P(asrc);
+
+/* The register tile: rows i0 .. i0+mr of A over k = kb .. kb+kc, times packed B panels
+ * bp + q·panel_stride (q < np, each kc x NR), into cout[r] + c_off (ncols valid columns).
+ * `kmajor` (a constant at every call) selects how A is read: row-major A through its row
+ * pointers, transposed A as MR consecutive values per k (ldat apart). */
+static inline __attribute__((always_inline)) void FR_P(tile)(
+    const int mr, const int np, const int kmajor, FR_P(asrc) a, int i0, fr_index kb,
+    fr_index kc, const REAL *bp, fr_index panel_stride, const REAL *const *cin,
+    REAL *const *cout, fr_index c_off, int ncols, int init, int fin, const REAL *bias) {
+    VEC acc[8][4 * NV];
+    for (int r = 0; r < mr; r++)
+        for (int i = 0; i < np * NV; i++) {
+            if (init == FR_P(INIT_ZERO)) {
+                acc[r][i] = FR_P(splat)(0);
+                /* the output lines arrive while the k loop runs: the stores at the end
+                 * would otherwise miss and stall */
+                __builtin_prefetch(cout[r] + c_off + i * VL, 1);
+            } else
+                acc[r][i] = FR_P(vload_n)((init == FR_P(INIT_IN) ? cin[r] : cout[r]) + c_off + i * VL,
+                                          ncols - i * VL);
+        }
+    const REAL *ar[8];
+    const REAL *at = kmajor ? a.at + kb * a.ldat + i0 : NULL;
+    if (!kmajor)
+        for (int r = 0; r < mr; r++) ar[r] = a.rows[i0 + r] + kb;
+    for (fr_index k = 0; k < kc; k++) {
+        VEC b[4 * NV];
+        for (int q = 0; q < np; q++)
+            for (int v = 0; v < NV; v++) b[q * NV + v] = FR_P(vload)(bp + q * panel_stride + k * NR + v * VL);
+        for (int r = 0; r < mr; r++) {
+            const REAL x = kmajor ? at[k * a.ldat + r] : ar[r][k];
+            for (int i = 0; i < np * NV; i++) acc[r][i] += x * b[i];
+        }
+    }
+    for (int r = 0; r < mr; r++)
+        for (int i = 0; i < np * NV; i++) {
+            VEC v = acc[r][i];
+            int n = ncols - i * VL;
+            if (n <= 0) break;
+            if (fin == FR_P(FIN_BIAS)) v += FR_P(vload_n)(bias + i * VL, n);
+            else if (fin == FR_P(FIN_TANH)) v = FR_P(vtanh)(v);
+            else if (fin == FR_P(FIN_RELU)) v = FR_P(vrelu)(v);
+            FR_P(vstore_n)(cout[r] + c_off + i * VL, v, n);
+        }
+}
+
+/* Panels processed together so that a few rows still keep enough accumulators in flight
+ * (without spilling: 32 vector registers with AVX-512, 16 otherwise). */
+static inline int FR_P(panels_for_rows)(int mr) {
+    if (FR_VBYTES == 64) return mr <= 2 ? 4 : mr <= 4 ? 2 : 1;
+    return mr == 1 ? 4 : mr <= 3 ? 2 : 1;
+}
+
+static void FR_P(tile_dispatch)(int mr, int np, FR_P(asrc) a, int i0, fr_index kb, fr_index kc,
+                                const REAL *bp, fr_index panel_stride, const REAL *const *cin,
+                                REAL *const *cout, fr_index c_off, int ncols, int init, int fin,
+                                const REAL *bias) {
+#define FR_TILE_CASE(m, n)                                                                    \
+    case (m) * 8 + (n):                                                                       \
+        if (a.rows)                                                                           \
+            FR_P(tile)(m, n, 0, a, i0, kb, kc, bp, panel_stride, cin, cout, c_off, ncols, init, \
+                       fin, bias);                                                            \
+        else                                                                                  \
+            FR_P(tile)(m, n, 1, a, i0, kb, kc, bp, panel_stride, cin, cout, c_off, ncols, init, \
+                       fin, bias);                                                            \
+        break;
+    switch (mr * 8 + np) {
+        FR_TILE_CASE(1, 1) FR_TILE_CASE(1, 2) FR_TILE_CASE(1, 4)
+        FR_TILE_CASE(2, 1) FR_TILE_CASE(2, 2) FR_TILE_CASE(2, 4)
+        FR_TILE_CASE(3, 1) FR_TILE_CASE(3, 2)
+        FR_TILE_CASE(4, 1) FR_TILE_CASE(4, 2)
+#if FR_MR >= 6
+        FR_TILE_CASE(5, 1) FR_TILE_CASE(6, 1)
+#endif
+#if FR_MR >= 8
+        FR_TILE_CASE(7, 1) FR_TILE_CASE(8, 1)
+#endif
+    }
+#undef FR_TILE_CASE
+}
+
+/* Distance between row blocks of packed A: one cache line more than a block needs, so
+ * that the row blocks (a power of two in size) do not all map to the same cache sets */
+static inline fr_index FR_P(apack_stride)(fr_index kc) {
+    return kc * FR_MR + 64 / (fr_index)sizeof(REAL);
+}
+
+/* One K block (kb, kc) of one column block (ncols, packed panels at bp) for all M rows,
+ * row block by row block, each swept across the panels. A transposed is first copied
+ * into apack (kc x FR_MR per row block, apack_stride apart): read in place, a row block's
+ * values sit one per row of the stored matrix (often a power of two apart), each k a
+ * cache and TLB miss; copied, they are read row by row, contiguously. copy_a says whether
+ * to copy (or apack holds this K block already); while copying, the rows of op(A) are
+ * summed into a_sums if not NULL. */
+static void FR_P(block)(int M, int ncols, fr_index kb, fr_index kc, FR_P(asrc) a,
+                        REAL *apack, const REAL *bp, fr_index panel_stride,
+                        const REAL *const *cin, REAL *const *cout, fr_index c_off, int init,
+                        int fin, const REAL *bias, int copy_a, REAL *a_sums) {
+    const int npanels = (ncols + NR - 1) / NR;
+    const fr_index astride = FR_P(apack_stride)(kc);
+    if (copy_a)
+        for (fr_index k = 0; k < kc; k++) {
+            const REAL *src = a.at + (kb + k) * a.ldat;
+            if (k + 16 < kc) /* rows ahead: the hardware prefetchers miss this pattern */
+                for (int i = 0; i < M; i += 64 / (int)sizeof(REAL))
+                    __builtin_prefetch(src + 16 * a.ldat + i);
+            int i0 = 0;
+            for (; i0 + FR_MR <= M; i0 += FR_MR) /* a constant size: a register move */
+                memcpy(apack + i0 / FR_MR * astride + k * FR_MR, src + i0, FR_MR * sizeof(REAL));
+            if (i0 < M)
+                memcpy(apack + i0 / FR_MR * astride + k * FR_MR, src + i0,
+                       (size_t)(M - i0) * sizeof(REAL));
+            if (a_sums) /* the row just read, in k order: each sum's order is fixed */
+                for (int i = 0; i < M; i++) a_sums[i] += src[i];
+        }
+    for (int i0 = 0; i0 < M; i0 += FR_MR) {
+        const int mr = M - i0 < FR_MR ? M - i0 : FR_MR;
+        const int np = mr == FR_MR ? 1 : FR_P(panels_for_rows)(mr);
+        FR_P(asrc) at = {NULL, apack + i0 / FR_MR * astride, FR_MR};
+        for (int q = 0; q < npanels;) {
+            /* the widest tile left (np, or a power of two below it: the tiles that exist) */
+            int n = np;
+            while (n > npanels - q) n /= 2;
+            int cols = ncols - q * NR < n * NR ? ncols - q * NR : n * NR;
+            if (a.rows)
+                FR_P(tile_dispatch)(mr, n, a, i0, kb, kc, bp + q * panel_stride, panel_stride,
+                                    cin ? cin + i0 : NULL, cout + i0, c_off + q * NR, cols,
+                                    init, fin, bias ? bias + q * NR : NULL);
+            else
+                FR_P(tile_dispatch)(mr, n, at, 0, 0, kc, bp + q * panel_stride, panel_stride,
+                                    cin ? cin + i0 : NULL, cout + i0, c_off + q * NR, cols,
+                                    init, fin, bias ? bias + q * NR : NULL);
+            q += n;
+        }
+    }
+}
+
+static fr_index FR_P(packed_size)(fr_index K, fr_index N) {
+    return ((N + NR - 1) / NR) * NR * (K > 0 ? K : 1);
+}
+
+/* Row k of op(B) (N values) into a K-deep packing (pack's layout), one panel's part at a
+ * time: for whole panels a constant-size copy, that is a few vector moves. */
+static inline void FR_P(pack_row)(const REAL *row, fr_index N, fr_index K, fr_index k,
+                                  REAL *packed) {
+    fr_index j0 = 0;
+    for (; j0 + NR <= N; j0 += NR) memcpy(packed + j0 * K + k * NR, row + j0, NR * sizeof(REAL));
+    if (j0 < N) {
+        REAL *dst = packed + j0 * K + k * NR;
+        memcpy(dst, row + j0, (size_t)(N - j0) * sizeof(REAL));
+        memset(dst + (N - j0), 0, (size_t)(NR - (N - j0)) * sizeof(REAL));
+    }
+}
+
+/* op(B) into panels of NR columns, k-major within a panel, zero-padded: op(B) = B[K, N]
+ * (element (k, j) at B[k·ldb + j]) or, if b_trans, Bᵀ of B stored [N, K] (at B[j·ldb + k]). */
+static void FR_P(pack)(fr_index K, fr_index N, const REAL *B, fr_index ldb, int b_trans,
+                       REAL *packed) {
+    if (b_trans) {
+        for (fr_index j0 = 0; j0 < N; j0 += NR) {
+            fr_index n = N - j0 < NR ? N - j0 : NR;
+            REAL *dst = packed + j0 * K;
+            /* read each of B's rows (a column of op(B)) once, contiguously */
+            for (fr_index j = 0; j < n; j++) {
+                const REAL *col = B + (j0 + j) * ldb;
+                for (fr_index k = 0; k < K; k++) dst[k * NR + j] = col[k];
+            }
+            for (fr_index k = 0; k < K; k++)
+                for (fr_index j = n; j < NR; j++) dst[k * NR + j] = 0;
+        }
+        return;
+    }
+    /* row by row (B read contiguously) */
+    for (fr_index k = 0; k < K; k++) {
+        const REAL *row = B + k * ldb;
+        if (k + 8 < K) /* rows ahead, as the prefetchers miss rows far apart */
+            for (fr_index j = 0; j < N; j += 64 / (fr_index)sizeof(REAL))
+                __builtin_prefetch(row + 8 * ldb + j);
+        FR_P(pack_row)(row, N, K, k, packed);
+    }
+}
+
+/* C[:, c0 .. c0+N] from A and B, over K blocks and column blocks. B is either pre-packed
+ * whole (packed: all columns, panel stride K·NR; c0 selects where to start) or packed here
+ * block by block from B/ldb/b_trans into scratch (c0 = 0). a_sums: see block. */
+static void FR_P(drive)(int M, fr_index c0, fr_index N, fr_index K, FR_P(asrc) a,
+                        const REAL *packed, const REAL *B, fr_index ldb, int b_trans,
+                        REAL *scratch, REAL *apack,
+                        const REAL *const *cin, REAL *const *cout, int load_first, int fin,
+                        const REAL *bias, REAL *a_sums) {
+    /* A transposed is copied once per K block: then the column blocks go inside the K
+     * blocks, so that one copy serves them all (row-major A is read in place) */
+    const fr_index ncb = (N + NC - 1) / NC, nkb = K > 0 ? (K + KC - 1) / KC : 1;
+    const int k_outer = !a.rows;
+    for (fr_index outer = 0; outer < (k_outer ? nkb : ncb); outer++)
+        for (fr_index inner = 0; inner < (k_outer ? ncb : nkb); inner++) {
+            const fr_index jc = (k_outer ? inner : outer) * NC, kb = (k_outer ? outer : inner) * KC;
+            int nc = (int)(N - jc < NC ? N - jc : NC);
+            fr_index kc = K - kb < KC ? K - kb : KC;
+            int last = kb + kc >= K;
+            int init = kb > 0 ? FR_P(INIT_OUT) : load_first ? FR_P(INIT_IN) : FR_P(INIT_ZERO);
+            const REAL *bp;
+            fr_index stride;
+            if (packed) {
+                bp = packed + (c0 + jc) * K + kb * NR;
+                stride = K * NR;
+            } else {
+                FR_P(pack)(kc, nc, b_trans ? B + jc * ldb + kb : B + kb * ldb + jc, ldb,
+                           b_trans, scratch);
+                bp = scratch;
+                stride = kc * NR;
+            }
+            FR_P(block)(M, nc, kb, kc, a, apack, bp, stride, cin, cout, c0 + jc, init,
+                        last ? fin : FR_P(FIN_NONE), bias && last ? bias + jc : NULL,
+                        k_outer && jc == 0, jc == 0 ? a_sums : NULL);
+        }
+}
+
+static int FR_P(gemm)(fr_index M, fr_index N, fr_index K, const REAL *A, fr_index lda,
+                      int a_trans, const REAL *B, fr_index ldb, int b_trans, REAL *C,
+                      fr_index ldc, const REAL *bias, int accumulate, REAL *a_sums) {
+    if (M <= 0) return 0;
+    if (a_sums && a_trans) {
+        memset(a_sums, 0, (size_t)M * sizeof(REAL));
+        if (N <= 0) /* no product to read A with */
+            for (fr_index k = 0; k < K; k++)
+                for (fr_index i = 0; i < M; i++) a_sums[i] += A[k * lda + i];
+    }
+    if (N <= 0) return 0;
+    const REAL **rows = malloc((size_t)M * 2 * sizeof(REAL *));
+    /* scratch for one packed KC x NC block of B, no larger than B needs */
+    fr_index kc = K < KC ? (K > 0 ? K : 1) : KC, nc = N < NC ? N : NC;
+    size_t bsize = (size_t)(kc * ((nc + NR - 1) / NR) * NR);
+    /* and, for A transposed, one KC-deep block of all M rows (see block) */
+    size_t asize = a_trans ? (size_t)(FR_P(apack_stride)(kc) * ((M + FR_MR - 1) / FR_MR)) : 0;
+    REAL *scratch = malloc((bsize + asize) * sizeof(REAL));
+    if (!rows || !scratch) {
+        free(rows);
+        free(scratch);
+        return -1;
+    }
+    REAL **crows = (REAL **)(rows + M);
+    for (fr_index i = 0; i < M; i++) {
+        rows[i] = A + i * lda;
+        crows[i] = C + i * ldc;
+    }
+    FR_P(asrc) a = {a_trans ? NULL : rows, A, lda};
+    FR_P(drive)((int)M, 0, N, K, a, NULL, B, ldb, b_trans, scratch, scratch + bsize,
+                (const REAL *const *)crows, crows, accumulate,
+                bias ? FR_P(FIN_BIAS) : FR_P(FIN_NONE), bias, a_trans ? a_sums : NULL);
+    free(rows);
+    free(scratch);
+    return 0;
+}

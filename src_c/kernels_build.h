@@ -1,0 +1,51 @@
+/* Compile every kernel for one instruction set: included once by each kernels_<isa>.c.
+ *
+ * The includer defines FR_SUFFIX (symbol suffix), FR_NAME_STR, FR_VBYTES (SIMD register
+ * width in bytes) and FR_MR (rows per register block). The bodies use GCC/clang vector
+ * extensions, so one source yields SSE2, AVX2+FMA and AVX-512 code; kernels_dtype.h holds
+ * them and is included once for float and once for double. The result is the build's
+ * table, fastrnn_kernels_<FR_SUFFIX> (kernels.h).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+
+#define FR_CAT_(a, b) a##_##b
+#define FR_CAT(a, b) FR_CAT_(a, b)
+#define FR_NAME(name) FR_CAT(name, FR_SUFFIX)
+#define FR_FLOAT(name) FR_NAME(FR_CAT(s, name))
+#define FR_DOUBLE(name) FR_NAME(FR_CAT(d, name))
+
+#define REAL float
+#define FR_P FR_FLOAT
+#define FR_IS_FLOAT 1
+#include "kernels_dtype.h"
+#undef REAL
+#undef FR_P
+#undef FR_IS_FLOAT
+
+#define REAL double
+#define FR_P FR_DOUBLE
+#define FR_IS_FLOAT 0
+#include "kernels_dtype.h"
+#undef REAL
+#undef FR_P
+#undef FR_IS_FLOAT
+
+/* One element type's table: the same fields for float and double (P: FR_FLOAT, FR_DOUBLE) */
+#define FR_KERNEL_TABLE(P)                                                                    \
+    {                                                                                         \
+        .gemm = P(gemm), .gemm_team_size = P(gemm_team_size), .gemm_at_team = P(gemm_at_team), \
+        .weight_grads_at_team = P(weight_grads_at_team), .packed_size = P(packed_size),       \
+        .pack = P(pack), .rnn_step = P(rnn_step), .rnn_input_step = P(rnn_input_step),        \
+        .input_step = P(input_step), .bptt_da = P(bptt_da), .bptt_g = P(bptt_g),              \
+    }
+
+const fastrnn_kernels FR_NAME(fastrnn_kernels) = {
+    .name = FR_NAME_STR,
+    .f32 = FR_KERNEL_TABLE(FR_FLOAT),
+    .f64 = FR_KERNEL_TABLE(FR_DOUBLE),
+};

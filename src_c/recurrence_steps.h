@@ -1,0 +1,102 @@
+/* The recurrence's step kernels for one dtype, on the GEMM framework's tile: a step of the
+ * Elman cell (rnn_step; rnn_input_step with its input projection fused), a step's input
+ * projection (input_step), and BPTT's pointwise dA (bptt_da) and recurrent product (bptt_g).
+ * Part of the per-dtype kernel bodies (kernels_dtype.h), after gemm.h.
+ */
+
+static void FR_P(rnn_step)(int M, int H, int j0, int j1, const REAL *const *hprev,
+                           const REAL *const *p, REAL *const *out, const REAL *wt_packed,
+                           int relu) {
+    /* h_t = act(P_t + h_{t-1} W_hhᵀ) for columns j0 .. j1: P is the accumulator's start */
+    FR_P(asrc) a = {hprev, NULL, 0};
+    FR_P(drive)(M, j0, j1 - j0, H, a, wt_packed, NULL, 0, 0, NULL, NULL, p, out, 1,
+                relu ? FR_P(FIN_RELU) : FR_P(FIN_TANH), NULL, NULL);
+}
+
+static void FR_P(input_step)(int M, int I, int j0, int j1, const REAL *const *x,
+                             const REAL *wit_packed, const REAL *bias, REAL *const *out) {
+    /* the input projection of one step's rows, as the GEMM computes it (zero start, bias last) */
+    FR_P(asrc) a = {x, NULL, 0};
+    FR_P(drive)(M, j0, j1 - j0, I, a, wit_packed, NULL, 0, 0, NULL, NULL, NULL, out, 0,
+                bias ? FR_P(FIN_BIAS) : FR_P(FIN_NONE), bias ? bias + j0 : NULL, NULL);
+}
+
+static inline __attribute__((always_inline)) void FR_P(accumulate_rows)(
+    VEC acc[FR_MR][NV], const REAL *const *a, int K, const REAL *bp) {
+    /* acc[r] += Σ_k a[r][k]·bp[k] over one packed panel, k in order */
+    for (int k = 0; k < K; k++) {
+        VEC b[NV];
+        for (int v = 0; v < NV; v++) b[v] = FR_P(vload)(bp + k * NR + v * VL);
+        for (int r = 0; r < FR_MR; r++) {
+            const REAL s = a[r][k];
+            for (int v = 0; v < NV; v++) acc[r][v] += s * b[v];
+        }
+    }
+}
+
+/* One register block of rows (FR_MR) x one panel of columns (c .. c+ncols) of a step with
+ * its input projection: acc = Σ_k x·W_ihᵀ, + bias, + Σ_k hprev·W_hhᵀ, act, store. The
+ * operations of input_step and then rnn_step in the same order (the P they store between
+ * them is the accumulator, exactly), without that store and reload or a second tile. */
+static inline void FR_P(tile_step)(const REAL *const *x, int I, const REAL *bx,
+                                   const REAL *bias, const REAL *const *h, int H,
+                                   const REAL *bh, REAL *const *out, int c, int ncols, int relu) {
+    VEC acc[FR_MR][NV];
+    for (int r = 0; r < FR_MR; r++)
+        for (int i = 0; i < NV; i++) {
+            acc[r][i] = FR_P(splat)(0);
+            __builtin_prefetch(out[r] + c + i * VL, 1);
+        }
+    FR_P(accumulate_rows)(acc, x, I, bx);
+    if (bias)
+        for (int r = 0; r < FR_MR; r++)
+            for (int i = 0; i < NV && ncols - i * VL > 0; i++)
+                acc[r][i] += FR_P(vload_n)(bias + i * VL, ncols - i * VL);
+    FR_P(accumulate_rows)(acc, h, H, bh);
+    for (int r = 0; r < FR_MR; r++)
+        for (int i = 0; i < NV && ncols - i * VL > 0; i++)
+            FR_P(vstore_n)(out[r] + c + i * VL,
+                           relu ? FR_P(vrelu)(acc[r][i]) : FR_P(vtanh)(acc[r][i]),
+                           ncols - i * VL);
+}
+
+static void FR_P(rnn_input_step)(int M, int I, int H, int j0, int j1, const REAL *const *x,
+                                 const REAL *wit_packed, const REAL *bias,
+                                 const REAL *const *hprev, REAL *const *out,
+                                 const REAL *wt_packed, int relu) {
+    /* full register blocks in one tile each (panel by panel, as drive's row blocks), if
+     * the weights of a panel are one K block; other rows in two passes, the same sums */
+    const int fused = I <= KC && H <= KC && j1 - j0 <= NC ? M / FR_MR * FR_MR : 0;
+    for (int i0 = 0; i0 < fused; i0 += FR_MR)
+        for (int c = j0; c < j1; c += NR)
+            FR_P(tile_step)(x + i0, I, wit_packed + (fr_index)c * I, bias ? bias + c : NULL,
+                            hprev + i0, H, wt_packed + (fr_index)c * H, out + i0, c,
+                            j1 - c < NR ? j1 - c : NR, relu);
+    if (fused < M) {
+        FR_P(input_step)(M - fused, I, j0, j1, x + fused, wit_packed, bias, out + fused);
+        FR_P(rnn_step)(M - fused, H, j0, j1, hprev + fused, (const REAL *const *)out + fused,
+                       out + fused, wt_packed, relu);
+    }
+}
+
+static void FR_P(bptt_da)(int M, int j0, int j1, const REAL *const *dy, const REAL *const *h,
+                          const REAL *const *g, REAL *const *da, int relu) {
+    /* dA_t = (dY_t + g) ⊙ act'(h_t),  tanh' = 1 - h², relu' = [h > 0]; as torch, a NaN
+     * output passes the gradient (h <= 0 is false for NaN) */
+    for (int r = 0; r < M; r++) {
+        const REAL *dyr = dy[r], *hr = h[r], *gr = g[r];
+        REAL *dar = da[r];
+        if (relu)
+            for (int j = j0; j < j1; j++) dar[j] = hr[j] <= 0 ? 0 : dyr[j] + gr[j];
+        else
+            for (int j = j0; j < j1; j++) dar[j] = (dyr[j] + gr[j]) * (1 - hr[j] * hr[j]);
+    }
+}
+
+static void FR_P(bptt_g)(int M, int H, int j0, int j1, const REAL *const *da, REAL *const *g,
+                         const REAL *w_packed) {
+    /* g = dA_t W_hh for columns j0 .. j1 */
+    FR_P(asrc) a = {da, NULL, 0};
+    FR_P(drive)(M, j0, j1 - j0, H, a, w_packed, NULL, 0, 0, NULL, NULL, NULL, g, 0, FR_P(FIN_NONE),
+                NULL, NULL);
+}
