@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Optional sanitizer run: fastrnn's compiled code under AddressSanitizer + UndefinedBehaviorSanitizer.
 #
-#   tools/sanitize.sh                       # tests/test_rnn.py tests/test_functional.py tests/test_hardening.py
+#   tools/sanitize.sh                       # tests/test_rnn.py tests/test_functional.py tests/test_kernels.py tests/test_hardening.py
 #   tools/sanitize.sh tests/test_fuzz.py -x # any pytest arguments instead
 #
 # What it does (nothing in the checkout changes; needs gcc or clang with libasan/libubsan):
@@ -34,7 +34,7 @@ CC=${CC:-gcc}
 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer"
 LOG="$ROOT/build/sanitize.log"
 if [ "$#" -eq 0 ]; then
-    set -- tests/test_rnn.py tests/test_functional.py tests/test_hardening.py
+    set -- tests/test_rnn.py tests/test_functional.py tests/test_kernels.py tests/test_hardening.py
 fi
 
 LIBASAN=$("$CC" -print-file-name=libasan.so)

@@ -1,0 +1,251 @@
+"""The compiled kernels through fastrnn._rnn, called directly: the GEMM and its row sums,
+the weight gradients, the float32 tanh, and the recurrences' per-step products (input
+projection forward, output gradient in BPTT) against the GEMM over all steps.
+
+Each test that takes ``kernel`` runs once per compiled kernel path this CPU supports.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from _helpers import DTYPES, assert_close_rel
+
+
+@pytest.mark.parametrize("a_trans", [False, True], ids=["a", "aT"])
+@pytest.mark.parametrize("b_layout", ["rows", "transposed-view"])
+@pytest.mark.parametrize("M,N,K", [(3, 5, 7), (17, 70, 600), (9, 530, 33), (40, 75, 1100),
+                                   (1, 300, 1000)],
+                         ids=["tiny", "k-blocks", "column-blocks", "long-reduction", "one-row"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_compiled_gemm_matches_numpy(kernel, M, N, K, a_trans, b_layout, dtype):
+    """The GEMM under every pass: op(a) either way, b row-major or a transposed view (packed
+    from its rows), sizes past the K blocks (256, or 512 for float AVX-512), the column
+    blocks and ragged panels, one row for two threads; 2 threads give bitwise the result of
+    one (with op(a) = aᵀ, they share the packing of b)."""
+    from fastrnn import _rnn
+
+    rng = np.random.default_rng(M * N + K)
+    a = rng.standard_normal((K, M) if a_trans else (M, K)).astype(dtype)
+    b = rng.standard_normal((K, N)).astype(dtype)
+    if b_layout == "transposed-view":
+        b = np.ascontiguousarray(b.T).T
+    bias = rng.standard_normal(N).astype(dtype)
+    c0 = rng.standard_normal((M, N)).astype(dtype)
+    expected = c0.astype(np.float64) + (a.T if a_trans else a).astype(np.float64) @ b + bias
+    c, c1 = c0.copy(), c0.copy()
+    _rnn.gemm(a, b, c, bias, True, 2, a_trans)
+    assert_close_rel(c, expected, dtype, name="gemm")
+    _rnn.gemm(a, b, c1, bias, True, 1, a_trans)
+    assert np.array_equal(c, c1)
+
+
+@pytest.mark.parametrize("M,N,K", [(17, 70, 600), (9, 530, 33), (5, 0, 40), (6, 3, 0)],
+                         ids=["k-blocks", "column-blocks", "no-columns", "no-rows"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_compiled_gemm_sums_the_rows_of_op_a(kernel, M, N, K, dtype):
+    """With op(a) = aᵀ, the GEMM also returns aᵀ's row sums (the bias gradient): each row
+    of a counted once although the column blocks each read it, with no columns at all, and
+    bitwise the same with 1 and 2 threads."""
+    from fastrnn import _rnn
+
+    rng = np.random.default_rng(M + N + K)
+    a = rng.standard_normal((K, M)).astype(dtype)
+    b = rng.standard_normal((K, N)).astype(dtype)
+    results = []
+    for threads in (1, 2):
+        c, sums = np.empty((M, N), dtype), np.full(M, np.nan, dtype)
+        _rnn.gemm(a, b, c, None, False, threads, True, sums)
+        assert_close_rel(c, a.T.astype(np.float64) @ b, dtype, name="gemm")
+        assert_close_rel(sums, a.astype(np.float64).sum(axis=0), dtype, name="sums")
+        results.append(sums)
+    assert np.array_equal(results[0], results[1])
+    with pytest.raises(ValueError, match="a_sums needs a_trans"):
+        _rnn.gemm(np.ascontiguousarray(a.T), b, np.empty((M, N), dtype), None, False, 1, False,
+                  np.empty(M, dtype))
+
+
+@pytest.mark.parametrize("L,N,I,H,D", [(5, 7, 13, 40, 2), (40, 16, 9, 24, 2), (2, 3, 5, 530, 1),
+                                       (2, 3, 530, 8, 2), (4, 3, 0, 16, 2)],
+                         ids=["ragged", "k-blocks", "hidden-blocks", "input-blocks", "no-input"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weight_grads_match_numpy(kernel, L, N, I, H, D, dtype):
+    """A layer's dW_ih, dW_hh (each direction against its previous states: h_{t-1} forward,
+    h_{t+1} in reverse, h0 where a sequence starts) and db from one pass over dA, against
+    NumPy; bitwise the same for 1, 2 and 3 threads (3: a thread's rows cross directions)."""
+    from fastrnn import _rnn
+
+    rng = np.random.default_rng(L * N + I + H)
+    lengths = rng.integers(0, L + 1, size=N)
+    lengths[0] = L
+    valid = np.arange(L)[:, None] < lengths[None, :]
+    da = (rng.standard_normal((L, N, D * H)) * valid[:, :, None]).astype(dtype)
+    x = rng.standard_normal((L, N, I)).astype(dtype)
+    out = (rng.standard_normal((L, N, D * H)) * valid[:, :, None]).astype(dtype)
+    h0 = rng.standard_normal((D, N, H)).astype(dtype)
+    da2d, x2d = da.reshape(L * N, D * H), x.reshape(L * N, I)
+    expected_hh = []
+    for d in range(D):
+        hprev = np.zeros((L, N, H))
+        for n in range(N):
+            for t in range(lengths[n]):
+                if d == 0:
+                    hprev[t, n] = h0[0, n] if t == 0 else out[t - 1, n, :H]
+                else:
+                    hprev[t, n] = h0[1, n] if t == lengths[n] - 1 else out[t + 1, n, H:]
+        a = da2d[:, d * H:(d + 1) * H].astype(np.float64)
+        expected_hh.append(a.T @ hprev.reshape(L * N, H))
+    results = []
+    for threads in (1, 2, 3):
+        dw_ih, dw_hh = np.full((D * H, I), np.nan, dtype), np.full((D * H, H), np.nan, dtype)
+        db = np.full(D * H, np.nan, dtype)
+        _rnn.weight_grads(da2d, x2d, out, h0, lengths, dw_ih, dw_hh, db, threads)
+        assert_close_rel(dw_ih, da2d.T.astype(np.float64) @ x2d, dtype, name="dW_ih")
+        assert_close_rel(dw_hh, np.concatenate(expected_hh), dtype, name="dW_hh")
+        assert_close_rel(db, da2d.astype(np.float64).sum(axis=0), dtype, name="db")
+        results.append((dw_ih, dw_hh, db))
+    for other in results[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(results[0], other))
+    with pytest.raises(ValueError, match="shapes do not match"):
+        _rnn.weight_grads(da2d, x2d, out, h0, lengths, dw_ih, np.empty((D * H, H + 1), dtype),
+                          db, 1)
+
+
+def test_compiled_tanh_within_three_ulp(kernel):
+    """The float32 tanh of the recurrence's store (a polynomial, not libm) against tanh in
+    float64 rounded, on 1 of every 4099 floats from the smallest normal to past 20 and
+    their negatives, subnormals, ±0 and the values where the result rounds to ±1."""
+    from fastrnn import _rnn
+
+    bits = np.arange(0x00800000, 0x41C00000, 4099, dtype=np.uint32)
+    x = np.concatenate([bits.view(np.float32), [0.0, 1e-45, 1e-40, 8.9, 9.02, 10.0, 1e30]])
+    x = np.concatenate([x, -x]).astype(np.float32)
+    n = x.size
+    # one step, h0 = 0 and W_hh = 0: the output is tanh(P), P = x
+    out = x.reshape(1, n, 1).copy()
+    h_n = np.empty((n, 1), np.float32)
+    _rnn.recurrence_forward(out, np.zeros((n, 1), np.float32), np.zeros((1, 1), np.float32),
+                            np.ones(n, np.int64), False, False, h_n, 2)
+    expected = np.tanh(x.astype(np.float64))
+    ulp = np.spacing(np.abs(expected).astype(np.float32)).astype(np.float64)
+    error = np.abs(out.ravel() - expected) / ulp
+    assert error.max() <= 3, f"{error.max():.2f} ulp at x = {x[error.argmax()]!r}"
+    nonzero = x != 0  # P + h·W_hh = -0 + 0 is +0: the sign of a zero input is not kept
+    assert np.array_equal(np.signbit(out.ravel()[nonzero]), np.signbit(x[nonzero]))
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("L,N,I,H", [(7, 37, 13, 64), (4, 29, 20, 72), (5, 1, 9, 256),
+                                     (6, 3, 600, 40)],
+                         ids=["batch-slices", "ragged-panel", "columns", "k-blocks"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_projection_per_step_is_bitwise_the_gemm(kernel, L, N, I, H, reverse, dtype):
+    """The recurrence computing P_t = x_t W_ihᵀ + b itself, step by step, gives the bits of
+    the GEMM over all steps followed by the recurrence: with and without bias, tanh and
+    relu, ragged lengths, batch slices (whole register blocks of rows in one tile with the
+    projection, the rest in two passes) or column slices, 1 and 2 threads."""
+    from fastrnn import _rnn
+
+    rng = np.random.default_rng(L * N + I)
+    x = rng.standard_normal((L, N, I)).astype(dtype)
+    w_ih = (rng.standard_normal((H, I)) / np.sqrt(I)).astype(dtype)
+    w_hh = (rng.standard_normal((H, H)) / np.sqrt(H)).astype(dtype)
+    h0 = rng.standard_normal((N, H)).astype(dtype)
+    lengths = rng.integers(0, L + 1, size=N)
+    lengths[0] = L
+    for bias, relu, threads in itertools.product(
+            (rng.standard_normal(H).astype(dtype), None), (False, True), (1, 2)):
+        expected, expected_hn = np.empty((L, N, H), dtype), np.empty((N, H), dtype)
+        _rnn.gemm(x.reshape(L * N, I), w_ih.T, expected.reshape(L * N, H), bias, False, threads)
+        _rnn.recurrence_forward(expected, h0, w_hh, lengths, reverse, relu, expected_hn,
+                                threads)
+        out, h_n = np.full((L, N, H), np.nan, dtype), np.empty((N, H), dtype)
+        _rnn.recurrence_forward(out, h0, w_hh, lengths, reverse, relu, h_n, threads, x, w_ih,
+                                bias)
+        assert np.array_equal(out, expected) and np.array_equal(h_n, expected_hn)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("L,N,K,H", [(7, 37, 26, 64), (5, 1, 18, 256), (6, 19, 600, 40)],
+                         ids=["batch-slices", "columns", "k-blocks"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bptt_output_gradient_per_step_is_bitwise_the_gemm(kernel, L, N, K, H, reverse, dtype):
+    """The BPTT computing dY_t = dA_above_t · W itself, step by step (W a column slice, as
+    one direction's columns of the layer above's W_ih), gives the bits of the GEMM over all
+    steps followed by the BPTT: ragged lengths, batch or column slices, 1 and 2 threads."""
+    from fastrnn import _rnn
+
+    rng = np.random.default_rng(L * N + K)
+    lengths = rng.integers(0, L + 1, size=N)
+    lengths[0] = L
+    valid = (np.arange(L)[:, None] < lengths[None, :])[:, :, None]
+    out = (np.tanh(rng.standard_normal((L, N, H))) * valid).astype(dtype)
+    da_above = rng.standard_normal((L, N, K)).astype(dtype)
+    w = (rng.standard_normal((K, 2 * H)) / np.sqrt(K)).astype(dtype)
+    w_hh = (rng.standard_normal((H, H)) / np.sqrt(H)).astype(dtype)
+    grad_h_n = rng.standard_normal((N, H)).astype(dtype)
+    for relu, threads in itertools.product((False, True), (1, 2)):
+        dy = np.empty((L * N, 2 * H), dtype)
+        _rnn.gemm(da_above.reshape(L * N, K), w, dy, None, False, threads)
+        dy = dy.reshape(L, N, 2 * H)[:, :, H:]
+        expected_da, expected_h0 = np.empty((L, N, H), dtype), np.empty((N, H), dtype)
+        _rnn.recurrence_backward(out, dy, grad_h_n, w_hh, lengths, reverse, relu, expected_da,
+                                 expected_h0, threads)
+        da, h0 = np.full((L, N, H), np.nan, dtype), np.full((N, H), np.nan, dtype)
+        _rnn.recurrence_backward(out, da_above, grad_h_n, w_hh, lengths, reverse, relu, da, h0,
+                                 threads, w[:, H:])
+        assert np.array_equal(da, expected_da) and np.array_equal(h0, expected_h0)
+    with pytest.raises(ValueError, match="grad_out must be"):
+        _rnn.recurrence_backward(out, da_above, grad_h_n, w_hh, lengths, reverse, False, da, h0,
+                                 1, w[1:, H:])
+    with pytest.raises(ValueError, match="grad_out must be"):  # fewer steps than out
+        _rnn.recurrence_backward(out, da_above[1:], grad_h_n, w_hh, lengths, reverse, False, da,
+                                 h0, 1, w[:, H:])
+
+
+def test_projection_per_step_refuses_mismatched_shapes():
+    from fastrnn import _rnn
+
+    out, h0, h_n = np.empty((2, 3, 4)), np.zeros((3, 4)), np.empty((3, 4))
+    with pytest.raises(ValueError, match="must be"):
+        _rnn.recurrence_forward(out, h0, np.zeros((4, 4)), np.full(3, 2), False, False, h_n, 1,
+                                np.zeros((2, 3, 5)), np.zeros((4, 6)), None)
+
+
+@pytest.mark.parametrize("batch,hidden", [(5, 8), (1, 256)], ids=["batch-slices", "columns"])
+def test_recurrence_backward_writes_every_row_of_grad_a(kernel, batch, hidden):
+    """grad_a may come uninitialised: every row is written, dA up to each length, 0 after."""
+    from fastrnn import _rnn
+
+    rng = np.random.default_rng(batch)
+    L = 6
+    out = np.tanh(rng.standard_normal((L, batch, hidden))).astype(np.float32)
+    grad_out = rng.standard_normal((L, batch, hidden)).astype(np.float32)
+    w_hh = (rng.standard_normal((hidden, hidden)) / hidden).astype(np.float32)
+    lengths = rng.integers(0, L + 1, size=batch)
+    lengths[0] = 2
+    grad_a = np.full((L, batch, hidden), np.nan, dtype=np.float32)
+    grad_h0 = np.empty((batch, hidden), dtype=np.float32)
+    _rnn.recurrence_backward(out, grad_out, np.zeros((batch, hidden), np.float32), w_hh,
+                             lengths, False, False, grad_a, grad_h0, 2)
+    assert np.isfinite(grad_a).all()
+    past = np.arange(L)[:, None] >= lengths[None, :]
+    assert (grad_a[past] == 0).all()
+
+
+def test_policy_functions_follow_their_documented_rules():
+    """The thread and fusion policy the Python layers ask: threads per 2^18 multiply-adds
+    (at least 1, at most the count given), the projection per step from 8 rows per thread,
+    pointwise passes parallel from 2^15 elements."""
+    from fastrnn import _rnn
+
+    assert _rnn.threads_for(3 * 2 ** 18, 2) == 2
+    assert _rnn.threads_for(3 * 2 ** 18, 8) == 3
+    assert _rnn.threads_for(100, 4) == 1
+    assert _rnn.projection_per_step(5, 16, 3, 2) is True
+    assert _rnn.projection_per_step(5, 15, 3, 2) is False
+    assert _rnn.projection_per_step(0, 16, 3, 2) is False
+    assert _rnn.projection_per_step(5, 16, 0, 2) is False
+    assert _rnn.elementwise_threads(2 ** 15, 4) == 4
+    assert _rnn.elementwise_threads(2 ** 15 - 1, 4) == 1
