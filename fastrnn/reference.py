@@ -2,14 +2,14 @@
 
 Written to be read, not to be fast. Every compiled path in fastrnn is tested against this
 file. Semantics are torch's (``nn.RNN``, ``nn.LSTM``, ``nn.GRU``); per step, with
-``a = x_t W_ihᵀ + b_ih`` (the input part) and ``r = h_{t-1} W_hhᵀ + b_hh`` (the recurrent
-part), split by gate where there are several:
+``a = x_t W_ihᵀ`` (the input part) and ``r = h_{t-1} W_hhᵀ`` (the recurrent part), split by
+gate where there are several, and b = b_ih + b_hh:
 
-    Elman  h_t = act(a + r),  act = tanh or relu
-    LSTM   i, f, g, o = σ(a_i + r_i), σ(a_f + r_f), tanh(a_g + r_g), σ(a_o + r_o)
+    Elman  h_t = act(a + r + b),  act = tanh or relu
+    LSTM   i, f, g, o = σ(·), σ(·), tanh(·), σ(·) of a + r + b, gate by gate
            c_t = f ⊙ c_{t-1} + i ⊙ g,   h_t = o ⊙ tanh(c_t)   (then h_t W_hrᵀ with proj_size)
-    GRU    r, z = σ(a_r + r_r), σ(a_z + r_z),   n = tanh(a_n + r ⊙ r_n)
-           h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
+    GRU    r, z = σ(·) of a + r + b for those gates,
+           n = tanh(a_n + b_in + r ⊙ (r_n + b_hn)),   h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
 
 with multiple layers, both directions, dropout between layers, and variable lengths
 (torch's PackedSequence semantics without packing: outputs past a sequence's length are 0,
@@ -32,9 +32,9 @@ def _sigmoid(a):
 
 
 # ---------------------------------------------------------------------------------------
-# Cells. forward(a, r, states, w) -> (new states, what backward needs);
-# backward(dh, dc, saved, w) -> (d of a, d of r, d of the previous states but through r,
-# parameter gradients of the cell's own weights).
+# Cells. forward(a, r, states, w) -> (new states, what backward needs), a and r without
+# biases; backward(dh, dc, saved, w) -> (d of a + b_ih, d of r + b_hh, d of the previous
+# states but through r, gradients of the cell's own weights).
 # ---------------------------------------------------------------------------------------
 
 class _Elman:
@@ -45,7 +45,7 @@ class _Elman:
 
     def forward(self, a, r, states, w):
         (h_prev,) = states
-        z = a + r
+        z = a + r + (w["b_ih"] + w["b_hh"])
         h = np.tanh(z) if self.nonlinearity == "tanh" else np.maximum(z, 0)
         return (h,), h
 
@@ -61,7 +61,7 @@ class _LSTM:
 
     def forward(self, a, r, states, w):
         h_prev, c_prev = states
-        i, f, g, o = np.split(a + r, 4, axis=1)
+        i, f, g, o = np.split(a + r + (w["b_ih"] + w["b_hh"]), 4, axis=1)
         i, f, g, o = _sigmoid(i), _sigmoid(f), np.tanh(g), _sigmoid(o)
         c = f * c_prev + i * g
         m = o * np.tanh(c)
@@ -88,8 +88,8 @@ class _GRU:
 
     def forward(self, a, r, states, w):
         (h_prev,) = states
-        a_r, a_z, a_n = np.split(a, 3, axis=1)
-        r_r, r_z, r_n = np.split(r, 3, axis=1)
+        a_r, a_z, a_n = np.split(a + w["b_ih"], 3, axis=1)
+        r_r, r_z, r_n = np.split(r + w["b_hh"], 3, axis=1)
         reset, update = _sigmoid(a_r + r_r), _sigmoid(a_z + r_z)
         n = np.tanh(a_n + reset * r_n)
         h = (1 - update) * n + update * h_prev
@@ -128,8 +128,8 @@ def _direction_forward(cell, x, states0, w, lengths, reverse):
         rows = np.nonzero(running)[0]
         t = t[rows]
         h_prev = states[0][rows]
-        a = x[t, rows] @ w["ih"].T + w["b_ih"]   # the input part
-        r = h_prev @ w["hh"].T + w["b_hh"]       # the recurrent part
+        a = x[t, rows] @ w["ih"].T   # the input part
+        r = h_prev @ w["hh"].T       # the recurrent part
         new, saved = cell.forward(a, r, [s[rows] for s in states], w)
         for s, v in zip(states, new):
             s[rows] = v
@@ -148,7 +148,7 @@ def _direction_backward(cell, x, steps, w, d_out, d_states_n):
         dh = d_out[t, rows] + d_states[0][rows]
         dc = d_states[1][rows] if cell.has_c else None
         da, dr, d_prev, cell_grads = cell.backward(dh, dc, saved, w)
-        # a = x W_ihᵀ + b_ih ;  r = h_prev W_hhᵀ + b_hh
+        # a + b_ih = x W_ihᵀ + b_ih ;  r + b_hh = h_prev W_hhᵀ + b_hh
         dx[t, rows] = da @ w["ih"]
         grads["ih"] += da.T @ x[t, rows]
         grads["b_ih"] += da.sum(axis=0)
