@@ -242,7 +242,7 @@ def _rnn_forward(x, params, h0, num_layers, nonlinearity, bidirectional, batch_f
     for layer in range(num_layers):
         out = np.empty((L, N, D * H), dtype=dtype)
         keys = layer_keys(layer, bidirectional)
-        per_step = _projection_per_step(L, N, inp.shape[2], threads)
+        per_step = _rnn.projection_per_step(L, N, inp.shape[2], threads)
         if not per_step:
             # P = X W_ihᵀ + (b_ih + b_hh) for every direction at once (one GEMM, X read once),
             # written where the outputs will go; the kernels pack W_ihᵀ from the row-major rows
@@ -409,7 +409,7 @@ def _rnn_backward(cache, grad_output, grad_h_n):
         # while the rows are in cache: dX never makes a round trip through memory
         w_ih = _stacked_input_weights(params, keys, False)[0]
         if (layer > 0 and cache["dropout_masks"] is None
-                and _projection_per_step(L, N, D * H, threads)):
+                and _rnn.projection_per_step(L, N, D * H, threads)):
             d_out, w_above = da, w_ih
         else:
             d_out, w_above = np.empty_like(inp), None
@@ -417,20 +417,6 @@ def _rnn_backward(cache, grad_output, grad_h_n):
     grads = {name: grads[name] for name in params}
     grad_x = from_time_major(d_out, unbatched, batch_first)
     return grad_x, (grad_h0[:, 0] if unbatched else grad_h0), grads
-
-
-def _projection_per_step(L, N, input_size, threads):
-    """Compute the input projection inside the recurrence, step by step, rather than as one
-    GEMM over all L·N rows first?
-
-    Per step, each thread projects its own batch rows just before the recurrent product reads
-    them, so P never makes a round trip through memory; the results are bitwise the same.
-    It pays once each thread has a whole register tile of rows (8); with fewer, a step's
-    projection is a thin product that the single large GEMM does far better. Measured on
-    2 cores (forward, paired alternations): M1 -7.7 %, M2 -3.5 %, M2-2L-bi -1.6 to -5 %,
-    L and XL unchanged; S (batch 1) would be 22 % slower.
-    """
-    return L > 0 and input_size > 0 and N >= 8 * threads
 
 
 def _stacked_input_weights(params, keys, bias):
