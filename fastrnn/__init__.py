@@ -11,7 +11,8 @@ from ._memory import cache_info, empty_cache
 from ._version import __version__
 from .config import show_config
 from .parallel import get_num_threads, set_num_threads
-from .rnn import RNN, Parameter
+from .module import Parameter
+from .rnn import RNN
 from .layers import CrossEntropyLoss, Embedding, Linear, clip_grad_norm_, clip_grad_value_
 from . import data, models, optim
 from .serialize import load_model, save_model

@@ -18,7 +18,7 @@ from collections import Counter
 
 import numpy as np
 
-from .layers import _as_rng, _check_indices, _check_int, _check_size
+from ._validate import _as_rng, _check_indices, _check_int, _check_size
 
 __all__ = ["Vocab", "PAD", "UNK", "char_tokenize", "whitespace_tokenize", "get_tokenizer",
            "TOKEN_SEPARATORS", "pad_sequences", "train_val_test_split", "batch_iterator",

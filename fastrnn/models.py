@@ -26,8 +26,10 @@ import numpy as np
 
 from . import _ops
 from .data import lm_batches
-from .layers import (CrossEntropyLoss, Embedding, Linear, Module, _as_rng, _check_dtype,
-                     _check_indices, _check_int, _check_real, _check_size)
+from ._validate import (_as_rng, _check_dtype, _check_indices, _check_int, _check_real,
+                        _check_size)
+from .layers import CrossEntropyLoss, Embedding, Linear
+from .module import Module
 from .parallel import get_num_threads
 from .rnn import RNN
 

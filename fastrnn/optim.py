@@ -14,8 +14,8 @@ import math
 import numpy as np
 
 from . import _ops
-from .layers import _check_real, _checked_grad
-from .rnn import Parameter
+from ._validate import _check_real, _checked_grad
+from .module import Parameter
 
 __all__ = ["Optimizer", "SGD", "Adam"]
 

@@ -1,81 +1,20 @@
 """``fastrnn.RNN``: the torch.nn.RNN-like module, built on :mod:`fastrnn.functional`."""
 
-import contextvars
 import math
 import numbers
-import sys
 import warnings
 
 import numpy as np
 
 from . import functional
 from ._layout import directions, param_shapes
+from ._validate import _as_rng, _check_dtype, _check_size
+from .module import Module, new_parameter
 
-__all__ = ["RNN", "Parameter"]
-
-
-class Parameter:
-    """A parameter array and its accumulated gradient (both NumPy arrays of one shape)."""
-
-    __slots__ = ("data", "grad")
-
-    def __init__(self, data):
-        self.data = data
-        self.grad = np.zeros_like(data)
-
-    @property
-    def shape(self):
-        return self.data.shape
-
-    def __repr__(self):
-        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+__all__ = ["RNN"]
 
 
-# set while parameter_shapes() builds a module: parameters are placeholders then
-_MEASURING_SHAPES = contextvars.ContextVar("fastrnn_measuring_shapes", default=False)
-
-
-def new_parameter(shape, dtype, fill):
-    """A Parameter of ``shape`` and ``dtype`` holding ``fill(shape)`` (any float array).
-
-    Every layer creates its parameters here, so that :func:`parameter_shapes` can build a
-    module without allocating them.
-    """
-    shape, dtype = tuple(int(n) for n in shape), np.dtype(dtype)
-    if _MEASURING_SHAPES.get():
-        placeholder = np.broadcast_to(np.zeros((), dtype), shape)  # no memory of that size
-        p = Parameter.__new__(Parameter)
-        p.data = p.grad = placeholder
-        return p
-    if math.prod(shape) * dtype.itemsize > sys.maxsize:
-        raise MemoryError(f"a parameter of shape {shape} needs more memory than this machine "
-                          "can address")
-    return Parameter(np.asarray(fill(shape), dtype=dtype))
-
-
-def parameter_shapes(build):
-    """``{name: shape}`` of the parameters of the module ``build()`` returns, allocating none.
-
-    Lets a loader compare what a file's configuration implies with what the file holds before
-    it allocates anything the configuration asks for.
-    """
-    token = _MEASURING_SHAPES.set(True)
-    try:
-        module = build()
-    finally:
-        _MEASURING_SHAPES.reset(token)
-    return {name: p.shape for name, p in module.named_parameters()}
-
-
-def _check_size(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be greater than zero, got {value}")
-    return int(value)
-
-
-class RNN:
+class RNN(Module):
     """A multi-layer Elman RNN with torch.nn.RNN's semantics and compiled kernels.
 
     ``h_t = act(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh)`` with act = tanh or relu.
@@ -106,6 +45,7 @@ class RNN:
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, *, dtype=np.float32,
                  seed=None):
+        super().__init__()
         self.input_size = _check_size(input_size, "input_size")
         self.hidden_size = _check_size(hidden_size, "hidden_size")
         self.num_layers = _check_size(num_layers, "num_layers")
@@ -120,26 +60,19 @@ class RNN:
                           "non-zero dropout expects num_layers greater than 1, but got "
                           f"dropout={dropout} and num_layers={self.num_layers}", UserWarning,
                           stacklevel=2)
-        try:
-            self.dtype = np.dtype(dtype)
-        except TypeError as e:
-            raise TypeError(f"dtype must be np.float32 or np.float64, got {dtype!r}") from e
-        if self.dtype not in (np.float32, np.float64):
-            raise TypeError(f"dtype must be np.float32 or np.float64, got {self.dtype}")
+        self.dtype = _check_dtype(dtype)
         self.nonlinearity = nonlinearity
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.dropout = float(dropout)
         self.bidirectional = bool(bidirectional)
-        self.training = True
-        self._rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        self._rng = _as_rng(seed)
         self._cache = None
         bound = 1 / math.sqrt(self.hidden_size)
-        self._params = {}
         for name, shape in param_shapes(self.input_size, self.hidden_size, self.num_layers,
                                         self.bidirectional, self.bias).items():
-            self._params[name] = new_parameter(
-                shape, self.dtype, lambda s: self._rng.uniform(-bound, bound, size=s))
+            setattr(self, name, new_parameter(
+                shape, self.dtype, lambda s: self._rng.uniform(-bound, bound, size=s)))
 
     def __repr__(self):
         args = [f"{self.input_size}", f"{self.hidden_size}"]
@@ -153,66 +86,8 @@ class RNN:
             args.append(f"dtype=np.{self.dtype}")
         return f"RNN({', '.join(args)})"
 
-    def __getattr__(self, name):
-        # parameters as attributes, as in torch: rnn.weight_hh_l0
-        params = self.__dict__.get("_params", {})
-        if name in params:
-            return params[name]
-        raise AttributeError(f"'RNN' object has no attribute {name!r}")
-
-    # parameters --------------------------------------------------------------------------
-    def named_parameters(self):
-        """Yield (name, Parameter) in torch's order."""
-        yield from self._params.items()
-
-    def parameters(self):
-        """Yield every Parameter in torch's order."""
-        yield from self._params.values()
-
-    def zero_grad(self):
-        """Set every parameter's accumulated gradient to zero."""
-        for p in self._params.values():
-            p.grad[...] = 0
-
-    def state_dict(self):
-        """A dict of copies of the parameters, with torch.nn.RNN's names and shapes."""
-        return {name: p.data.copy() for name, p in self._params.items()}
-
-    def load_state_dict(self, state_dict):
-        """Copy parameters from ``state_dict`` (torch's names and shapes; any float dtype).
-
-        Raises ValueError naming missing or unexpected keys and mismatched shapes; nothing
-        is changed unless everything matches.
-        """
-        missing = [k for k in self._params if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in self._params]
-        if missing or unexpected:
-            raise ValueError(f"Error(s) in loading state_dict for RNN: missing keys {missing}, "
-                             f"unexpected keys {unexpected}")
-        new = {}
-        for name, p in self._params.items():
-            value = np.asarray(state_dict[name])
-            if value.dtype.kind != "f":
-                raise TypeError(f"{name} must be a float array, got dtype {value.dtype}")
-            if value.shape != p.data.shape:
-                raise ValueError(f"size mismatch for {name}: copying a param with shape "
-                                 f"{value.shape}, the shape in the current model is {p.data.shape}")
-            new[name] = value
-        for name, value in new.items():
-            self._params[name].data[...] = value
+    def _clear_cache(self):
         self._cache = None
-
-    # modes -------------------------------------------------------------------------------
-    def train(self, mode=True):
-        """Training mode (dropout on, forward keeps a BPTT cache). Returns self."""
-        self.training = bool(mode)
-        if not self.training:
-            self._cache = None
-        return self
-
-    def eval(self):
-        """Evaluation mode (no dropout, no BPTT cache). Returns self."""
-        return self.train(False)
 
     # computation -------------------------------------------------------------------------
     def _dropout_masks(self, seq_len, batch):

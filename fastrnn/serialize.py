@@ -24,7 +24,7 @@ import numpy as np
 
 from ._version import __version__
 from .data import Vocab
-from .rnn import parameter_shapes
+from .module import parameter_shapes
 
 __all__ = ["save_model", "load_model", "LoadedModel"]
 
