@@ -1,7 +1,5 @@
 """Types of the compiled helpers in ``_ops.pyx`` (float32 or float64 arrays, one dtype per call)."""
 
-from typing import Optional, Sequence
-
 import numpy as np
 import numpy.typing as npt
 
@@ -17,8 +15,6 @@ def cross_entropy_backward(probs: _F, targets: _I64, ignore_index: int, row_scal
 def adam_step(param: _F, grad: _F, exp_avg: _F, exp_avg_sq: _F, step_size: float,
               beta1: float, beta2: float, bias_correction2_sqrt: float, eps: float,
               weight_decay: float) -> None: ...
-def generate(embedding: _F, weight_ih: Sequence[_F], weight_hh: Sequence[_F],
-             biases: Sequence[Optional[_F]], dec_weight: _F, dec_bias: Optional[_F], h: _F,
-             prime: _I64, out: _I64, out_lengths: _I64, temperature: float, top_k: int,
-             relu: bool, seeds: npt.NDArray[np.uint64], eos: int = -1, pad: int = 0,
-             num_threads: int = 1) -> None: ...
+def seed_generators(seeds: npt.NDArray[np.uint64], states: npt.NDArray[np.uint64]) -> None: ...
+def choose_tokens(logits: _F, temperature: float, top_k: int, states: npt.NDArray[np.uint64],
+                  out: _I64, num_threads: int = 1) -> None: ...

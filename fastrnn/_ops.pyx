@@ -7,16 +7,16 @@
 * ``cross_entropy_forward`` / ``cross_entropy_backward``: a fused, numerically stable
   log-softmax + negative log-likelihood, one independent row per logit vector.
 * ``adam_step``: torch's Adam update of one parameter in a single pass over its arrays.
-* ``generate``: a whole generated sequence per call (batch rows in parallel): per step an
-  embedding lookup, the RNN cell of every layer, the output projection, softmax with
-  temperature and top-k, and a draw from a seeded xoshiro256** generator.
+* ``seed_generators`` / ``choose_tokens``: the next token of each row of a batch of logits,
+  argmax or a draw from softmax with temperature and top-k, one seeded xoshiro256**
+  generator per row (generation runs the RNN itself on the recurrence's own kernels).
 
 Inputs are validated and allocated by the Python layers (``fastrnn.layers``,
 ``fastrnn.models``); this module checks only what it must to stay memory-safe.
 """
 
 from cython.parallel cimport parallel, prange
-from libc.math cimport exp, log, sqrt, tanh, tanhf, INFINITY
+from libc.math cimport exp, log, sqrt, INFINITY
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
@@ -301,52 +301,8 @@ def cross_entropy_backward(const floating[:, ::1] probs, const int64_t[::1] targ
 
 
 # ---------------------------------------------------------------------------------------
-# Generation: the whole sampling loop of a sequence
+# Generation: the choice of the next token
 # ---------------------------------------------------------------------------------------
-
-cdef inline floating _dot(const floating *a, const floating *b, Py_ssize_t n) noexcept nogil:
-    """Σ a_i b_i with four partial sums (independent chains the compiler can overlap)."""
-    cdef floating s0 = 0, s1 = 0, s2 = 0, s3 = 0
-    cdef Py_ssize_t i = 0
-    while i + 4 <= n:
-        s0 = s0 + a[i] * b[i]
-        s1 = s1 + a[i + 1] * b[i + 1]
-        s2 = s2 + a[i + 2] * b[i + 2]
-        s3 = s3 + a[i + 3] * b[i + 3]
-        i = i + 4
-    while i < n:
-        s0 = s0 + a[i] * b[i]
-        i = i + 1
-    return (s0 + s1) + (s2 + s3)
-
-
-cdef void _feed(const floating *emb, Py_ssize_t E, int n_layers, int H,
-                const floating **w_ih, const floating **w_hh, const floating **bias,
-                floating *h, Py_ssize_t layer_stride, bint relu, int64_t token,
-                floating *hbuf) noexcept nogil:
-    """Advance the state h (n_layers rows of H, layer_stride apart) by one input token."""
-    cdef const floating *x = emb + token * E
-    cdef Py_ssize_t in_dim = E
-    cdef int l, i
-    cdef floating a
-    cdef floating *hl
-    for l in range(n_layers):
-        hl = h + l * layer_stride
-        for i in range(H):
-            # a_i = W_ih[i]·x + W_hh[i]·h_{t-1} + b_i
-            a = _dot(w_ih[l] + i * in_dim, x, in_dim) + _dot(w_hh[l] + i * H, hl, H)
-            if bias[l] != NULL:
-                a = a + bias[l][i]
-            if relu:
-                hbuf[i] = a if a > 0 else 0
-            elif floating is float:
-                hbuf[i] = tanhf(a)
-            else:
-                hbuf[i] = tanh(a)
-        memcpy(hl, hbuf, H * sizeof(floating))
-        x = hl
-        in_dim = H
-
 
 cdef double _kth_largest(double *a, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
     """The k-th largest of a[0:n] (1 ≤ k ≤ n), by quickselect; reorders a."""
@@ -414,157 +370,47 @@ cdef int64_t _choose(double *logits, double *scratch, Py_ssize_t V, double tempe
     return best if best >= 0 else 0
 
 
-cdef Py_ssize_t _generate_row(
-        const floating *emb, Py_ssize_t E, int n_layers, int H,
-        const floating **w_ih, const floating **w_hh, const floating **bias,
-        const floating *dec_w, const floating *dec_b, Py_ssize_t V,
-        floating *h, Py_ssize_t layer_stride, bint relu,
-        const int64_t *prime, Py_ssize_t P, int64_t *out, Py_ssize_t length,
-        double temperature, Py_ssize_t top_k, uint64_t seed, int64_t eos, int64_t pad,
-        floating *hbuf, double *logits, double *scratch) noexcept nogil:
-    """One sequence: feed the prime tokens, then sample ``length`` tokens, feeding each back
-    (all but the last). Returns how many tokens were generated (up to and including eos)."""
-    cdef uint64_t rng[4]
-    cdef Py_ssize_t p, s, v
-    cdef int64_t tok
-    cdef const floating *top = h + (n_layers - 1) * layer_stride
-    fr_rng_seed(rng, seed)
-    for p in range(P):
-        _feed(emb, E, n_layers, H, w_ih, w_hh, bias, h, layer_stride, relu, prime[p], hbuf)
-    for s in range(length):
-        for v in range(V):
-            # logits_v = W_dec[v]·h_top + b_v
-            logits[v] = _dot(dec_w + v * H, top, H)
-            if dec_b != NULL:
-                logits[v] = logits[v] + dec_b[v]
-        tok = _choose(logits, scratch, V, temperature, top_k, rng)
-        out[s] = tok
-        if tok == eos:
-            for p in range(s + 1, length):
-                out[p] = pad
-            return s + 1
-        if s + 1 < length:
-            _feed(emb, E, n_layers, H, w_ih, w_hh, bias, h, layer_stride, relu, tok, hbuf)
-    return length
+def seed_generators(const uint64_t[::1] seeds, uint64_t[:, ::1] states):
+    """states[b] = the xoshiro256** state seeded (by splitmix64) with seeds[b]; states (B, 4)."""
+    cdef Py_ssize_t b, B = seeds.shape[0]
+    if states.shape[0] != B or states.shape[1] != 4:
+        raise ValueError(f"states must have shape ({B}, 4), got ({states.shape[0]}, "
+                         f"{states.shape[1]})")
+    for b in range(B):
+        fr_rng_seed(&states[b, 0], seeds[b])
 
 
-def generate(const floating[:, ::1] embedding, list weight_ih, list weight_hh, list biases,
-             const floating[:, ::1] dec_weight, const floating[::1] dec_bias,
-             floating[:, :, ::1] h, const int64_t[:, ::1] prime, int64_t[:, ::1] out,
-             int64_t[::1] out_lengths, double temperature, Py_ssize_t top_k, bint relu,
-             const uint64_t[::1] seeds, int64_t eos=-1, int64_t pad=0, int num_threads=1):
-    """Generate ``out.shape[1]`` tokens for each of the B rows, rows in parallel.
-
-    Parameters
-    ----------
-    embedding : (V_in, E) lookup table.
-    weight_ih, weight_hh : lists of one (H, in) and one (H, H) array per layer.
-    biases : list of one (H,) array (b_ih + b_hh) or None per layer.
-    dec_weight, dec_bias : the output projection (V, H) and (V,) or None.
-    h : (n_layers, B, H) initial state, updated in place to the state after the prime and
-        all generated tokens but the last.
-    prime : (B, P) tokens fed before the first draw (P ≥ 1).
-    out : (B, length) receives the tokens; out_lengths (B,) how many were generated.
-    temperature : 0 for greedy (argmax) decoding.
-    top_k : keep only the top_k largest logits (0 = all).
-    seeds : (B,) uint64 seeds, one generator per row.
-    eos : stop a row after this token (-1 = never); the rest of its row is ``pad``.
-    """
-    cdef int n_layers = len(weight_ih)
-    cdef Py_ssize_t B = h.shape[1], H = h.shape[2], E = embedding.shape[1]
-    cdef Py_ssize_t V_in = embedding.shape[0], V = dec_weight.shape[0]
-    cdef Py_ssize_t P = prime.shape[1], length = out.shape[1]
-    if n_layers < 1 or len(weight_hh) != n_layers or len(biases) != n_layers:
-        raise ValueError("weight_ih, weight_hh and biases must hold one entry per layer")
-    if h.shape[0] != n_layers:
-        raise ValueError(f"h must have {n_layers} layers, got {h.shape[0]}")
-    if prime.shape[0] != B or out.shape[0] != B or out_lengths.shape[0] != B or seeds.shape[0] != B:
-        raise ValueError(f"prime, out, out_lengths and seeds must have {B} rows")
-    if P < 1:
-        raise ValueError("prime must hold at least one token per row")
-    if dec_weight.shape[1] != H or (dec_bias is not None and dec_bias.shape[0] != V) or V < 1:
-        raise ValueError(f"decoder must map {H} features to V ≥ 1 classes")
-    if length > 1 and V > V_in:
-        raise ValueError(f"generated tokens are fed back: the decoder's {V} classes must "
-                         f"all be rows of the {V_in}-row embedding")
+def choose_tokens(const floating[:, ::1] logits, double temperature, Py_ssize_t top_k,
+                  uint64_t[:, ::1] states, int64_t[::1] out, int num_threads=1):
+    """out[b] = the next token of row b from its logits (B, V): argmax if temperature is 0,
+    else a draw from softmax(logits / temperature) over the top_k largest (0 = all), with
+    row b's own generator ``states[b]`` (advanced in place), rows in parallel."""
+    cdef Py_ssize_t B = logits.shape[0], V = logits.shape[1], b, v
+    if states.shape[0] != B or states.shape[1] != 4 or out.shape[0] != B:
+        raise ValueError(f"states and out must have {B} rows (states 4 wide), got "
+                         f"({states.shape[0]}, {states.shape[1]}) and ({out.shape[0]},)")
+    if V < 1:
+        raise ValueError("logits must have at least one class")
     if num_threads < 1:
         raise ValueError(f"num_threads must be >= 1, got {num_threads}")
-    cdef Py_ssize_t i, l
-    for i in range(B):
-        for l in range(P):
-            if prime[i, l] < 0 or prime[i, l] >= V_in:
-                raise IndexError(f"prime token {prime[i, l]} is out of range for {V_in} embeddings")
-    cdef const floating **p_ih = <const floating **> malloc(3 * n_layers * sizeof(floating *))
-    if p_ih == NULL:
-        raise MemoryError()
-    cdef const floating **p_hh = p_ih + n_layers
-    cdef const floating **p_b = p_ih + 2 * n_layers
-    cdef const floating[:, ::1] w2
-    cdef const floating[::1] w1
-    cdef Py_ssize_t in_dim = E
-    try:
-        for l in range(n_layers):
-            w2 = weight_ih[l]
-            if w2.shape[0] != H or w2.shape[1] != in_dim:
-                raise ValueError(f"weight_ih[{l}] must have shape ({H}, {in_dim}), "
-                                 f"got ({w2.shape[0]}, {w2.shape[1]})")
-            p_ih[l] = &w2[0, 0]
-            w2 = weight_hh[l]
-            if w2.shape[0] != H or w2.shape[1] != H:
-                raise ValueError(f"weight_hh[{l}] must have shape ({H}, {H})")
-            p_hh[l] = &w2[0, 0]
-            p_b[l] = NULL
-            if biases[l] is not None:
-                w1 = biases[l]
-                if w1.shape[0] != H:
-                    raise ValueError(f"biases[{l}] must have shape ({H},)")
-                p_b[l] = &w1[0]
-            in_dim = H
-        _generate_all(embedding, p_ih, p_hh, p_b, n_layers, dec_weight, dec_bias, h, prime,
-                      out, out_lengths, temperature, top_k, relu, seeds, eos, pad, num_threads)
-    finally:
-        free(p_ih)
-
-
-cdef int _generate_all(const floating[:, ::1] embedding, const floating **p_ih,
-                       const floating **p_hh, const floating **p_b, int n_layers,
-                       const floating[:, ::1] dec_weight, const floating[::1] dec_bias,
-                       floating[:, :, ::1] h, const int64_t[:, ::1] prime, int64_t[:, ::1] out,
-                       int64_t[::1] out_lengths, double temperature, Py_ssize_t top_k,
-                       bint relu, const uint64_t[::1] seeds, int64_t eos, int64_t pad,
-                       int num_threads) except -1:
-    cdef Py_ssize_t B = h.shape[1], H = h.shape[2], E = embedding.shape[1]
-    cdef Py_ssize_t V = dec_weight.shape[0], P = prime.shape[1], length = out.shape[1]
     if B == 0:
-        return 0
-    cdef const floating *pemb = &embedding[0, 0] if E > 0 else NULL
-    cdef const floating *pdw = &dec_weight[0, 0] if H > 0 else NULL
-    cdef const floating *pdb = &dec_bias[0] if dec_bias is not None else NULL
-    cdef floating *ph = &h[0, 0, 0] if H > 0 else NULL
-    cdef const int64_t *pprime = &prime[0, 0]
-    cdef int64_t *pout = &out[0, 0] if length > 0 else NULL
-    cdef Py_ssize_t b
+        return
     cdef int failed[1]
     failed[0] = 0
-    cdef floating *hbuf
-    cdef double *logits
-    with nogil, parallel(num_threads=min(num_threads, B)):
-        # per-thread scratch: the new state of one layer, the logits, the probabilities
-        hbuf = <floating *> malloc((H + 1) * sizeof(floating))
-        logits = <double *> malloc(2 * V * sizeof(double))
+    cdef double *scratch
+    with nogil, parallel(num_threads=min(<Py_ssize_t> num_threads, B)):
+        # per-thread scratch: the row's logits in double, and the probabilities
+        scratch = <double *> malloc(2 * V * sizeof(double))
         try:
-            if hbuf == NULL or logits == NULL:
+            if scratch == NULL:
                 failed[0] = 1
             else:
                 for b in prange(B, schedule="static"):
-                    out_lengths[b] = _generate_row(
-                        pemb, E, n_layers, <int> H, p_ih, p_hh, p_b, pdw, pdb, V,
-                        ph + b * H, B * H, relu, pprime + b * P, P,
-                        pout + b * length if pout != NULL else NULL, length,
-                        temperature, top_k, seeds[b], eos, pad, hbuf, logits, logits + V)
+                    for v in range(V):
+                        scratch[v] = logits[b, v]
+                    out[b] = _choose(scratch, scratch + V, V, temperature, top_k,
+                                     &states[b, 0])
         finally:
-            free(hbuf)
-            free(logits)
+            free(scratch)
     if failed[0]:
-        raise MemoryError("could not allocate per-thread scratch for generation")
-    return 0
+        raise MemoryError("could not allocate per-thread scratch for sampling")

@@ -2,7 +2,7 @@
 
 =============================  ============================================================
 ``RNNLanguageModel``           many-to-many, equal lengths: Embedding → RNN → Linear; text
-                               generation by sampling, the whole loop compiled
+                               generation by sampling
 ``ConditionalGenerator``       one-to-many: a class label sets the initial state, the
                                sequence is generated from it
 ``SequenceClassifier``         many-to-one: a class from the final hidden state
@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from . import _ops
+from . import _ops, _rnn, functional
 from .data import lm_batches
 from ._validate import (_as_rng, _check_dtype, _check_indices, _check_int, _check_real,
                         _check_size)
@@ -39,7 +39,7 @@ __all__ = ["RNNLanguageModel", "ConditionalGenerator", "SequenceClassifier", "Se
 
 def sample_tokens(embedding, rnn, decoder, prime, length, *, h0=None, temperature=1.0,
                   top_k=None, seed=None, eos=None, pad=0):
-    """Generate tokens from an Embedding → RNN → Linear stack; one compiled call in all.
+    """Generate tokens from an Embedding → RNN → Linear stack.
 
     Per step: embed the last token, run every RNN layer's cell, project to logits, and
     pick the next token: argmax if ``temperature`` is 0, else a draw from
@@ -58,7 +58,7 @@ def sample_tokens(embedding, rnn, decoder, prime, length, *, h0=None, temperatur
     temperature : float ≥ 0, default 1
     top_k : int, optional
     seed : None, int or numpy.random.Generator
-        One 64-bit seed per row is drawn from it for the compiled xoshiro256** generator.
+        One 64-bit seed per row is drawn from it for that row's xoshiro256** generator.
     eos : int, optional
         A row stops after generating this token; the rest of the row is ``pad``.
 
@@ -82,11 +82,13 @@ def sample_tokens(embedding, rnn, decoder, prime, length, *, h0=None, temperatur
     if prime.ndim not in (1, 2) or prime.shape[-1] < 1:
         raise ValueError(f"prime must have shape (P,) or (B, P) with P ≥ 1, got {prime.shape}")
     single = prime.ndim == 1
-    # the compiled loop looks the tokens up unchecked: every one must be a row of the table
     prime = _check_indices(prime[None] if single else prime, "prime token", V,
                            is_out=f"out of range for an Embedding of {V} rows")
     B = prime.shape[0]
     length = _check_size(length, "length", allow_zero=True)
+    if length > 1 and decoder.out_features > V:
+        raise ValueError(f"generated tokens are fed back: the decoder's {decoder.out_features} "
+                         f"classes must all be rows of the {V}-row embedding")
     temperature = _check_real(temperature, "temperature", low=0.0)
     top_k = 0 if top_k is None else _check_size(top_k, "top_k")
     eos = -1 if eos is None else _check_int(eos, "eos", low=0, high=decoder.out_features)
@@ -101,23 +103,40 @@ def sample_tokens(embedding, rnn, decoder, prime, length, *, h0=None, temperatur
             raise TypeError(f"h0 dtype ({h0.dtype}) does not match the RNN's dtype ({dtype})")
         if h0.shape != want:
             raise ValueError(f"h0 must have shape {want}, got {h0.shape}")
-        h = np.array(h0[:, None] if single else h0, dtype=dtype, order="C")
-    params = dict(rnn.named_parameters())
-    w_ih = [np.ascontiguousarray(params[f"weight_ih_l{k}"].data) for k in range(Lyr)]
-    w_hh = [np.ascontiguousarray(params[f"weight_hh_l{k}"].data) for k in range(Lyr)]
-    biases = [params[f"bias_ih_l{k}"].data + params[f"bias_hh_l{k}"].data if rnn.bias else None
-              for k in range(Lyr)]
-    rng = _as_rng(seed)
-    seeds = rng.integers(0, 2**64, size=B, dtype=np.uint64)
-    out = np.empty((B, length), dtype=np.int64)
-    lengths = np.empty(B, dtype=np.int64)
-    _ops.generate(embedding.weight.data, w_ih, w_hh, biases, decoder.weight.data,
-                  decoder.bias.data if decoder.has_bias else None, h, prime, out, lengths,
-                  temperature, top_k, rnn.nonlinearity == "relu", seeds, eos, pad,
-                  get_num_threads())
+        h = h0[:, None] if single else h0
+    # the RNN runs on its own forward (the recurrence's kernels, bitwise as in training and
+    # evaluation): the prime in one call, then one step per generated token
+    params = {name: p.data for name, p in rnn.named_parameters()}
+    options = dict(num_layers=Lyr, nonlinearity=rnn.nonlinearity, keep_cache=False)
+    table, w_dec = embedding.weight.data, np.ascontiguousarray(decoder.weight.data).T
+    b_dec = decoder.bias.data if decoder.has_bias else None
+    threads = get_num_threads()
+    out, h, _ = functional.rnn_forward(table[prime.T], params, h, **options)
+    top = out[-1]
+    states = np.empty((B, 4), dtype=np.uint64)
+    _ops.seed_generators(_as_rng(seed).integers(0, 2**64, size=B, dtype=np.uint64), states)
+    tokens = np.full((B, length), pad, dtype=np.int64)
+    lengths = np.full(B, length, dtype=np.int64)
+    running = np.ones(B, dtype=bool)
+    logits = np.empty((B, decoder.out_features), dtype=dtype)
+    drawn = np.empty(B, dtype=np.int64)
+    for s in range(length):
+        _rnn.gemm(top, w_dec, logits, b_dec, False, threads)  # logits = h_top W_decᵀ + b
+        _ops.choose_tokens(logits, temperature, top_k, states, drawn, threads)
+        tokens[running, s] = drawn[running]
+        if eos >= 0:
+            ended = running & (drawn == eos)
+            lengths[ended] = s + 1
+            running &= ~ended
+        if s + 1 == length or not running.any():
+            break
+        # a row that ended keeps its state: a length of 0 leaves h as it was
+        step, h, _ = functional.rnn_forward(table[drawn][None], params, h,
+                                            lengths=running.astype(np.int64), **options)
+        top = np.where(running[:, None], step[0], top)
     if single:
-        return out[0], int(lengths[0]), h[:, 0]
-    return out, lengths, h
+        return tokens[0], int(lengths[0]), h[:, 0]
+    return tokens, lengths, h
 
 
 def accuracy(logits, targets, ignore_index=-100):

@@ -293,7 +293,7 @@ def test_gemm_refuses(change):
 
 
 # ---------------------------------------------------------------------------------------
-# _ops: embedding, cross-entropy, Adam, generation
+# _ops: embedding, cross-entropy, Adam, the choice of generated tokens
 # ---------------------------------------------------------------------------------------
 
 def test_embedding_backward_refuses_indices_out_of_range():
@@ -328,45 +328,32 @@ def test_adam_step_refuses_lengths_that_differ():
                        0.1, 0.9, 0.999, 1.0, 1e-8, 0.0)
 
 
-def generate_args(**change):
-    rng = _rng()
-    V, E, B, P, T = 10, 4, 3, 2, 5
-    args = dict(embedding=rng.standard_normal((V, E)).astype(F),
-                weight_ih=[rng.standard_normal((H, E)).astype(F)],
-                weight_hh=[rng.standard_normal((H, H)).astype(F)], biases=[None],
-                dec_weight=rng.standard_normal((V, H)).astype(F), dec_bias=None,
-                h=np.zeros((1, B, H), F), prime=np.zeros((B, P), np.int64),
-                out=np.empty((B, T), np.int64), out_lengths=np.empty(B, np.int64),
-                temperature=1.0, top_k=3, relu=False, seeds=np.arange(B, dtype=np.uint64))
-    args.update(change)
-    return args
+def test_choose_tokens_good_arguments_run():
+    states = np.empty((3, 4), np.uint64)
+    _ops.seed_generators(np.arange(3, dtype=np.uint64), states)
+    out = np.full(3, -1, np.int64)
+    _ops.choose_tokens(_rng().standard_normal((3, 10)).astype(F), 1.0, 3, states, out, 2)
+    assert ((0 <= out) & (out < 10)).all()
 
 
-def test_generate_good_arguments_run():
-    args = generate_args()
-    _ops.generate(**args)
-    assert ((0 <= args["out"]) & (args["out"] < 10)).all()
-
-
-BAD_GENERATE = {
-    "prime past the embedding": (IndexError, dict(prime=np.full((3, 2), 10, np.int64))),
-    "prime negative": (IndexError, dict(prime=np.full((3, 2), -1, np.int64))),
-    "no prime": (ValueError, dict(prime=np.zeros((3, 0), np.int64))),
-    "weight_hh (1, 1)": (ValueError, dict(weight_hh=[np.zeros((1, 1), F)])),
-    "weight_ih wrong inputs": (ValueError, dict(weight_ih=[np.zeros((H, 5), F)])),
-    "bias too short": (ValueError, dict(biases=[np.zeros(H - 1, F)])),
-    "decoder wider than the embedding": (ValueError,
-                                         dict(dec_weight=np.zeros((11, H), F))),
-    "decoder wrong features": (ValueError, dict(dec_weight=np.zeros((10, H + 1), F))),
-    "h two layers": (ValueError, dict(h=np.zeros((2, 3, H), F))),
-    "seeds too few": (ValueError, dict(seeds=np.arange(2, dtype=np.uint64))),
-    "out_lengths too few": (ValueError, dict(out_lengths=np.empty(2, np.int64))),
-    "layers disagree": (ValueError, dict(weight_hh=[])),
-    "threads 0": (ValueError, dict(num_threads=0)),
+BAD_CHOOSE = {
+    "states too few rows": dict(states=np.zeros((2, 4), np.uint64)),
+    "states too narrow": dict(states=np.zeros((3, 2), np.uint64)),
+    "out too short": dict(out=np.empty(2, np.int64)),
+    "no classes": dict(logits=np.zeros((3, 0), F)),
+    "threads 0": dict(num_threads=0),
 }
 
 
-@pytest.mark.parametrize("error,change", BAD_GENERATE.values(), ids=BAD_GENERATE.keys())
-def test_generate_refuses(error, change):
-    with pytest.raises(error):
-        _ops.generate(**generate_args(**change))
+@pytest.mark.parametrize("change", BAD_CHOOSE.values(), ids=BAD_CHOOSE.keys())
+def test_choose_tokens_refuses(change):
+    args = dict(logits=np.zeros((3, 10), F), temperature=1.0, top_k=0,
+                states=np.zeros((3, 4), np.uint64), out=np.empty(3, np.int64), num_threads=1)
+    args.update(change)
+    with pytest.raises(ValueError):
+        _ops.choose_tokens(**args)
+
+
+def test_seed_generators_refuses_wrong_states():
+    with pytest.raises(ValueError):
+        _ops.seed_generators(np.arange(3, dtype=np.uint64), np.zeros((3, 3), np.uint64))
