@@ -3,9 +3,8 @@
 
 A training step allocates the same large arrays every time (layer outputs, dA, gradients).
 Memory fresh from the operating system costs a page fault per page and the kernel's zeroing
-of it: measured on this project's 2-core machine, about 10 % of a 2-layer bidirectional
-fwd+bwd step at (100, 64, 128, 256) and of a fwd+bwd step at (100, 128, 512, 1024), where
-glibc returns such blocks to the system after every call.
+of it, a noticeable share of a training step (docs/performance.md), since glibc returns
+such blocks to the system after every call.
 
 Arrays allocated while ``cached_allocation()`` is active (NumPy's per-context allocator
 hook, NEP 49; other threads and contexts are unaffected) give their block to the cache when
