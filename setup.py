@@ -55,38 +55,27 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
+def extension(name, sources, compile_args, include_dirs=(), macros=()):
+    """One compiled module of fastrnn (compile flags for GCC/clang, or /O2 for MSVC)."""
+    return Extension(
+        name, sources=sources, include_dirs=[*include_dirs, np.get_include()],
+        extra_compile_args=compile_args if sys.platform != "win32" else ["/O2"],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"), *macros],
+        depends=sorted(glob.glob("src_c/*.h")) if include_dirs else [])
+
+
 extensions = [
-    Extension(
-        "fastrnn._rnn",
-        sources=["fastrnn/_rnn.pyx"] + KERNEL_SOURCES,
-        include_dirs=["src_c", np.get_include()],
-        depends=sorted(glob.glob("src_c/*.h")),  # rebuild when a kernel header changes
-        # -O3 and FMA contraction for the vectorised kernels; no -ffast-math (it breaks NaN
-        # handling), no -march=native (kernels for each instruction set are built and
-        # chosen at run time)
-        extra_compile_args=(["-O3", "-ffp-contract=fast"] if sys.platform != "win32"
-                            else ["/O2"]),
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    ),
-    Extension(
-        "fastrnn._ops",
-        sources=["fastrnn/_ops.pyx"],
-        include_dirs=[np.get_include()],
-        # no FMA contraction (the layers' arithmetic follows torch's roundings); sqrt without
-        # errno, so that loops calling it vectorise
-        extra_compile_args=(["-O3", "-fno-math-errno"] if sys.platform != "win32"
-                            else ["/O2"]),
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    ),
-    Extension(
-        "fastrnn._memory",
-        sources=["fastrnn/_memory.pyx"],
-        include_dirs=[np.get_include()],
-        extra_compile_args=["-O2"] if sys.platform != "win32" else ["/O2"],
-        # NumPy's allocator hook (NEP 49) is part of the 1.22+ C API
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
-                       ("NPY_TARGET_VERSION", "NPY_1_23_API_VERSION")],
-    ),
+    # -O3 and FMA contraction for the vectorised kernels; no -ffast-math (it breaks NaN
+    # handling), no -march=native (kernels for each instruction set are built and chosen at
+    # run time); rebuilt when a kernel header changes
+    extension("fastrnn._rnn", ["fastrnn/_rnn.pyx"] + KERNEL_SOURCES, ["-O3", "-ffp-contract=fast"],
+              include_dirs=["src_c"]),
+    # no FMA contraction (the layers' arithmetic follows torch's roundings); sqrt without
+    # errno, so that loops calling it vectorise
+    extension("fastrnn._ops", ["fastrnn/_ops.pyx"], ["-O3", "-fno-math-errno"]),
+    # NumPy's allocator hook (NEP 49) is part of the 1.22+ C API
+    extension("fastrnn._memory", ["fastrnn/_memory.pyx"], ["-O2"],
+              macros=[("NPY_TARGET_VERSION", "NPY_1_23_API_VERSION")]),
 ]
 
 setup(

@@ -190,6 +190,19 @@ class _Model(Module):
         args = ", ".join(f"{k}={v!r}" for k, v in self._config.items())
         return f"{type(self).__name__}({args})"
 
+    def _embedded_rnn(self, num_outputs, seed):
+        """``self.embedding`` → ``self.rnn`` → ``self.classifier`` (the RNN's outputs, both
+        directions', to ``num_outputs``) from the configuration: the classifier and tagger."""
+        c = self._config
+        dtype, rng = np.dtype(c["dtype"]), _as_rng(seed)
+        self.embedding = Embedding(c["vocab_size"], c["embedding_dim"], c["padding_idx"],
+                                   dtype=dtype, seed=rng)
+        self.rnn = RNN(c["embedding_dim"], c["hidden_size"], c["num_layers"], c["nonlinearity"],
+                       dropout=c["dropout"], bidirectional=c["bidirectional"],
+                       batch_first=c["batch_first"], dtype=dtype, seed=rng)
+        D = 2 if c["bidirectional"] else 1
+        self.classifier = Linear(D * c["hidden_size"], num_outputs, dtype=dtype, seed=rng)
+
 
 class RNNLanguageModel(_Model):
     """Embedding → RNN → Linear: next-token logits at every step (many-to-many).
@@ -356,13 +369,7 @@ class SequenceClassifier(_Model):
                               num_layers=num_layers, nonlinearity=nonlinearity,
                               bidirectional=bidirectional, dropout=dropout,
                               batch_first=batch_first, padding_idx=padding_idx, dtype=dtype))
-        rng = _as_rng(seed)
-        D = 2 if bidirectional else 1
-        self.embedding = Embedding(vocab_size, embedding_dim, padding_idx, dtype=dtype, seed=rng)
-        self.rnn = RNN(embedding_dim, hidden_size, num_layers, nonlinearity, dropout=dropout,
-                       bidirectional=bidirectional, batch_first=batch_first, dtype=dtype,
-                       seed=rng)
-        self.classifier = Linear(D * hidden_size, num_classes, dtype=dtype, seed=rng)
+        self._embedded_rnn(num_classes, seed)
         self._shapes = None
 
     def forward(self, x, lengths=None):
@@ -416,13 +423,7 @@ class SequenceTagger(_Model):
                               nonlinearity=nonlinearity, bidirectional=bidirectional,
                               dropout=dropout, batch_first=batch_first, padding_idx=padding_idx,
                               dtype=dtype))
-        rng = _as_rng(seed)
-        D = 2 if bidirectional else 1
-        self.embedding = Embedding(vocab_size, embedding_dim, padding_idx, dtype=dtype, seed=rng)
-        self.rnn = RNN(embedding_dim, hidden_size, num_layers, nonlinearity, dropout=dropout,
-                       bidirectional=bidirectional, batch_first=batch_first, dtype=dtype,
-                       seed=rng)
-        self.classifier = Linear(D * hidden_size, num_tags, dtype=dtype, seed=rng)
+        self._embedded_rnn(num_tags, seed)
 
     def forward(self, x, lengths=None):
         """Token ids (L, N) -> tag logits (L, N, num_tags)."""

@@ -5,6 +5,8 @@ parameter shapes are written out from torch's conventions and the runner drives
 import numpy as np
 import pytest
 
+from _helpers import run_torch_module
+
 GATES = {"lstm": 4, "gru": 3}
 
 
@@ -56,8 +58,6 @@ def run_torch_gated(cell, params, x, states, lengths, grad_output, grad_states, 
     [initial states' gradients], {name: grad} as NumPy arrays.
     """
     torch = pytest.importorskip("torch")
-    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-
     dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[x.dtype]
     G = GATES[cell]
     hidden_size = params["weight_hh_l0"].shape[0] // G
@@ -74,15 +74,8 @@ def run_torch_gated(cell, params, x, states, lengths, grad_output, grad_states, 
     st = [torch.tensor(np.zeros(shape, x.dtype) if s is None else s, requires_grad=True)
           for s, shape in zip(states, shapes)]
     xt = torch.tensor(x, requires_grad=True)
-    hx = tuple(st) if cell == "lstm" else st[0]
-    if lengths is None:
-        out, final = module(xt, hx)
-    else:
-        seq_len = x.shape[1 if batch_first else 0]
-        packed = pack_padded_sequence(xt, torch.as_tensor(np.asarray(lengths), dtype=torch.int64),
-                                      batch_first=batch_first, enforce_sorted=False)
-        out, final = module(packed, hx)
-        out, _ = pad_packed_sequence(out, batch_first=batch_first, total_length=seq_len)
+    out, final = run_torch_module(module, xt, tuple(st) if cell == "lstm" else st[0], lengths,
+                                  batch_first)
     final = list(final) if cell == "lstm" else [final]
     loss = (out * torch.from_numpy(grad_output)).sum()
     for f, g in zip(final, grad_states):

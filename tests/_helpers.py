@@ -144,6 +144,22 @@ def forward_kwargs(num_layers, nonlinearity, bidirectional, layout, lengths=None
                 batch_first=layout == "batch", lengths=lengths, dropout_masks=dropout_masks)
 
 
+def run_torch_module(module, xt, hx, lengths, batch_first):
+    """``module(xt, hx)``; with ``lengths``, through pack_padded_sequence(enforce_sorted=False)
+    and back with pad_packed_sequence(total_length=L), as torch users do."""
+    import torch
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    if lengths is None:
+        return module(xt, hx)
+    packed = pack_padded_sequence(xt, torch.as_tensor(np.asarray(lengths), dtype=torch.int64),
+                                  batch_first=batch_first, enforce_sorted=False)
+    out, final = module(packed, hx)
+    out, _ = pad_packed_sequence(out, batch_first=batch_first,
+                                 total_length=xt.shape[1 if batch_first else 0])
+    return out, final
+
+
 def run_torch(params, x, h0, lengths, grad_output, grad_h_n, *, num_layers, nonlinearity,
               bidirectional, batch_first):
     """Forward and backward through torch.nn.RNN with these weights.
@@ -152,8 +168,6 @@ def run_torch(params, x, h0, lengths, grad_output, grad_h_n, *, num_layers, nonl
     through pack_padded_sequence(enforce_sorted=False) / pad_packed_sequence(total_length=L).
     """
     torch = pytest.importorskip("torch")
-    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-
     dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[x.dtype]
     hidden_size = params["weight_hh_l0"].shape[0]
     module = torch.nn.RNN(x.shape[-1], hidden_size, num_layers=num_layers,
@@ -166,18 +180,26 @@ def run_torch(params, x, h0, lengths, grad_output, grad_h_n, *, num_layers, nonl
         h0 = np.zeros(h_shape + (hidden_size,), dtype=x.dtype)
     xt = torch.tensor(x, requires_grad=True)
     ht = torch.tensor(h0, requires_grad=True)
-    if lengths is None:
-        out, hn = module(xt, ht)
-    else:
-        seq_len = x.shape[1 if batch_first else 0]
-        packed = pack_padded_sequence(xt, torch.as_tensor(np.asarray(lengths), dtype=torch.int64),
-                                      batch_first=batch_first, enforce_sorted=False)
-        out, hn = module(packed, ht)
-        out, _ = pad_packed_sequence(out, batch_first=batch_first, total_length=seq_len)
+    out, hn = run_torch_module(module, xt, ht, lengths, batch_first)
     loss = (out * torch.from_numpy(grad_output)).sum() + (hn * torch.from_numpy(grad_h_n)).sum()
     loss.backward()
     grads = {name: p.grad.numpy().copy() for name, p in module.named_parameters()}
     return (out.detach().numpy(), hn.detach().numpy(), xt.grad.numpy(), ht.grad.numpy(), grads)
+
+
+def numerical_gradient(f, arr, eps=1e-6):
+    """Central differences of scalar ``f()`` w.r.t. every entry of ``arr`` (perturbed in
+    place and restored)."""
+    g = np.zeros_like(arr)
+    for idx in np.ndindex(arr.shape):
+        saved = arr[idx]
+        arr[idx] = saved + eps
+        plus = f()
+        arr[idx] = saved - eps
+        minus = f()
+        arr[idx] = saved
+        g[idx] = (plus - minus) / (2 * eps)
+    return g
 
 
 def numerical_gradients(loss, x, h0, params, eps=1e-6):
@@ -185,22 +207,11 @@ def numerical_gradients(loss, x, h0, params, eps=1e-6):
 
     ``loss`` must not modify its arguments. Returns grad_x, grad_h0, {name: grad}.
     """
-    def grad_of(arr, f):
-        g = np.zeros_like(arr)
-        for idx in np.ndindex(arr.shape):
-            saved = arr[idx]
-            arr[idx] = saved + eps
-            plus = f()
-            arr[idx] = saved - eps
-            minus = f()
-            arr[idx] = saved
-            g[idx] = (plus - minus) / (2 * eps)
-        return g
-
     x, h0 = x.copy(), h0.copy()
     params = {k: v.copy() for k, v in params.items()}
     f = lambda: loss(x, h0, params)  # noqa: E731 - closes over the arrays being perturbed
-    return grad_of(x, f), grad_of(h0, f), {k: grad_of(v, f) for k, v in params.items()}
+    return (numerical_gradient(f, x, eps), numerical_gradient(f, h0, eps),
+            {k: numerical_gradient(f, v, eps) for k, v in params.items()})
 
 
 def match_all(*fragments):

@@ -36,6 +36,16 @@ def _unaligned(shape):
     return view
 
 
+# lengths every recurrence and the weight gradients index rows by
+BAD_LENGTHS = {
+    "lengths past L": dict(lengths=np.array([L + 1] + [L] * (N - 1), np.int64)),
+    "lengths huge": dict(lengths=np.full(N, 10 ** 6, np.int64)),
+    "lengths negative": dict(lengths=np.array([-1] + [L] * (N - 1), np.int64)),
+    "lengths too few": dict(lengths=np.full(N - 1, L, np.int64)),
+    "lengths too many": dict(lengths=np.full(N + 1, L, np.int64)),
+}
+
+
 # ---------------------------------------------------------------------------------------
 # recurrence_forward(out, h0, w_hh, lengths, reverse, relu, h_n, threads, x, w_ih, bias)
 # ---------------------------------------------------------------------------------------
@@ -51,10 +61,9 @@ def forward_args(**change):
 
 def per_step_args(**change):
     rng = _rng()
-    args = forward_args(x=rng.standard_normal((L, N, I)).astype(F),
-                        w_ih=rng.standard_normal((H, I)).astype(F), bias=np.zeros(H, F))
-    args.update(change)
-    return args
+    return forward_args(**{"x": rng.standard_normal((L, N, I)).astype(F),
+                           "w_ih": rng.standard_normal((H, I)).astype(F),
+                           "bias": np.zeros(H, F), **change})
 
 
 def _call_forward(args):
@@ -75,11 +84,7 @@ BAD_FORWARD = {
     "w_hh too short": dict(w_hh=np.zeros((H - 1, H), F)),
     "h_n too few rows": dict(h_n=np.empty((N - 1, H), F)),
     "h_n too narrow": dict(h_n=np.empty((N, 1), F)),
-    "lengths past L": dict(lengths=np.array([L + 1] + [L] * (N - 1), np.int64)),
-    "lengths huge": dict(lengths=np.full(N, 10 ** 6, np.int64)),
-    "lengths negative": dict(lengths=np.array([-1] + [L] * (N - 1), np.int64)),
-    "lengths too few": dict(lengths=np.full(N - 1, L, np.int64)),
-    "lengths too many": dict(lengths=np.full(N + 1, L, np.int64)),
+    **BAD_LENGTHS,
     "out strided rows": dict(out=_strided((L, N, H))),
     "out negative stride": dict(out=_negative((L, N, H))),
     "threads 0": dict(num_threads=0),
@@ -91,19 +96,6 @@ BAD_PER_STEP = {
     "w_ih wrong rows": dict(w_ih=np.zeros((H + 1, I), F)),
     "bias too short": dict(bias=np.zeros(H - 1, F)),
 }
-
-
-@pytest.mark.parametrize("change", BAD_FORWARD.values(), ids=BAD_FORWARD.keys())
-@pytest.mark.parametrize("build", [forward_args, per_step_args], ids=["P", "per-step"])
-def test_recurrence_forward_refuses(build, change):
-    with pytest.raises(ValueError):
-        _call_forward(build(**change))
-
-
-@pytest.mark.parametrize("change", BAD_PER_STEP.values(), ids=BAD_PER_STEP.keys())
-def test_recurrence_forward_per_step_refuses(change):
-    with pytest.raises(ValueError):
-        _call_forward(per_step_args(**change))
 
 
 def test_recurrence_forward_refuses_wrong_dtype():
@@ -131,10 +123,8 @@ def backward_args(**change):
 def above_args(**change):
     """The layer-above form: grad_out is that layer's dA (L, N, K), w_out its W_ih (K, H)."""
     rng = _rng()
-    args = backward_args(grad_out=rng.standard_normal((L, N, 2 * H)).astype(F),
-                         w_out=rng.standard_normal((2 * H, H)).astype(F))
-    args.update(change)
-    return args
+    return backward_args(**{"grad_out": rng.standard_normal((L, N, 2 * H)).astype(F),
+                            "w_out": rng.standard_normal((2 * H, H)).astype(F), **change})
 
 
 def _call_backward(args):
@@ -158,10 +148,7 @@ BAD_BACKWARD = {
     "grad_a too narrow": dict(grad_a=np.empty((L, N, H - 1), F)),
     "grad_h0 too few rows": dict(grad_h0=np.empty((N - 1, H), F)),
     "grad_h0 too narrow": dict(grad_h0=np.empty((N, 1), F)),
-    "lengths past L": dict(lengths=np.array([L + 1] + [L] * (N - 1), np.int64)),
-    "lengths huge": dict(lengths=np.full(N, 10 ** 6, np.int64)),
-    "lengths negative": dict(lengths=np.array([-3] + [L] * (N - 1), np.int64)),
-    "lengths too few": dict(lengths=np.full(N - 1, L, np.int64)),
+    **BAD_LENGTHS,
     "out strided rows": dict(out=_strided((L, N, H))),
     "grad_a strided rows": dict(grad_a=_strided((L, N, H))),
     "grad_a negative stride": dict(grad_a=_negative((L, N, H))),
@@ -173,19 +160,6 @@ BAD_ABOVE = {
     "w_out strided rows": dict(w_out=_strided((2 * H, H))),
     "grad_out wrong steps": dict(grad_out=np.zeros((L + 1, N, 2 * H), F)),
 }
-
-
-@pytest.mark.parametrize("change", BAD_BACKWARD.values(), ids=BAD_BACKWARD.keys())
-@pytest.mark.parametrize("build", [backward_args, above_args], ids=["dY", "layer-above"])
-def test_recurrence_backward_refuses(build, change):
-    with pytest.raises(ValueError):
-        _call_backward(build(**change))
-
-
-@pytest.mark.parametrize("change", BAD_ABOVE.values(), ids=BAD_ABOVE.keys())
-def test_recurrence_backward_layer_above_refuses(change):
-    with pytest.raises(ValueError):
-        _call_backward(above_args(**change))
 
 
 def test_recurrence_backward_refuses_grad_out_of_wrong_width():
@@ -219,10 +193,7 @@ def test_weight_grads_good_arguments_run():
 
 
 BAD_WEIGHT_GRADS = {
-    "lengths past L": dict(lengths=np.array([L + 1] + [L] * (N - 1), np.int64)),
-    "lengths huge": dict(lengths=np.full(N, 10 ** 6, np.int64)),
-    "lengths negative": dict(lengths=np.array([-1] + [L] * (N - 1), np.int64)),
-    "lengths too few": dict(lengths=np.full(N - 1, L, np.int64)),
+    **BAD_LENGTHS,
     "h0 three directions": dict(h0=np.zeros((3, N, H), F)),
     "h0 wrong batch": dict(h0=np.zeros((2, N + 1, H), F)),
     "x too few rows": dict(x=np.zeros((L * N - 1, I), F)),
@@ -235,12 +206,6 @@ BAD_WEIGHT_GRADS = {
     "db wrong shape": dict(db=np.empty(2 * H + 1, F)),
     "threads 0": dict(num_threads=0),
 }
-
-
-@pytest.mark.parametrize("change", BAD_WEIGHT_GRADS.values(), ids=BAD_WEIGHT_GRADS.keys())
-def test_weight_grads_refuses(change):
-    with pytest.raises(ValueError):
-        _call_weight_grads(weight_grad_args(**change))
 
 
 # ---------------------------------------------------------------------------------------
@@ -286,10 +251,24 @@ BAD_GEMM = {
 }
 
 
-@pytest.mark.parametrize("change", BAD_GEMM.values(), ids=BAD_GEMM.keys())
-def test_gemm_refuses(change):
+def _refusals(call, builds, bad):
+    return [pytest.param(call, build, change, id=f"{build.__name__}-{name}")
+            for build in builds for name, change in bad.items()]
+
+
+REFUSALS = (_refusals(_call_forward, [forward_args, per_step_args], BAD_FORWARD)
+            + _refusals(_call_forward, [per_step_args], BAD_PER_STEP)
+            + _refusals(_call_backward, [backward_args, above_args], BAD_BACKWARD)
+            + _refusals(_call_backward, [above_args], BAD_ABOVE)
+            + _refusals(_call_weight_grads, [weight_grad_args], BAD_WEIGHT_GRADS)
+            + _refusals(_call_gemm, [gemm_args], BAD_GEMM))
+
+
+@pytest.mark.parametrize("call,build,change", REFUSALS)
+def test_entry_point_refuses(call, build, change):
+    """One bad argument on top of good ones: a ValueError before any kernel runs."""
     with pytest.raises(ValueError):
-        _call_gemm(gemm_args(**change))
+        call(build(**change))
 
 
 # ---------------------------------------------------------------------------------------

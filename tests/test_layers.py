@@ -7,28 +7,10 @@ is importable, forward and backward against torch.nn.
 import numpy as np
 import pytest
 
-from _helpers import DTYPES, assert_close_rel
+from _helpers import DTYPES, assert_close_rel, numerical_gradient
 
 import fastrnn
 from fastrnn import CrossEntropyLoss, Embedding, Linear, Parameter
-
-EPS = 1e-6
-
-
-def numeric_grad(f, a, eps=EPS):
-    """Central differences of the scalar f() with respect to every element of ``a`` (in place)."""
-    g = np.zeros(a.shape, dtype=np.float64)
-    flat, gflat = a.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        up = f()
-        flat[i] = old - eps
-        down = f()
-        flat[i] = old
-        gflat[i] = (up - down) / (2 * eps)
-    return g
-
 
 # Embedding ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("padding_idx", [None, 2, -1])
@@ -40,7 +22,7 @@ def test_embedding_backward_matches_finite_differences(rng, padding_idx):
     r = rng.standard_normal((5, 3, 4))
     out = emb(idx)
     emb.backward(r)
-    expected = numeric_grad(lambda: float(np.sum(emb.lookup(idx) * r)), emb.weight.data)
+    expected = numerical_gradient(lambda: float(np.sum(emb.lookup(idx) * r)), emb.weight.data)
     if padding_idx is not None:
         expected[padding_idx % 6] = 0
     assert_close_rel(emb.weight.grad, expected, np.float64, tol=1e-8)
@@ -118,10 +100,10 @@ def test_linear_backward_matches_finite_differences(rng, bias, shape):
     y = lin(x)
     dx = lin.backward(r)
     loss = lambda: float(np.sum(Linear.forward(lin, x) * r))  # noqa: E731
-    assert_close_rel(dx, numeric_grad(loss, x), np.float64, tol=1e-8, name="dx")
-    assert_close_rel(lin.weight.grad, numeric_grad(loss, lin.weight.data), np.float64, tol=1e-8)
+    assert_close_rel(dx, numerical_gradient(loss, x), np.float64, tol=1e-8, name="dx")
+    assert_close_rel(lin.weight.grad, numerical_gradient(loss, lin.weight.data), np.float64, tol=1e-8)
     if bias:
-        assert_close_rel(lin.bias.grad, numeric_grad(loss, lin.bias.data), np.float64, tol=1e-8)
+        assert_close_rel(lin.bias.grad, numerical_gradient(loss, lin.bias.data), np.float64, tol=1e-8)
     assert y.shape == shape[:-1] + (3,)
 
 
@@ -202,7 +184,7 @@ def test_cross_entropy_backward_matches_finite_differences(rng, reduction, ignor
         value = lambda: ce.forward(logits, t)  # noqa: E731
         value()
         grad = ce.backward(2.5) / 2.5
-    assert_close_rel(grad, numeric_grad(value, logits), np.float64, tol=1e-7)
+    assert_close_rel(grad, numerical_gradient(value, logits), np.float64, tol=1e-7)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])

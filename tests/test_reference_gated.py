@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from _gated import random_gated_params, run_torch_gated, state_shapes
-from _helpers import DTYPES, H, I, L, LAYOUT_LENGTHS, N, assert_close_rel, make_lengths
+from _helpers import (DTYPES, H, I, L, LAYOUT_LENGTHS, N, assert_close_rel, make_lengths,
+                      numerical_gradient)
 from fastrnn import reference
 
 PROJ = 3  # < H, != I: a projection that a transpose would not survive
@@ -85,23 +86,6 @@ def test_reference_gated_matches_torch(rng, cell_proj, num_layers, bidirectional
     assert_all_close(got, expected, dtype)
 
 
-def _numerical(f, arrays, eps=1e-6):
-    """Central differences of scalar f() w.r.t. every entry of each array (perturbed in place)."""
-    grads = []
-    for arr in arrays:
-        g = np.zeros_like(arr)
-        for idx in np.ndindex(arr.shape):
-            saved = arr[idx]
-            arr[idx] = saved + eps
-            plus = f()
-            arr[idx] = saved - eps
-            minus = f()
-            arr[idx] = saved
-            g[idx] = (plus - minus) / (2 * eps)
-        grads.append(g)
-    return grads
-
-
 @pytest.mark.parametrize("cell_proj", CELLS)
 @pytest.mark.parametrize("layers_dropout", [(1, False), (2, False), (2, True)],
                          ids=["layers1", "layers2", "layers2-dropout"])
@@ -133,7 +117,7 @@ def test_reference_gated_gradients_match_finite_differences(rng, cell_proj, laye
         return float((out * gy).sum() + sum((f * g).sum() for f, g in zip(finals, gs)))
 
     names = list(params)
-    numeric = _numerical(loss, [x, *states, *(params[k] for k in names)])
+    numeric = [numerical_gradient(loss, a) for a in [x, *states, *(params[k] for k in names)]]
     assert_close_rel(grad_x, numeric[0], np.float64, tol=1e-6, name="grad_x")
     for i, g in enumerate(grad_states):
         assert_close_rel(g, numeric[1 + i], np.float64, tol=1e-6, name=f"grad_state[{i}]")
