@@ -14,7 +14,104 @@ from .module import Module, new_parameter
 __all__ = ["RNN"]
 
 
-class RNN(Module):
+class _Recurrent(Module):
+    """What RNN, LSTM and GRU share: options, torch's initialisation, dropout masks, and
+    forward/backward through the cell's functional pair. A subclass names its cell
+    (``_cell``: functional's ``{cell}_forward`` / ``{cell}_backward``), its gates per hidden
+    unit and the cell's own functional options."""
+
+    _cell, _gates = None, 1
+
+    def __init__(self, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                 bidirectional, dtype, seed, proj_size=0):
+        super().__init__()
+        self.input_size = _check_size(input_size, "input_size")
+        self.hidden_size = _check_size(hidden_size, "hidden_size")
+        self.num_layers = _check_size(num_layers, "num_layers")
+        if (isinstance(dropout, bool) or not isinstance(dropout, numbers.Real)
+                or not 0 <= dropout <= 1):
+            raise ValueError("dropout should be a number in range [0, 1] representing the "
+                             f"probability of an element being zeroed, got {dropout!r}")
+        if dropout > 0 and self.num_layers == 1:
+            warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
+                          "non-zero dropout expects num_layers greater than 1, but got "
+                          f"dropout={dropout} and num_layers={self.num_layers}", UserWarning,
+                          stacklevel=3)
+        self.dtype = _check_dtype(dtype)
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.dropout = float(dropout)
+        self.bidirectional = bool(bidirectional)
+        self.proj_size = proj_size
+        self._rng = _as_rng(seed)
+        self._cache = None
+        bound = 1 / math.sqrt(self.hidden_size)  # torch: every parameter U(-1/√H, 1/√H)
+        for name, shape in param_shapes(self.input_size, self.hidden_size, self.num_layers,
+                                        self.bidirectional, self.bias, self._gates,
+                                        proj_size).items():
+            setattr(self, name, new_parameter(
+                shape, self.dtype, lambda s: self._rng.uniform(-bound, bound, size=s)))
+
+    def _repr_args(self, defaults):
+        args = [f"{self.input_size}", f"{self.hidden_size}"]
+        for name, default in defaults:
+            value = getattr(self, name)
+            if value != default:
+                args.append(f"{name}={value!r}")
+        if self.dtype != np.float32:
+            args.append(f"dtype=np.{self.dtype}")
+        return f"{type(self).__name__}({', '.join(args)})"
+
+    def _clear_cache(self):
+        self._cache = None
+
+    def _cell_options(self):
+        """Keyword arguments of the cell's functional forward beyond the common ones."""
+        return {}
+
+    # computation -------------------------------------------------------------------------
+    def _dropout_masks(self, seq_len, batch):
+        if not (self.training and self.dropout > 0 and self.num_layers > 1):
+            return None
+        width = self.proj_size or self.hidden_size
+        shape = (seq_len, batch, directions(self.bidirectional) * width)
+        if self.dropout == 1:
+            return [np.zeros(shape, dtype=self.dtype) for _ in range(self.num_layers - 1)]
+        scale = self.dtype.type(1 / (1 - self.dropout))
+        return [(self._rng.random(shape) >= self.dropout).astype(self.dtype) * scale
+                for _ in range(self.num_layers - 1)]
+
+    def _forward(self, x, hx, lengths):
+        x_arr = np.asarray(x)
+        masks = None
+        if x_arr.ndim in (2, 3):
+            if x_arr.ndim == 2:
+                seq_len, batch = x_arr.shape[0], 1
+            else:
+                seq_len, batch = ((x_arr.shape[1], x_arr.shape[0]) if self.batch_first
+                                  else x_arr.shape[:2])
+            masks = self._dropout_masks(seq_len, batch)
+        forward = getattr(functional, f"{self._cell}_forward")
+        output, state, cache = forward(
+            x_arr, {name: p.data for name, p in self._params.items()}, hx,
+            num_layers=self.num_layers, bidirectional=self.bidirectional,
+            batch_first=self.batch_first, lengths=lengths, dropout_masks=masks,
+            keep_cache=self.training, **self._cell_options())
+        self._cache = cache
+        return output, state
+
+    def _backward(self, grad_output, grad_state):
+        if self._cache is None:
+            raise RuntimeError("backward needs a forward pass in training mode first "
+                               f"(call .train() and then the {type(self).__name__} on x)")
+        backward = getattr(functional, f"{self._cell}_backward")
+        grad_x, grad_state0, grads = backward(self._cache, grad_output, grad_state)
+        for name, g in grads.items():
+            self._params[name].grad += g
+        return grad_x, grad_state0
+
+
+class RNN(_Recurrent):
     """A multi-layer Elman RNN with torch.nn.RNN's semantics and compiled kernels.
 
     ``h_t = act(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh)`` with act = tanh or relu.
@@ -42,63 +139,24 @@ class RNN(Module):
     its outputs are empty (or 0) and h_n = h0.
     """
 
+    _cell = "rnn"
+
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, *, dtype=np.float32,
                  seed=None):
-        super().__init__()
-        self.input_size = _check_size(input_size, "input_size")
-        self.hidden_size = _check_size(hidden_size, "hidden_size")
-        self.num_layers = _check_size(num_layers, "num_layers")
         if nonlinearity not in functional.NONLINEARITIES:
             raise ValueError(f"Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or 'relu'.")
-        if (isinstance(dropout, bool) or not isinstance(dropout, numbers.Real)
-                or not 0 <= dropout <= 1):
-            raise ValueError("dropout should be a number in range [0, 1] representing the "
-                             f"probability of an element being zeroed, got {dropout!r}")
-        if dropout > 0 and self.num_layers == 1:
-            warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
-                          "non-zero dropout expects num_layers greater than 1, but got "
-                          f"dropout={dropout} and num_layers={self.num_layers}", UserWarning,
-                          stacklevel=2)
-        self.dtype = _check_dtype(dtype)
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, dtype, seed)
         self.nonlinearity = nonlinearity
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
-        self.dropout = float(dropout)
-        self.bidirectional = bool(bidirectional)
-        self._rng = _as_rng(seed)
-        self._cache = None
-        bound = 1 / math.sqrt(self.hidden_size)
-        for name, shape in param_shapes(self.input_size, self.hidden_size, self.num_layers,
-                                        self.bidirectional, self.bias).items():
-            setattr(self, name, new_parameter(
-                shape, self.dtype, lambda s: self._rng.uniform(-bound, bound, size=s)))
 
     def __repr__(self):
-        args = [f"{self.input_size}", f"{self.hidden_size}"]
-        for name, default in (("num_layers", 1), ("nonlinearity", "tanh"), ("bias", True),
-                              ("batch_first", False), ("dropout", 0.0),
-                              ("bidirectional", False)):
-            value = getattr(self, name)
-            if value != default:
-                args.append(f"{name}={value!r}")
-        if self.dtype != np.float32:
-            args.append(f"dtype=np.{self.dtype}")
-        return f"RNN({', '.join(args)})"
+        return self._repr_args((("num_layers", 1), ("nonlinearity", "tanh"), ("bias", True),
+                                ("batch_first", False), ("dropout", 0.0),
+                                ("bidirectional", False)))
 
-    def _clear_cache(self):
-        self._cache = None
-
-    # computation -------------------------------------------------------------------------
-    def _dropout_masks(self, seq_len, batch):
-        if not (self.training and self.dropout > 0 and self.num_layers > 1):
-            return None
-        shape = (seq_len, batch, directions(self.bidirectional) * self.hidden_size)
-        if self.dropout == 1:
-            return [np.zeros(shape, dtype=self.dtype) for _ in range(self.num_layers - 1)]
-        scale = self.dtype.type(1 / (1 - self.dropout))
-        return [(self._rng.random(shape) >= self.dropout).astype(self.dtype) * scale
-                for _ in range(self.num_layers - 1)]
+    def _cell_options(self):
+        return {"nonlinearity": self.nonlinearity}
 
     def forward(self, x, h0=None, lengths=None):
         """Run the RNN over ``x``.
@@ -114,24 +172,7 @@ class RNN(Module):
         output : ndarray, (L, N, D·hidden_size) (batch-first or unbatched like x)
         h_n : ndarray, (D·num_layers, N, hidden_size) (2-D if unbatched)
         """
-        x_arr = np.asarray(x)
-        masks = None
-        if x_arr.ndim in (2, 3):
-            if x_arr.ndim == 2:
-                seq_len, batch = x_arr.shape[0], 1
-            else:
-                seq_len, batch = ((x_arr.shape[1], x_arr.shape[0]) if self.batch_first
-                                  else x_arr.shape[:2])
-            masks = self._dropout_masks(seq_len, batch)
-        output, h_n, cache = functional.rnn_forward(
-            x_arr, {name: p.data for name, p in self._params.items()}, h0,
-            num_layers=self.num_layers, nonlinearity=self.nonlinearity,
-            bidirectional=self.bidirectional, batch_first=self.batch_first, lengths=lengths,
-            dropout_masks=masks, keep_cache=self.training)
-        self._cache = cache
-        return output, h_n
-
-    __call__ = forward
+        return self._forward(x, h0, lengths)
 
     def backward(self, grad_output, grad_h_n=None):
         """Backpropagate through the last training-mode forward.
@@ -148,10 +189,4 @@ class RNN(Module):
         grad_x : ndarray shaped like the input.
         grad_h0 : ndarray shaped like h0.
         """
-        if self._cache is None:
-            raise RuntimeError("backward needs a forward pass in training mode first "
-                               "(call rnn.train() and then rnn(x, ...))")
-        grad_x, grad_h0, grads = functional.rnn_backward(self._cache, grad_output, grad_h_n)
-        for name, g in grads.items():
-            self._params[name].grad += g
-        return grad_x, grad_h0
+        return self._backward(grad_output, grad_h_n)
