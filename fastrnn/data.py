@@ -344,9 +344,11 @@ def batch_iterator(*datasets, batch_size, shuffle=False, seed=None, drop_last=Fa
     drop_last : bool, default False
         Leave out a last, smaller batch.
 
-    Yields
-    ------
-    One batch per dataset (a tuple if more than one dataset), in each dataset's type.
+    Returns
+    -------
+    iterator
+        One batch per dataset (a tuple if more than one dataset), in each dataset's type.
+        The arguments are checked by this call, not at the first ``next()``.
     Variable-length sequences can then be padded with :func:`pad_sequences`.
     """
     if not datasets:
@@ -381,8 +383,9 @@ def lm_batches(ids, batch_size, seq_len, batch_first=False):
     batch_size, seq_len : int
     batch_first : bool, default False
 
-    Yields
-    ------
+    Returns
+    -------
+    iterator of (x, y), checked by this call (not at the first ``next()``)
     x, y : int64 arrays (L, batch_size) ((batch_size, L) if batch_first) with y the next
         token of every x; L = seq_len except possibly a shorter last batch.
     """

@@ -176,10 +176,10 @@ def load_model(path):
 
 
 _ZIP_MAGIC = b"PK\x03\x04"  # a local file header: every non-empty zip starts with one
-# what zipfile, zlib and numpy's .npy reader raise on damaged bytes; OSError excluded, but
-# the file is open already, so a read failure then is the file system's
+# what zipfile, zlib and numpy's .npy reader raise on damaged bytes (NotImplementedError:
+# zipfile's "zip file version 16.7" and the like)
 _ARCHIVE_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, struct.error, KeyError,
-                   TypeError, OverflowError)
+                   TypeError, OverflowError, NotImplementedError)
 
 
 def _entry_shapes(archive):
