@@ -3,7 +3,6 @@
 Each command is a pair of functions in a module, ``add_arguments(parser)`` and
 ``command(args) -> exit status``; adding one is one entry in :data:`COMMANDS`.
 """
-import argparse
 import importlib
 import sys
 
@@ -24,7 +23,10 @@ def build_parser():
     """The argument parser: one subcommand per entry of COMMANDS."""
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    from .train_cli import ArgumentParser
+
+    # its subcommands' parsers are of its class too: every usage error is one line
+    parser = ArgumentParser(
         prog="fastrnn", description="fastrnn: a compiled torch.nn.RNN-compatible RNN for the CPU.")
     parser.add_argument("--version", action="version", version=f"fastrnn {__version__}")
     subparsers = parser.add_subparsers(title="commands", dest="name", metavar="<command>")
@@ -37,13 +39,19 @@ def build_parser():
 
 
 def main(argv=None):
-    """Parse ``argv`` (default: sys.argv[1:]), run the command, return its exit status."""
+    """Parse ``argv`` (default: sys.argv[1:]), run the command, return its exit status.
+
+    A usage error or an expected failure (:class:`fastrnn.train_cli.CommandError`) is one
+    line on stderr and status 2; Ctrl-C is status 130; no traceback for either.
+    """
+    from .train_cli import run_command
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.name is None:
         parser.print_help(sys.stderr)
         return 2
-    return args.command(args)
+    return run_command(args.command, args)
 
 
 if __name__ == "__main__":

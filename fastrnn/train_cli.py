@@ -10,9 +10,12 @@ the standard library's own ``.py`` source files (the first ``--max-bytes`` of th
 """
 
 import argparse
+import contextlib
 import glob
+import importlib.util
 import math
 import os
+import signal
 import sys
 import sysconfig
 import time
@@ -23,11 +26,88 @@ from .data import TOKEN_SEPARATORS, Vocab, get_tokenizer, lm_batches
 from .layers import CrossEntropyLoss, clip_grad_norm_
 from .models import RNNLanguageModel
 from .optim import Adam
-from .parallel import set_num_threads
+from .parallel import _check_num_threads, set_num_threads
 from .serialize import load_model, save_model
 
 __all__ = ["add_train_lm_arguments", "run_train_lm", "add_sample_arguments", "run_sample",
-           "train_lm_main", "sample_main", "default_corpus"]
+           "train_lm_main", "sample_main", "default_corpus", "CommandError", "ArgumentParser"]
+
+
+class CommandError(SystemExit):
+    """An expected failure of a command (bad input, unreadable file): ``fastrnn`` prints its
+    message as one line on stderr and exits with status 2. Uncaught elsewhere it behaves as
+    ``SystemExit(message)``: the message is printed and the status is 1."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, with a usage error on one line: ``prog: error: message``."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def run_command(command, args, stderr=None):
+    """``command(args)``, with an expected failure (:class:`CommandError`) printed as one
+    line on stderr and returned as exit status 2, and Ctrl-C as status 130."""
+    err = stderr or sys.stderr
+    try:
+        return command(args)
+    except CommandError as e:
+        err.write(f"{e}\n")
+        return 2
+    except KeyboardInterrupt:
+        err.write("fastrnn: interrupted\n")
+        return 130
+
+
+# option types: argparse reports their ArgumentTypeError as "argument --x: <message>" ------
+def _option_type(convert, check, want):
+    """An argparse ``type=``: ``convert(text)``, refused unless ``check(value)``."""
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not check(value):
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
+        return value
+    parse.__name__ = want  # argparse names the type in some messages
+    return parse
+
+
+_positive_int = _option_type(int, lambda v: v > 0, "a positive integer")
+_non_negative_int = _option_type(int, lambda v: v >= 0, "a non-negative integer")
+_positive_float = _option_type(float, lambda v: 0 < v < math.inf, "a positive finite number")
+_non_negative_float = _option_type(float, lambda v: 0 <= v < math.inf,
+                                   "a non-negative finite number")
+_open_fraction = _option_type(float, lambda v: 0 < v < 1, "a number between 0 and 1 "
+                              "(exclusive)")
+_probability = _option_type(float, lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+
+
+def _threads(text):
+    """--threads: what :func:`fastrnn.set_num_threads` accepts."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    try:
+        return _check_num_threads(n)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _writable_path(text):
+    """A file path that can be written: its directory exists and is writable, and the
+    path is not a directory (checked before training, not when the first save fails)."""
+    directory = os.path.dirname(os.path.abspath(text))
+    if not text or os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory, not a file path")
+    if not os.path.isdir(directory):
+        raise argparse.ArgumentTypeError(f"directory {directory!r} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"directory {directory!r} is not writable")
+    return text
 
 
 def default_corpus(max_bytes=1_000_000):
@@ -56,9 +136,9 @@ def read_text(path):
         with open(path, encoding="utf-8-sig") as f:
             return f.read()
     except UnicodeDecodeError as e:
-        raise SystemExit(f"fastrnn: {path} is not UTF-8 text ({e})") from e
+        raise CommandError(f"fastrnn: {path} is not UTF-8 text ({e})") from e
     except OSError as e:
-        raise SystemExit(f"fastrnn: cannot read {path}: {e.strerror}") from e
+        raise CommandError(f"fastrnn: cannot read {path}: {e.strerror}") from e
 
 
 # train-lm --------------------------------------------------------------------------------
@@ -71,44 +151,50 @@ def add_train_lm_arguments(parser):
     g.add_argument("--tokenizer", default="char", choices=["char", "whitespace", "jieba"],
                    help="tokens: characters, whitespace-separated words, or jieba's Chinese "
                         "words (needs `pip install jieba`) (default: char)")
-    g.add_argument("--min-freq", type=int, default=1,
+    g.add_argument("--min-freq", type=_positive_int, default=1,
                    help="rarer tokens become <unk> (default: 1)")
-    g.add_argument("--max-bytes", type=int, default=1_000_000,
+    g.add_argument("--max-bytes", type=_positive_int, default=1_000_000,
                    help="size of the default corpus in characters (default: 1000000)")
-    g.add_argument("--val-fraction", type=float, default=0.05,
+    g.add_argument("--val-fraction", type=_open_fraction, default=0.05,
                    help="the end of the text held out for validation (default: 0.05)")
     g = parser.add_argument_group("model")
-    g.add_argument("--embedding", type=int, default=64, help="embedding size (default: 64)")
-    g.add_argument("--hidden", type=int, default=256, help="hidden size (default: 256)")
-    g.add_argument("--layers", type=int, default=2, help="RNN layers (default: 2)")
+    g.add_argument("--embedding", type=_positive_int, default=64,
+                   help="embedding size (default: 64)")
+    g.add_argument("--hidden", type=_positive_int, default=256,
+                   help="hidden size (default: 256)")
+    g.add_argument("--layers", type=_positive_int, default=2, help="RNN layers (default: 2)")
     g.add_argument("--nonlinearity", default="tanh", choices=["tanh", "relu"])
-    g.add_argument("--dropout", type=float, default=0.0,
+    g.add_argument("--dropout", type=_probability, default=0.0,
                    help="dropout between RNN layers (default: 0)")
     g.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     g = parser.add_argument_group("training")
-    g.add_argument("--seq-len", type=int, default=100,
+    g.add_argument("--seq-len", type=_positive_int, default=100,
                    help="steps of truncated backpropagation through time (default: 100)")
-    g.add_argument("--batch", type=int, default=32, help="sequences per batch (default: 32)")
-    g.add_argument("--steps", type=int, default=1000, help="optimizer steps (default: 1000)")
-    g.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default: 2e-3)")
-    g.add_argument("--clip", type=float, default=5.0,
+    g.add_argument("--batch", type=_positive_int, default=32,
+                   help="sequences per batch (default: 32)")
+    g.add_argument("--steps", type=_positive_int, default=1000,
+                   help="optimizer steps (default: 1000)")
+    g.add_argument("--lr", type=_positive_float, default=2e-3,
+                   help="Adam learning rate (default: 2e-3)")
+    g.add_argument("--clip", type=_non_negative_float, default=5.0,
                    help="clip the gradient norm to this; 0 = no clipping (default: 5)")
-    g.add_argument("--seed", type=int, default=0, help="initial weights and samples (default: 0)")
-    g.add_argument("--threads", type=int, default=None,
+    g.add_argument("--seed", type=_non_negative_int, default=0,
+                   help="initial weights and samples (default: 0)")
+    g.add_argument("--threads", type=_threads, default=None,
                    help="fastrnn threads (default: OMP_NUM_THREADS or the CPU count)")
     g = parser.add_argument_group("reporting")
-    g.add_argument("--eval-every", type=int, default=200,
+    g.add_argument("--eval-every", type=_positive_int, default=200,
                    help="validation perplexity, a sample and a checkpoint every N steps "
                         "(default: 200)")
-    g.add_argument("--eval-tokens", type=int, default=200_000,
+    g.add_argument("--eval-tokens", type=_positive_int, default=200_000,
                    help="at most this many validation tokens per evaluation (default: 200000)")
-    g.add_argument("--sample-length", type=int, default=200,
+    g.add_argument("--sample-length", type=_non_negative_int, default=200,
                    help="tokens in each progress sample (default: 200)")
-    g.add_argument("--temperature", type=float, default=0.8,
+    g.add_argument("--temperature", type=_non_negative_float, default=0.8,
                    help="sampling temperature for the progress samples (default: 0.8)")
-    g.add_argument("--checkpoint", default="fastrnn-lm.npz",
+    g.add_argument("--checkpoint", default="fastrnn-lm.npz", type=_writable_path,
                    help="model file written at every evaluation (default: fastrnn-lm.npz)")
-    g.add_argument("--log-every", type=int, default=10,
+    g.add_argument("--log-every", type=_positive_int, default=10,
                    help="progress line every N steps when not on a terminal (default: 10)")
     return parser
 
@@ -143,12 +229,41 @@ class _Progress:
             self.stream.write("\r\x1b[K")
 
 
-def _check_positive(args, names):
-    for name in names:
-        value = getattr(args, name)
-        if value is None or value < 1:
-            raise SystemExit(f"fastrnn train-lm: --{name.replace('_', '-')} must be a positive "
-                             f"integer, got {value}")
+@contextlib.contextmanager
+def _deferred_sigint():
+    """Within: a first Ctrl-C (SIGINT) only sets ``flag[0]``, for the training loop to
+    stop between steps with the model whole; a second one raises KeyboardInterrupt as
+    usual. Off the main thread (where handlers cannot be set) Ctrl-C raises as usual."""
+    flag = [False]
+
+    def handler(signum, frame):
+        flag[0] = True
+        signal.signal(signal.SIGINT, previous)
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread
+        yield flag
+        return
+    if previous is None:  # a handler set outside Python
+        previous = signal.default_int_handler
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _check_tokenizer(name):
+    if name == "jieba" and importlib.util.find_spec("jieba") is None:
+        raise CommandError("fastrnn: the 'jieba' tokenizer needs the jieba package: "
+                           "pip install jieba")
+
+
+def _save(path, model, vocab, meta, command):
+    try:
+        save_model(path, model, vocab, meta)
+    except OSError as e:
+        raise CommandError(f"fastrnn {command}: cannot write {path}: {e.strerror or e}") from e
 
 
 def _endless_batches(ids, batch, seq_len):
@@ -161,14 +276,16 @@ def _endless_batches(ids, batch, seq_len):
 
 
 def run_train_lm(args, stdout=None, stderr=None):
-    """Train a language model as ``fastrnn train-lm`` does; returns the exit status 0."""
+    """Train a language model as ``fastrnn train-lm`` does; returns the exit status.
+
+    0 when all ``--steps`` ran; 130 after Ctrl-C, which stops between two steps and saves
+    the model after the last complete one to ``--checkpoint`` (saying so on stderr).
+    Options are validated by their argparse types; expected failures raise
+    :class:`CommandError`.
+    """
     out = stdout or sys.stdout
     err = stderr or sys.stderr
-    _check_positive(args, ["hidden", "layers", "embedding", "seq_len", "batch", "steps",
-                           "eval_every", "min_freq", "max_bytes", "eval_tokens"])
-    if not 0 < args.val_fraction < 1:
-        raise SystemExit("fastrnn train-lm: --val-fraction must be in (0, 1), got "
-                         f"{args.val_fraction}")
+    _check_tokenizer(args.tokenizer)
     if args.threads is not None:
         set_num_threads(args.threads)
     if args.file:
@@ -179,16 +296,22 @@ def run_train_lm(args, stdout=None, stderr=None):
     tokens = tokenize(text)
     n_val = int(len(tokens) * args.val_fraction)
     if n_val < 2 or len(tokens) - n_val < 2 * args.batch:
-        raise SystemExit(f"fastrnn train-lm: {len(tokens)} tokens are too few for --batch "
-                         f"{args.batch} and --val-fraction {args.val_fraction}")
+        raise CommandError(f"fastrnn train-lm: {len(tokens)} tokens are too few for --batch "
+                           f"{args.batch} and --val-fraction {args.val_fraction}")
     train_tokens, val_tokens = tokens[:-n_val], tokens[-n_val:]
     vocab = Vocab(train_tokens, min_freq=args.min_freq)
     train_ids, val_ids = vocab.encode(train_tokens), vocab.encode(val_tokens)[:args.eval_tokens]
     eval_batch = max(1, min(args.batch, len(val_ids) // 2))
     sep = TOKEN_SEPARATORS[args.tokenizer]
     rng = np.random.default_rng(args.seed)
-    model = RNNLanguageModel(len(vocab), args.embedding, args.hidden, args.layers,
-                             args.nonlinearity, dropout=args.dropout, dtype=args.dtype, seed=rng)
+    try:
+        model = RNNLanguageModel(len(vocab), args.embedding, args.hidden, args.layers,
+                                 args.nonlinearity, dropout=args.dropout, dtype=args.dtype,
+                                 seed=rng)
+    except MemoryError:
+        raise CommandError(f"fastrnn train-lm: not enough memory for a model of --hidden "
+                           f"{args.hidden}, --embedding {args.embedding}, --layers "
+                           f"{args.layers}") from None
     opt = Adam(model.parameters(), lr=args.lr)
     ce = CrossEntropyLoss()
     n_params = sum(p.data.size for p in model.parameters())
@@ -198,39 +321,62 @@ def run_train_lm(args, stdout=None, stderr=None):
     meta = dict(tokenizer=args.tokenizer, separator=sep, source=source, steps=0)
     progress = _Progress(args.steps, err, args.log_every)
     batches = _endless_batches(train_ids, args.batch, args.seq_len)
-    h, avg_loss, tokens_seen, train_time = None, None, 0, 0.0
-    for step in range(1, args.steps + 1):
-        t0 = time.perf_counter()
-        x, y, new_epoch = next(batches)
-        if new_epoch:
-            h = None  # each pass over the text starts from a zero state
-        model.zero_grad()
-        logits, h = model(x, h)
-        loss = ce(logits, y)
-        model.backward(ce.backward())
-        if args.clip > 0:
-            clip_grad_norm_(model.parameters(), args.clip)
-        opt.step()
-        train_time += time.perf_counter() - t0
-        tokens_seen += y.size
-        avg_loss = loss if avg_loss is None else 0.95 * avg_loss + 0.05 * loss
-        progress.update(step, f"step {step}/{args.steps}  loss {avg_loss:.3f}  "
-                              f"ppl {math.exp(min(avg_loss, 50)):.2f}  "
-                              f"{tokens_seen / train_time:,.0f} tok/s")
-        if step % args.eval_every == 0 or step == args.steps:
+    h, avg_loss, tokens_seen, train_time, done = None, None, 0, 0.0, 0
+    with _deferred_sigint() as interrupted:
+        try:
+            for step in range(1, args.steps + 1):
+                if interrupted[0]:
+                    break
+                t0 = time.perf_counter()
+                x, y, new_epoch = next(batches)
+                if new_epoch:
+                    h = None  # each pass over the text starts from a zero state
+                model.zero_grad()
+                logits, h = model(x, h)
+                loss = ce(logits, y)
+                model.backward(ce.backward())
+                if args.clip > 0:
+                    clip_grad_norm_(model.parameters(), args.clip)
+                opt.step()
+                done = step
+                train_time += time.perf_counter() - t0
+                tokens_seen += y.size
+                avg_loss = loss if avg_loss is None else 0.95 * avg_loss + 0.05 * loss
+                progress.update(step, f"step {step}/{args.steps}  loss {avg_loss:.3f}  "
+                                      f"ppl {math.exp(min(avg_loss, 50)):.2f}  "
+                                      f"{tokens_seen / train_time:,.0f} tok/s")
+                if step % args.eval_every == 0 or step == args.steps:
+                    progress.clear()
+                    val_ppl = model.perplexity(val_ids, eval_batch, args.seq_len)
+                    start = val_ids[rng.integers(len(val_ids))]
+                    sample = model.generate(np.array([start]), args.sample_length,
+                                            temperature=args.temperature, seed=rng)
+                    meta.update(steps=step, val_perplexity=val_ppl, train_loss=float(avg_loss))
+                    _save(args.checkpoint, model, vocab, meta, "train-lm")
+                    out.write(f"step {step}: validation perplexity {val_ppl:.3f}, train loss "
+                              f"{avg_loss:.3f}, {tokens_seen / train_time:,.0f} tok/s; saved "
+                              f"{args.checkpoint}\n--- sample ---\n"
+                              f"{vocab.decode(np.concatenate([[start], sample]), sep=sep)}\n"
+                              f"--------------\n")
+                    out.flush()
+        except KeyboardInterrupt:
+            # raised inside a step (a second Ctrl-C, or off the main thread): the weights
+            # are those of the last whole step, unless it came in the middle of opt.step()
+            interrupted[0] = True
+        if interrupted[0]:
             progress.clear()
-            val_ppl = model.perplexity(val_ids, eval_batch, args.seq_len)
-            start = val_ids[rng.integers(len(val_ids))]
-            sample = model.generate(np.array([start]), args.sample_length,
-                                    temperature=args.temperature, seed=rng)
-            meta.update(steps=step, val_perplexity=val_ppl, train_loss=float(avg_loss))
-            save_model(args.checkpoint, model, vocab, meta)
-            out.write(f"step {step}: validation perplexity {val_ppl:.3f}, train loss "
-                      f"{avg_loss:.3f}, {tokens_seen / train_time:,.0f} tok/s; saved "
-                      f"{args.checkpoint}\n--- sample ---\n"
-                      f"{vocab.decode(np.concatenate([[start], sample]), sep=sep)}\n"
-                      f"--------------\n")
-            out.flush()
+            if done == 0:
+                err.write("fastrnn train-lm: interrupted before the first step; nothing "
+                          "saved\n")
+                return 130
+            if meta["steps"] != done:
+                meta.pop("val_perplexity", None)  # it described an earlier step
+                meta.update(steps=done, train_loss=float(avg_loss), interrupted=True)
+                _save(args.checkpoint, model, vocab, meta, "train-lm")
+            err.write(f"fastrnn train-lm: interrupted after step {done} of {args.steps}; "
+                      f"saved the model to {args.checkpoint}\n")
+            err.flush()
+            return 130
     return 0
 
 
@@ -239,40 +385,44 @@ def add_sample_arguments(parser):
     """Add the options of ``fastrnn sample`` to an argparse parser."""
     parser.add_argument("checkpoint", metavar="CHECKPOINT",
                         help="a model file written by fastrnn train-lm")
-    parser.add_argument("--length", type=int, default=500,
+    parser.add_argument("--length", type=_non_negative_int, default=500,
                         help="tokens to generate (default: 500)")
-    parser.add_argument("--temperature", type=float, default=0.8,
+    parser.add_argument("--temperature", type=_non_negative_float, default=0.8,
                         help="softmax temperature; 0 = greedy (default: 0.8)")
-    parser.add_argument("--top-k", type=int, default=None,
+    parser.add_argument("--top-k", type=_positive_int, default=None,
                         help="sample only from the k most likely tokens (default: all)")
     parser.add_argument("--prime", default="",
                         help="text the sample continues (default: none)")
-    parser.add_argument("--seed", type=int, default=None,
+    parser.add_argument("--seed", type=_non_negative_int, default=None,
                         help="random seed (default: a fresh one each run)")
-    parser.add_argument("--threads", type=int, default=None, help="fastrnn threads")
+    parser.add_argument("--threads", type=_threads, default=None, help="fastrnn threads")
     return parser
 
 
 def run_sample(args, stdout=None):
-    """Print a sample from a trained language model as ``fastrnn sample`` does; returns 0."""
+    """Print a sample from a trained language model as ``fastrnn sample`` does; returns 0.
+
+    Options are validated by their argparse types; a checkpoint that cannot be loaded or is
+    not a train-lm language model raises :class:`CommandError`.
+    """
     out = stdout or sys.stdout
-    if args.length < 0:
-        raise SystemExit(f"fastrnn sample: --length must be non-negative, got {args.length}")
-    if args.temperature < 0:
-        raise SystemExit(f"fastrnn sample: --temperature must be ≥ 0, got {args.temperature}")
-    if args.top_k is not None and args.top_k < 1:
-        raise SystemExit(f"fastrnn sample: --top-k must be positive, got {args.top_k}")
     if args.threads is not None:
         set_num_threads(args.threads)
     try:
         model, vocab, meta = load_model(args.checkpoint)
     except (OSError, ValueError) as e:
-        raise SystemExit(f"fastrnn sample: cannot load {args.checkpoint}: {e}") from e
+        raise CommandError(f"fastrnn sample: cannot load {args.checkpoint}: {e}") from e
     if not isinstance(model, RNNLanguageModel) or not isinstance(vocab, Vocab):
-        raise SystemExit(f"fastrnn sample: {args.checkpoint} is not a language model checkpoint "
-                         "(train one with fastrnn train-lm)")
+        raise CommandError(f"fastrnn sample: {args.checkpoint} is not a language model "
+                           "checkpoint (train one with fastrnn train-lm)")
     tokenizer = meta.get("tokenizer", "char")
     sep = meta.get("separator", TOKEN_SEPARATORS.get(tokenizer, ""))
+    if tokenizer not in TOKEN_SEPARATORS or not isinstance(sep, str):
+        raise CommandError(f"fastrnn sample: {args.checkpoint} has invalid metadata: tokenizer "
+                           f"{tokenizer!r:.40} (expected one of {sorted(TOKEN_SEPARATORS)}) and "
+                           f"separator {sep!r:.40} (expected a str)")
+    if args.prime:
+        _check_tokenizer(tokenizer)
     model.eval()
     prime_ids = vocab.encode(get_tokenizer(tokenizer)(args.prime)) if args.prime else []
     if len(prime_ids) == 0:
@@ -281,8 +431,12 @@ def run_sample(args, stdout=None):
         prime_ids, shown = np.array([start]), ""
     else:
         shown = args.prime + (sep if sep else "")
-    ids = model.generate(np.asarray(prime_ids), args.length, temperature=args.temperature,
-                         top_k=args.top_k, seed=args.seed)
+    try:
+        ids = model.generate(np.asarray(prime_ids), args.length, temperature=args.temperature,
+                             top_k=args.top_k, seed=args.seed)
+    except MemoryError:
+        raise CommandError(f"fastrnn sample: not enough memory for --length {args.length}") \
+            from None
     out.write(shown + vocab.decode(ids, sep=sep) + "\n")
     out.flush()
     return 0
@@ -291,16 +445,16 @@ def run_sample(args, stdout=None):
 # argv entry points -----------------------------------------------------------------------
 def train_lm_main(argv=None):
     """``fastrnn train-lm`` from an argument list."""
-    parser = argparse.ArgumentParser(prog="fastrnn train-lm",
-                                     description="Train a recurrent language model on text.")
-    return run_train_lm(add_train_lm_arguments(parser).parse_args(argv))
+    parser = ArgumentParser(prog="fastrnn train-lm",
+                            description="Train a recurrent language model on text.")
+    return run_command(run_train_lm, add_train_lm_arguments(parser).parse_args(argv))
 
 
 def sample_main(argv=None):
     """``fastrnn sample`` from an argument list."""
-    parser = argparse.ArgumentParser(prog="fastrnn sample",
-                                     description="Generate text with a trained language model.")
-    return run_sample(add_sample_arguments(parser).parse_args(argv))
+    parser = ArgumentParser(prog="fastrnn sample",
+                            description="Generate text with a trained language model.")
+    return run_command(run_sample, add_sample_arguments(parser).parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -110,7 +110,7 @@ def test_errors_are_reported(tmp_path, text_file):
         train([str(bad), *TINY, "--steps", "1"])
     with pytest.raises(SystemExit, match="cannot read"):
         train([str(tmp_path / "missing.txt"), *TINY, "--steps", "1"])
-    with pytest.raises(SystemExit, match="--steps must be a positive"):
+    with pytest.raises(SystemExit):  # refused by its argparse type, before any work
         train([str(text_file), *TINY, "--steps", "0"])
     tagger = tmp_path / "tagger.npz"
     save_model(tagger, SequenceTagger(5, 2, 3, 2), None)
