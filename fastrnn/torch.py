@@ -162,17 +162,56 @@ def _rnn_backward(ctx, grad_output, grad_h_n):
             *(torch.from_numpy(grads[name]) for name in ctx.names))
 
 
-def _packed_indices(batch_sizes, sorted_indices):
+def _index_array(tensor, name):
+    """A 1-D integer tensor as an int64 NumPy array (TypeError/ValueError otherwise)."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"PackedSequence.{name} must be a tensor, got {type(tensor).__name__}")
+    if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
+        raise TypeError(f"PackedSequence.{name} must hold integers, got {tensor.dtype}")
+    if tensor.dim() != 1:
+        raise ValueError(f"PackedSequence.{name} must be 1-D, got shape {tuple(tensor.shape)}")
+    return tensor.detach().cpu().numpy().astype(np.int64)
+
+
+def _check_permutation(order, batch, name):
+    """Every sequence's length is written through ``order``: it must hit each of
+    range(batch) once, or some length would be left as uninitialised memory."""
+    if order.shape != (batch,) or not np.array_equal(np.sort(order), np.arange(batch)):
+        raise ValueError(f"PackedSequence.{name} must be a permutation of range({batch}) "
+                         f"(batch_sizes[0] = {batch}), got {order.tolist()[:20]}")
+
+
+def _packed_indices(batch_sizes, sorted_indices, unsorted_indices, rows):
     """(time, batch) index of every row of a PackedSequence's data, and the batch's lengths.
 
     Row p of the data is time step t for the j-th longest sequence, j < batch_sizes[t];
-    that sequence is ``sorted_indices[j]`` in the caller's batch order.
+    that sequence is ``sorted_indices[j]`` in the caller's batch order. The PackedSequence
+    is validated first (torch's own RNN checks little of it): ``batch_sizes`` positive,
+    non-increasing and summing to the ``rows`` of data; the indices permutations of the
+    batch and inverses of each other.
     """
-    sizes = batch_sizes.numpy().astype(np.int64)
-    total, batch = int(sizes.sum()), int(sizes[0])
+    sizes = _index_array(batch_sizes, "batch_sizes")
+    if not sizes.size or sizes.min() < 1 or np.any(np.diff(sizes) > 0):
+        raise ValueError("PackedSequence.batch_sizes must be positive and non-increasing, got "
+                         f"{sizes.tolist()[:20]}")
+    # the sum as Python ints: int64 would overflow silently for absurd sizes
+    if sum(sizes.tolist()) != rows:
+        raise ValueError(f"PackedSequence.batch_sizes sum to {sum(sizes.tolist())}, but its "
+                         f"data has {rows} rows")
+    batch = int(sizes[0])
+    if sorted_indices is None:
+        order = np.arange(batch)
+    else:
+        order = _index_array(sorted_indices, "sorted_indices")
+        _check_permutation(order, batch, "sorted_indices")
+    if unsorted_indices is not None:
+        inverse = _index_array(unsorted_indices, "unsorted_indices")
+        _check_permutation(inverse, batch, "unsorted_indices")
+        if not np.array_equal(order[inverse], np.arange(batch)):
+            raise ValueError("PackedSequence.unsorted_indices must be the inverse permutation "
+                             "of sorted_indices")
     t_index = np.repeat(np.arange(len(sizes)), sizes)
-    rank = np.arange(total) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    order = np.arange(batch) if sorted_indices is None else sorted_indices.cpu().numpy()
+    rank = np.arange(rows) - np.repeat(np.cumsum(sizes) - sizes, sizes)
     lengths = np.empty(batch, dtype=np.int64)
     lengths[order] = (sizes[:, None] > np.arange(batch)[None, :]).sum(axis=0)
     return torch.from_numpy(t_index), torch.from_numpy(order[rank]), lengths
@@ -201,6 +240,11 @@ class RNN(torch.nn.RNN):
         for name, w in zip(self._flat_weights_names, weights):
             _check_supported(w, f"parameter {name}")
         packed = isinstance(input, PackedSequence)
+        for value, what in ((input.data if packed else input, "the input"), (hx, "hx")):
+            if value is not None and not isinstance(value, torch.Tensor):
+                raise TypeError(f"fastrnn.torch.RNN: {what} must be a torch.Tensor"
+                                f"{' or a PackedSequence' if what == 'the input' else ''}, "
+                                f"got {type(value).__name__}")
         _check_supported(input.data if packed else input, "the input")
         if hx is not None:
             _check_supported(hx, "hx")
@@ -235,8 +279,12 @@ class RNN(torch.nn.RNN):
     def _forward_packed(self, input, hx, weights):
         """PackedSequence in and out, through padded time-major tensors and lengths."""
         data, batch_sizes, sorted_indices, unsorted_indices = input
+        if data.dim() != 2:
+            raise ValueError(f"PackedSequence.data must be 2-D (rows, input_size), got "
+                             f"{data.dim()}-D")
+        t_index, b_index, lengths = _packed_indices(batch_sizes, sorted_indices,
+                                                    unsorted_indices, data.size(0))
         self._check_args(data, hx, batch_sizes, weights)
-        t_index, b_index, lengths = _packed_indices(batch_sizes, sorted_indices)
         seq_len, batch = len(batch_sizes), len(lengths)
         # unpack into (L, N, I) in the caller's batch order, where hx and h_n also live
         padded = data.new_zeros((seq_len, batch, data.size(1))).index_put((t_index, b_index),
