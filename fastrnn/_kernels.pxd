@@ -38,6 +38,14 @@ cdef extern from "kernels.h" nogil:
                         float **, int) noexcept nogil
         void (*bptt_g)(int, int, int, int, const float **, float **,
                        const float *) noexcept nogil
+        void (*lstm_cell)(int, int, int, int, float **, const float **, const float **,
+                          float **) noexcept nogil
+        void (*lstm_cell_grad)(int, int, int, int, const float **, const float **,
+                               const float **, float **, float **) noexcept nogil
+        void (*gru_cell)(int, int, int, int, float **, const float **, const float **,
+                         float **) noexcept nogil
+        void (*gru_cell_grad)(int, int, int, int, float **, const float **, const float **,
+                              float **, float **) noexcept nogil
 
     ctypedef struct fr_kernels_double:
         int (*gemm)(fr_index, fr_index, fr_index, const double *, fr_index, int,
@@ -66,6 +74,14 @@ cdef extern from "kernels.h" nogil:
                         double **, int) noexcept nogil
         void (*bptt_g)(int, int, int, int, const double **, double **,
                        const double *) noexcept nogil
+        void (*lstm_cell)(int, int, int, int, double **, const double **, const double **,
+                          double **) noexcept nogil
+        void (*lstm_cell_grad)(int, int, int, int, const double **, const double **,
+                               const double **, double **, double **) noexcept nogil
+        void (*gru_cell)(int, int, int, int, double **, const double **, const double **,
+                         double **) noexcept nogil
+        void (*gru_cell_grad)(int, int, int, int, double **, const double **, const double **,
+                              double **, double **) noexcept nogil
 
     ctypedef struct fastrnn_kernels:
         const char *name
@@ -207,3 +223,40 @@ cdef inline void bptt_g(const fastrnn_kernels *ks, int M, int H, int j0, int j1,
         ks.f32.bptt_g(M, H, j0, j1, da, g, w_packed)
     else:
         ks.f64.bptt_g(M, H, j0, j1, da, g, w_packed)
+
+
+cdef inline void lstm_cell(const fastrnn_kernels *ks, int M, int H, int j0, int j1,
+                           floating **save, const floating **r, const floating **cprev,
+                           floating **h) noexcept nogil:
+    if floating is float:
+        ks.f32.lstm_cell(M, H, j0, j1, save, r, cprev, h)
+    else:
+        ks.f64.lstm_cell(M, H, j0, j1, save, r, cprev, h)
+
+
+cdef inline void lstm_cell_grad(const fastrnn_kernels *ks, int M, int H, int j0, int j1,
+                                const floating **dm, const floating **save,
+                                const floating **cprev, floating **dc,
+                                floating **da) noexcept nogil:
+    if floating is float:
+        ks.f32.lstm_cell_grad(M, H, j0, j1, dm, save, cprev, dc, da)
+    else:
+        ks.f64.lstm_cell_grad(M, H, j0, j1, dm, save, cprev, dc, da)
+
+
+cdef inline void gru_cell(const fastrnn_kernels *ks, int M, int H, int j0, int j1,
+                          floating **save, const floating **r, const floating **hprev,
+                          floating **h) noexcept nogil:
+    if floating is float:
+        ks.f32.gru_cell(M, H, j0, j1, save, r, hprev, h)
+    else:
+        ks.f64.gru_cell(M, H, j0, j1, save, r, hprev, h)
+
+
+cdef inline void gru_cell_grad(const fastrnn_kernels *ks, int M, int H, int j0, int j1,
+                               floating **dh, const floating **save, const floating **hprev,
+                               floating **da, floating **dr) noexcept nogil:
+    if floating is float:
+        ks.f32.gru_cell_grad(M, H, j0, j1, dh, save, hprev, da, dr)
+    else:
+        ks.f64.gru_cell_grad(M, H, j0, j1, dh, save, hprev, da, dr)

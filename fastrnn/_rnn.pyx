@@ -11,7 +11,8 @@ across threads, so results are bitwise identical for any thread count.
 One extension module (the C kernels are linked once), by topic in include files:
 _checks.pxi (argument checks), _policy.pxi (thread counts, the recurrences' split, the
 projection's placement), _gemm.pxi (GEMM and weight-gradient entry points, packing by a
-team), _recurrence.pxi (the forward and BPTT recurrences). The kernels' ABI and their
+team), _recurrence.pxi (the forward and BPTT recurrences of the Elman cell), _cells.pxi
+(the gated cells' recurrences on the same parts). The kernels' ABI and their
 dtype-generic wrappers are in _kernels.pxd.
 """
 
@@ -82,3 +83,4 @@ include "_checks.pxi"
 include "_policy.pxi"
 include "_gemm.pxi"
 include "_recurrence.pxi"
+include "_cells.pxi"

@@ -86,6 +86,19 @@ typedef void (*fr_barrier_fn)(void *barrier_arg);
         /* g_r = da_r · W_hh for r < M; w_packed is W_hh packed. */                           \
         void (*bptt_g)(int M, int H, int j0, int j1, const REAL *const *da, REAL *const *g,   \
                        const REAL *w_packed);                                                 \
+        /* The gated cells' pointwise steps for units j0 .. j1 (cell_steps.h: layout, rows). \
+         * LSTM: gates, c and h from save (P on entry) and r (h_{t-1} W_hhᵀ); its derivative \
+         * from dm, carrying dc. GRU: likewise, and its derivative giving da and dr. */       \
+        void (*lstm_cell)(int M, int H, int j0, int j1, REAL *const *save,                    \
+                          const REAL *const *r, const REAL *const *cprev, REAL *const *h);    \
+        void (*lstm_cell_grad)(int M, int H, int j0, int j1, const REAL *const *dm,           \
+                               const REAL *const *save, const REAL *const *cprev,             \
+                               REAL *const *dc, REAL *const *da);                             \
+        void (*gru_cell)(int M, int H, int j0, int j1, REAL *const *save,                     \
+                         const REAL *const *r, const REAL *const *hprev, REAL *const *h);     \
+        void (*gru_cell_grad)(int M, int H, int j0, int j1, REAL *const *dh,                  \
+                              const REAL *const *save, const REAL *const *hprev,              \
+                              REAL *const *da, REAL *const *dr);                              \
     } fr_kernels_##REAL;
 
 #define FASTRNN_COLUMN_GRANULE 32

@@ -42,6 +42,8 @@
         .weight_grads_at_team = P(weight_grads_at_team), .packed_size = P(packed_size),       \
         .pack = P(pack), .rnn_step = P(rnn_step), .rnn_input_step = P(rnn_input_step),        \
         .input_step = P(input_step), .bptt_da = P(bptt_da), .bptt_g = P(bptt_g),              \
+        .lstm_cell = P(lstm_cell), .lstm_cell_grad = P(lstm_cell_grad),                       \
+        .gru_cell = P(gru_cell), .gru_cell_grad = P(gru_cell_grad),                           \
     }
 
 const fastrnn_kernels FR_NAME(fastrnn_kernels) = {

@@ -7,6 +7,7 @@
 #include "gemm.h"               /* the register tile, packing, gemm */
 #include "gemm_team.h"          /* gemm_at_team, weight_grads_at_team */
 #include "recurrence_steps.h"   /* rnn_step, rnn_input_step, input_step, bptt_da, bptt_g */
+#include "cell_steps.h"         /* lstm_cell, gru_cell and their derivatives */
 
 #undef VEC
 #undef VL

@@ -1,0 +1,459 @@
+# The gated cells' recurrences (included by _rnn.pyx): LSTM and GRU on the engine's parts.
+# Per step, for the rows still running: R = h_{t-1} W_hhᵀ (input_step on W_hh packed with
+# gate-interleaved rows, see src_c/cell_steps.h), the cell's epilogue (gates, c, h), and with
+# a projection h = m W_hrᵀ; backward the epilogue's derivative and g = dR · W_hh. The split
+# (batch slices, or hidden units with a barrier per step) and the gathering by lengths and
+# direction are _policy.pxi's; what a cell adds is its gates and its two kernels.
+
+cdef enum:
+    CELL_LSTM = 0
+    CELL_GRU = 1
+
+
+def cell_gates(int cell):
+    """Gates per hidden unit of a gated cell (CELL_LSTM: 4, CELL_GRU: 3)."""
+    if cell not in (CELL_LSTM, CELL_GRU):
+        raise ValueError(f"unknown cell {cell}")
+    return 4 if cell == CELL_LSTM else 3
+
+
+LSTM, GRU = CELL_LSTM, CELL_GRU
+
+
+cdef _Split _split_cell(fr_index L, fr_index N, int H, int G, int H_out,
+                        int num_threads) noexcept nogil:
+    """The split of a gated recurrence: as the Elman one's, for G·H·H_out multiply-adds a
+    row and step."""
+    cdef _Split sp
+    num_threads = threads_for(<double> L * N * G * H * H_out, num_threads)
+    sp.by_columns = _split_columns(N, H, num_threads)
+    sp.slice_rows = N if sp.by_columns else _slice_rows(N, num_threads)
+    sp.nslices = (N + sp.slice_rows - 1) // sp.slice_rows
+    sp.nthreads = num_threads if sp.by_columns else <int> sp.nslices
+    return sp
+
+
+cdef inline int _gather_cell(fr_index s, fr_index b0, fr_index b1, const int64_t *plen,
+                             bint reverse, floating *po, fr_index ts, fr_index bs,
+                             floating *psv, fr_index sts, fr_index sbs, const floating *ph0,
+                             int H_out, const floating *pc0, int H, int G, int cslot,
+                             const floating **hprev, floating **orow, floating **srow,
+                             const floating **cprev, floating *pr, floating **rrow) noexcept nogil:
+    """Row pointers of the sequences running at step s: h_{t-1}, h_t (output), the step's
+    saved row, (cslot > 0) c_{t-1}, the c slot of the step before or c0, and the row's own
+    scratch row of pr (G·H wide: the same row whatever the split)."""
+    cdef int m = 0
+    cdef fr_index b, t
+    for b in range(b0, b1):
+        if s < plen[b]:
+            t = plen[b] - 1 - s if reverse else s
+            orow[m] = po + t * ts + b * bs
+            srow[m] = psv + t * sts + b * sbs
+            if pr != NULL:
+                rrow[m] = pr + b * G * H
+            if s == 0:
+                hprev[m] = ph0 + b * H_out
+                if cslot:
+                    cprev[m] = pc0 + b * H
+            else:
+                hprev[m] = orow[m] + (ts if reverse else -ts)
+                if cslot:
+                    cprev[m] = srow[m] + (sts if reverse else -sts) + cslot
+            m += 1
+    return m
+
+
+cdef int _check_cell(int cell, Py_ssize_t *save_shape, Py_ssize_t *save_strides,
+                     Py_ssize_t *out_shape, Py_ssize_t *out_strides, Py_ssize_t *w_hh_shape,
+                     bint proj, Py_ssize_t *w_hr_shape, size_t itemsize) except -1:
+    """Check a gated recurrence's save (L, N, ·), out (L, N, H_out), w_hh (G·H, H_out) and
+    w_hr (H_out, H) against one another."""
+    cdef int G = cell_gates(cell)
+    cdef fr_index H = w_hh_shape[0] // G, H_out = out_shape[2]
+    if w_hh_shape[0] != G * H or H < 1 or H > INT_MAX // 8 or H_out > INT_MAX // 8:
+        raise ValueError(f"w_hh must have {G}·H rows, H >= 1, got {w_hh_shape[0]}")
+    _check_strides("out", out_shape, out_strides, 3, itemsize, 2)
+    _check_strides("save", save_shape, save_strides, 3, itemsize, 2)
+    _check_shape("w_hh", w_hh_shape, 2, (G * H, H_out))
+    if proj:
+        _check_shape("w_hr", w_hr_shape, 2, (H_out, H))
+    elif H_out != H:
+        raise ValueError(f"out must be H = {H} wide without w_hr, got {H_out}")
+    cdef fr_index width = G * H + H + (H if proj else 0)
+    _check_shape("save", save_shape, 3, (out_shape[0], out_shape[1], width))
+    return 0
+
+
+def cell_forward(int cell, floating[:, :, :] save, floating[:, :, :] out,
+                 const floating[:, ::1] h0, const floating[:, ::1] c0,
+                 const floating[:, ::1] w_hh, const floating[::1] b_hh,
+                 const floating[:, ::1] w_hr, const int64_t[::1] lengths, bint reverse,
+                 floating[:, ::1] h_n, floating[:, ::1] c_n, int num_threads=1):
+    """A gated cell's recurrence over one direction, in place.
+
+    ``save`` (L, N, G·H + H [+ H]) holds P = x W_ihᵀ + b (gate-interleaved, see
+    src_c/cell_steps.h) in its first G·H columns on entry; on return the gate activations,
+    then c (LSTM) or W_hn h + b_hn (GRU), then (with ``w_hr``) m = o⊙tanh(c): what BPTT
+    reads. ``out`` (L, N, H_out) receives h (zero past each length), ``h_n`` (N, H_out) and,
+    for an LSTM, ``c_n`` (N, H) the states at each sequence's last step (h0, c0 for a length
+    of 0). ``w_hh`` (G·H, H_out) is gate-interleaved; ``b_hh`` (G·H,) or None is added to
+    h W_hhᵀ (the GRU's b_hn; zero elsewhere); ``w_hr`` (H_out, H) is the LSTM's projection
+    or None. ``c0``, ``c_n`` are None for a GRU. The split is recurrence_forward's.
+    """
+    _check_num_threads(num_threads)
+    cdef bint lstm = cell == CELL_LSTM, proj = w_hr is not None
+    if proj and not lstm:
+        raise ValueError("only an LSTM has a projection (w_hr)")
+    _check_cell(cell, save.shape, save.strides, out.shape, out.strides, w_hh.shape, proj,
+                w_hr.shape if proj else NULL, sizeof(floating))
+    cdef int G = cell_gates(cell)
+    cdef fr_index L = out.shape[0], N = out.shape[1]
+    cdef int H = <int> (w_hh.shape[0] // G), H_out = <int> out.shape[2]
+    _check_shape("h0", h0.shape, 2, (N, H_out))
+    _check_shape("h_n", h_n.shape, 2, (N, H_out))
+    if lstm:
+        if c0 is None or c_n is None:
+            raise ValueError("an LSTM needs c0 and c_n")
+        _check_shape("c0", c0.shape, 2, (N, H))
+        _check_shape("c_n", c_n.shape, 2, (N, H))
+    if b_hh is not None:
+        _check_shape("b_hh", b_hh.shape, 1, (G * H,))
+    _check_lengths(lengths, N, L)
+    if N == 0:
+        return
+    cdef fr_index ts = out.strides[0] // sizeof(floating), bs = out.strides[1] // sizeof(floating)
+    cdef fr_index sts = save.strides[0] // sizeof(floating)
+    cdef fr_index sbs = save.strides[1] // sizeof(floating)
+    cdef floating *po = &out[0, 0, 0] if L > 0 else NULL
+    cdef floating *psv = &save[0, 0, 0] if L > 0 else NULL
+    cdef const floating *ph0 = &h0[0, 0]
+    cdef const floating *pc0 = &c0[0, 0] if lstm else NULL
+    cdef const floating *pb = &b_hh[0] if b_hh is not None else NULL
+    cdef const int64_t *plen = &lengths[0]
+    cdef int cslot = G * H if lstm else 0, mslot = G * H + H
+    cdef const fastrnn_kernels *ks = _selected
+    cdef _Split sp = _split_cell(L, N, H, G, H_out, num_threads)
+    cdef fr_index max_len = _max_length(plen, N)
+    cdef _Part pt
+    cdef fr_index part, b, t, s
+    cdef int m, i, team, tid, p0, p1
+    cdef bint ok
+    cdef int failed[1]
+    failed[0] = 0
+    cdef fr_spin_barrier step_barrier, pack_barrier
+    step_barrier.count = step_barrier.generation = 0
+    pack_barrier.count = pack_barrier.generation = 0
+    cdef const floating **hprev
+    cdef const floating **cprev
+    cdef floating **orow
+    cdef floating **srow
+    cdef floating **rrow
+    cdef floating **hrow
+    # W_hhᵀ (G·H columns) and W_hrᵀ packed once per call by all threads; R for every row
+    cdef const floating *pw_hh = &w_hh[0, 0]
+    cdef const floating *pw_hr = &w_hr[0, 0] if proj else NULL
+    cdef floating *pw = _packed_buffer(ks, H_out, G * H, po)
+    cdef floating *pwr = _packed_buffer(ks, H, H_out, po) if proj else NULL
+    cdef floating *r_rows = <floating *> malloc(N * G * H * sizeof(floating))
+    if pw == NULL or (proj and pwr == NULL) or r_rows == NULL:
+        free(pw)
+        free(pwr)
+        free(r_rows)
+        raise MemoryError("could not allocate the packed weights of the recurrence")
+    with nogil, parallel(num_threads=sp.nthreads):
+        team = fr_team_size()
+        tid = threadid()
+        _pack_part(ks, pw_hh, H_out, H_out, G * H, True, pw, tid, team)
+        if proj:
+            _pack_part(ks, pw_hr, H, H, H_out, True, pwr, tid, team)
+        fr_spin_wait(&pack_barrier, team)
+        hprev = <const floating **> malloc(sp.slice_rows * sizeof(floating *))
+        cprev = <const floating **> malloc(sp.slice_rows * sizeof(floating *))
+        orow = <floating **> malloc(sp.slice_rows * sizeof(floating *))
+        srow = <floating **> malloc(sp.slice_rows * sizeof(floating *))
+        rrow = <floating **> malloc(sp.slice_rows * sizeof(floating *))
+        hrow = <floating **> malloc(sp.slice_rows * sizeof(floating *))
+        try:
+            ok = (hprev != NULL and cprev != NULL and orow != NULL and srow != NULL
+                  and rrow != NULL and hrow != NULL)
+            if not ok:
+                failed[0] = 1
+            part = tid
+            while part < _num_parts(sp, team):
+                pt = _part(sp, part, team, N, H)
+                # the projection's output columns of this part (all, for a batch slice)
+                p0 = _column_start(<int> part, team, H_out) if sp.by_columns else 0
+                p1 = _column_start(<int> part + 1, team, H_out) if sp.by_columns else H_out
+                for s in range(max_len):
+                    m = _gather_cell(s, pt.b0, pt.b1, plen, reverse, po, ts, bs, psv, sts, sbs,
+                                     ph0, H_out, pc0, H, G, cslot, hprev, orow, srow,
+                                     cprev, r_rows, rrow) if ok else 0
+                    if m == 0 and not sp.by_columns:
+                        break  # the slice's sequences have all ended
+                    for i in range(m):
+                        hrow[i] = srow[i] + mslot if proj else orow[i]
+                    if m > 0 and pt.j1 > pt.j0:
+                        # R = h_{t-1} W_hhᵀ (+ b_hh) for this part's units' gates, then the cell
+                        kernels.input_step(ks, m, H_out, G * pt.j0, G * pt.j1, hprev, pw, pb,
+                                           rrow)
+                        if lstm:
+                            kernels.lstm_cell(ks, m, H, pt.j0, pt.j1, srow,
+                                              <const floating **> rrow, cprev, hrow)
+                        else:
+                            kernels.gru_cell(ks, m, H, pt.j0, pt.j1, srow,
+                                             <const floating **> rrow, hprev, hrow)
+                    if proj:
+                        if sp.by_columns:
+                            fr_spin_wait(&step_barrier, team)  # h_t = m W_hrᵀ reads all of m
+                        if m > 0 and p1 > p0:
+                            kernels.input_step(ks, m, H, p0, p1, <const floating **> hrow, pwr,
+                                               NULL, orow)
+                    if sp.by_columns:
+                        fr_spin_wait(&step_barrier, team)  # step s+1 reads all of h_s
+                part = part + team  # (not +=: Cython would make it a reduction)
+        finally:
+            free(hprev)
+            free(cprev)
+            free(orow)
+            free(srow)
+            free(rrow)
+            free(hrow)
+    free(pw)
+    free(pwr)
+    free(r_rows)
+    if failed[0]:
+        raise MemoryError("could not allocate per-thread scratch for the recurrence")
+    for b in range(N):
+        t = -1 if plen[b] == 0 else (0 if reverse else plen[b] - 1)
+        memcpy(&h_n[b, 0], ph0 + b * H_out if t < 0 else po + t * ts + b * bs,
+               H_out * sizeof(floating))
+        if lstm:
+            memcpy(&c_n[b, 0], pc0 + b * H if t < 0 else psv + t * sts + b * sbs + cslot,
+                   H * sizeof(floating))
+        for t in range(plen[b], L):
+            memset(po + t * ts + b * bs, 0, H_out * sizeof(floating))
+
+
+def cell_backward(int cell, const floating[:, :, :] save, const floating[:, :, :] out,
+                  const floating[:, :, :] grad_out, const floating[:, ::1] h0,
+                  const floating[:, ::1] c0, const floating[:, ::1] grad_h_n,
+                  const floating[:, ::1] grad_c_n, const floating[:, ::1] w_hh,
+                  const floating[:, ::1] w_hr, const int64_t[::1] lengths, bint reverse,
+                  floating[:, :, :] grad_a, floating[:, :, :] grad_r, floating[:, :, :] grad_h,
+                  floating[:, ::1] grad_h0, floating[:, ::1] grad_c0, int num_threads=1):
+    """BPTT of :func:`cell_forward` over one direction, backwards in time.
+
+    Reads what the forward saved (``save``, ``out``) and its ``h0``, ``c0``; ``grad_out``
+    (L, N, H_out) is dLoss/dh_t, ``grad_h_n``, ``grad_c_n`` those of the final states.
+    Receives, zero past each length: ``grad_a`` (L, N, G·H), the gradient of the gates'
+    input pre-activations x W_ihᵀ + b_ih (gate-interleaved); for a GRU ``grad_r``, that of
+    h W_hhᵀ + b_hh (None for an LSTM: it equals grad_a); ``grad_h`` (L, N, H_out), dLoss/dh_t
+    (for the projection's gradient); ``grad_h0``, ``grad_c0`` the initial states'. The split
+    is cell_forward's; each row's arithmetic is the same for any split.
+    """
+    _check_num_threads(num_threads)
+    cdef bint lstm = cell == CELL_LSTM, proj = w_hr is not None
+    if proj and not lstm:
+        raise ValueError("only an LSTM has a projection (w_hr)")
+    _check_cell(cell, save.shape, save.strides, out.shape, out.strides, w_hh.shape, proj,
+                w_hr.shape if proj else NULL, sizeof(floating))
+    cdef int G = cell_gates(cell)
+    cdef fr_index L = out.shape[0], N = out.shape[1]
+    cdef int H = <int> (w_hh.shape[0] // G), H_out = <int> out.shape[2]
+    _check_strides("grad_out", grad_out.shape, grad_out.strides, 3, sizeof(floating), 2)
+    _check_shape("grad_out", grad_out.shape, 3, (L, N, H_out))
+    _check_strides("grad_a", grad_a.shape, grad_a.strides, 3, sizeof(floating), 2)
+    _check_shape("grad_a", grad_a.shape, 3, (L, N, G * H))
+    _check_strides("grad_h", grad_h.shape, grad_h.strides, 3, sizeof(floating), 2)
+    _check_shape("grad_h", grad_h.shape, 3, (L, N, H_out))
+    _check_shape("h0", h0.shape, 2, (N, H_out))
+    _check_shape("grad_h_n", grad_h_n.shape, 2, (N, H_out))
+    _check_shape("grad_h0", grad_h0.shape, 2, (N, H_out))
+    if lstm:
+        if c0 is None or grad_c_n is None or grad_c0 is None:
+            raise ValueError("an LSTM needs c0, grad_c_n and grad_c0")
+        _check_shape("c0", c0.shape, 2, (N, H))
+        _check_shape("grad_c_n", grad_c_n.shape, 2, (N, H))
+        _check_shape("grad_c0", grad_c0.shape, 2, (N, H))
+    else:
+        if grad_r is None:
+            raise ValueError("a GRU needs grad_r")
+        _check_strides("grad_r", grad_r.shape, grad_r.strides, 3, sizeof(floating), 2)
+        _check_shape("grad_r", grad_r.shape, 3, (L, N, G * H))
+    _check_lengths(lengths, N, L)
+    if N == 0:
+        return
+    cdef fr_index ts = out.strides[0] // sizeof(floating), bs = out.strides[1] // sizeof(floating)
+    cdef fr_index sts = save.strides[0] // sizeof(floating)
+    cdef fr_index sbs = save.strides[1] // sizeof(floating)
+    cdef fr_index gts = grad_out.strides[0] // sizeof(floating)
+    cdef fr_index gbs = grad_out.strides[1] // sizeof(floating)
+    cdef fr_index dts = grad_a.strides[0] // sizeof(floating)
+    cdef fr_index dbs = grad_a.strides[1] // sizeof(floating)
+    cdef fr_index rts = grad_r.strides[0] // sizeof(floating) if not lstm else 0
+    cdef fr_index rbs = grad_r.strides[1] // sizeof(floating) if not lstm else 0
+    cdef fr_index hts = grad_h.strides[0] // sizeof(floating)
+    cdef fr_index hbs = grad_h.strides[1] // sizeof(floating)
+    cdef floating *po = <floating *> &out[0, 0, 0] if L > 0 else NULL
+    cdef floating *psv = <floating *> &save[0, 0, 0] if L > 0 else NULL
+    cdef const floating *pgo = &grad_out[0, 0, 0] if L > 0 else NULL
+    cdef floating *pda = &grad_a[0, 0, 0] if L > 0 else NULL
+    cdef floating *pdr = &grad_r[0, 0, 0] if L > 0 and not lstm else NULL
+    cdef floating *pdh = &grad_h[0, 0, 0] if L > 0 else NULL
+    cdef const floating *ph0 = &h0[0, 0]
+    cdef const floating *pc0 = &c0[0, 0] if lstm else NULL
+    cdef const int64_t *plen = &lengths[0]
+    cdef int cslot = G * H if lstm else 0, mslot = G * H + H
+    cdef const fastrnn_kernels *ks = _selected
+    cdef _Split sp = _split_cell(L, N, H, G, H_out, num_threads)
+    cdef fr_index max_len = _max_length(plen, N)
+    cdef _Part pt
+    cdef fr_index part, b, t, s
+    cdef int m, i, j, team, tid, p0, p1
+    cdef bint ok
+    cdef int failed[1]
+    failed[0] = 0
+    cdef fr_spin_barrier step_barrier, pack_barrier
+    step_barrier.count = step_barrier.generation = 0
+    pack_barrier.count = pack_barrier.generation = 0
+    cdef const floating **hprev
+    cdef const floating **cprev
+    cdef floating **orow
+    cdef floating **srow
+    cdef floating **unused
+    cdef const floating **dy
+    cdef floating **dh
+    cdef floating **gr
+    cdef floating **da
+    cdef floating **dr
+    cdef floating **dc
+    cdef floating **dm
+    cdef const floating *dyr
+    cdef floating *dhr
+    cdef floating *grr
+    # W_hh (G·H rows) and W_hr packed once per call by all threads, not transposed: the
+    # products are dR · W_hh and dh · W_hr. g (N, H_out), dc and dm (N, H): a row each.
+    cdef const floating *pw_hh = &w_hh[0, 0]
+    cdef const floating *pw_hr = &w_hr[0, 0] if proj else NULL
+    cdef floating *pw = _packed_buffer(ks, G * H, H_out, pda)
+    cdef floating *pwr = _packed_buffer(ks, H_out, H, pda) if proj else NULL
+    cdef floating *g = <floating *> malloc(N * H_out * sizeof(floating))
+    cdef floating *dcs = <floating *> malloc(N * H * sizeof(floating) + 1)
+    cdef floating *dms = <floating *> malloc(N * H * sizeof(floating) + 1)
+    if pw == NULL or (proj and pwr == NULL) or g == NULL or dcs == NULL or dms == NULL:
+        free(pw)
+        free(pwr)
+        free(g)
+        free(dcs)
+        free(dms)
+        raise MemoryError("could not allocate BPTT scratch")
+    memcpy(g, &grad_h_n[0, 0], N * H_out * sizeof(floating))
+    if lstm:
+        memcpy(dcs, &grad_c_n[0, 0], N * H * sizeof(floating))
+    with nogil, parallel(num_threads=sp.nthreads):
+        team = fr_team_size()
+        tid = threadid()
+        _pack_part(ks, pw_hh, H_out, G * H, H_out, False, pw, tid, team)
+        if proj:
+            _pack_part(ks, pw_hr, H, H_out, H, False, pwr, tid, team)
+        fr_spin_wait(&pack_barrier, team)
+        hprev = <const floating **> malloc(sp.slice_rows * sizeof(floating *))
+        cprev = <const floating **> malloc(sp.slice_rows * sizeof(floating *))
+        orow = <floating **> malloc(sp.slice_rows * sizeof(floating *))
+        srow = <floating **> malloc(sp.slice_rows * sizeof(floating *))
+        unused = <floating **> malloc(sp.slice_rows * sizeof(floating *))
+        dy = <const floating **> malloc(sp.slice_rows * sizeof(floating *))
+        dh = <floating **> malloc(sp.slice_rows * sizeof(floating *))
+        gr = <floating **> malloc(sp.slice_rows * sizeof(floating *))
+        da = <floating **> malloc(sp.slice_rows * sizeof(floating *))
+        dr = <floating **> malloc(sp.slice_rows * sizeof(floating *))
+        dc = <floating **> malloc(sp.slice_rows * sizeof(floating *))
+        dm = <floating **> malloc(sp.slice_rows * sizeof(floating *))
+        try:
+            ok = (hprev != NULL and cprev != NULL and orow != NULL and srow != NULL
+                  and unused != NULL and dy != NULL and dh != NULL and gr != NULL
+                  and da != NULL and dr != NULL and dc != NULL and dm != NULL)
+            if not ok:
+                failed[0] = 1
+            part = tid
+            while part < _num_parts(sp, team):
+                pt = _part(sp, part, team, N, H)
+                p0 = _column_start(<int> part, team, H_out) if sp.by_columns else 0
+                p1 = _column_start(<int> part + 1, team, H_out) if sp.by_columns else H_out
+                for s in range(max_len - 1, -1, -1):
+                    m = _gather_cell(s, pt.b0, pt.b1, plen, reverse, po, ts, bs, psv, sts, sbs,
+                                     ph0, H_out, pc0, H, G, cslot, hprev, orow, srow,
+                                     cprev, NULL, unused) if ok else 0
+                    if m == 0 and not sp.by_columns:
+                        continue  # no sequence of the slice has reached step s yet
+                    b = 0
+                    for i in range(m):  # the rows' gradients, by time step and batch row
+                        while plen[pt.b0 + b] <= s:
+                            b = b + 1
+                        t = plen[pt.b0 + b] - 1 - s if reverse else s
+                        dy[i] = pgo + t * gts + (pt.b0 + b) * gbs
+                        dh[i] = pdh + t * hts + (pt.b0 + b) * hbs
+                        da[i] = pda + t * dts + (pt.b0 + b) * dbs
+                        dr[i] = pdr + t * rts + (pt.b0 + b) * rbs if not lstm else da[i]
+                        gr[i] = g + (pt.b0 + b) * H_out
+                        dc[i] = dcs + (pt.b0 + b) * H
+                        dm[i] = dms + (pt.b0 + b) * H if proj else dh[i]
+                        dyr, dhr, grr = dy[i], dh[i], gr[i]
+                        for j in range(p0, p1):
+                            dhr[j] = dyr[j] + grr[j]  # dLoss/dh_t
+                        b = b + 1
+                    if proj:
+                        if sp.by_columns:
+                            fr_spin_wait(&step_barrier, team)  # dm = dh W_hr reads all of dh
+                        if m > 0 and pt.j1 > pt.j0:
+                            kernels.input_step(ks, m, H_out, pt.j0, pt.j1,
+                                               <const floating **> dh, pwr, NULL, dm)
+                    if m > 0 and pt.j1 > pt.j0:
+                        if lstm:
+                            kernels.lstm_cell_grad(ks, m, H, pt.j0, pt.j1,
+                                                   <const floating **> dm,
+                                                   <const floating **> srow, cprev, dc, da)
+                        else:
+                            kernels.gru_cell_grad(ks, m, H, pt.j0, pt.j1, dh,
+                                                  <const floating **> srow, hprev, da, dr)
+                    if sp.by_columns:
+                        fr_spin_wait(&step_barrier, team)  # g = dR W_hh reads all of dR
+                    if m > 0 and p1 > p0:
+                        kernels.input_step(ks, m, G * H, p0, p1, <const floating **> dr, pw,
+                                           NULL, gr)
+                        if not lstm:  # + dh ⊙ z, the path around W_hh
+                            for i in range(m):
+                                dhr, grr = dh[i], gr[i]
+                                for j in range(p0, p1):
+                                    grr[j] = grr[j] + dhr[j]
+                part = part + team  # (not +=: Cython would make it a reduction)
+        finally:
+            free(hprev)
+            free(cprev)
+            free(orow)
+            free(srow)
+            free(unused)
+            free(dy)
+            free(dh)
+            free(gr)
+            free(da)
+            free(dr)
+            free(dc)
+            free(dm)
+    free(pw)
+    free(pwr)
+    if not failed[0]:
+        memcpy(&grad_h0[0, 0], g, N * H_out * sizeof(floating))
+        if lstm:
+            memcpy(&grad_c0[0, 0], dcs, N * H * sizeof(floating))
+    free(g)
+    free(dcs)
+    free(dms)
+    if failed[0]:
+        raise MemoryError("could not allocate per-thread scratch for BPTT")
+    for b in range(N):  # the steps each sequence ran are written; the rest are 0
+        for t in range(plen[b], L):
+            memset(pda + t * dts + b * dbs, 0, G * H * sizeof(floating))
+            memset(pdh + t * hts + b * hbs, 0, H_out * sizeof(floating))
+            if not lstm:
+                memset(pdr + t * rts + b * rbs, 0, G * H * sizeof(floating))

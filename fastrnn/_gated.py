@@ -1,0 +1,305 @@
+"""The gated cells (LSTM, GRU) on the compiled engine: their layer work around
+``_rnn.cell_forward`` / ``_rnn.cell_backward``; validation and the layer loop are _engine's.
+
+Per layer and direction, forward: the gates' input projection ``P = X W_ihᵀ + b`` as one GEMM
+over all L·N rows, then the recurrence (per step ``h_{t-1} W_hhᵀ`` and the cell's
+epilogue, which saves the gate activations and c for BPTT). Backward: the recurrence of the
+epilogue's derivative (dA, and for a GRU dR, the recurrent side's), then the weight
+gradients as GEMMs over all rows (``dW_ih = dAᵀX``, ``dW_hh = dRᵀH_prev``, the biases' sums
+from the same reading, ``dW_hr = dhᵀM``) and ``dX = dA W_ih``.
+
+The kernels take W_ih's and W_hh's rows gate-interleaved (src_c/cell_steps.h): permuted once
+per call here, and the gradients' rows permuted back to torch's order.
+"""
+
+import functools
+
+import numpy as np
+
+from . import _rnn
+from ._engine import (GRU, LSTM, check_cache, forward_layers, grad_output_time_major,
+                      grad_state, normalise_inputs, owned, owned_params)
+from ._layout import directions, from_time_major, layer_keys
+from ._memory import cached_allocation
+from .parallel import get_num_threads
+
+GRANULE = 32  # FASTRNN_COLUMN_GRANULE: the kernels' blocks of hidden units
+_KERNEL = {"LSTM": _rnn.LSTM, "GRU": _rnn.GRU}
+
+
+@functools.lru_cache(maxsize=64)
+def _interleave(gates, hidden_size):
+    """(perm, inverse): row perm[c] of a torch-ordered (G·H, ·) weight is row c of the
+    gate-interleaved one; inverse undoes it."""
+    perm = []
+    for jb in range(0, hidden_size, GRANULE):
+        w = min(GRANULE, hidden_size - jb)
+        for q in range(gates):
+            perm.extend(range(q * hidden_size + jb, q * hidden_size + jb + w))
+    perm = np.array(perm, dtype=np.intp)
+    return perm, np.argsort(perm)
+
+
+def _cell_weights(cell, params, k, sizes):
+    """A direction's weights for the kernels, gate-interleaved: W_ih, b (P's bias or None),
+    W_hh, b_hh (added to h W_hhᵀ: the GRU's b_hn, else None), W_hr or None."""
+    H = sizes.hidden_size
+    perm = _interleave(cell.gates, H)[0]
+    w_ih = np.ascontiguousarray(np.asarray(params[f"weight_ih_{k}"])[perm])
+    w_hh = np.ascontiguousarray(np.asarray(params[f"weight_hh_{k}"])[perm])
+    b = b_hh = None
+    if sizes.bias:
+        b_i, b_h = np.asarray(params[f"bias_ih_{k}"]), np.asarray(params[f"bias_hh_{k}"])
+        if cell is LSTM:
+            b = (b_i + b_h)[perm]
+        else:  # b_hn stays inside the reset product: only r's and z's biases are summed
+            b = np.concatenate([b_i[:2 * H] + b_h[:2 * H], b_i[2 * H:]])[perm]
+            b_hh = np.concatenate([np.zeros(2 * H, b_h.dtype), b_h[2 * H:]])[perm]
+    w_hr = (np.ascontiguousarray(params[f"weight_hr_{k}"]) if sizes.proj_size else None)
+    return w_ih, b, w_hh, b_hh, w_hr
+
+
+def _save_width(cell, sizes):
+    """Columns of a step's saved row: the gates, c (LSTM) or W_hn h + b_hn (GRU), and m."""
+    H = sizes.hidden_size
+    return cell.gates * H + H + (H if sizes.proj_size else 0)
+
+
+def _forward(cell, x, params, states, num_layers, bidirectional, batch_first, lengths,
+             dropout_masks, keep_cache):
+    given_x, given_states, given_masks = x, states, dropout_masks
+    x, states, lengths, sizes, unbatched, dropout_masks = normalise_inputs(
+        cell, x, states, lengths, params, num_layers, bidirectional, batch_first, dropout_masks)
+    if keep_cache:
+        # backward must see what this forward saw
+        x = owned(x, given_x)
+        states = [owned(s, g) for s, g in zip(states, given_states)]
+        params = owned_params(params, sizes, num_layers, bidirectional, cell)
+        if dropout_masks is not None:
+            dropout_masks = [owned(m, g) for m, g in zip(dropout_masks, given_masks)]
+    dtype, H, H_out = sizes.dtype, sizes.hidden_size, sizes.out
+    L, N = x.shape[:2]
+    D = directions(bidirectional)
+    G, W = cell.gates, _save_width(cell, sizes)
+    threads = get_num_threads()
+    lstm = cell is LSTM
+    finals = [np.empty_like(s) for s in states]
+    saves = []
+
+    def layer_forward(layer, inp):
+        out = np.empty((L, N, D * H_out), dtype=dtype)
+        layer_saves = []
+        for d, k in enumerate(layer_keys(layer, bidirectional)):
+            i = layer * D + d
+            w_ih, b, w_hh, b_hh, w_hr = _cell_weights(cell, params, k, sizes)
+            # zeros: the rows past a length keep finite c and m (they meet a zero dh)
+            save = np.zeros((L, N, W), dtype=dtype)
+            _rnn.gemm(inp.reshape(L * N, inp.shape[2]), w_ih.T, save.reshape(L * N, W)[:, :G * H],
+                      b, False, threads)
+            _rnn.cell_forward(_KERNEL[cell.name], save, out[:, :, d * H_out:(d + 1) * H_out],
+                              states[0][i], states[1][i] if lstm else None, w_hh, b_hh, w_hr,
+                              lengths, d == 1, finals[0][i], finals[1][i] if lstm else None,
+                              threads)
+            layer_saves.append(save)
+        if keep_cache:
+            saves.append(layer_saves)
+        return out
+
+    inp, layer_inputs, layer_outputs = forward_layers(x, num_layers, dropout_masks, keep_cache,
+                                                      layer_forward)
+    output = from_time_major(inp, unbatched, batch_first)
+    finals = [f[:, 0] if unbatched else f for f in finals]
+    if not keep_cache:
+        return output, finals, None
+    cache = dict(cell=cell.name, params=params, states=states, lengths=lengths,
+                 layer_inputs=layer_inputs, layer_outputs=layer_outputs, saves=saves,
+                 dropout_masks=dropout_masks, num_layers=num_layers, D=D, unbatched=unbatched,
+                 batch_first=batch_first, bias=sizes.bias, dtype=dtype)
+    output.flags.writeable = False  # backward reads it (as rnn_forward's)
+    return output, finals, cache
+
+
+_CACHE_KEYS = frozenset(("cell", "params", "states", "lengths", "layer_inputs",
+                         "layer_outputs", "saves", "dropout_masks", "num_layers", "D",
+                         "unbatched", "batch_first", "bias", "dtype"))
+
+
+def _check_gated_cache(cache, cell):
+    def layer_arrays(cache, layer, L, N, sizes, D):
+        saves = cache["saves"]
+        if not (isinstance(saves, list) and len(saves) == cache["num_layers"]
+                and isinstance(saves[layer], list) and len(saves[layer]) == D
+                and isinstance(cache["states"], list) and len(cache["states"]) == cell.states):
+            raise ValueError("cache entries do not match its parameters")
+        wants = [(s, (L, N, _save_width(cell, sizes)), sizes.dtype) for s in saves[layer]]
+        if layer == 0:
+            widths = (sizes.out, sizes.hidden_size)
+            wants += [(s, (D * cache["num_layers"], N, w), sizes.dtype)
+                      for s, w in zip(cache["states"], widths)]
+        return wants
+
+    if isinstance(cache, dict) and cache.get("cell", cell.name) != cell.name:
+        raise TypeError(f"cache is from a {cache['cell']}, not from {cell.name.lower()}_forward")
+    return check_cache(cache, _CACHE_KEYS, cell, layer_arrays)
+
+
+def _states_before(out, h0, lengths, reverse):
+    """(L, N, H_out): the state each step read, h_{t-1} forward, h_{t+1} in reverse, h0 where
+    a sequence starts (past a length, zeros or any output: dR is 0 there)."""
+    L = out.shape[0]
+    hp = np.empty(out.shape, out.dtype)
+    if L == 0:
+        return hp
+    if reverse:
+        hp[:-1] = out[1:]
+        hp[-1] = 0
+        running = np.nonzero(lengths > 0)[0]
+        hp[lengths[running] - 1, running] = h0[running]
+    else:
+        hp[0] = h0
+        hp[1:] = out[:-1]
+    return hp
+
+
+def _backward(cell, cache, grad_output, grad_states):
+    sizes = _check_gated_cache(cache, cell)
+    params, states, lengths = cache["params"], cache["states"], cache["lengths"]
+    D, unbatched, batch_first = cache["D"], cache["unbatched"], cache["batch_first"]
+    num_layers, dtype = cache["num_layers"], sizes.dtype
+    H, H_out, G = sizes.hidden_size, sizes.out, cell.gates
+    lstm = cell is LSTM
+    L, N = cache["layer_inputs"][0].shape[:2]
+    grad_output = grad_output_time_major(grad_output, dtype, L, N, D * H_out, unbatched,
+                                         batch_first)
+    names = ("grad_h_n", "grad_c_n")
+    grad_states = [grad_state(g, name, dtype, s.shape, unbatched)
+                   for g, name, s in zip(grad_states, names, states)]
+    grad_states0 = [np.empty_like(s) for s in states]
+    threads = get_num_threads()
+    inverse = _interleave(G, H)[1]
+    W = _save_width(cell, sizes)
+    grads = {}
+    d_out = np.ascontiguousarray(grad_output)
+    for layer in reversed(range(num_layers)):
+        if layer < num_layers - 1 and cache["dropout_masks"] is not None:
+            d_out = d_out * cache["dropout_masks"][layer]
+        inp, out = cache["layer_inputs"][layer], cache["layer_outputs"][layer]
+        inp2d = inp.reshape(L * N, inp.shape[2])
+        keys = layer_keys(layer, D == 2)
+        da = np.empty((L, N, D * G * H), dtype=dtype)
+        dr = None if lstm else np.empty((L, N, D * G * H), dtype=dtype)
+        w_ihs = []
+        for d, k in enumerate(keys):
+            i, cols, gcols = layer * D + d, slice(d * H_out, (d + 1) * H_out), \
+                slice(d * G * H, (d + 1) * G * H)
+            w_ih, _, w_hh, _, w_hr = _cell_weights(cell, params, k, sizes)
+            w_ihs.append(w_ih)
+            save = cache["saves"][layer][d]
+            dh = np.empty((L, N, H_out), dtype=dtype)
+            _rnn.cell_backward(_KERNEL[cell.name], save, out[:, :, cols], d_out[:, :, cols],
+                               states[0][i], states[1][i] if lstm else None, grad_states[0][i],
+                               grad_states[1][i] if lstm else None, w_hh, w_hr, lengths, d == 1,
+                               da[:, :, gcols], None if lstm else dr[:, :, gcols], dh,
+                               grad_states0[0][i], grad_states0[1][i] if lstm else None,
+                               threads)
+            # dW_ih = dAᵀX and db_ih = ΣdA; dW_hh = dRᵀH_prev and db_hh = ΣdR (dR = dA for
+            # an LSTM), each from one reading of its rows
+            da_d = da.reshape(L * N, D * G * H)[:, gcols]
+            dr_d = da_d if lstm else dr.reshape(L * N, D * G * H)[:, gcols]
+            dw_ih = np.empty((G * H, inp.shape[2]), dtype=dtype)
+            dw_hh = np.empty((G * H, H_out), dtype=dtype)
+            db_ih = np.empty(G * H, dtype=dtype) if sizes.bias else None
+            db_hh = np.empty(G * H, dtype=dtype) if sizes.bias and not lstm else None
+            _rnn.gemm(da_d, inp2d, dw_ih, None, False, threads, True, db_ih)
+            hprev = _states_before(out[:, :, cols], states[0][i], lengths, d == 1)
+            _rnn.gemm(dr_d, hprev.reshape(L * N, H_out), dw_hh, None, False, threads, True,
+                      db_hh)
+            grads[f"weight_ih_{k}"] = dw_ih[inverse]
+            grads[f"weight_hh_{k}"] = dw_hh[inverse]
+            if sizes.bias:
+                grads[f"bias_ih_{k}"] = db_ih[inverse]
+                grads[f"bias_hh_{k}"] = (db_ih if lstm else db_hh)[inverse]
+            if sizes.proj_size:
+                # dW_hr = Σ_t dh_tᵀ m_t
+                dw_hr = np.empty((H_out, H), dtype=dtype)
+                _rnn.gemm(dh.reshape(L * N, H_out), save.reshape(L * N, W)[:, G * H + H:],
+                          dw_hr, None, False, threads, True)
+                grads[f"weight_hr_{k}"] = dw_hr
+        # dX = dA W_ih, summed over the directions by the reduction over D·G·H
+        w_ih = w_ihs[0] if D == 1 else np.concatenate(w_ihs)
+        d_out = np.empty_like(inp)
+        _rnn.gemm(da.reshape(L * N, D * G * H), w_ih, d_out.reshape(L * N, inp.shape[2]), None,
+                  False, threads)
+    grads = {name: grads[name] for name in params}
+    grad_x = from_time_major(d_out, unbatched, batch_first)
+    grad_states0 = [g[:, 0] if unbatched else g for g in grad_states0]
+    return grad_x, grad_states0, grads
+
+
+def _pair(hx, name):
+    """(first, second) of an LSTM's state argument: None, or a pair whose entries may be None."""
+    if hx is None:
+        return None, None
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        raise TypeError(f"{name} of an LSTM must be None or a pair (h, c), got "
+                        f"{type(hx).__name__}" + (f" of length {len(hx)}"
+                                                  if isinstance(hx, (tuple, list)) else ""))
+    return hx[0], hx[1]
+
+
+def lstm_forward(x, params, hx=None, *, num_layers=1, bidirectional=False, batch_first=False,
+                 lengths=None, dropout_masks=None, keep_cache=True):
+    """Forward pass of a multi-layer, optionally bidirectional LSTM (torch.nn.LSTM), compiled.
+
+    Parameters
+    ----------
+    x : ndarray, (L, N, I), (N, L, I) if ``batch_first``, or (L, I) unbatched.
+    params : dict of str to ndarray, torch.nn.LSTM's names and shapes (``weight_hr_*`` for
+        a projection: proj_size P > 0, h is P wide, c is H wide).
+    hx : None or a pair (h0, c0), either None for zeros: h0 (D·num_layers, N, H_out),
+        c0 (D·num_layers, N, H) (2-D unbatched).
+    lengths, dropout_masks, keep_cache
+        As in :func:`fastrnn.functional.rnn_forward` (masks (L, N, D·H_out)).
+
+    Returns
+    -------
+    output : ndarray (L, N, D·H_out) in ``x``'s layout; read-only if ``keep_cache``.
+    (h_n, c_n) : the states at each sequence's last step (h0, c0 for a length of 0).
+    cache : dict for :func:`lstm_backward`, or None. It owns everything backward reads.
+    """
+    h0, c0 = _pair(hx, "hx")
+    with cached_allocation():
+        output, (h_n, c_n), cache = _forward(LSTM, x, params, [h0, c0], num_layers,
+                                             bidirectional, batch_first, lengths,
+                                             dropout_masks, keep_cache)
+    return output, (h_n, c_n), cache
+
+
+def lstm_backward(cache, grad_output, grad_hx=None):
+    """BPTT for :func:`lstm_forward`. ``grad_hx`` is None or (grad_h_n, grad_c_n), either
+    None for zeros. Returns ``grad_x, (grad_h0, grad_c0), grads`` (every parameter's
+    gradient, freshly allocated, in torch's order)."""
+    g_h, g_c = _pair(grad_hx, "grad_hx")
+    with cached_allocation():
+        grad_x, (grad_h0, grad_c0), grads = _backward(LSTM, cache, grad_output, [g_h, g_c])
+    return grad_x, (grad_h0, grad_c0), grads
+
+
+def gru_forward(x, params, h0=None, *, num_layers=1, bidirectional=False, batch_first=False,
+                lengths=None, dropout_masks=None, keep_cache=True):
+    """Forward pass of a multi-layer, optionally bidirectional GRU (torch.nn.GRU), compiled.
+
+    The arguments are :func:`fastrnn.functional.rnn_forward`'s (without ``nonlinearity``),
+    with torch.nn.GRU's parameters. Returns ``output, h_n, cache``.
+    """
+    with cached_allocation():
+        output, (h_n,), cache = _forward(GRU, x, params, [h0], num_layers, bidirectional,
+                                         batch_first, lengths, dropout_masks, keep_cache)
+    return output, h_n, cache
+
+
+def gru_backward(cache, grad_output, grad_h_n=None):
+    """BPTT for :func:`gru_forward`. Returns ``grad_x, grad_h0, grads``."""
+    with cached_allocation():
+        grad_x, (grad_h0,), grads = _backward(GRU, cache, grad_output, [grad_h_n])
+    return grad_x, grad_h0, grads
