@@ -11,7 +11,7 @@ from ._layout import directions, param_shapes
 from ._validate import _as_rng, _check_dtype, _check_size
 from .module import Module, new_parameter
 
-__all__ = ["RNN"]
+__all__ = ["RNN", "LSTM", "GRU"]
 
 
 class _Recurrent(Module):
@@ -189,4 +189,106 @@ class RNN(_Recurrent):
         grad_x : ndarray shaped like the input.
         grad_h0 : ndarray shaped like h0.
         """
+        return self._backward(grad_output, grad_h_n)
+
+
+class LSTM(_Recurrent):
+    """A multi-layer LSTM with torch.nn.LSTM's semantics and compiled kernels.
+
+    Gates i, f, g, o (torch's order in ``weight_ih`` (4H, I) and ``weight_hh`` (4H, H_out)):
+    ``c_t = f ⊙ c_{t-1} + i ⊙ g``, ``h_t = o ⊙ tanh(c_t)``; with ``proj_size`` P > 0,
+    ``h_t = W_hr (o ⊙ tanh(c_t))`` is P wide (c stays H wide) — kept on the compiled path,
+    which torch's fast CPU path drops.
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+    num_layers : int, default 1
+    bias, batch_first, dropout, bidirectional, dtype, seed : as :class:`RNN`
+    proj_size : int, default 0
+        0 (no projection) or 0 < proj_size < hidden_size.
+
+    Notes
+    -----
+    ``lstm(x, (h0, c0), lengths)`` runs forward (``hx`` None or a pair, either entry None for
+    zeros); :meth:`backward` takes ``(grad_h_n, grad_c_n)`` (either None). Lengths of 0 are
+    accepted (h_n = h0, c_n = c0, outputs 0), as is a sequence length of 0.
+    """
+
+    _cell, _gates = "lstm", 4
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, *, dtype=np.float32, seed=None):
+        proj_size = _check_size(proj_size, "proj_size", allow_zero=True)
+        hidden = _check_size(hidden_size, "hidden_size")
+        if proj_size >= hidden:
+            raise ValueError("proj_size has to be smaller than hidden_size, got "
+                             f"proj_size={proj_size} and hidden_size={hidden}")
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, dtype, seed, proj_size)
+
+    def __repr__(self):
+        return self._repr_args((("num_layers", 1), ("bias", True), ("batch_first", False),
+                                ("dropout", 0.0), ("bidirectional", False), ("proj_size", 0)))
+
+    def forward(self, x, hx=None, lengths=None):
+        """Run the LSTM over ``x``.
+
+        Parameters
+        ----------
+        x : ndarray, (L, N, input_size), (N, L, input_size) if batch_first, or (L, input_size).
+        hx : None or (h0, c0): h0 (D·num_layers, N, H_out), c0 (D·num_layers, N, hidden_size)
+            (2-D if unbatched), either None for zeros.
+        lengths : array of int, (N,), optional. Valid steps per sequence, any order.
+
+        Returns
+        -------
+        output : ndarray, (L, N, D·H_out) (batch-first or unbatched like x)
+        (h_n, c_n) : the final states, shaped like h0 and c0.
+        """
+        return self._forward(x, hx, lengths)
+
+    def backward(self, grad_output, grad_hx=None):
+        """Backpropagate through the last training-mode forward; ``grad_hx`` is None or
+        (grad_h_n, grad_c_n), either None for zeros. Returns grad_x, (grad_h0, grad_c0)."""
+        return self._backward(grad_output, grad_hx)
+
+
+class GRU(_Recurrent):
+    """A multi-layer GRU with torch.nn.GRU's semantics and compiled kernels.
+
+    Gates r, z, n (torch's order): ``n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))``,
+    ``h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}``.
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+    num_layers : int, default 1
+    bias, batch_first, dropout, bidirectional, dtype, seed : as :class:`RNN`
+
+    Notes
+    -----
+    ``gru(x, h0, lengths)`` and ``gru.backward(grad_output, grad_h_n)`` as :class:`RNN`.
+    """
+
+    _cell, _gates = "gru", 3
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, *, dtype=np.float32,
+                 seed=None):
+        if proj_size != 0:  # accepted only to refuse it as torch does
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, dtype, seed)
+
+    def __repr__(self):
+        return self._repr_args((("num_layers", 1), ("bias", True), ("batch_first", False),
+                                ("dropout", 0.0), ("bidirectional", False)))
+
+    def forward(self, x, h0=None, lengths=None):
+        """Run the GRU over ``x``; as :meth:`RNN.forward`. Returns output, h_n."""
+        return self._forward(x, h0, lengths)
+
+    def backward(self, grad_output, grad_h_n=None):
+        """Backpropagate through the last training-mode forward; as :meth:`RNN.backward`."""
         return self._backward(grad_output, grad_h_n)
