@@ -25,6 +25,7 @@ import math
 import numpy as np
 
 from . import _ops, _rnn, functional
+from ._layout import directions
 from .data import lm_batches
 from ._validate import (_as_rng, _check_dtype, _check_indices, _check_int, _check_real,
                         _check_size)
@@ -200,7 +201,7 @@ class _Model(Module):
         self.rnn = RNN(c["embedding_dim"], c["hidden_size"], c["num_layers"], c["nonlinearity"],
                        dropout=c["dropout"], bidirectional=c["bidirectional"],
                        batch_first=c["batch_first"], dtype=dtype, seed=rng)
-        D = 2 if c["bidirectional"] else 1
+        D = directions(c["bidirectional"])
         self.classifier = Linear(D * c["hidden_size"], num_outputs, dtype=dtype, seed=rng)
 
 
@@ -375,7 +376,7 @@ class SequenceClassifier(_Model):
     def forward(self, x, lengths=None):
         """Token ids (L, N) -> class logits (N, num_classes)."""
         out, h_n = self.rnn(self.embedding(x), lengths=lengths)
-        D = 2 if self.rnn.bidirectional else 1
+        D = directions(self.rnn.bidirectional)
         N = h_n.shape[1]
         # the last layer's states, forward then reverse: (N, D·H)
         features = h_n[-D:].transpose(1, 0, 2).reshape(N, -1)
@@ -386,7 +387,7 @@ class SequenceClassifier(_Model):
         """Backpropagate d loss / d logits into every parameter."""
         d_features = self.classifier.backward(grad_logits)
         out_shape, hn_shape = self._shapes
-        D = 2 if self.rnn.bidirectional else 1
+        D = directions(self.rnn.bidirectional)
         grad_h_n = np.zeros(hn_shape, dtype=d_features.dtype)
         grad_h_n[-D:] = d_features.reshape(hn_shape[1], D, -1).transpose(1, 0, 2)
         d_emb, _ = self.rnn.backward(np.zeros(out_shape, dtype=d_features.dtype), grad_h_n)

@@ -28,6 +28,7 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess without
 import numpy as np
 
 from . import functional
+from ._layout import directions
 
 __all__ = ["RNN", "from_torch"]
 
@@ -316,8 +317,7 @@ class RNN(torch.nn.RNN):
         """
         if not (self.training and self.dropout > 0 and self.num_layers > 1):
             return None
-        D = 2 if self.bidirectional else 1
-        shape = (seq_len, batch, D * self.hidden_size)
+        shape = (seq_len, batch, directions(self.bidirectional) * self.hidden_size)
         keep = 1.0 - self.dropout
         masks = []
         for _ in range(self.num_layers - 1):

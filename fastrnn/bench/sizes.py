@@ -19,6 +19,8 @@ layer and D·H above it; forward + backward counts 3× the forward.
 import dataclasses
 import re
 
+from .._layout import directions
+
 __all__ = ["Size", "GRID", "DEFAULT_SIZES", "PASSES", "parse_sizes", "rows", "forward_flops",
            "flops"]
 
@@ -120,7 +122,7 @@ def rows(sizes):
 
 def forward_flops(size):
     """FLOPs of one forward pass: Σ over layers and directions of 2·T·N·(I_layer·H + H·H)."""
-    D = 2 if size.bidirectional else 1
+    D = directions(size.bidirectional)
     total = 0
     for layer in range(size.layers):
         i_layer = size.I if layer == 0 else D * size.H

@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 
 from .. import reference
+from .._layout import directions
 from ..rnn import RNN
 
 __all__ = ["IMPLEMENTATIONS", "DTYPE", "Workload", "available", "make_workload", "import_torch"]
@@ -135,7 +136,7 @@ def make_workload(impl, pass_, size, seed=0):
     model = RNN(size.I, size.H, size.layers, bidirectional=size.bidirectional, dtype=DTYPE,
                 seed=seed)
     rng = np.random.default_rng(seed)
-    D = 2 if size.bidirectional else 1
+    D = directions(size.bidirectional)
     x = rng.standard_normal((size.T, size.N, size.I), dtype=DTYPE)
     grad_out = rng.standard_normal((size.T, size.N, D * size.H), dtype=DTYPE)
     call = BUILDERS[impl, pass_](model, x, grad_out)
