@@ -1,0 +1,298 @@
+"""The compiled LSTM and GRU (fastrnn.functional.lstm_* and gru_*) against the NumPy reference
+(fastrnn.reference, itself checked against torch and finite differences), against torch.nn.LSTM /
+torch.nn.GRU, and against themselves for 1, 2 and 3 threads (bitwise), on every kernel path
+and both of the recurrence's splits (batch slices; hidden units for a small batch)."""
+
+import numpy as np
+import pytest
+
+import fastrnn
+from _gated import random_gated_params, run_torch_gated, state_shapes
+from _helpers import (DTYPES, H, I, L, LAYOUT_LENGTHS, N, assert_close_rel, make_lengths,
+                      numerical_gradient)
+from fastrnn import functional, reference
+
+PROJ = 3  # < H, != I
+CELLS = [pytest.param(("lstm", 0), id="lstm"), pytest.param(("lstm", PROJ), id="lstm-proj"),
+         pytest.param(("gru", 0), id="gru")]
+
+
+def _inputs(rng, cell, layout, lengths_kind, with_states, num_layers, bidirectional, dtype,
+            proj_size, seq_len=L, batch=N, input_size=I, hidden_size=H, allow_zero=True):
+    """x, [states], lengths, grad_output, [grad_states] in the user-facing layout."""
+    D = 2 if bidirectional else 1
+    if layout == "unbatched":
+        x_shape = (seq_len, input_size)
+    elif layout == "batch":
+        x_shape = (batch, seq_len, input_size)
+    else:
+        x_shape = (seq_len, batch, input_size)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    shapes = state_shapes(cell, x_shape, hidden_size, num_layers, bidirectional,
+                          layout == "batch", proj_size)
+    states = [(rng.standard_normal(s) * 0.5).astype(dtype) if with_states else None
+              for s in shapes]
+    lengths = make_lengths(lengths_kind, seq_len, batch, allow_zero)
+    grad_output = rng.standard_normal(x_shape[:-1] + (D * (proj_size or hidden_size),))
+    grad_states = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    return x, states, lengths, grad_output.astype(dtype), grad_states
+
+
+def run(module, cell, params, x, states, grad_output, grad_states, **kwargs):
+    """output, [final states], grad_x, [initial states' gradients], grads through ``module``
+    (fastrnn.functional or fastrnn.reference)."""
+    if cell == "lstm":
+        out, (h_n, c_n), cache = module.lstm_forward(x, params, tuple(states), **kwargs)
+        grad_x, (g_h0, g_c0), grads = module.lstm_backward(cache, grad_output,
+                                                           tuple(grad_states))
+        return out, [h_n, c_n], grad_x, [g_h0, g_c0], grads
+    out, h_n, cache = module.gru_forward(x, params, states[0], **kwargs)
+    grad_x, g_h0, grads = module.gru_backward(cache, grad_output, grad_states[0])
+    return out, [h_n], grad_x, [g_h0], grads
+
+
+def assert_all_close(got, expected, dtype):
+    names = ["output", "final states", "grad_x", "initial states' gradients"]
+    for name, a, b in zip(names, got[:4], expected[:4]):
+        if isinstance(b, list):
+            assert len(a) == len(b), name
+            for i, (ai, bi) in enumerate(zip(a, b)):
+                assert_close_rel(ai, bi, dtype, name=f"{name}[{i}]")
+        else:
+            assert_close_rel(a, b, dtype, name=name)
+    assert list(got[4]) == list(expected[4])
+    for k in expected[4]:
+        assert_close_rel(got[4][k], expected[4][k], dtype, name=f"grad {k}")
+
+
+def _flat(result):
+    out, finals, grad_x, grad_states, grads = result
+    return [out, *finals, grad_x, *grad_states, *grads.values()]
+
+
+OPTIONS = [
+    pytest.mark.parametrize("cell_proj", CELLS),
+    pytest.mark.parametrize("num_layers", [1, 2, 3], ids=lambda v: f"layers{v}"),
+    pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"]),
+    pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"]),
+    pytest.mark.parametrize("layout,lengths_kind", LAYOUT_LENGTHS),
+    pytest.mark.parametrize("with_states", [False, True], ids=["nostate", "state"]),
+    pytest.mark.parametrize("dtype", DTYPES),
+]
+
+
+def over_options(test):
+    for mark in OPTIONS:
+        test = mark(test)
+    return test
+
+
+@over_options
+def test_gated_matches_reference(rng, kernel, cell_proj, num_layers, bidirectional, bias,
+                                 layout, lengths_kind, with_states, dtype):
+    cell, proj = cell_proj
+    params = random_gated_params(rng, cell, I, H, num_layers, bidirectional, bias, dtype, proj)
+    x, states, lengths, gy, gs = _inputs(rng, cell, layout, lengths_kind, with_states,
+                                         num_layers, bidirectional, dtype, proj)
+    kwargs = dict(num_layers=num_layers, bidirectional=bidirectional,
+                  batch_first=layout == "batch", lengths=lengths)
+    assert_all_close(run(functional, cell, params, x, states, gy, gs, **kwargs),
+                     run(reference, cell, params, x, states, gy, gs, **kwargs), dtype)
+
+
+# torch is slow per call here: against torch, each option's every value appears (with each
+# cell, layout and dtype) rather than the full product, which the reference covers above
+# (and tests/test_reference_gated.py covers the reference against torch).
+TORCH_CASES = [(n, bi, bias, st) for n in (1, 2, 3) for bi in (False, True)
+               for bias, st in ((True, True), (False, False))]
+
+
+@pytest.mark.parametrize("cell_proj", CELLS)
+@pytest.mark.parametrize("layout,lengths_kind", LAYOUT_LENGTHS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [0, 11], ids=lambda c: "layers{}-{}-{}-{}".format(
+    TORCH_CASES[c][0], "bi" if TORCH_CASES[c][1] else "uni",
+    "bias" if TORCH_CASES[c][2] else "nobias", "state" if TORCH_CASES[c][3] else "nostate"))
+def test_gated_matches_torch(rng, cell_proj, layout, lengths_kind, dtype, case):
+    num_layers, bidirectional, bias, with_states = TORCH_CASES[case]
+    cell, proj = cell_proj
+    params = random_gated_params(rng, cell, I, H, num_layers, bidirectional, bias, dtype, proj)
+    x, states, lengths, gy, gs = _inputs(rng, cell, layout, lengths_kind, with_states,
+                                         num_layers, bidirectional, dtype, proj,
+                                         allow_zero=False)
+    got = run(functional, cell, params, x, states, gy, gs, num_layers=num_layers,
+              bidirectional=bidirectional, batch_first=layout == "batch", lengths=lengths)
+    expected = run_torch_gated(cell, params, x, states, lengths, gy, gs, num_layers=num_layers,
+                               bidirectional=bidirectional, batch_first=layout == "batch")
+    assert_all_close(got, expected, dtype)
+
+
+# Sizes for each split: batch slices with whole register tiles per thread; one sequence
+# with H >= 128 (4 column panels), long enough that 3 threads are worth it: hidden units.
+# H = 130 leaves a partial block of units; a projection of 40 a partial panel.
+SPLITS = [pytest.param(dict(seq_len=9, batch=27, input_size=5, hidden_size=20), id="batch"),
+          pytest.param(dict(seq_len=24, batch=1, input_size=5, hidden_size=130), id="columns")]
+
+
+@pytest.mark.parametrize("cell_proj", [pytest.param(("lstm", 0), id="lstm"),
+                                       pytest.param(("lstm", 40), id="lstm-proj"),
+                                       pytest.param(("gru", 0), id="gru")])
+@pytest.mark.parametrize("sizes", SPLITS)
+@pytest.mark.parametrize("lengths_kind", [None, "ragged"], ids=["full", "ragged"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gated_threads_bitwise_and_correct(rng, kernel, cell_proj, sizes, lengths_kind,
+                                           dtype):
+    """1, 2 and 3 threads give the same bits (each split), and they match the reference."""
+    cell, proj = cell_proj
+    proj = proj if proj < sizes["hidden_size"] else 0
+    if sizes["batch"] == 1 and lengths_kind:
+        lengths_kind = "short"
+    params = random_gated_params(rng, cell, sizes["input_size"], sizes["hidden_size"], 2, True,
+                                 True, dtype, proj)
+    x, states, lengths, gy, gs = _inputs(rng, cell, "time", lengths_kind, True, 2, True,
+                                         dtype, proj, **sizes)
+    kwargs = dict(num_layers=2, bidirectional=True, lengths=lengths)
+    previous = fastrnn.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            fastrnn.set_num_threads(threads)
+            results.append(_flat(run(functional, cell, params, x, states, gy, gs, **kwargs)))
+    finally:
+        fastrnn.set_num_threads(previous)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert np.array_equal(a, b)
+    expected = _flat(run(reference, cell, params, x, states, gy, gs, **kwargs))
+    for i, (a, b) in enumerate(zip(results[0], expected)):
+        assert_close_rel(a, b, dtype, name=f"result {i}")
+
+
+@pytest.mark.parametrize("cell_proj", CELLS)
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_gated_length_zero_keeps_the_initial_state(rng, cell_proj, bidirectional):
+    """A length of 0: zero outputs, final states = initial states, their gradients straight
+    through; and a sequence length of 0 for every sequence."""
+    cell, proj = cell_proj
+    params = random_gated_params(rng, cell, I, H, 2, bidirectional, True, np.float64, proj)
+    x, states, _, gy, gs = _inputs(rng, cell, "time", None, True, 2, bidirectional,
+                                   np.float64, proj)
+    lengths = np.array([L, 0, 2, 0])
+    out, finals, grad_x, grad_states, _ = run(functional, cell, params, x, states, gy, gs,
+                                              num_layers=2, bidirectional=bidirectional,
+                                              lengths=lengths)
+    zero = lengths == 0
+    assert not out[:, zero].any() and not grad_x[:, zero].any()
+    for s, f, g, gs_i in zip(states, finals, grad_states, gs):
+        assert np.array_equal(f[:, zero], s[:, zero])
+        assert np.array_equal(g[:, zero], gs_i[:, zero])
+    assert not out[2:, 2].any()  # past a length, outputs are 0
+    # no steps at all
+    x0, gy0 = x[:0], gy[:0]
+    out, finals, grad_x, grad_states, grads = run(functional, cell, params, x0, states, gy0, gs,
+                                                  num_layers=2, bidirectional=bidirectional)
+    assert out.shape == gy0.shape and grad_x.shape == x0.shape
+    for s, f, g, gs_i in zip(states, finals, grad_states, gs):
+        assert np.array_equal(f, s) and np.array_equal(g, gs_i)
+    assert not any(g.any() for g in grads.values())
+
+
+@pytest.mark.parametrize("cell_proj", [pytest.param(("lstm", 2), id="lstm-proj"),
+                                       pytest.param(("gru", 0), id="gru")])
+def test_gated_gradients_match_finite_differences(rng, cell_proj):
+    """The compiled gradients against central differences of the compiled forward (float64,
+    2 layers, bidirectional, ragged lengths, dropout between the layers)."""
+    cell, proj = cell_proj
+    params = random_gated_params(rng, cell, 2, 3, 2, True, True, np.float64, proj)
+    x, states, _, gy, gs = _inputs(rng, cell, "time", None, True, 2, True, np.float64, proj,
+                                   seq_len=4, batch=3, input_size=2, hidden_size=3)
+    lengths = np.array([4, 1, 3])
+    masks = [(rng.random((4, 3, 2 * (proj or 3))) >= 0.3) / 0.7]
+    kwargs = dict(num_layers=2, bidirectional=True, lengths=lengths, dropout_masks=masks)
+    _, _, grad_x, grad_states, grads = run(functional, cell, params, x, states, gy, gs, **kwargs)
+
+    def loss():
+        fwd = functional.lstm_forward if cell == "lstm" else functional.gru_forward
+        hx = tuple(states) if cell == "lstm" else states[0]
+        out, finals, _ = fwd(x, params, hx, keep_cache=False, **kwargs)
+        finals = finals if cell == "lstm" else (finals,)
+        return float((out * gy).sum() + sum((f * g).sum() for f, g in zip(finals, gs)))
+
+    assert_close_rel(grad_x, numerical_gradient(loss, x), np.float64, tol=1e-6, name="grad_x")
+    for i, s in enumerate(states):
+        assert_close_rel(grad_states[i], numerical_gradient(loss, s), np.float64, tol=1e-6,
+                         name=f"grad_state[{i}]")
+    for k in params:
+        assert_close_rel(grads[k], numerical_gradient(loss, params[k]), np.float64, tol=1e-6,
+                         name=f"grad {k}")
+
+
+@pytest.mark.parametrize("cell_proj", CELLS)
+def test_gated_cache_owns_what_backward_reads(rng, cell_proj):
+    cell, proj = cell_proj
+    params = random_gated_params(rng, cell, I, H, 2, True, True, np.float32, proj)
+    x, states, lengths, gy, gs = _inputs(rng, cell, "time", "ragged", True, 2, True,
+                                         np.float32, proj)
+    kwargs = dict(num_layers=2, bidirectional=True, lengths=lengths)
+    expected = _flat(run(functional, cell, params, x, states, gy, gs, **kwargs))
+    fwd, bwd = ((functional.lstm_forward, functional.lstm_backward) if cell == "lstm"
+                else (functional.gru_forward, functional.gru_backward))
+    _, _, cache = fwd(x, params, tuple(states) if cell == "lstm" else states[0], **kwargs)
+    for a in [x, lengths, *states, *params.values()]:
+        a[...] = 0  # the caller's arrays change after the forward
+    got = bwd(cache, gy, tuple(gs) if cell == "lstm" else gs[0])
+    got = [got[0], *(got[1] if cell == "lstm" else [got[1]]), *got[2].values()]
+    n = len(expected) - len(got)
+    for a, b in zip(got, expected[n:]):
+        assert np.array_equal(a, b)
+
+
+def _lstm_params(rng, proj=0, dtype=np.float32, **kw):
+    return random_gated_params(rng, "lstm", I, H, kw.get("layers", 1), False, True, dtype, proj)
+
+
+def test_gated_refusals(rng):
+    lstm = _lstm_params(rng)
+    x = np.zeros((L, N, I), np.float32)
+    h0, c0 = np.zeros((1, N, H), np.float32), np.zeros((1, N, H), np.float32)
+    with pytest.raises(TypeError, match="pair"):
+        functional.lstm_forward(x, lstm, h0)
+    with pytest.raises(TypeError, match="pair"):
+        functional.lstm_forward(x, lstm, (h0, c0, c0))
+    with pytest.raises(ValueError, match="Expected hidden size"):
+        functional.lstm_forward(x, lstm, (h0[:, :2], c0))
+    with pytest.raises(ValueError, match="Expected cell size"):
+        functional.lstm_forward(x, lstm, (h0, c0[:, :2]))
+    with pytest.raises(TypeError, match="dtype"):
+        functional.lstm_forward(x.astype(np.float64), lstm)
+    with pytest.raises(TypeError, match="c0 dtype"):
+        functional.lstm_forward(x, lstm, (h0, c0.astype(np.float64)))
+    with pytest.raises(ValueError, match="LSTM: Expected input to be 2D or 3D"):
+        functional.lstm_forward(x[None], lstm)
+    # with a projection, h is P wide and c stays H wide
+    proj = _lstm_params(rng, PROJ)
+    hp = np.zeros((1, N, PROJ), np.float32)
+    functional.lstm_forward(x, proj, (hp, c0))
+    with pytest.raises(ValueError, match="Expected cell size"):
+        functional.lstm_forward(x, proj, (hp, np.zeros((1, N, PROJ), np.float32)))
+    with pytest.raises(ValueError, match="Expected hidden size"):
+        functional.lstm_forward(x, proj, (h0, c0))
+    big = dict(proj, weight_hr_l0=np.zeros((H, H), np.float32))
+    with pytest.raises(ValueError, match="proj_size"):
+        functional.lstm_forward(x, big)
+    gru = random_gated_params(rng, "gru", I, H, 1, False, True, np.float32)
+    with pytest.raises(ValueError, match="unexpected.*weight_hr_l0"):
+        functional.gru_forward(x, dict(gru, weight_hr_l0=np.zeros((PROJ, H), np.float32)))
+    with pytest.raises(ValueError, match="3·hidden_size rows"):
+        functional.gru_forward(x, lstm)  # 4H = 20 rows are no GRU's
+    _, _, cache = functional.lstm_forward(x, lstm)
+    with pytest.raises(TypeError, match="not from gru_forward"):
+        functional.gru_backward(cache, np.zeros((L, N, H), np.float32))
+    with pytest.raises(ValueError, match="grad_output must have shape"):
+        functional.lstm_backward(cache, np.zeros((L, N, H + 1), np.float32))
+    with pytest.raises(ValueError, match="grad_c_n must have shape"):
+        functional.lstm_backward(cache, np.zeros((L, N, H), np.float32),
+                                 (None, np.zeros((1, N, H + 1), np.float32)))
+    cache["saves"][0][0] = cache["saves"][0][0][:, :1]
+    with pytest.raises(ValueError, match="cache entries"):
+        functional.lstm_backward(cache, np.zeros((L, N, H), np.float32))
