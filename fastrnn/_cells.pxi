@@ -84,11 +84,12 @@ cdef int _check_cell(int cell, Py_ssize_t *save_shape, Py_ssize_t *save_strides,
     return 0
 
 
-def cell_forward(int cell, floating[:, :, :] save, floating[:, :, :] out,
-                 const floating[:, ::1] h0, const floating[:, ::1] c0,
-                 const floating[:, ::1] w_hh, const floating[::1] b_hh,
-                 const floating[:, ::1] w_hr, const int64_t[::1] lengths, bint reverse,
-                 floating[:, ::1] h_n, floating[:, ::1] c_n, int num_threads=1):
+def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] out not None,
+                 const floating[:, ::1] h0 not None, const floating[:, ::1] c0,
+                 const floating[:, ::1] w_hh not None, const floating[::1] b_hh,
+                 const floating[:, ::1] w_hr, const int64_t[::1] lengths not None,
+                 bint reverse, floating[:, ::1] h_n not None, floating[:, ::1] c_n,
+                 int num_threads=1):
     """A gated cell's recurrence over one direction, in place.
 
     ``save`` (L, N, G·H + H [+ H]) holds P = x W_ihᵀ + b (gate-interleaved, see
@@ -234,13 +235,16 @@ def cell_forward(int cell, floating[:, :, :] save, floating[:, :, :] out,
             memset(po + t * ts + b * bs, 0, H_out * sizeof(floating))
 
 
-def cell_backward(int cell, const floating[:, :, :] save, const floating[:, :, :] out,
-                  const floating[:, :, :] grad_out, const floating[:, ::1] h0,
-                  const floating[:, ::1] c0, const floating[:, ::1] grad_h_n,
-                  const floating[:, ::1] grad_c_n, const floating[:, ::1] w_hh,
-                  const floating[:, ::1] w_hr, const int64_t[::1] lengths, bint reverse,
-                  floating[:, :, :] grad_a, floating[:, :, :] grad_r, floating[:, :, :] grad_h,
-                  floating[:, ::1] grad_h0, floating[:, ::1] grad_c0, int num_threads=1):
+def cell_backward(int cell, const floating[:, :, :] save not None,
+                  const floating[:, :, :] out not None,
+                  const floating[:, :, :] grad_out not None,
+                  const floating[:, ::1] h0 not None, const floating[:, ::1] c0,
+                  const floating[:, ::1] grad_h_n not None, const floating[:, ::1] grad_c_n,
+                  const floating[:, ::1] w_hh not None, const floating[:, ::1] w_hr,
+                  const int64_t[::1] lengths not None, bint reverse,
+                  floating[:, :, :] grad_a not None, floating[:, :, :] grad_r,
+                  floating[:, :, :] grad_h not None, floating[:, ::1] grad_h0 not None,
+                  floating[:, ::1] grad_c0, int num_threads=1):
     """BPTT of :func:`cell_forward` over one direction, backwards in time.
 
     Reads what the forward saved (``save``, ``out``) and its ``h0``, ``c0``; ``grad_out``

@@ -243,7 +243,7 @@ def check_cache(cache, keys, cell, layer_arrays):
         sizes = check_params(cache["params"], num_layers, D == 2, cell)
     except (TypeError, ValueError) as e:
         raise ValueError(f"cache parameters do not match its layout: {e}") from None
-    dtype, H, H_out = sizes.dtype, sizes.hidden_size, sizes.out
+    dtype, H_out = sizes.dtype, sizes.out
     inputs, outputs, masks = cache["layer_inputs"], cache["layer_outputs"], cache["dropout_masks"]
     if (dtype != cache["dtype"] or sizes.bias != cache["bias"]
             or not all(isinstance(a, list) and len(a) == num_layers for a in (inputs, outputs))

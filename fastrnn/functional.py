@@ -1,6 +1,6 @@
-"""Stateless RNN forward and BPTT on the compiled kernels.
+"""Stateless RNN, LSTM and GRU forward and BPTT on the compiled kernels.
 
-``rnn_forward`` returns what ``rnn_backward`` needs (the cache); nothing is kept
+``rnn_forward`` (``lstm_forward``, ``gru_forward``) returns what ``rnn_backward`` needs (the cache); nothing is kept
 between calls, so several threads may share read-only parameters. The signatures match
 :mod:`fastrnn.reference`, which is the specification these functions are tested against.
 
@@ -15,6 +15,10 @@ direction, the compiled code runs
   ``dW_ih``, ``dW_hh`` and ``db`` (the threads share the packing of the other operand), and
   ``dX`` as a GEMM (for a layer below another, computed step by step inside that layer's
   dA recurrence instead, with the same arithmetic).
+
+The Elman cell runs its fused kernels here; the gated cells (LSTM, GRU) are in
+:mod:`fastrnn._gated`, on the same engine (_engine.py: validation and the layer loop; the
+compiled split, gathering and GEMMs).
 """
 
 import os
@@ -22,9 +26,8 @@ import os
 import numpy as np
 
 from . import _rnn
-from ._engine import (ELMAN, check_cache, check_float_array, forward_layers,
-                      grad_output_time_major, grad_state, normalise_inputs, owned,
-                      owned_params)
+from ._engine import (ELMAN, check_cache, forward_layers, grad_output_time_major, grad_state,
+                      normalise_inputs, owned, owned_params)
 from ._memory import cached_allocation
 from .parallel import get_num_threads
 from ._layout import directions, from_time_major, layer_keys

@@ -127,11 +127,12 @@ def test_gated_matches_torch(rng, cell_proj, layout, lengths_kind, dtype, case):
     assert_all_close(got, expected, dtype)
 
 
-# Sizes for each split: batch slices with whole register tiles per thread; one sequence
-# with H >= 128 (4 column panels), long enough that 3 threads are worth it: hidden units.
-# H = 130 leaves a partial block of units; a projection of 40 a partial panel.
-SPLITS = [pytest.param(dict(seq_len=9, batch=27, input_size=5, hidden_size=20), id="batch"),
-          pytest.param(dict(seq_len=24, batch=1, input_size=5, hidden_size=130), id="columns")]
+# Sizes for each split, enough work for 3 threads (_rnn.threads_for: 2^18 multiply-adds
+# each, G·H·H_out per row and step): batch slices of 9 rows (whole register tiles); one
+# sequence with H >= 128 (4 column panels): hidden units. H = 130 leaves a partial block of
+# units; a projection of 40 a partial panel.
+SPLITS = [pytest.param(dict(seq_len=12, batch=27, input_size=5, hidden_size=48), id="batch"),
+          pytest.param(dict(seq_len=48, batch=1, input_size=5, hidden_size=130), id="columns")]
 
 
 @pytest.mark.parametrize("cell_proj", [pytest.param(("lstm", 0), id="lstm"),
@@ -296,3 +297,32 @@ def test_gated_refusals(rng):
     cache["saves"][0][0] = cache["saves"][0][0][:, :1]
     with pytest.raises(ValueError, match="cache entries"):
         functional.lstm_backward(cache, np.zeros((L, N, H), np.float32))
+
+
+@pytest.mark.parametrize("cell_proj", CELLS)
+@pytest.mark.parametrize("num_layers", [2, 3], ids=lambda v: f"layers{v}")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gated_dropout_masks_match_reference(rng, kernel, cell_proj, num_layers, dtype):
+    cell, proj = cell_proj
+    params = random_gated_params(rng, cell, I, H, num_layers, True, True, dtype, proj)
+    x, states, lengths, gy, gs = _inputs(rng, cell, "batch", "ragged", True, num_layers, True,
+                                         dtype, proj)
+    masks = [((rng.random((L, N, 2 * (proj or H))) >= 0.4) / 0.6).astype(dtype)
+             for _ in range(num_layers - 1)]
+    kwargs = dict(num_layers=num_layers, bidirectional=True, batch_first=True, lengths=lengths,
+                  dropout_masks=masks)
+    assert_all_close(run(functional, cell, params, x, states, gy, gs, **kwargs),
+                     run(reference, cell, params, x, states, gy, gs, **kwargs), dtype)
+
+
+@pytest.mark.parametrize("cell_proj", CELLS)
+def test_gated_empty_batch(rng, cell_proj):
+    cell, proj = cell_proj
+    params = random_gated_params(rng, cell, I, H, 2, True, True, np.float32, proj)
+    x, states, _, gy, gs = _inputs(rng, cell, "time", None, True, 2, True, np.float32, proj,
+                                   batch=0)
+    out, finals, grad_x, grad_states, grads = run(functional, cell, params, x, states, gy, gs,
+                                                  num_layers=2, bidirectional=True)
+    assert out.shape == gy.shape and grad_x.shape == x.shape
+    assert [f.shape for f in finals] == [s.shape for s in states]
+    assert not any(g.any() for g in grads.values())

@@ -4,6 +4,8 @@ directly with one bad argument at a time, on top of a set of good ones that is c
 run. The public API never passes such arguments; these calls stand for any Python caller,
 however wrong (issue 14)."""
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -336,3 +338,129 @@ def test_choose_tokens_refuses(change):
 def test_seed_generators_refuses_wrong_states():
     with pytest.raises(ValueError):
         _ops.seed_generators(np.arange(3, dtype=np.uint64), np.zeros((3, 3), np.uint64))
+
+
+# ---------------------------------------------------------------------------------------
+# cell_forward(cell, save, out, h0, c0, w_hh, b_hh, w_hr, lengths, reverse, h_n, c_n, threads)
+# cell_backward(cell, save, out, grad_out, h0, c0, grad_h_n, grad_c_n, w_hh, w_hr, lengths,
+#               reverse, grad_a, grad_r, grad_h, grad_h0, grad_c0, threads)
+# ---------------------------------------------------------------------------------------
+
+P = 3  # the LSTM's projection in the "proj" builds
+
+
+def cell_forward_args(kind="lstm", proj=False, **change):
+    rng = _rng()
+    G = 4 if kind == "lstm" else 3
+    out_w = P if proj else H
+    width = G * H + H + (H if proj else 0)
+    args = dict(cell=_rnn.LSTM if kind == "lstm" else _rnn.GRU,
+                save=rng.standard_normal((L, N, width)).astype(F),
+                out=np.empty((L, N, out_w), F), h0=np.zeros((N, out_w), F),
+                c0=np.zeros((N, H), F) if kind == "lstm" else None,
+                w_hh=rng.standard_normal((G * H, out_w)).astype(F),
+                b_hh=np.zeros(G * H, F) if kind == "gru" else None,
+                w_hr=rng.standard_normal((P, H)).astype(F) if proj else None,
+                lengths=np.full(N, L, np.int64), reverse=False, h_n=np.empty((N, out_w), F),
+                c_n=np.empty((N, H), F) if kind == "lstm" else None, num_threads=2)
+    args.update(change)
+    return args
+
+
+def cell_backward_args(kind="lstm", proj=False, **change):
+    rng = _rng()
+    f = cell_forward_args(kind, proj)
+    G = 4 if kind == "lstm" else 3
+    out_w = f["out"].shape[2]
+    args = dict(cell=f["cell"], save=np.tanh(f["save"]),
+                out=rng.standard_normal(f["out"].shape).astype(F),
+                grad_out=rng.standard_normal((L, N, out_w)).astype(F), h0=f["h0"], c0=f["c0"],
+                grad_h_n=np.ones((N, out_w), F),
+                grad_c_n=np.ones((N, H), F) if kind == "lstm" else None, w_hh=f["w_hh"],
+                w_hr=f["w_hr"], lengths=f["lengths"], reverse=True,
+                grad_a=np.empty((L, N, G * H), F),
+                grad_r=np.empty((L, N, G * H), F) if kind == "gru" else None,
+                grad_h=np.empty((L, N, out_w), F), grad_h0=np.empty((N, out_w), F),
+                grad_c0=np.empty((N, H), F) if kind == "lstm" else None, num_threads=2)
+    args.update(change)
+    return args
+
+
+def _call_cell_forward(args):
+    _rnn.cell_forward(*args.values())
+
+
+def _call_cell_backward(args):
+    _rnn.cell_backward(*args.values())
+
+
+CELL_BUILDS = {"lstm": {}, "lstm-proj": dict(proj=True), "gru": dict(kind="gru")}
+
+
+@pytest.mark.parametrize("build", CELL_BUILDS.values(), ids=CELL_BUILDS.keys())
+def test_cell_entry_points_good_arguments_run(build):
+    _call_cell_forward(cell_forward_args(**build))
+    _call_cell_backward(cell_backward_args(**build))
+
+
+def _bad_cell(**build):
+    """What each cell build's entry points must refuse (changes on top of good arguments)."""
+    G = 4 if build.get("kind", "lstm") == "lstm" else 3
+    out_w = P if build.get("proj") else H
+    width = G * H + H + (H if build.get("proj") else 0)
+    common = {
+        "unknown cell": dict(cell=7),
+        "save too narrow": dict(save=np.zeros((L, N, width - 1), F)),
+        "save too few steps": dict(save=np.zeros((L - 1, N, width), F)),
+        "save strided rows": dict(save=_strided((L, N, width))),
+        "out too few rows": dict(out=np.zeros((L, N - 1, out_w), F)),
+        "out too wide": dict(out=np.zeros((L, N, out_w + 1), F)),
+        "out negative stride": dict(out=_negative((L, N, out_w))),
+        "h0 too few rows": dict(h0=np.zeros((N - 1, out_w), F)),
+        "h0 too narrow": dict(h0=np.zeros((N, out_w - 1), F)),
+        "w_hh rows not G·H": dict(w_hh=np.zeros((G * H + 1, out_w), F)),
+        "w_hh too narrow": dict(w_hh=np.zeros((G * H, out_w - 1), F)),
+        "w_hh empty": dict(w_hh=np.zeros((0, out_w), F)),
+        "w_hr wrong": dict(w_hr=np.zeros((out_w, H + 1), F)),
+        **BAD_LENGTHS,
+        "threads 0": dict(num_threads=0),
+    }
+    if G == 4:
+        common.update({"c0 missing": dict(c0=None),
+                       "c0 too narrow": dict(c0=np.zeros((N, H - 1), F))})
+    return common
+
+
+BAD_CELL_FORWARD = {"h_n too narrow": dict(h_n=np.empty((N, 1), F)),
+                    "c_n too few rows": dict(c_n=np.empty((N - 1, H), F)),
+                    "b_hh too short": dict(b_hh=np.zeros(2, F))}
+BAD_CELL_BACKWARD = {"grad_out too narrow": dict(grad_out=np.zeros((L, N, 1), F)),
+                     "grad_a too narrow": dict(grad_a=np.empty((L, N, 2), F)),
+                     "grad_a strided": dict(grad_a=_strided((L, N, 4 * H))),
+                     "grad_h too few steps": dict(grad_h=np.empty((L - 1, N, H), F)),
+                     "grad_h0 too few rows": dict(grad_h0=np.empty((N - 1, H), F)),
+                     "grad_h_n too narrow": dict(grad_h_n=np.empty((N, 1), F))}
+CELL_REFUSALS = [
+    pytest.param(call, args, change, id=f"{call.__name__[6:]}-{bid}-{name}")
+    for bid, build in CELL_BUILDS.items()
+    for call, args, extra in ((_call_cell_forward, cell_forward_args, BAD_CELL_FORWARD),
+                              (_call_cell_backward, cell_backward_args, BAD_CELL_BACKWARD))
+    for name, change in {**_bad_cell(**build), **extra}.items()
+    if not (name.startswith(("c_n", "c0")) and build.get("kind") == "gru")
+    if not (name == "w_hr wrong" and not build.get("proj"))
+    for args in [functools.partial(args, **build)]]
+
+
+@pytest.mark.parametrize("call,build,change", CELL_REFUSALS)
+def test_cell_entry_points_refuse(call, build, change):
+    with pytest.raises(ValueError):
+        call(build(**change))
+
+
+def test_cell_entry_points_refuse_projection_on_gru_and_missing_grad_r():
+    with pytest.raises(ValueError, match="projection"):
+        _call_cell_forward(cell_forward_args("gru", w_hr=np.zeros((P, H), F)))
+    with pytest.raises(ValueError, match="grad_r"):
+        _call_cell_backward(cell_backward_args("gru", grad_r=None))
+    with pytest.raises(ValueError, match="dtype mismatch"):
+        _call_cell_forward(cell_forward_args(h0=np.zeros((N, H), np.float64)))
