@@ -283,3 +283,14 @@ def forward_layers(x, num_layers, dropout_masks, keep_cache, layer_forward):
         if dropout_masks is not None and layer < num_layers - 1:
             inp = out * dropout_masks[layer]
     return inp, layer_inputs, layer_outputs
+
+
+def backward_layers(d_out, num_layers, dropout_masks, layer_backward):
+    """The layer loop of a backward, top layer first: ``layer_backward(layer, d_out)``, given
+    dLoss/d(the layer's output), returns dLoss/d(its input); the dropout masks between the
+    layers are applied on the way. Returns dLoss/dx (time-major)."""
+    for layer in reversed(range(num_layers)):
+        if layer < num_layers - 1 and dropout_masks is not None:
+            d_out = d_out * dropout_masks[layer]
+        d_out = layer_backward(layer, d_out)
+    return d_out

@@ -17,8 +17,9 @@ import functools
 import numpy as np
 
 from . import _rnn
-from ._engine import (GRU, LSTM, check_cache, forward_layers, grad_output_time_major,
-                      grad_state, normalise_inputs, owned, owned_params)
+from ._engine import (GRU, LSTM, backward_layers, check_cache, forward_layers,
+                      grad_output_time_major, grad_state, normalise_inputs, owned,
+                      owned_params)
 from ._layout import directions, from_time_major, layer_keys
 from ._memory import cached_allocation
 from .parallel import get_num_threads
@@ -37,7 +38,9 @@ def _interleave(gates, hidden_size):
         for q in range(gates):
             perm.extend(range(q * hidden_size + jb, q * hidden_size + jb + w))
     perm = np.array(perm, dtype=np.intp)
-    return perm, np.argsort(perm)
+    inverse = np.argsort(perm)
+    perm.flags.writeable = inverse.flags.writeable = False  # cached: shared by every call
+    return perm, inverse
 
 
 def _cell_weights(cell, params, k, sizes):
@@ -179,10 +182,8 @@ def _backward(cell, cache, grad_output, grad_states):
     inverse = _interleave(G, H)[1]
     W = _save_width(cell, sizes)
     grads = {}
-    d_out = np.ascontiguousarray(grad_output)
-    for layer in reversed(range(num_layers)):
-        if layer < num_layers - 1 and cache["dropout_masks"] is not None:
-            d_out = d_out * cache["dropout_masks"][layer]
+
+    def layer_backward(layer, d_out):
         inp, out = cache["layer_inputs"][layer], cache["layer_outputs"][layer]
         inp2d = inp.reshape(L * N, inp.shape[2])
         keys = layer_keys(layer, D == 2)
@@ -227,9 +228,13 @@ def _backward(cell, cache, grad_output, grad_states):
                 grads[f"weight_hr_{k}"] = dw_hr
         # dX = dA W_ih, summed over the directions by the reduction over D·G·H
         w_ih = w_ihs[0] if D == 1 else np.concatenate(w_ihs)
-        d_out = np.empty_like(inp)
-        _rnn.gemm(da.reshape(L * N, D * G * H), w_ih, d_out.reshape(L * N, inp.shape[2]), None,
+        d_in = np.empty_like(inp)
+        _rnn.gemm(da.reshape(L * N, D * G * H), w_ih, d_in.reshape(L * N, inp.shape[2]), None,
                   False, threads)
+        return d_in
+
+    d_out = backward_layers(np.ascontiguousarray(grad_output), num_layers,
+                            cache["dropout_masks"], layer_backward)
     grads = {name: grads[name] for name in params}
     grad_x = from_time_major(d_out, unbatched, batch_first)
     grad_states0 = [g[:, 0] if unbatched else g for g in grad_states0]

@@ -1,7 +1,8 @@
 """Stateless RNN, LSTM and GRU forward and BPTT on the compiled kernels.
 
-``rnn_forward`` (``lstm_forward``, ``gru_forward``) returns what ``rnn_backward`` needs (the cache); nothing is kept
-between calls, so several threads may share read-only parameters. The signatures match
+``rnn_forward`` (``lstm_forward``, ``gru_forward``) returns what ``rnn_backward``
+(``lstm_backward``, ``gru_backward``) needs (the cache); nothing is kept between calls, so
+several threads may share read-only parameters. The signatures match
 :mod:`fastrnn.reference`, which is the specification these functions are tested against.
 
 Per call, Python validates inputs and allocates outputs once; then, per layer and
@@ -26,8 +27,8 @@ import os
 import numpy as np
 
 from . import _rnn
-from ._engine import (ELMAN, check_cache, forward_layers, grad_output_time_major, grad_state,
-                      normalise_inputs, owned, owned_params)
+from ._engine import (ELMAN, backward_layers, check_cache, forward_layers,
+                      grad_output_time_major, grad_state, normalise_inputs, owned, owned_params)
 from ._memory import cached_allocation
 from .parallel import get_num_threads
 from ._layout import directions, from_time_major, layer_keys
@@ -200,10 +201,10 @@ def _rnn_backward(cache, grad_output, grad_h_n):
     grad_h0 = np.empty_like(h0)
     # dLoss/d(this layer's output): d_out, or, if w_above is set, d_out · w_above (d_out the
     # layer above's dA: see below)
-    d_out, w_above = np.ascontiguousarray(grad_output), None
-    for layer in reversed(range(num_layers)):
-        if layer < num_layers - 1 and cache["dropout_masks"] is not None:
-            d_out = d_out * cache["dropout_masks"][layer]
+    w_above = None
+
+    def layer_backward(layer, d_out):
+        nonlocal w_above
         inp = cache["layer_inputs"][layer]
         out = cache["layer_outputs"][layer]
         inp2d = inp.reshape(L * N, inp.shape[2])
@@ -234,14 +235,20 @@ def _rnn_backward(cache, grad_output, grad_h_n):
                 grads[f"bias_ih_{k}"], grads[f"bias_hh_{k}"] = db[cols].copy(), db[cols].copy()
         # dX = dA W_ih, summed over directions by the reduction over D·H. For the layer below
         # (no dropout between), its BPTT computes dX_t step by step, bitwise as this GEMM,
-        # while the rows are in cache: dX never makes a round trip through memory
+        # while the rows are in cache: dX never makes a round trip through memory (what is
+        # passed down is then this layer's dA, and w_above its W_ih)
         w_ih = _stacked_input_weights(params, keys, False)[0]
         if (layer > 0 and cache["dropout_masks"] is None
                 and _rnn.projection_per_step(L, N, D * H, threads)):
-            d_out, w_above = da, w_ih
-        else:
-            d_out, w_above = np.empty_like(inp), None
-            _rnn.gemm(da2d, w_ih, d_out.reshape(L * N, inp.shape[2]), None, False, threads)
+            w_above = w_ih
+            return da
+        w_above = None
+        d_in = np.empty_like(inp)
+        _rnn.gemm(da2d, w_ih, d_in.reshape(L * N, inp.shape[2]), None, False, threads)
+        return d_in
+
+    d_out = backward_layers(np.ascontiguousarray(grad_output), num_layers,
+                            cache["dropout_masks"], layer_backward)
     grads = {name: grads[name] for name in params}
     grad_x = from_time_major(d_out, unbatched, batch_first)
     return grad_x, (grad_h0[:, 0] if unbatched else grad_h0), grads

@@ -33,7 +33,8 @@ static void FR_P(lstm_cell)(int M, int H, int j0, int j1, REAL *const *save,
             const int n = w - u, col = 4 * jb + u, j = jb + u;
             VEC i = FR_P(vsigmoid)(FR_P(vload_n)(s + col, n) + FR_P(vload_n)(rr + col, n));
             VEC f = FR_P(vsigmoid)(FR_P(vload_n)(s + col + w, n) + FR_P(vload_n)(rr + col + w, n));
-            VEC g = FR_P(vtanh)(FR_P(vload_n)(s + col + 2 * w, n) + FR_P(vload_n)(rr + col + 2 * w, n));
+            VEC g = FR_P(vtanh)(FR_P(vload_n)(s + col + 2 * w, n) +
+                                FR_P(vload_n)(rr + col + 2 * w, n));
             VEC o = FR_P(vsigmoid)(FR_P(vload_n)(s + col + 3 * w, n) +
                                    FR_P(vload_n)(rr + col + 3 * w, n));
             VEC c = f * FR_P(vload_n)(cp + j, n) + i * g; /* c_t = f⊙c_{t-1} + i⊙g */
