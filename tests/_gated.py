@@ -5,7 +5,7 @@ parameter shapes are written out from torch's conventions and the runner drives
 import numpy as np
 import pytest
 
-from _helpers import run_torch_module
+from _helpers import H, I, L, N, assert_close_rel, make_lengths, run_torch_module
 
 GATES = {"lstm": 4, "gru": 3}
 
@@ -85,3 +85,88 @@ def run_torch_gated(cell, params, x, states, lengths, grad_output, grad_states, 
     grads = {name: p.grad.numpy().copy() for name, p in module.named_parameters()}
     return (out.detach().numpy(), [f.detach().numpy() for f in final], xt.grad.numpy(),
             [s.grad.numpy() for s in st], grads)
+
+
+def gated_inputs(rng, cell, layout, lengths_kind, with_states, num_layers, bidirectional, dtype,
+            proj_size, seq_len=L, batch=N, input_size=I, hidden_size=H, allow_zero=False):
+    """x, [states], lengths, grad_output, [grad_states] in the user-facing layout."""
+    D = 2 if bidirectional else 1
+    out = proj_size or hidden_size
+    if layout == "unbatched":
+        x_shape = (seq_len, input_size)
+    elif layout == "batch":
+        x_shape = (batch, seq_len, input_size)
+    else:
+        x_shape = (seq_len, batch, input_size)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    shapes = state_shapes(cell, x_shape, hidden_size, num_layers, bidirectional,
+                          layout == "batch", proj_size)
+    states = [(rng.standard_normal(s) * 0.5).astype(dtype) if with_states else None
+              for s in shapes]
+    lengths = make_lengths(lengths_kind, seq_len, batch, allow_zero)
+    grad_output = rng.standard_normal(x_shape[:-1] + (D * out,)).astype(dtype)
+    grad_states = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    return x, states, lengths, grad_output, grad_states
+
+
+def run_gated(module, cell, params, x, states, grad_output, grad_states, **kwargs):
+    """output, [final states], grad_x, [initial states' gradients], grads through ``module``
+    (fastrnn.functional or fastrnn.reference)."""
+    if cell == "lstm":
+        out, (h_n, c_n), cache = module.lstm_forward(x, params, tuple(states), **kwargs)
+        grad_x, (g_h0, g_c0), grads = module.lstm_backward(cache, grad_output,
+                                                           tuple(grad_states))
+        return out, [h_n, c_n], grad_x, [g_h0, g_c0], grads
+    out, h_n, cache = module.gru_forward(x, params, states[0], **kwargs)
+    grad_x, g_h0, grads = module.gru_backward(cache, grad_output, grad_states[0])
+    return out, [h_n], grad_x, [g_h0], grads
+
+
+def assert_gated_close(got, expected, dtype):
+    names = ["output", "final states", "grad_x", "initial states' gradients"]
+    for name, a, b in zip(names, got[:4], expected[:4]):
+        if isinstance(b, list):
+            assert len(a) == len(b), name
+            for i, (ai, bi) in enumerate(zip(a, b)):
+                assert_close_rel(ai, bi, dtype, name=f"{name}[{i}]")
+        else:
+            assert_close_rel(a, b, dtype, name=name)
+    assert list(got[4]) == list(expected[4])
+    for k in expected[4]:
+        assert_close_rel(got[4][k], expected[4][k], dtype, name=f"grad {k}")
+
+
+def gated_case(rng, cell_proj, num_layers, bidirectional, bias, layout, lengths_kind,
+               with_states, dtype, allow_zero=False):
+    """One case of the option matrix: cell, params, x, [states], lengths, grad_output,
+    [grad_states] and the forward's keyword arguments."""
+    cell, proj = cell_proj
+    params = random_gated_params(rng, cell, I, H, num_layers, bidirectional, bias, dtype, proj)
+    x, states, lengths, gy, gs = gated_inputs(rng, cell, layout, lengths_kind, with_states,
+                                              num_layers, bidirectional, dtype, proj,
+                                              allow_zero=allow_zero)
+    kwargs = dict(num_layers=num_layers, bidirectional=bidirectional,
+                  batch_first=layout == "batch", lengths=lengths)
+    return cell, params, x, states, lengths, gy, gs, kwargs
+
+
+def assert_length_zero_rule(api, rng, cell_proj, bidirectional):
+    """Through ``api`` (fastrnn.functional or fastrnn.reference), sequences of length 0 give
+    zero outputs, final states equal to the initial ones and their gradients straight
+    through, and outputs past a length are 0. Returns the case (cell, params, x, [states],
+    grad_output, [grad_states]) for further checks."""
+    cell, proj = cell_proj
+    params = random_gated_params(rng, cell, I, H, 2, bidirectional, True, np.float64, proj)
+    x, states, _, gy, gs = gated_inputs(rng, cell, "time", None, True, 2, bidirectional,
+                                        np.float64, proj)
+    lengths = np.array([L, 0, 2, 0])
+    out, finals, grad_x, grad_states, _ = run_gated(
+        api, cell, params, x, states, gy, gs, num_layers=2, bidirectional=bidirectional,
+        lengths=lengths)
+    zero = lengths == 0
+    assert not out[:, zero].any() and not grad_x[:, zero].any()
+    for s, f, g, gs_i in zip(states, finals, grad_states, gs):
+        assert np.array_equal(f[:, zero], s[:, zero])
+        assert np.array_equal(g[:, zero], gs_i[:, zero])
+    assert not out[2:, 2].any()  # past a length, outputs are 0
+    return cell, params, x, states, gy, gs

@@ -13,6 +13,11 @@ import pytest
 # Sizes small enough that one case takes milliseconds; H != I and D·H != I catch transposes.
 L, N, I, H = 6, 4, 3, 5
 
+# a tiny corpus and train-lm options that train in a fraction of a second (the CLI tests)
+LM_TEXT = "to be or not to be, that is the question.\n" * 300
+TINY_LM = ["--hidden", "24", "--layers", "1", "--embedding", "8", "--seq-len", "20",
+           "--batch", "4", "--lr", "0.01", "--sample-length", "20", "--threads", "1"]
+
 REL_TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
 ABS_FLOOR = {np.dtype(np.float32): 1e-7, np.dtype(np.float64): 1e-14}
 

@@ -33,6 +33,26 @@ def kernel(request):
 
 
 @pytest.fixture
+def restore_threads():
+    """Restore fastrnn's (process-wide) thread count after the test."""
+    import fastrnn
+
+    previous = fastrnn.get_num_threads()
+    yield
+    fastrnn.set_num_threads(previous)
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    """A small UTF-8 corpus on disk (the CLI tests train on it)."""
+    from _helpers import LM_TEXT
+
+    path = tmp_path / "corpus.txt"
+    path.write_text(LM_TEXT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
 def rng(request):
     """A generator seeded from the test's id: deterministic, but different for each case."""
     test_id = f"{request.node.module.__name__}::{request.node.name}"  # independent of the cwd

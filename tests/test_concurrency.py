@@ -35,13 +35,6 @@ PARALLEL_SIZES = [
 INPUT = 7
 
 
-@pytest.fixture
-def restore_threads():
-    previous = fastrnn.get_num_threads()
-    yield
-    fastrnn.set_num_threads(previous)
-
-
 def _problem(rng, seq_len, batch, hidden, ragged, dtype, num_layers=2):
     params = {k: (v / 1.5).astype(dtype) for k, v in
               random_params(rng, INPUT, hidden, num_layers, True, True, np.float64).items()}

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import fastrnn
-from _gated import random_gated_params, run_torch_gated, state_shapes
-from _helpers import (DTYPES, H, I, L, LAYOUT_LENGTHS, N, assert_close_rel, make_lengths,
-                      numerical_gradient)
+from _gated import (assert_gated_close, assert_length_zero_rule, gated_case, gated_inputs,
+                    random_gated_params, run_gated, run_torch_gated)
+from _helpers import DTYPES, H, I, L, LAYOUT_LENGTHS, N, assert_close_rel, numerical_gradient
 from fastrnn import functional, reference
 
 PROJ = 3  # < H, != I
@@ -17,52 +17,9 @@ CELLS = [pytest.param(("lstm", 0), id="lstm"), pytest.param(("lstm", PROJ), id="
          pytest.param(("gru", 0), id="gru")]
 
 
-def _inputs(rng, cell, layout, lengths_kind, with_states, num_layers, bidirectional, dtype,
-            proj_size, seq_len=L, batch=N, input_size=I, hidden_size=H, allow_zero=True):
-    """x, [states], lengths, grad_output, [grad_states] in the user-facing layout."""
-    D = 2 if bidirectional else 1
-    if layout == "unbatched":
-        x_shape = (seq_len, input_size)
-    elif layout == "batch":
-        x_shape = (batch, seq_len, input_size)
-    else:
-        x_shape = (seq_len, batch, input_size)
-    x = rng.standard_normal(x_shape).astype(dtype)
-    shapes = state_shapes(cell, x_shape, hidden_size, num_layers, bidirectional,
-                          layout == "batch", proj_size)
-    states = [(rng.standard_normal(s) * 0.5).astype(dtype) if with_states else None
-              for s in shapes]
-    lengths = make_lengths(lengths_kind, seq_len, batch, allow_zero)
-    grad_output = rng.standard_normal(x_shape[:-1] + (D * (proj_size or hidden_size),))
-    grad_states = [rng.standard_normal(s).astype(dtype) for s in shapes]
-    return x, states, lengths, grad_output.astype(dtype), grad_states
-
-
-def run(module, cell, params, x, states, grad_output, grad_states, **kwargs):
-    """output, [final states], grad_x, [initial states' gradients], grads through ``module``
-    (fastrnn.functional or fastrnn.reference)."""
-    if cell == "lstm":
-        out, (h_n, c_n), cache = module.lstm_forward(x, params, tuple(states), **kwargs)
-        grad_x, (g_h0, g_c0), grads = module.lstm_backward(cache, grad_output,
-                                                           tuple(grad_states))
-        return out, [h_n, c_n], grad_x, [g_h0, g_c0], grads
-    out, h_n, cache = module.gru_forward(x, params, states[0], **kwargs)
-    grad_x, g_h0, grads = module.gru_backward(cache, grad_output, grad_states[0])
-    return out, [h_n], grad_x, [g_h0], grads
-
-
-def assert_all_close(got, expected, dtype):
-    names = ["output", "final states", "grad_x", "initial states' gradients"]
-    for name, a, b in zip(names, got[:4], expected[:4]):
-        if isinstance(b, list):
-            assert len(a) == len(b), name
-            for i, (ai, bi) in enumerate(zip(a, b)):
-                assert_close_rel(ai, bi, dtype, name=f"{name}[{i}]")
-        else:
-            assert_close_rel(a, b, dtype, name=name)
-    assert list(got[4]) == list(expected[4])
-    for k in expected[4]:
-        assert_close_rel(got[4][k], expected[4][k], dtype, name=f"grad {k}")
+def _inputs(*args, **kwargs):
+    """gated_inputs with lengths of 0 among the ragged ones (torch is not asked here)."""
+    return gated_inputs(*args, **{"allow_zero": True, **kwargs})
 
 
 def _flat(result):
@@ -90,14 +47,11 @@ def over_options(test):
 @over_options
 def test_gated_matches_reference(rng, kernel, cell_proj, num_layers, bidirectional, bias,
                                  layout, lengths_kind, with_states, dtype):
-    cell, proj = cell_proj
-    params = random_gated_params(rng, cell, I, H, num_layers, bidirectional, bias, dtype, proj)
-    x, states, lengths, gy, gs = _inputs(rng, cell, layout, lengths_kind, with_states,
-                                         num_layers, bidirectional, dtype, proj)
-    kwargs = dict(num_layers=num_layers, bidirectional=bidirectional,
-                  batch_first=layout == "batch", lengths=lengths)
-    assert_all_close(run(functional, cell, params, x, states, gy, gs, **kwargs),
-                     run(reference, cell, params, x, states, gy, gs, **kwargs), dtype)
+    cell, params, x, states, lengths, gy, gs, kwargs = gated_case(
+        rng, cell_proj, num_layers, bidirectional, bias, layout, lengths_kind, with_states,
+        dtype, allow_zero=True)
+    assert_gated_close(run_gated(functional, cell, params, x, states, gy, gs, **kwargs),
+                     run_gated(reference, cell, params, x, states, gy, gs, **kwargs), dtype)
 
 
 # torch is slow per call here: against torch, each option's every value appears (with each
@@ -120,11 +74,11 @@ def test_gated_matches_torch(rng, cell_proj, layout, lengths_kind, dtype, case):
     x, states, lengths, gy, gs = _inputs(rng, cell, layout, lengths_kind, with_states,
                                          num_layers, bidirectional, dtype, proj,
                                          allow_zero=False)
-    got = run(functional, cell, params, x, states, gy, gs, num_layers=num_layers,
+    got = run_gated(functional, cell, params, x, states, gy, gs, num_layers=num_layers,
               bidirectional=bidirectional, batch_first=layout == "batch", lengths=lengths)
     expected = run_torch_gated(cell, params, x, states, lengths, gy, gs, num_layers=num_layers,
                                bidirectional=bidirectional, batch_first=layout == "batch")
-    assert_all_close(got, expected, dtype)
+    assert_gated_close(got, expected, dtype)
 
 
 # Sizes for each split, enough work for 3 threads (_rnn.threads_for: 2^18 multiply-adds
@@ -158,13 +112,13 @@ def test_gated_threads_bitwise_and_correct(rng, kernel, cell_proj, sizes, length
         results = []
         for threads in (1, 2, 3):
             fastrnn.set_num_threads(threads)
-            results.append(_flat(run(functional, cell, params, x, states, gy, gs, **kwargs)))
+            results.append(_flat(run_gated(functional, cell, params, x, states, gy, gs, **kwargs)))
     finally:
         fastrnn.set_num_threads(previous)
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert np.array_equal(a, b)
-    expected = _flat(run(reference, cell, params, x, states, gy, gs, **kwargs))
+    expected = _flat(run_gated(reference, cell, params, x, states, gy, gs, **kwargs))
     for i, (a, b) in enumerate(zip(results[0], expected)):
         assert_close_rel(a, b, dtype, name=f"result {i}")
 
@@ -174,24 +128,13 @@ def test_gated_threads_bitwise_and_correct(rng, kernel, cell_proj, sizes, length
 def test_gated_length_zero_keeps_the_initial_state(rng, cell_proj, bidirectional):
     """A length of 0: zero outputs, final states = initial states, their gradients straight
     through; and a sequence length of 0 for every sequence."""
-    cell, proj = cell_proj
-    params = random_gated_params(rng, cell, I, H, 2, bidirectional, True, np.float64, proj)
-    x, states, _, gy, gs = _inputs(rng, cell, "time", None, True, 2, bidirectional,
-                                   np.float64, proj)
-    lengths = np.array([L, 0, 2, 0])
-    out, finals, grad_x, grad_states, _ = run(functional, cell, params, x, states, gy, gs,
-                                              num_layers=2, bidirectional=bidirectional,
-                                              lengths=lengths)
-    zero = lengths == 0
-    assert not out[:, zero].any() and not grad_x[:, zero].any()
-    for s, f, g, gs_i in zip(states, finals, grad_states, gs):
-        assert np.array_equal(f[:, zero], s[:, zero])
-        assert np.array_equal(g[:, zero], gs_i[:, zero])
-    assert not out[2:, 2].any()  # past a length, outputs are 0
+    cell, params, x, states, gy, gs = assert_length_zero_rule(functional, rng, cell_proj,
+                                                               bidirectional)
     # no steps at all
     x0, gy0 = x[:0], gy[:0]
-    out, finals, grad_x, grad_states, grads = run(functional, cell, params, x0, states, gy0, gs,
-                                                  num_layers=2, bidirectional=bidirectional)
+    out, finals, grad_x, grad_states, grads = run_gated(
+        functional, cell, params, x0, states, gy0, gs, num_layers=2,
+        bidirectional=bidirectional)
     assert out.shape == gy0.shape and grad_x.shape == x0.shape
     for s, f, g, gs_i in zip(states, finals, grad_states, gs):
         assert np.array_equal(f, s) and np.array_equal(g, gs_i)
@@ -210,7 +153,8 @@ def test_gated_gradients_match_finite_differences(rng, cell_proj):
     lengths = np.array([4, 1, 3])
     masks = [(rng.random((4, 3, 2 * (proj or 3))) >= 0.3) / 0.7]
     kwargs = dict(num_layers=2, bidirectional=True, lengths=lengths, dropout_masks=masks)
-    _, _, grad_x, grad_states, grads = run(functional, cell, params, x, states, gy, gs, **kwargs)
+    _, _, grad_x, grad_states, grads = run_gated(
+        functional, cell, params, x, states, gy, gs, **kwargs)
 
     def loss():
         fwd = functional.lstm_forward if cell == "lstm" else functional.gru_forward
@@ -235,7 +179,7 @@ def test_gated_cache_owns_what_backward_reads(rng, cell_proj):
     x, states, lengths, gy, gs = _inputs(rng, cell, "time", "ragged", True, 2, True,
                                          np.float32, proj)
     kwargs = dict(num_layers=2, bidirectional=True, lengths=lengths)
-    expected = _flat(run(functional, cell, params, x, states, gy, gs, **kwargs))
+    expected = _flat(run_gated(functional, cell, params, x, states, gy, gs, **kwargs))
     fwd, bwd = ((functional.lstm_forward, functional.lstm_backward) if cell == "lstm"
                 else (functional.gru_forward, functional.gru_backward))
     _, _, cache = fwd(x, params, tuple(states) if cell == "lstm" else states[0], **kwargs)
@@ -311,8 +255,8 @@ def test_gated_dropout_masks_match_reference(rng, kernel, cell_proj, num_layers,
              for _ in range(num_layers - 1)]
     kwargs = dict(num_layers=num_layers, bidirectional=True, batch_first=True, lengths=lengths,
                   dropout_masks=masks)
-    assert_all_close(run(functional, cell, params, x, states, gy, gs, **kwargs),
-                     run(reference, cell, params, x, states, gy, gs, **kwargs), dtype)
+    assert_gated_close(run_gated(functional, cell, params, x, states, gy, gs, **kwargs),
+                     run_gated(reference, cell, params, x, states, gy, gs, **kwargs), dtype)
 
 
 @pytest.mark.parametrize("cell_proj", CELLS)
@@ -321,8 +265,8 @@ def test_gated_empty_batch(rng, cell_proj):
     params = random_gated_params(rng, cell, I, H, 2, True, True, np.float32, proj)
     x, states, _, gy, gs = _inputs(rng, cell, "time", None, True, 2, True, np.float32, proj,
                                    batch=0)
-    out, finals, grad_x, grad_states, grads = run(functional, cell, params, x, states, gy, gs,
-                                                  num_layers=2, bidirectional=True)
+    out, finals, grad_x, grad_states, grads = run_gated(
+        functional, cell, params, x, states, gy, gs, num_layers=2, bidirectional=True)
     assert out.shape == gy.shape and grad_x.shape == x.shape
     assert [f.shape for f in finals] == [s.shape for s in states]
     assert not any(g.any() for g in grads.values())

@@ -14,6 +14,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from _helpers import LM_TEXT, TINY_LM
 import fastrnn
 from fastrnn import CrossEntropyLoss, Embedding, Linear, data, load_model, optim, save_model
 from fastrnn.layers import clip_grad_norm_
@@ -22,15 +23,12 @@ from fastrnn.models import (ConditionalGenerator, RNNLanguageModel, Seq2Seq, acc
 from fastrnn.train_cli import (add_sample_arguments, add_train_lm_arguments, run_command,
                                run_sample, run_train_lm)
 
-TEXT = "to be or not to be, that is the question.\n" * 200
-TINY = ["--hidden", "16", "--layers", "1", "--embedding", "8", "--seq-len", "20",
-        "--batch", "4", "--lr", "0.01", "--sample-length", "5", "--threads", "1"]
+TEXT, TINY = LM_TEXT, TINY_LM
 
 
 @pytest.fixture(autouse=True)
-def restore_threads():
-    yield
-    fastrnn.set_num_threads(None)
+def _restore_threads(restore_threads):
+    """--threads sets fastrnn's global thread count: restore it afterwards."""
 
 
 @pytest.fixture
@@ -189,13 +187,6 @@ def test_vocab_n_specials_and_decode():
 def _cli(*argv, timeout=120):
     return subprocess.run([sys.executable, "-m", "fastrnn", *argv], capture_output=True,
                           text=True, timeout=timeout)
-
-
-@pytest.fixture
-def text_file(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text(TEXT, encoding="utf-8")
-    return path
 
 
 @pytest.mark.parametrize("argv", [

@@ -14,13 +14,6 @@ from fastrnn import functional, reference
 L, N, I, H = 7, 37, 5, 6
 
 
-@pytest.fixture
-def restore_threads():
-    previous = fastrnn.get_num_threads()
-    yield
-    fastrnn.set_num_threads(previous)
-
-
 def test_openmp_enabled():
     if os.environ.get("FASTRNN_ALLOW_SERIAL") == "1":
         pytest.skip("FASTRNN_ALLOW_SERIAL=1: a serial build is allowed")

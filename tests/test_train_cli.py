@@ -7,23 +7,19 @@ import math
 import numpy as np
 import pytest
 
-import fastrnn
+from _helpers import LM_TEXT, TINY_LM
 from fastrnn import load_model
 from fastrnn.models import RNNLanguageModel, SequenceTagger
 from fastrnn.serialize import save_model
 from fastrnn.train_cli import (add_sample_arguments, add_train_lm_arguments, default_corpus,
                                run_sample, run_train_lm)
 
-TEXT = "to be or not to be, that is the question.\n" * 300
-TINY = ["--hidden", "24", "--layers", "1", "--embedding", "8", "--seq-len", "20",
-        "--batch", "4", "--lr", "0.01", "--sample-length", "20", "--threads", "1"]
+TEXT, TINY = LM_TEXT, TINY_LM
 
 
 @pytest.fixture(autouse=True)
-def restore_threads():
-    """--threads sets fastrnn's global thread count: restore the default afterwards."""
-    yield
-    fastrnn.set_num_threads(None)
+def _restore_threads(restore_threads):
+    """--threads sets fastrnn's global thread count: restore it afterwards."""
 
 
 def parse(add, argv):
@@ -40,13 +36,6 @@ def sample(argv):
     out = io.StringIO()
     assert run_sample(parse(add_sample_arguments, argv), stdout=out) == 0
     return out.getvalue()
-
-
-@pytest.fixture
-def text_file(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text(TEXT, encoding="utf-8")
-    return path
 
 
 def test_defaults_match_the_documented_command():
