@@ -1,54 +1,101 @@
-"""A/B timing of fastrnn.RNN between two builds: run it once per build, alternating processes.
+"""A/B timing of fastrnn.RNN between two builds, in one process, alternating short blocks.
 
     git worktree add /tmp/before <rev> && (cd /tmp/before && python setup.py build_ext --inplace)
-    for i in 1 2 3 4; do
-        PYTHONPATH=/tmp/before python tools/ab_rnn.py > before_$i.json
-        python tools/ab_rnn.py > after_$i.json
-    done
+    python tools/ab_rnn.py /tmp/before [--rounds 21] [--sizes M1,M2,L,M2-2L-bi]
 
-Prints, as JSON, the median time in ms of the eval-mode forward and the training-mode
-forward + backward of the bench sizes M1, M2, L and M2-2L-bi (2 threads, float32), each the
-median of at least 0.6 s of calls, and which fastrnn was imported. Compare the medians over
-the rounds: the machine is shared and single rounds spread widely.
+Times the eval-mode forward and the training-mode forward + backward of the bench sizes
+(2 threads, float32) with the other build's package and this checkout's, alternating blocks
+of about 0.08 s (their order swapped every round), and prints per row both medians and the
+median of the per-round ratios. One process, because the machine's speed differs between
+processes (the same build's M1 forward + backward measured 0.8 or 1.15 ms depending on the
+process) and over minutes: pairs of adjacent blocks cancel both.
+
+The other build is imported as the package ``fastrnn_before`` (a copy of its ``fastrnn/``
+in a temporary directory); its compiled modules register themselves in sys.modules under
+their build names (``fastrnn._rnn``), which are removed before this checkout is imported.
 """
-import json
+import argparse
+import atexit
+import pathlib
+import shutil
+import sys
+import tempfile
 import time
 
 import numpy as np
 
-import fastrnn
-
 SIZES = {"M1": (50, 32, 64, 128, 1, False), "M2": (100, 64, 128, 256, 1, False),
          "L": (200, 16, 256, 512, 1, False), "M2-2L-bi": (100, 64, 128, 256, 2, True)}
+CHECKOUT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def median_ms(call, seconds=0.6, at_least=5):
-    call()  # warm-up: packing buffers and the block cache
+def import_both(before):
+    """(the other build's fastrnn, this checkout's fastrnn), both in this process."""
+    staging = pathlib.Path(tempfile.mkdtemp(prefix="fastrnn_ab_"))
+    atexit.register(shutil.rmtree, staging, True)
+    shutil.copytree(pathlib.Path(before) / "fastrnn", staging / "fastrnn_before")
+    sys.path.insert(0, str(staging))
+    import fastrnn_before
+    for name in [n for n in sys.modules if n == "fastrnn" or n.startswith("fastrnn.")]:
+        del sys.modules[name]
+    sys.path.insert(0, str(CHECKOUT))
+    import fastrnn
+    if pathlib.Path(fastrnn.__file__).parent != CHECKOUT / "fastrnn":
+        raise SystemExit(f"imported {fastrnn.__file__}, not this checkout's fastrnn")
+    return fastrnn_before, fastrnn
+
+
+def block_median(call, seconds):
+    """Median time of calls repeated for about ``seconds`` (at least 3)."""
     times, end = [], time.perf_counter() + seconds
-    while time.perf_counter() < end or len(times) < at_least:
+    while time.perf_counter() < end or len(times) < 3:
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
+    return float(np.median(times))
 
 
-def main():
-    fastrnn.set_num_threads(2)
-    result = {"fastrnn": fastrnn.__file__}
-    for name, (T, N, I, H, layers, bidirectional) in SIZES.items():
-        rnn = fastrnn.RNN(I, H, layers, bidirectional=bidirectional, seed=0)
-        x = np.random.default_rng(0).standard_normal((T, N, I)).astype(np.float32)
-        grad = np.ones((T, N, (2 if bidirectional else 1) * H), np.float32)
+def passes(package, size):
+    """{'fwd': call, 'fwd+bwd': call} of ``package``'s RNN at ``size``, warmed up."""
+    T, N, I, H, layers, bidirectional = SIZES[size]
+    x = np.random.default_rng(0).standard_normal((T, N, I)).astype(np.float32)
+    grad = np.ones((T, N, (2 if bidirectional else 1) * H), np.float32)
+    evaluating = package.RNN(I, H, layers, bidirectional=bidirectional, seed=0).eval()
+    training = package.RNN(I, H, layers, bidirectional=bidirectional, seed=0)
 
-        def fwd_bwd():
-            rnn(x)
-            rnn.backward(grad)
+    def fwd_bwd():
+        training(x)
+        training.backward(grad)
 
-        rnn.eval()
-        result[f"{name} fwd"] = median_ms(lambda: rnn(x))
-        rnn.train()
-        result[f"{name} fwd+bwd"] = median_ms(fwd_bwd)
-    print(json.dumps(result))
+    calls = {"fwd": lambda: evaluating(x), "fwd+bwd": fwd_bwd}
+    for call in calls.values():
+        call()  # packing buffers and the block cache
+    return calls
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("before", help="a source tree with its extensions built in place")
+    parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument("--sizes", default=",".join(SIZES))
+    parser.add_argument("--seconds", type=float, default=0.08, help="per block")
+    args = parser.parse_args(argv)
+    builds = dict(zip(("before", "after"), import_both(args.before)))
+    for package in builds.values():
+        package.set_num_threads(2)
+    print(f"before: {builds['before'].__file__}\nafter:  {builds['after'].__file__}")
+    for size in args.sizes.split(","):
+        calls = {tag: passes(package, size) for tag, package in builds.items()}
+        for name in ("fwd", "fwd+bwd"):
+            medians = {"before": [], "after": []}
+            for r in range(args.rounds):
+                for tag in (("before", "after") if r % 2 == 0 else ("after", "before")):
+                    medians[tag].append(block_median(calls[tag][name], args.seconds))
+            before, after = (np.median(medians[t]) * 1e3 for t in ("before", "after"))
+            ratio = np.median(np.array(medians["after"]) / np.array(medians["before"]))
+            print(f"{size:9s} {name:8s} before {before:8.3f} ms  after {after:8.3f} ms  "
+                  f"{100 * (after / before - 1):+5.1f} %  (median ratio {100 * (ratio - 1):+5.1f} %)",
+                  flush=True)
 
 
 if __name__ == "__main__":
