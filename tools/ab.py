@@ -1,7 +1,8 @@
-"""A/B timing of fastrnn.RNN between two builds, in one process, alternating short blocks.
+"""A/B timing of fastrnn's RNN, LSTM and GRU between two builds, in one process, alternating
+short blocks.
 
     git worktree add /tmp/before <rev> && (cd /tmp/before && python setup.py build_ext --inplace)
-    python tools/ab_rnn.py /tmp/before [--rounds 21] [--sizes M1,M2,L,M2-2L-bi]
+    python tools/ab.py /tmp/before [--cells rnn,lstm,gru] [--rounds 21] [--sizes M1,M2,L,M2-2L-bi]
 
 Times the eval-mode forward and the training-mode forward + backward of the bench sizes
 (2 threads, float32) with the other build's package and this checkout's, alternating blocks
@@ -16,6 +17,7 @@ their build names (``fastrnn._rnn``), which are removed before this checkout is 
 """
 import argparse
 import atexit
+import itertools
 import pathlib
 import shutil
 import sys
@@ -24,8 +26,10 @@ import time
 
 import numpy as np
 
-SIZES = {"M1": (50, 32, 64, 128, 1, False), "M2": (100, 64, 128, 256, 1, False),
-         "L": (200, 16, 256, 512, 1, False), "M2-2L-bi": (100, 64, 128, 256, 2, True)}
+SIZES = {"S": (512, 1, 64, 128, 1, False), "M1": (50, 32, 64, 128, 1, False),
+         "M2": (100, 64, 128, 256, 1, False), "L": (200, 16, 256, 512, 1, False),
+         "XL": (100, 128, 512, 1024, 1, False), "M2-2L-bi": (100, 64, 128, 256, 2, True)}
+CELLS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
 CHECKOUT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -55,13 +59,14 @@ def block_median(call, seconds):
     return float(np.median(times))
 
 
-def passes(package, size):
-    """{'fwd': call, 'fwd+bwd': call} of ``package``'s RNN at ``size``, warmed up."""
+def passes(package, cell, size):
+    """{'fwd': call, 'fwd+bwd': call} of ``package``'s ``cell`` at ``size``, warmed up."""
     T, N, I, H, layers, bidirectional = SIZES[size]
     x = np.random.default_rng(0).standard_normal((T, N, I)).astype(np.float32)
     grad = np.ones((T, N, (2 if bidirectional else 1) * H), np.float32)
-    evaluating = package.RNN(I, H, layers, bidirectional=bidirectional, seed=0).eval()
-    training = package.RNN(I, H, layers, bidirectional=bidirectional, seed=0)
+    module = getattr(package, CELLS[cell])
+    evaluating = module(I, H, layers, bidirectional=bidirectional, seed=0).eval()
+    training = module(I, H, layers, bidirectional=bidirectional, seed=0)
 
     def fwd_bwd():
         training(x)
@@ -76,16 +81,17 @@ def passes(package, size):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("before", help="a source tree with its extensions built in place")
+    parser.add_argument("--cells", default="rnn")
     parser.add_argument("--rounds", type=int, default=21)
-    parser.add_argument("--sizes", default=",".join(SIZES))
+    parser.add_argument("--sizes", default="M1,M2,L,M2-2L-bi")
     parser.add_argument("--seconds", type=float, default=0.08, help="per block")
     args = parser.parse_args(argv)
     builds = dict(zip(("before", "after"), import_both(args.before)))
     for package in builds.values():
         package.set_num_threads(2)
     print(f"before: {builds['before'].__file__}\nafter:  {builds['after'].__file__}")
-    for size in args.sizes.split(","):
-        calls = {tag: passes(package, size) for tag, package in builds.items()}
+    for cell, size in itertools.product(args.cells.split(","), args.sizes.split(",")):
+        calls = {tag: passes(package, cell, size) for tag, package in builds.items()}
         for name in ("fwd", "fwd+bwd"):
             medians = {"before": [], "after": []}
             for r in range(args.rounds):
@@ -93,7 +99,7 @@ def main(argv=None):
                     medians[tag].append(block_median(calls[tag][name], args.seconds))
             before, after = (np.median(medians[t]) * 1e3 for t in ("before", "after"))
             ratio = np.median(np.array(medians["after"]) / np.array(medians["before"]))
-            print(f"{size:9s} {name:8s} before {before:8.3f} ms  after {after:8.3f} ms  "
+            print(f"{cell:4s} {size:9s} {name:8s} before {before:8.3f} ms  after {after:8.3f} ms  "
                   f"{100 * (after / before - 1):+5.1f} %  (median ratio {100 * (ratio - 1):+5.1f} %)",
                   flush=True)
 
