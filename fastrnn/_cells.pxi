@@ -20,13 +20,15 @@ def cell_gates(int cell):
 LSTM, GRU = CELL_LSTM, CELL_GRU
 
 
-cdef _Split _split_cell(fr_index L, fr_index N, int H, int G, int H_out,
+cdef _Split _split_cell(fr_index L, fr_index N, int H, int G, int H_out, size_t itemsize,
                         int num_threads) noexcept nogil:
     """The split of a gated recurrence: as the Elman one's, for G·H·H_out multiply-adds a
-    row and step."""
+    row and step, but by columns also for any batch once W_hh outgrows a core's L2."""
     cdef _Split sp
     num_threads = threads_for(<double> L * N * G * H * H_out, num_threads)
-    sp.by_columns = _split_columns(N, H, num_threads)
+    sp.by_columns = _split_columns(N, H, num_threads) or (
+        num_threads > 1 and H >= MIN_PANELS_COLUMN_SPLIT * FASTRNN_COLUMN_GRANULE
+        and <double> G * H * H_out * itemsize >= MIN_WEIGHT_BYTES_COLUMN_SPLIT)
     sp.slice_rows = N if sp.by_columns else _slice_rows(N, num_threads)
     sp.nslices = (N + sp.slice_rows - 1) // sp.slice_rows
     sp.nthreads = num_threads if sp.by_columns else <int> sp.nslices
@@ -97,9 +99,9 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
     then c (LSTM) or W_hn h + b_hn (GRU), then (with ``w_hr``) m = o⊙tanh(c): what BPTT
     reads. ``out`` (L, N, H_out) receives h (zero past each length), ``h_n`` (N, H_out) and,
     for an LSTM, ``c_n`` (N, H) the states at each sequence's last step (h0, c0 for a length
-    of 0). ``w_hh`` (G·H, H_out) is gate-interleaved; ``b_hh`` (G·H,) or None is added to
-    h W_hhᵀ (the GRU's b_hn; zero elsewhere); ``w_hr`` (H_out, H) is the LSTM's projection
-    or None. ``c0``, ``c_n`` are None for a GRU. The split is recurrence_forward's.
+    of 0); past each length ``save``'s rows are zeroed. ``w_hh`` (G·H, H_out) is
+    gate-interleaved; ``b_hh`` (G·H,) or None is added to h W_hhᵀ (the GRU's b_hn; zero
+    elsewhere); ``w_hr`` (H_out, H) is the LSTM's projection or None. ``c0``, ``c_n`` are None for a GRU. The split is recurrence_forward's.
     """
     _check_num_threads(num_threads)
     cdef bint lstm = cell == CELL_LSTM, proj = w_hr is not None
@@ -133,7 +135,7 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
     cdef const int64_t *plen = &lengths[0]
     cdef int cslot = G * H if lstm else 0, mslot = G * H + H
     cdef const fastrnn_kernels *ks = _selected
-    cdef _Split sp = _split_cell(L, N, H, G, H_out, num_threads)
+    cdef _Split sp = _split_cell(L, N, H, G, H_out, sizeof(floating), num_threads)
     cdef fr_index max_len = _max_length(plen, N)
     cdef _Part pt
     cdef fr_index part, b, t, s
@@ -231,8 +233,9 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
         if lstm:
             memcpy(&c_n[b, 0], pc0 + b * H if t < 0 else psv + t * sts + b * sbs + cslot,
                    H * sizeof(floating))
-        for t in range(plen[b], L):
+        for t in range(plen[b], L):  # past the length: zero outputs, finite saved rows
             memset(po + t * ts + b * bs, 0, H_out * sizeof(floating))
+            memset(psv + t * sts + b * sbs, 0, save.shape[2] * sizeof(floating))
 
 
 def cell_backward(int cell, const floating[:, :, :] save not None,
@@ -309,7 +312,7 @@ def cell_backward(int cell, const floating[:, :, :] save not None,
     cdef const int64_t *plen = &lengths[0]
     cdef int cslot = G * H if lstm else 0, mslot = G * H + H
     cdef const fastrnn_kernels *ks = _selected
-    cdef _Split sp = _split_cell(L, N, H, G, H_out, num_threads)
+    cdef _Split sp = _split_cell(L, N, H, G, H_out, sizeof(floating), num_threads)
     cdef fr_index max_len = _max_length(plen, N)
     cdef _Part pt
     cdef fr_index part, b, t, s

@@ -95,8 +95,7 @@ def _forward(cell, x, params, states, num_layers, bidirectional, batch_first, le
         for d, k in enumerate(layer_keys(layer, bidirectional)):
             i = layer * D + d
             w_ih, b, w_hh, b_hh, w_hr = _cell_weights(cell, params, k, sizes)
-            # zeros: the rows past a length keep finite c and m (they meet a zero dh)
-            save = np.zeros((L, N, W), dtype=dtype)
+            save = np.empty((L, N, W), dtype=dtype)  # cell_forward zeroes the rows past a length
             _rnn.gemm(inp.reshape(L * N, inp.shape[2]), w_ih.T, save.reshape(L * N, W)[:, :G * H],
                       b, False, threads)
             _rnn.cell_forward(_KERNEL[cell.name], save, out[:, :, d * H_out:(d + 1) * H_out],
