@@ -101,7 +101,8 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
     for an LSTM, ``c_n`` (N, H) the states at each sequence's last step (h0, c0 for a length
     of 0); past each length ``save``'s rows are zeroed. ``w_hh`` (G·H, H_out) is
     gate-interleaved; ``b_hh`` (G·H,) or None is added to h W_hhᵀ (the GRU's b_hn; zero
-    elsewhere); ``w_hr`` (H_out, H) is the LSTM's projection or None. ``c0``, ``c_n`` are None for a GRU. The split is recurrence_forward's.
+    elsewhere); ``w_hr`` (H_out, H) is the LSTM's projection or None. ``c0``, ``c_n`` are
+    None for a GRU. The split is recurrence_forward's.
     """
     _check_num_threads(num_threads)
     cdef bint lstm = cell == CELL_LSTM, proj = w_hr is not None
