@@ -8,9 +8,10 @@ import pytest
 
 import fastrnn
 from fastrnn.bench import ROUNDS, format_table
+from fastrnn.bench.workloads import missing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastrnn.__file__)))
-TINY = ["--sizes", "8x2x4x6", "--repeats", "1"]
+TINY = ["--sizes", "8x2x4x6", "--repeats", "1", "--cell", "rnn"]
 
 
 def _env():
@@ -31,8 +32,9 @@ def _positive(x):
 
 def test_bench_json(tmp_path):
     path = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "fastrnn", "bench", *TINY, "--json", str(path)],
-                          env=_env(), capture_output=True, text=True, timeout=300)
+    # the default cells: every one
+    proc = subprocess.run([sys.executable, "-m", "fastrnn", "bench", *TINY[:4], "--json",
+                           str(path)], env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "matmul peak:" in proc.stdout and "8x2x4x6" in proc.stdout
     results = json.loads(path.read_text())
@@ -47,14 +49,18 @@ def test_bench_json(tmp_path):
     assert peak["n"] == 2048 and "OPENBLAS_CORETYPE" in peak["unset"]
     assert _positive(peak["gflops"]), peak.get("error")
 
-    assert [(r["size"], r["pass"]) for r in results["rows"]] == [("8x2x4x6", "fwd"),
-                                                                ("8x2x4x6", "fwd+bwd")]
+    assert [(r["cell"], r["size"], r["pass"]) for r in results["rows"]] == [
+        (cell, "8x2x4x6", p) for cell in ("rnn", "lstm", "gru") for p in ("fwd", "fwd+bwd")]
+    installed = [impl for impl in ("torch", "onnxruntime", "jax") if missing(impl) is None]
     for row in results["rows"]:
         assert (row["T"], row["N"], row["I"], row["H"], row["layers"]) == (8, 2, 4, 6, 1)
-        one_forward = 2 * 8 * 2 * (4 * 6 + 6 * 6)
+        gates = {"rnn": 1, "lstm": 4, "gru": 3}[row["cell"]]
+        one_forward = 2 * 8 * 2 * gates * 6 * (4 + 6)
         assert row["flops"] == one_forward * (1 if row["pass"] == "fwd" else 3)
         assert _positive(row["pct_peak"])
-        for impl in ("fastrnn", "reference") + (("torch",) if machine["torch"] else ()):
+        timed = ["reference"] + [i for i in installed
+                                 if not (i == "onnxruntime" and row["pass"] == "fwd+bwd")]
+        for impl in ["fastrnn"] + timed:
             r = row["results"][impl]
             assert r["repeats"] == len(r["times_ms"]) >= 1
             if impl == "reference":
@@ -65,10 +71,15 @@ def test_bench_json(tmp_path):
             assert r["pct_peak"] == pytest.approx(100 * r["gflops"] / peak["gflops"])
             if impl != "fastrnn":
                 assert _positive(row["speedup"][impl])
+                assert 0 <= r["max_error"] <= results["settings"]["check_rtol"]
+        best = min(timed, key=row["speedup"].get)
+        assert row["best_peer"] == {"impl": best, "speedup": row["speedup"][best]}
+        if "onnxruntime" in installed and row["pass"] == "fwd+bwd":
+            assert "no backward" in row["results"]["onnxruntime"]["skipped"]
 
     # the table printed row by row is format_table's, with aligned columns
     lines = format_table(results).splitlines()
-    table = lines[lines.index(next(l for l in lines if l.startswith("size "))):][:4]
+    table = lines[lines.index(next(l for l in lines if l.startswith("cell "))):][:8]
     assert len({len(line) for line in table}) == 1, table
     assert all(line in proc.stdout.splitlines() for line in table)
     # torch's share of the peak is printed next to the speedup it bounds
@@ -78,7 +89,8 @@ def test_bench_json(tmp_path):
 def test_bench_layers_bidirectional_sizes_and_memory(tmp_path):
     path = tmp_path / "bench.json"
     proc = _fastrnn_cli("bench", "--sizes", "8x2x4x6,4x1x3x5-3L", "--layers", "2",
-                        "--bidirectional", "--repeats", "1", "--memory", "--json", str(path))
+                        "--bidirectional", "--repeats", "1", "--memory", "--cell", "rnn", "--json",
+                        str(path))
     assert proc.returncode == 0, proc.stderr
     results = json.loads(path.read_text())
     rows = results["rows"]
@@ -130,7 +142,9 @@ def test_bench_without_torch(tmp_path):
     assert "torch is not installed" in proc.stdout and "vs torch" not in proc.stdout
     results = json.loads(path.read_text())
     assert results["machine"]["torch"] is None
-    assert all(set(row["results"]) == {"fastrnn", "reference"} for row in results["rows"])
+    peers = {impl for impl in ("onnxruntime", "jax") if missing(impl) is None}
+    assert all(set(row["results"]) == {"fastrnn", "reference"} | peers
+               for row in results["rows"])
 
 
 def test_reference_failure_in_its_subprocess_is_reported():

@@ -1,4 +1,8 @@
-"""Benchmarks: fastrnn against its NumPy reference and torch.nn.RNN on a grid of sizes.
+"""Benchmarks: fastrnn's RNN, LSTM and GRU against their peers on a grid of sizes.
+
+The peers: the NumPy reference, torch (nn.RNN / nn.LSTM / nn.GRU), ONNX Runtime (forward) and
+JAX (a jitted ``lax.scan``); those not installed are left out (``pip install
+"fastrnn[peers]"`` installs ONNX Runtime and JAX).
 
 ``fastrnn bench`` (:func:`command`) prints the comparison as a table; the pytest-benchmark
 suite in ``benchmarks/`` times the same workloads. Both build them with :func:`make_workload`,
@@ -6,12 +10,15 @@ so a row of the table and a benchmark of the suite run the same code on the same
 
 One module per job, data flowing down the list:
 
-- :mod:`.sizes`: the grid, the size grammar (``M2-2L-bi``, ``64x8x32x64``), passes and FLOPs;
-- :mod:`.workloads`: the timed call of each (implementation, pass), on shared weights;
+- :mod:`.sizes`: the grid, the size grammar (``M2-2L-bi``, ``64x8x32x64``), cells, passes and
+  FLOPs;
+- :mod:`.workloads`: the timed call of each (implementation, pass) for each cell, on shared
+  weights, and the check of a peer's result against fastrnn's; :mod:`.onnx_peer` and
+  :mod:`.jax_peer` build the ONNX Runtime and JAX calls;
 - :mod:`.timing`: warm-up, repeats within a budget, alternating rounds, medians;
-- :mod:`.machine`, :mod:`.memory`, :mod:`.reference_time`: what is measured in a fresh
-  process (``python -m fastrnn.bench.<module>``, see :mod:`.child`): the machine and its
-  matmul peak, peak memory, the reference's time;
+- :mod:`.machine`, :mod:`.memory`, :mod:`.reference_time`, :mod:`.peer_time`: what is
+  measured in a process of its own (``python -m fastrnn.bench.<module>``, see :mod:`.child`):
+  the machine and its matmul peak, peak memory, the reference's time, each other peer's;
 - :mod:`.runner`: a whole run, as one dict (the ``--json`` file);
 - :mod:`.report`: the table, its notes and the plot;
 - :mod:`.train_step`: the training step of a small torch model, fastrnn.torch.RNN vs
@@ -25,9 +32,10 @@ import importlib
 
 # module -> the names this package exposes from it
 _EXPORTS = {
-    "sizes": ("Size", "GRID", "DEFAULT_SIZES", "PASSES", "parse_sizes", "rows", "forward_flops",
-              "flops"),
-    "workloads": ("IMPLEMENTATIONS", "DTYPE", "Workload", "available", "make_workload"),
+    "sizes": ("Size", "GRID", "DEFAULT_SIZES", "PASSES", "CELLS", "parse_sizes", "parse_cells",
+              "rows", "forward_flops", "flops"),
+    "workloads": ("IMPLEMENTATIONS", "PEERS", "DTYPE", "CHECK_RTOL", "Workload", "available",
+                  "missing", "make_workload"),
     "timing": ("CELL_SECONDS", "MIN_CELL_SECONDS", "MAX_REPEATS", "ROUNDS", "PROBE_STEPS",
                "estimate_seconds", "time_calls"),
     "machine": ("PEAK_N", "PEAK_ENV_UNSET", "machine_info", "matmul_peak"),
@@ -39,8 +47,8 @@ _EXPORTS = {
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = ["Size", "GRID", "DEFAULT_SIZES", "PASSES", "IMPLEMENTATIONS", "parse_sizes", "rows",
-           "forward_flops", "flops", "make_workload", "estimate_seconds", "matmul_peak",
+__all__ = ["Size", "GRID", "DEFAULT_SIZES", "PASSES", "CELLS", "IMPLEMENTATIONS", "PEERS",
+           "parse_sizes", "parse_cells", "rows", "forward_flops", "flops", "make_workload", "estimate_seconds", "matmul_peak",
            "peak_memory", "run", "format_table", "plot_speedups", "add_arguments", "command"]
 
 

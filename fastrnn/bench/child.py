@@ -1,11 +1,17 @@
-"""Measurements that need a fresh process: ``python -m fastrnn.bench.<module> ARGS...``.
+"""Measurements that need a process of their own: ``python -m fastrnn.bench.<module> ARGS...``.
 
-Three modules measure in a child process, each holding both halves side by side: the
-function the run calls and the function the child runs (its ``main`` prints one JSON object):
+Four modules measure in a child process, each holding both halves side by side: the
+function the run calls and the function the child runs. Three run once (:func:`run_child`;
+their ``main`` prints one JSON object):
 
 - :mod:`~fastrnn.bench.machine`: the matmul peak (OpenBLAS reads its environment at load);
 - :mod:`~fastrnn.bench.memory`: peak memory of one call (the process's high-water mark);
 - :mod:`~fastrnn.bench.reference_time`: the NumPy reference (its BLAS threads would spin on).
+
+One lives for the whole run (:func:`start_child`; it answers a JSON line per JSON line):
+
+- :mod:`~fastrnn.bench.peer_time`: torch, ONNX Runtime, JAX, a process each (their thread
+  pools would spin on, and each loads its own libraries once).
 
 ``fastrnn.bench`` imports its modules lazily, so that running one of them with ``-m`` does
 not import it twice.
@@ -15,7 +21,7 @@ import os
 import subprocess
 import sys
 
-__all__ = ["child_env", "run_child", "print_json"]
+__all__ = ["child_env", "run_child", "start_child", "print_json"]
 
 # the directory that holds this fastrnn package, so that a child imports the same one
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,6 +43,14 @@ def run_child(module, args, threads, unset=(), timeout=None, check=False):
     return subprocess.run([sys.executable, "-m", f"fastrnn.bench.{module}", *map(str, args)],
                           env=child_env(threads, unset), capture_output=True, text=True,
                           timeout=timeout, check=check)
+
+
+def start_child(module, args, threads, stderr=None):
+    """The running ``python -m fastrnn.bench.<module> args...`` (:func:`child_env`), its stdin
+    and stdout text pipes, line-buffered; ``stderr`` a file or None (inherited)."""
+    return subprocess.Popen([sys.executable, "-m", f"fastrnn.bench.{module}", *map(str, args)],
+                            env=child_env(threads), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=stderr, text=True, bufsize=1)
 
 
 def print_json(result):

@@ -6,9 +6,9 @@ import time
 from ..parallel import get_num_threads, set_num_threads
 from .report import Table, format_notes, format_preamble, plot_speedups, require_matplotlib
 from .runner import run
-from .sizes import DEFAULT_SIZES, GRID, parse_sizes
+from .sizes import CELLS, DEFAULT_SIZES, GRID, parse_cells, parse_sizes
 from .timing import CELL_SECONDS, MIN_CELL_SECONDS, ROUNDS
-from .workloads import IMPLEMENTATIONS, import_torch
+from .workloads import IMPLEMENTATIONS, import_torch, missing
 
 __all__ = ["add_arguments", "command"]
 
@@ -19,6 +19,13 @@ def _sizes_arg(text):
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return text
+
+
+def _cells_arg(text):
+    try:
+        return parse_cells(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _int_arg(positive):
@@ -49,9 +56,13 @@ def add_arguments(parser):
         help=f"comma-separated sizes: {', '.join(GRID)} or TxNxIxH, each optionally with -<k>L "
              f"and -bi (default: {','.join(DEFAULT_SIZES)})")
     parser.add_argument(
+        "--cell", type=_cells_arg, default=list(CELLS), metavar="CELLS",
+        help=f"comma-separated cells, each timed on every size: {', '.join(CELLS)} (default: "
+             f"{','.join(CELLS)})")
+    parser.add_argument(
         "--threads", type=_int_arg(positive=False), default=None,
-        help="threads for fastrnn, torch and the matmul peak (negative: all CPUs but -N-1; "
-             "default: fastrnn.get_num_threads())")
+        help="threads for fastrnn, every peer and the matmul peak (negative: all CPUs but "
+             "-N-1; default: fastrnn.get_num_threads())")
     parser.add_argument("--layers", type=_int_arg(positive=True), default=1,
                         help="layers of sizes without their own -<k>L (default: 1)")
     parser.add_argument("--bidirectional", action="store_true",
@@ -59,7 +70,7 @@ def add_arguments(parser):
     parser.add_argument(
         "--repeats", type=_int_arg(positive=True), default=5,
         help=f"timed calls per measurement, in {ROUNDS} rounds that alternate fastrnn and "
-             f"torch, each after a warm-up call; more for fast calls (until {MIN_CELL_SECONDS:g} "
+             f"each peer, each after a warm-up call; more for fast calls (until {MIN_CELL_SECONDS:g} "
              f"s of them), fewer for slow calls (a round stops after "
              f"{CELL_SECONDS / ROUNDS:.2g} s of them once there are 3, or after "
              f"{CELL_SECONDS:g} s); one for the reference (default: 5)")
@@ -87,9 +98,12 @@ def command(args):
     torch = import_torch()
     if torch is not None:
         torch.set_num_threads(threads)
-    impls = [impl for impl in IMPLEMENTATIONS if impl != "torch" or torch is not None]
-    if torch is None:
-        print("torch is not installed: no torch column")
+    absent = {impl: "torch" if impl == "torch" else missing(impl) for impl in IMPLEMENTATIONS
+              if (torch is None if impl == "torch" else missing(impl) is not None)}
+    impls = [impl for impl in IMPLEMENTATIONS if impl not in absent]
+    for impl, module in absent.items():
+        print(f"{module} is not installed: no {impl} column (pip install \"fastrnn[peers]\" "
+              "installs every peer)")
     table = Table([s.label for s in sizes], [s.shape for s in sizes], impls, args.memory)
 
     def on_row(row, results):
@@ -98,7 +112,8 @@ def command(args):
         print(table.row(row), flush=True)
 
     results = run(sizes, threads, repeats=args.repeats, impls=impls, memory=args.memory,
-                  max_reference_seconds=args.max_reference_seconds, on_row=on_row)
+                  max_reference_seconds=args.max_reference_seconds, on_row=on_row,
+                  cells=args.cell)
     if torch is not None and args.train_step:
         from .train_step import bench_torch_training_step
 

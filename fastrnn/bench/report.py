@@ -22,10 +22,14 @@ class Table:
 
     def __init__(self, labels, shapes, impls, memory):
         self.impls = list(impls)
-        self.columns = [("size", max(4, *map(len, labels)), "<"),
+        self.columns = [("cell", 4, "<"), ("size", max(4, *map(len, labels)), "<"),
                         ("T×N×I×H", max(7, *map(len, shapes)), "<"), ("pass", 7, "<"),
                         (f"{self.impls[0]} ms", 10, ">"), ("GFLOP/s", 7, ">"), ("% peak", 6, ">")]
         self.columns += [(f"vs {impl}", max(7, len(impl) + 3), ">") for impl in self.impls[1:]]
+        # the fastest peer of the row, and fastrnn's speedup over it
+        self.best = len(self.impls) > 1
+        width = max(len(impl) for impl in self.impls) + 9
+        self.columns += [("vs best", width, ">")] if self.best else []
         # torch's own share of the peak bounds "vs torch": at the whole peak fastrnn would be
         # the inverse of that share times faster
         self.peak_impls = [impl for impl in ("torch",) if impl in self.impls[1:]]
@@ -44,10 +48,14 @@ class Table:
     def row(self, row):
         """The line of one row of :func:`~fastrnn.bench.runner.run`'s results."""
         ours = row["results"][self.impls[0]]
-        cells = [row["size"], f"{row['T']}×{row['N']}×{row['I']}×{row['H']}", row["pass"],
+        cells = [row.get("cell", "rnn"), row["size"], f"{row['T']}×{row['N']}×{row['I']}×{row['H']}",
+                 row["pass"],
                  _fmt(ours.get("median_ms"), ".2f"), _fmt(ours.get("gflops"), ".1f"),
                  _fmt(row["pct_peak"], ".1f", "%")]
         cells += [_fmt(row["speedup"].get(impl), ".2f", "×") for impl in self.impls[1:]]
+        if self.best:
+            best = row.get("best_peer")
+            cells.append(f"{best['speedup']:.2f}× {best['impl']}" if best else "—")
         cells += [_fmt(row["results"][impl].get("pct_peak"), ".1f", "%")
                   for impl in self.peak_impls]
         mem = row.get("peak_memory_bytes")
@@ -76,26 +84,39 @@ def format_preamble(results):
         f"{m['kernel']}, {cpu}",
         peak_line,
         f"ms: median of {s['repeats']} or more timed calls (fast ones: {MIN_CELL_SECONDS:g} s "
-        f"of them; slow ones: fewer) in {s.get('rounds', 1)} rounds that alternate fastrnn and torch, each "
-        f"after a warm-up call (reference: 1 call, — where estimated over "
-        f"{s['max_reference_seconds']:g} s)",
-        "vs X: X's time / fastrnn's; fwd: eval mode, fwd+bwd: training mode + BPTT; "
-        "% peak: GFLOP/s / matmul peak (fastrnn at 100 % would be 100 / torch's % × faster "
-        "than torch)",
+        f"of them; slow ones: fewer) in {s.get('rounds', 1)} rounds that alternate fastrnn and "
+        f"each peer (a process each), each after a warm-up call (reference: 1 call, — where "
+        f"estimated over {s['max_reference_seconds']:g} s); every peer's result checked "
+        f"against fastrnn's first (relative tolerance {s.get('check_rtol', 1e-3):g})",
+        "vs X: X's time / fastrnn's; vs best: over the fastest peer; fwd: eval mode, fwd+bwd: "
+        "training mode + BPTT; % peak: GFLOP/s / matmul peak (fastrnn at 100 % would be "
+        "100 / torch's % × faster than torch); GFLOP/s counts 2·T·N·G·H·(I+H) per layer and "
+        "direction (G gates: rnn 1, lstm 4, gru 3), ×3 for fwd+bwd",
         *(textwrap.fill(line, 100) for line in busy),
     ])
 
 
 def format_notes(results):
-    """Why each — in the table is there."""
-    notes = []
+    """Why each — in the table is there: one note per implementation and reason, naming its
+    rows ("every fwd+bwd row" where that is all of them)."""
+    skipped = {}  # (impl, reason) -> rows
     for row in results["rows"]:
         for impl, r in row["results"].items():
             if "skipped" in r:
-                notes.append(f"— {impl} on {row['size']} {row['pass']}: {r['skipped']}")
+                skipped.setdefault((impl, r["skipped"]), []).append(row)
+    notes = []
+    for (impl, reason), rows_ in skipped.items():
+        passes = {r["pass"] for r in rows_}
+        if len(passes) == 1 and len(rows_) == sum(r["pass"] in passes for r in results["rows"]):
+            where = f"every {passes.pop()} row"
+        else:
+            where = ", ".join(f"{r.get('cell', 'rnn')} {r['size']} {r['pass']}" for r in rows_)
+        notes.append(f"— {impl} on {where}: {reason}")
+    for row in results["rows"]:
         for impl, b in (row.get("peak_memory_bytes") or {}).items():
             if b is None:
-                notes.append(f"— {impl} peak memory on {row['size']}: measurement failed")
+                notes.append(f"— {impl} peak memory on {row.get('cell', 'rnn')} {row['size']}: "
+                             "measurement failed")
     if "memory_method" in results:
         notes.append("MB: " + results["memory_method"])
     return "\n".join(textwrap.fill(n, 100, subsequent_indent="    ") for n in notes)
@@ -143,7 +164,7 @@ def plot_speedups(results, path):
     ax.axhline(1, color="black", linewidth=0.8)
     if values and max(values) / min(values) > 20:
         ax.set_yscale("log")
-    ax.set_xticks(x, [f"{r['size']}\n{r['pass']}" for r in rows_])
+    ax.set_xticks(x, [f"{r.get('cell', 'rnn')} {r['size']}\n{r['pass']}" for r in rows_])
     ax.set_ylabel("fastrnn speedup (other's time / fastrnn's)")
     m = results["machine"]
     ax.set_title(f"fastrnn {results['fastrnn']}, float32, {m['threads']} threads, "

@@ -13,16 +13,18 @@ XL    100 × 128 × 512 × 1024
 A size is written ``NAME`` or ``TxNxIxH``, optionally followed by ``-<k>L`` (layers) and
 ``-bi`` (bidirectional): ``M2-2L-bi``, ``64x8x32x64-bi``.
 
-FLOPs of one layer and direction: 2·T·N·(I_layer·H + H·H), where I_layer is I for the first
-layer and D·H above it; forward + backward counts 3× the forward.
+Every size runs for each cell of ``--cell``: ``rnn`` (Elman, G = 1 gate), ``lstm`` (G = 4),
+``gru`` (G = 3). FLOPs of one layer and direction: 2·T·N·G·H·(I_layer + H), where I_layer is
+I for the first layer and D·H above it (the gates' matrix products; the element-wise work is
+left out); forward + backward counts 3× the forward.
 """
 import dataclasses
 import re
 
 from .._layout import directions
 
-__all__ = ["Size", "GRID", "DEFAULT_SIZES", "PASSES", "parse_sizes", "rows", "forward_flops",
-           "flops"]
+__all__ = ["Size", "GRID", "DEFAULT_SIZES", "PASSES", "CELLS", "parse_sizes", "parse_cells",
+           "rows", "forward_flops", "flops"]
 
 # name -> (T, N, I, H, passes)
 GRID = {
@@ -41,6 +43,10 @@ PASSES = {
     "fwd": (1, "forward only, eval mode (torch: inference_mode)"),
     "fwd+bwd": (3, "forward in training mode + BPTT: gradients of the input and every parameter"),
 }
+
+
+# cell -> gates G (the rows of W_ih are G·H), in the order the table lists them
+CELLS = {"rnn": 1, "lstm": 4, "gru": 3}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,21 +121,33 @@ def parse_sizes(text, layers=1, bidirectional=False):
     return sizes
 
 
+def parse_cells(text):
+    """Cells from a comma-separated list of CELLS keys (any case), in CELLS' order, duplicates
+    dropped. Raises ValueError naming the bad token."""
+    tokens = [t.strip().lower() for t in text.split(",")]
+    for token in tokens:
+        if token not in CELLS:
+            raise ValueError(f"unknown cell {token!r}: expected a comma-separated list of "
+                             f"{', '.join(CELLS)}")
+    return [cell for cell in CELLS if cell in tokens]
+
+
 def rows(sizes):
     """The (size, pass) rows of a table over ``sizes``, in order."""
     return [(size, p) for size in sizes for p in size.passes]
 
 
-def forward_flops(size):
-    """FLOPs of one forward pass: Σ over layers and directions of 2·T·N·(I_layer·H + H·H)."""
+def forward_flops(size, cell="rnn"):
+    """FLOPs of one forward pass of ``cell``: Σ over layers and directions of
+    2·T·N·G·H·(I_layer + H), G the cell's gates."""
     D = directions(size.bidirectional)
     total = 0
     for layer in range(size.layers):
         i_layer = size.I if layer == 0 else D * size.H
-        total += D * 2 * size.T * size.N * (i_layer * size.H + size.H * size.H)
+        total += D * 2 * size.T * size.N * CELLS[cell] * size.H * (i_layer + size.H)
     return total
 
 
-def flops(size, pass_):
-    """FLOPs of one call of ``pass_`` on ``size``."""
-    return PASSES[pass_][0] * forward_flops(size)
+def flops(size, pass_, cell="rnn"):
+    """FLOPs of one call of ``pass_`` on ``size`` for ``cell``."""
+    return PASSES[pass_][0] * forward_flops(size, cell)
