@@ -1,9 +1,10 @@
-"""Which sizes the benchmarks run on.
+"""Which sizes and cells the benchmarks run on.
 
 pyproject's pytest options include ``--benchmark-disable``: then every benchmark runs once, as
 a smoke test, on tiny sizes. With ``--benchmark-enable`` they are timed on the full grid of
 ``fastrnn bench``. ``--bench-sizes`` (or the environment variable FASTRNN_BENCH_SIZES) picks
-sizes explicitly, in ``fastrnn bench --sizes`` syntax: ``M1,M2-2L-bi,64x8x32x64``.
+sizes explicitly, in ``fastrnn bench --sizes`` syntax: ``M1,M2-2L-bi,64x8x32x64``;
+``--bench-cells`` (or FASTRNN_BENCH_CELLS) the cells, as ``fastrnn bench --cell``: ``lstm,gru``.
 """
 import os
 
@@ -19,6 +20,9 @@ def pytest_addoption(parser):
                      help="sizes to benchmark, as fastrnn bench --sizes (default: "
                           f"{','.join(bench.DEFAULT_SIZES)} with --benchmark-enable, else "
                           f"{TINY_SIZES}); also FASTRNN_BENCH_SIZES")
+    parser.addoption("--bench-cells", default=None, metavar="CELLS",
+                     help="cells to benchmark, as fastrnn bench --cell (default: "
+                          f"{','.join(bench.CELLS)}); also FASTRNN_BENCH_CELLS")
 
 
 def benchmarks_enabled(config):
@@ -28,7 +32,7 @@ def benchmarks_enabled(config):
 
 
 def pytest_generate_tests(metafunc):
-    # One benchmark per (size, pass) row and implementation, rows outermost so that the
+    # One benchmark per (cell, size, pass) row and implementation, rows outermost so that the
     # implementations of a row sit together.
     if "case" not in metafunc.fixturenames:
         return
@@ -39,6 +43,13 @@ def pytest_generate_tests(metafunc):
         sizes = bench.parse_sizes(text)
     except ValueError as e:
         raise pytest.UsageError(f"--bench-sizes / FASTRNN_BENCH_SIZES: {e}") from None
-    cases = bench.rows(sizes)
-    metafunc.parametrize("case", cases, ids=[f"{size.label}-{p}" for size, p in cases])
+    cells_text = (metafunc.config.getoption("bench_cells")
+                  or os.environ.get("FASTRNN_BENCH_CELLS") or ",".join(bench.CELLS))
+    try:
+        cells = bench.parse_cells(cells_text)
+    except ValueError as e:
+        raise pytest.UsageError(f"--bench-cells / FASTRNN_BENCH_CELLS: {e}") from None
+    cases = [(cell, size, p) for cell in cells for size, p in bench.rows(sizes)]
+    metafunc.parametrize("case", cases,
+                         ids=[f"{cell}-{size.label}-{p}" for cell, size, p in cases])
     metafunc.parametrize("impl", bench.IMPLEMENTATIONS)

@@ -1,8 +1,11 @@
-"""fastrnn vs its NumPy reference vs torch.nn.RNN, forward and forward + backward.
+"""fastrnn's RNN, LSTM and GRU vs its NumPy reference, torch, ONNX Runtime and JAX, forward
+and forward + backward.
 
-The implementations of one (size, pass) share a pytest-benchmark group, so the report compares
-them side by side. The workloads are fastrnn.bench's (same weights, inputs and output
-gradients as ``fastrnn bench``); see conftest.py for how sizes are chosen.
+The implementations of one (cell, size, pass) share a pytest-benchmark group, so the report
+compares them side by side. The workloads are fastrnn.bench's (same weights, inputs and output
+gradients as ``fastrnn bench``); see conftest.py for how sizes and cells are chosen. Unlike
+``fastrnn bench``, every implementation runs in this one process (the peers' thread pools may
+spin on into the next benchmark), and JAX uses the usable CPUs whatever fastrnn's thread count.
 """
 import time
 
@@ -21,23 +24,26 @@ BLAS_SPIN_SECONDS = 0.5
 
 
 def test_rnn(benchmark, case, impl):
-    size, pass_ = case
+    cell, size, pass_ = case
+    if not bench.available(impl, pass_):
+        pytest.skip(f"{impl} {pass_}: " + (f"{bench.missing(impl)} is not installed"
+                                          if bench.missing(impl) else "not implemented"))
     if impl == "torch":
         pytest.importorskip("torch").set_num_threads(fastrnn.get_num_threads())
-    benchmark.group = f"{size.label} ({size.shape}) {pass_}"
-    benchmark.extra_info.update(size=size.label, T=size.T, N=size.N, I=size.I, H=size.H,
-                                layers=size.layers, bidirectional=size.bidirectional,
-                                flops=bench.flops(size, pass_),
+    benchmark.group = f"{cell} {size.label} ({size.shape}) {pass_}"
+    benchmark.extra_info.update(cell=cell, size=size.label, T=size.T, N=size.N, I=size.I,
+                                H=size.H, layers=size.layers, bidirectional=size.bidirectional,
+                                flops=bench.flops(size, pass_, cell),
                                 threads=fastrnn.get_num_threads(),
                                 kernel=fastrnn.functional.get_kernel())
     one_round = False
     if impl == "reference" and benchmark.enabled:
-        seconds = bench.estimate_seconds(impl, pass_, size)
+        seconds = bench.estimate_seconds(impl, pass_, size, cell=cell)
         if seconds > REFERENCE_SKIP_SECONDS:
             pytest.skip(f"reference {pass_} on {size.label}: estimated {seconds:.0f} s per call "
                         f"(> {REFERENCE_SKIP_SECONDS} s)")
         one_round = seconds > ONE_ROUND_SECONDS
-    work = bench.make_workload(impl, pass_, size)
+    work = bench.make_workload(impl, pass_, size, cell=cell)
     if benchmark.enabled and not one_round:
         work.call()  # warm-up: keeps first-call costs (torch's lazy set-up) out of the statistics
 
