@@ -48,7 +48,8 @@ _EXPORTS = {
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = ["Size", "GRID", "DEFAULT_SIZES", "PASSES", "CELLS", "IMPLEMENTATIONS", "PEERS",
-           "parse_sizes", "parse_cells", "rows", "forward_flops", "flops", "make_workload", "estimate_seconds", "matmul_peak",
+           "parse_sizes", "parse_cells", "rows", "forward_flops", "flops", "make_workload",
+           "estimate_seconds", "matmul_peak",
            "peak_memory", "run", "format_table", "plot_speedups", "add_arguments", "command"]
 
 

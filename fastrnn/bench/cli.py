@@ -70,7 +70,8 @@ def add_arguments(parser):
     parser.add_argument(
         "--repeats", type=_int_arg(positive=True), default=5,
         help=f"timed calls per measurement, in {ROUNDS} rounds that alternate fastrnn and "
-             f"each peer, each after a warm-up call; more for fast calls (until {MIN_CELL_SECONDS:g} "
+             f"each peer, each after a warm-up call; more for fast calls (until "
+             f"{MIN_CELL_SECONDS:g} "
              f"s of them), fewer for slow calls (a round stops after "
              f"{CELL_SECONDS / ROUNDS:.2g} s of them once there are 3, or after "
              f"{CELL_SECONDS:g} s); one for the reference (default: 5)")

@@ -31,7 +31,8 @@ def peak_memory(impl, size, threads, cell="rnn"):
     Measured in a subprocess (:func:`fwd_bwd_memory`), as described by :data:`MEMORY_METHOD`.
     """
     try:
-        proc = run_child("memory", [impl, cell, size.token, threads], threads, timeout=600, check=True)
+        proc = run_child("memory", [impl, cell, size.token, threads], threads, timeout=600,
+                         check=True)
         return json.loads(proc.stdout)["bytes"]
     except (OSError, subprocess.SubprocessError, ValueError, KeyError):
         return None

@@ -1,6 +1,6 @@
 """The NumPy reference's time, measured in a fresh process.
 
-In the process that times fastrnn and torch next, NumPy's OpenBLAS threads would busy-wait
+In the process that times fastrnn next, NumPy's OpenBLAS threads would busy-wait
 for 0.1-0.3 s after the reference's last matmul and take a core from whatever is timed then,
 so the reference runs in a child of its own: ``python -m fastrnn.bench.reference_time CELL
 PASS SIZE MAX_SECONDS THREADS`` prints one call's time and its largest error against

@@ -48,8 +48,8 @@ class Table:
     def row(self, row):
         """The line of one row of :func:`~fastrnn.bench.runner.run`'s results."""
         ours = row["results"][self.impls[0]]
-        cells = [row.get("cell", "rnn"), row["size"], f"{row['T']}×{row['N']}×{row['I']}×{row['H']}",
-                 row["pass"],
+        shape = f"{row['T']}×{row['N']}×{row['I']}×{row['H']}"
+        cells = [row.get("cell", "rnn"), row["size"], shape, row["pass"],
                  _fmt(ours.get("median_ms"), ".2f"), _fmt(ours.get("gflops"), ".1f"),
                  _fmt(row["pct_peak"], ".1f", "%")]
         cells += [_fmt(row["speedup"].get(impl), ".2f", "×") for impl in self.impls[1:]]

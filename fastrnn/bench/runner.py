@@ -66,7 +66,8 @@ def run(sizes, threads, repeats=5, impls=IMPLEMENTATIONS, memory=False, max_refe
         fastrnn first, then the peers (IMPLEMENTATIONS' names); one that cannot run a row
         gets ``{"skipped": why}`` there.
     memory : bool
-        Also measure the peak memory of fwd+bwd for fastrnn and torch (a subprocess each).
+        Also measure the peak memory of fwd+bwd for fastrnn and torch (a subprocess each, per
+        cell).
     max_reference_seconds : float
         Skip the reference where one call is estimated to take longer.
     on_row : callable(row dict, results dict), optional

@@ -21,8 +21,8 @@ CELL_SECONDS = 1.0  # time after which a (row, implementation) stops repeating: 
 # median of a few sub-millisecond calls still shows warm-up and the neighbours' noise
 MIN_CELL_SECONDS = 0.2
 MAX_REPEATS = 200
-# fastrnn and torch are timed in alternating rounds (order swapped each round), so that a
-# change of the shared machine's load falls on both and the ratio of medians keeps steady
+# fastrnn and its peers are timed in alternating rounds (order swapped each round), so that a
+# change of the shared machine's load falls on all and the ratios of medians keep steady
 ROUNDS = 3
 PROBE_STEPS = 8  # time steps of the short run that estimates a long call's time
 # the longest wait for a process's idle threads to stop busy-waiting after a round (OpenBLAS,
