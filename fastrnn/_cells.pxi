@@ -20,15 +20,15 @@ def cell_gates(int cell):
 LSTM, GRU = CELL_LSTM, CELL_GRU
 
 
-cdef _Split _split_cell(fr_index L, fr_index N, int H, int G, int H_out, size_t itemsize,
+cdef _Split _split_cell(fr_index L, fr_index N, int H, int G, int H_out,
                         int num_threads) noexcept nogil:
     """The split of a gated recurrence: as the Elman one's, for G·H·H_out multiply-adds a
-    row and step, but by columns also for any batch once W_hh outgrows a core's L2."""
+    row and step. Not by hidden units for large batches even where W_hh outgrows a core's
+    L2: faster on a quiet machine, but its barrier per step stalls whenever another process
+    holds a core, and batch slices never wait for each other (docs/performance.md)."""
     cdef _Split sp
     num_threads = threads_for(<double> L * N * G * H * H_out, num_threads)
-    sp.by_columns = _split_columns(N, H, num_threads) or (
-        num_threads > 1 and H >= MIN_PANELS_COLUMN_SPLIT * FASTRNN_COLUMN_GRANULE
-        and <double> G * H * H_out * itemsize >= MIN_WEIGHT_BYTES_COLUMN_SPLIT)
+    sp.by_columns = _split_columns(N, H, num_threads)
     sp.slice_rows = N if sp.by_columns else _slice_rows(N, num_threads)
     sp.nslices = (N + sp.slice_rows - 1) // sp.slice_rows
     sp.nthreads = num_threads if sp.by_columns else <int> sp.nslices
@@ -136,7 +136,7 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
     cdef const int64_t *plen = &lengths[0]
     cdef int cslot = G * H if lstm else 0, mslot = G * H + H
     cdef const fastrnn_kernels *ks = _selected
-    cdef _Split sp = _split_cell(L, N, H, G, H_out, sizeof(floating), num_threads)
+    cdef _Split sp = _split_cell(L, N, H, G, H_out, num_threads)
     cdef fr_index max_len = _max_length(plen, N)
     cdef _Part pt
     cdef fr_index part, b, t, s
@@ -196,6 +196,9 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
                         break  # the slice's sequences have all ended
                     for i in range(m):
                         hrow[i] = srow[i] + mslot if proj else orow[i]
+                    # this step's P (read by the epilogue) arrives while the product runs
+                    _prefetch_step(s, pt.b0, pt.b1, plen, reverse, G * (pt.j1 - pt.j0),
+                                   psv + G * pt.j0, sts, sbs, NULL, 0, 0)
                     if m > 0 and pt.j1 > pt.j0:
                         # R = h_{t-1} W_hhᵀ (+ b_hh) for this part's units' gates, then the cell
                         kernels.input_step(ks, m, H_out, G * pt.j0, G * pt.j1, hprev, pw, pb,
@@ -313,7 +316,7 @@ def cell_backward(int cell, const floating[:, :, :] save not None,
     cdef const int64_t *plen = &lengths[0]
     cdef int cslot = G * H if lstm else 0, mslot = G * H + H
     cdef const fastrnn_kernels *ks = _selected
-    cdef _Split sp = _split_cell(L, N, H, G, H_out, sizeof(floating), num_threads)
+    cdef _Split sp = _split_cell(L, N, H, G, H_out, num_threads)
     cdef fr_index max_len = _max_length(plen, N)
     cdef _Part pt
     cdef fr_index part, b, t, s

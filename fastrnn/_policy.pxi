@@ -15,10 +15,6 @@ cdef enum:
     MIN_ROWS_PER_SLICE = 4
     # Column panels from which a column split pays for its barrier per step.
     MIN_PANELS_COLUMN_SPLIT = 4
-    # Bytes of a gated cell's W_hh from which its recurrence splits hidden columns whatever
-    # the batch: a batch slice streams all of W_hh from beyond L2 at every step, a column
-    # slice only its share (a core's L2 holds 1 MiB on Zen 4 and Zen 5).
-    MIN_WEIGHT_BYTES_COLUMN_SPLIT = 1 << 20
 
 
 cpdef int threads_for(double work, int num_threads) noexcept nogil:
