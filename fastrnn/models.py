@@ -18,126 +18,46 @@ plus the :class:`~fastrnn.layers.Module` interface (``named_parameters``, ``zero
 arguments that :func:`fastrnn.save_model` stores. Time-major (L, N) token arrays by
 default, as fastrnn.RNN; ``batch_first=True`` for (N, L). Padded batches pass ``lengths``
 to the RNN, so padding reaches neither states nor gradients.
+
+``cell="rnn" | "lstm" | "gru"`` (every architecture; default "rnn") picks the recurrent
+network, :class:`fastrnn.RNN`, :class:`fastrnn.LSTM` or :class:`fastrnn.GRU` (``nonlinearity``
+is the RNN's alone). An LSTM's state is the pair (h, c) wherever a state is taken or
+returned: a language model's h0 and h_n, a conditional generator's initial state, the
+encoder's final state that starts a Seq2Seq decoder, generation's state.
 """
 
 import math
 
 import numpy as np
 
-from . import _ops, _rnn, functional
+from ._generation import as_state, sample_tokens, state_arrays
 from ._layout import directions
 from .data import lm_batches
-from ._validate import (_as_rng, _check_dtype, _check_indices, _check_int, _check_real,
-                        _check_size)
+from ._validate import _as_rng, _check_dtype, _check_int
 from .layers import CrossEntropyLoss, Embedding, Linear
 from .module import Module
-from .parallel import get_num_threads
-from .rnn import RNN
+from .rnn import GRU, LSTM, RNN
 
 __all__ = ["RNNLanguageModel", "ConditionalGenerator", "SequenceClassifier", "SequenceTagger",
-           "Seq2Seq", "sample_tokens", "accuracy", "MODELS"]
+           "Seq2Seq", "sample_tokens", "accuracy", "MODELS", "CELLS"]
+
+# the recurrent module of each ``cell=``
+_MODULES = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
+CELLS = tuple(_MODULES)
 
 
-def sample_tokens(embedding, rnn, decoder, prime, length, *, h0=None, temperature=1.0,
-                  top_k=None, seed=None, eos=None, pad=0):
-    """Generate tokens from an Embedding → RNN → Linear stack.
-
-    Per step: embed the last token, run every RNN layer's cell, project to logits, and
-    pick the next token: argmax if ``temperature`` is 0, else a draw from
-    softmax(logits / temperature), restricted to the ``top_k`` largest logits if given.
-
-    Parameters
-    ----------
-    embedding : Embedding
-    rnn : RNN, unidirectional
-    decoder : Linear, hidden_size -> number of tokens
-    prime : int array (P,) or (B, P), P ≥ 1
-        Tokens fed first, one row per sequence; the first draw follows the last of them.
-    length : int
-        Tokens to generate per row.
-    h0 : ndarray (num_layers, B, H) or (num_layers, H) for a 1-D prime; None for zeros.
-    temperature : float ≥ 0, default 1
-    top_k : int, optional
-    seed : None, int or numpy.random.Generator
-        One 64-bit seed per row is drawn from it for that row's xoshiro256** generator.
-    eos : int, optional
-        A row stops after generating this token; the rest of the row is ``pad``.
-
-    Returns
-    -------
-    tokens : int64 array (B, length), or (length,) for a 1-D prime
-    lengths : int64 array (B,) (or int), tokens generated per row (up to and including eos)
-    h : ndarray (num_layers, B, H) (or (num_layers, H)): the state after the prime and every
-        generated token but the last (the last is not fed back).
-    """
-    if rnn.bidirectional:
-        raise ValueError("generation needs a unidirectional RNN")
-    for layer, name in ((embedding, "embedding"), (decoder, "decoder")):
-        if layer.dtype != rnn.dtype:
-            raise TypeError(f"{name} dtype {layer.dtype} does not match the RNN's {rnn.dtype}")
-    if embedding.embedding_dim != rnn.input_size or decoder.in_features != rnn.hidden_size:
-        raise ValueError("embedding_dim must equal rnn.input_size and decoder.in_features "
-                         "must equal rnn.hidden_size")
-    dtype, V = rnn.dtype, embedding.num_embeddings
-    prime = np.asarray(prime)
-    if prime.ndim not in (1, 2) or prime.shape[-1] < 1:
-        raise ValueError(f"prime must have shape (P,) or (B, P) with P ≥ 1, got {prime.shape}")
-    single = prime.ndim == 1
-    prime = _check_indices(prime[None] if single else prime, "prime token", V,
-                           is_out=f"out of range for an Embedding of {V} rows")
-    B = prime.shape[0]
-    length = _check_size(length, "length", allow_zero=True)
-    if length > 1 and decoder.out_features > V:
-        raise ValueError(f"generated tokens are fed back: the decoder's {decoder.out_features} "
-                         f"classes must all be rows of the {V}-row embedding")
-    temperature = _check_real(temperature, "temperature", low=0.0)
-    top_k = 0 if top_k is None else _check_size(top_k, "top_k")
-    eos = -1 if eos is None else _check_int(eos, "eos", low=0, high=decoder.out_features)
-    pad = _check_int(pad, "pad", low=np.iinfo(np.int64).min, high=np.iinfo(np.int64).max)
-    Lyr, H = rnn.num_layers, rnn.hidden_size
-    if h0 is None:
-        h = np.zeros((Lyr, B, H), dtype=dtype)
-    else:
-        h0 = np.asarray(h0)
-        want = (Lyr, H) if single else (Lyr, B, H)
-        if h0.dtype != dtype:
-            raise TypeError(f"h0 dtype ({h0.dtype}) does not match the RNN's dtype ({dtype})")
-        if h0.shape != want:
-            raise ValueError(f"h0 must have shape {want}, got {h0.shape}")
-        h = h0[:, None] if single else h0
-    # the RNN runs on its own forward (the recurrence's kernels, bitwise as in training and
-    # evaluation): the prime in one call, then one step per generated token
-    params = {name: p.data for name, p in rnn.named_parameters()}
-    options = dict(num_layers=Lyr, nonlinearity=rnn.nonlinearity, keep_cache=False)
-    table, w_dec = embedding.weight.data, np.ascontiguousarray(decoder.weight.data).T
-    b_dec = decoder.bias.data if decoder.has_bias else None
-    threads = get_num_threads()
-    out, h, _ = functional.rnn_forward(table[prime.T], params, h, **options)
-    top = out[-1]
-    states = np.empty((B, 4), dtype=np.uint64)
-    _ops.seed_generators(_as_rng(seed).integers(0, 2**64, size=B, dtype=np.uint64), states)
-    tokens = np.full((B, length), pad, dtype=np.int64)
-    lengths = np.full(B, length, dtype=np.int64)
-    running = np.ones(B, dtype=bool)
-    logits = np.empty((B, decoder.out_features), dtype=dtype)
-    drawn = np.empty(B, dtype=np.int64)
-    for s in range(length):
-        _rnn.gemm(top, w_dec, logits, b_dec, False, threads)  # logits = h_top W_decᵀ + b
-        _ops.choose_tokens(logits, temperature, top_k, states, drawn, threads)
-        tokens[running, s] = drawn[running]
-        if eos >= 0:
-            ended = running & (drawn == eos)
-            lengths[ended] = s + 1
-            running &= ~ended
-        if s + 1 == length or not running.any():
-            break
-        # a row that ended keeps its state: a length of 0 leaves h as it was
-        step, h, _ = functional.rnn_forward(table[drawn][None], params, h,
-                                            lengths=running.astype(np.int64), **options)
-        top = np.where(running[:, None], step[0], top)
-    if single:
-        return tokens[0], int(lengths[0]), h[:, 0]
-    return tokens, lengths, h
+def _check_cell(cell, nonlinearity):
+    """``cell`` is one of CELLS; ``nonlinearity`` is left at its default unless it is 'rnn'."""
+    if not isinstance(cell, str):
+        raise TypeError(f"cell must be one of {CELLS} (a str), got {type(cell).__name__}")
+    if cell not in _MODULES:
+        raise ValueError(f"cell must be one of {CELLS}, got {cell!r:.40}")
+    if cell != "rnn" and nonlinearity != "tanh":
+        # an LSTM's and a GRU's activations are part of the cell: silently ignoring the
+        # option would train a different model than the one asked for
+        raise ValueError(f"nonlinearity={nonlinearity!r:.40} applies only to cell='rnn'; the "
+                         f"{cell.upper()}'s gate activations are fixed (leave nonlinearity "
+                         f"at 'tanh')")
 
 
 def accuracy(logits, targets, ignore_index=-100):
@@ -174,6 +94,7 @@ class _Model(Module):
         super().__init__()
         # as Python values (numpy scalars are not JSON): what save_model stores must load
         config = {k: _plain(v) for k, v in config.items()}
+        _check_cell(config["cell"], config["nonlinearity"])
         config["dtype"] = str(_check_dtype(config.get("dtype", np.float32)))
         self._config = config
 
@@ -187,9 +108,23 @@ class _Model(Module):
         pad = self._config.get("padding_idx")
         return 0 if pad is None else pad
 
+    @property
+    def _num_states(self):
+        """Arrays in a state: 2 for an LSTM's (h, c), else 1."""
+        return 2 if self._config["cell"] == "lstm" else 1
+
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self._config.items())
         return f"{type(self).__name__}({args})"
+
+    def _recurrent(self, input_size, rng, **options):
+        """The configuration's recurrent network (its cell, hidden_size, num_layers, dtype)
+        over ``input_size`` inputs, with the module's other ``options``."""
+        c = self._config
+        if c["cell"] == "rnn":
+            options["nonlinearity"] = c["nonlinearity"]
+        return _MODULES[c["cell"]](input_size, c["hidden_size"], c["num_layers"],
+                                   dtype=np.dtype(c["dtype"]), seed=rng, **options)
 
     def _embedded_rnn(self, num_outputs, seed):
         """``self.embedding`` → ``self.rnn`` → ``self.classifier`` (the RNN's outputs, both
@@ -198,23 +133,27 @@ class _Model(Module):
         dtype, rng = np.dtype(c["dtype"]), _as_rng(seed)
         self.embedding = Embedding(c["vocab_size"], c["embedding_dim"], c["padding_idx"],
                                    dtype=dtype, seed=rng)
-        self.rnn = RNN(c["embedding_dim"], c["hidden_size"], c["num_layers"], c["nonlinearity"],
-                       dropout=c["dropout"], bidirectional=c["bidirectional"],
-                       batch_first=c["batch_first"], dtype=dtype, seed=rng)
+        self.rnn = self._recurrent(c["embedding_dim"], rng, dropout=c["dropout"],
+                                   bidirectional=c["bidirectional"],
+                                   batch_first=c["batch_first"])
         D = directions(c["bidirectional"])
         self.classifier = Linear(D * c["hidden_size"], num_outputs, dtype=dtype, seed=rng)
 
 
 class RNNLanguageModel(_Model):
-    """Embedding → RNN → Linear: next-token logits at every step (many-to-many).
+    """Embedding → RNN (or LSTM, GRU) → Linear: next-token logits at every step.
 
     Parameters
     ----------
     vocab_size, embedding_dim, hidden_size : int
     num_layers : int, default 1
-    nonlinearity : {'tanh', 'relu'}
-    dropout : float, default 0 (between RNN layers)
+    nonlinearity : {'tanh', 'relu'}, cell 'rnn' only
+    dropout : float, default 0 (between recurrent layers)
     batch_first : bool, default False
+    cell : {'rnn', 'lstm', 'gru'}, default 'rnn'
+        The recurrent network: :class:`fastrnn.RNN`, :class:`fastrnn.LSTM` or
+        :class:`fastrnn.GRU`. An LSTM's state is the pair (h, c) wherever a state is taken
+        or returned.
     dtype : {np.float32, np.float64}
     seed : None, int or numpy.random.Generator (the initial weights)
 
@@ -223,24 +162,25 @@ class RNNLanguageModel(_Model):
     """
 
     def __init__(self, vocab_size, embedding_dim, hidden_size, num_layers=1, nonlinearity="tanh",
-                 dropout=0.0, batch_first=False, *, dtype=np.float32, seed=None):
+                 dropout=0.0, batch_first=False, *, cell="rnn", dtype=np.float32, seed=None):
         super().__init__(dict(vocab_size=vocab_size, embedding_dim=embedding_dim,
-                              hidden_size=hidden_size, num_layers=num_layers,
+                              hidden_size=hidden_size, num_layers=num_layers, cell=cell,
                               nonlinearity=nonlinearity, dropout=dropout,
                               batch_first=batch_first, dtype=dtype))
         rng = _as_rng(seed)
         self.embedding = Embedding(vocab_size, embedding_dim, dtype=dtype, seed=rng)
-        self.rnn = RNN(embedding_dim, hidden_size, num_layers, nonlinearity, dropout=dropout,
-                       batch_first=batch_first, dtype=dtype, seed=rng)
+        self.rnn = self._recurrent(embedding_dim, rng, dropout=dropout, batch_first=batch_first)
         self.decoder = Linear(hidden_size, vocab_size, dtype=dtype, seed=rng)
 
     def forward(self, x, h0=None, lengths=None):
-        """Token ids (L, N) -> logits (L, N, vocab_size) and h_n (num_layers, N, H)."""
-        out, h_n = self.rnn(self.embedding(x), h0, lengths=lengths)
-        return self.decoder(out), h_n
+        """Token ids (L, N) -> logits (L, N, vocab_size) and the final state: h_n
+        (num_layers, N, H), for an LSTM (h_n, c_n). ``h0`` likewise (None for zeros)."""
+        out, state = self.rnn(self.embedding(x), h0, lengths=lengths)
+        return self.decoder(out), state
 
     def backward(self, grad_logits, grad_h_n=None):
-        """Backpropagate d loss / d logits (and optionally d loss / d h_n); returns d h0."""
+        """Backpropagate d loss / d logits (and optionally d loss / d of the final state,
+        a pair for an LSTM); returns d loss / d h0 (a pair for an LSTM)."""
         d_out = self.decoder.backward(grad_logits)
         d_emb, d_h0 = self.rnn.backward(d_out, grad_h_n)
         self.embedding.backward(d_emb)
@@ -257,8 +197,8 @@ class RNNLanguageModel(_Model):
     def perplexity(self, ids, batch_size=32, seq_len=100):
         """exp(mean cross-entropy) of predicting each next token of the stream ``ids``.
 
-        The stream is cut as by :func:`fastrnn.data.lm_batches`, the hidden state carried
-        from batch to batch; runs in eval mode and restores the previous mode.
+        The stream is cut as by :func:`fastrnn.data.lm_batches`, the state carried from
+        batch to batch; runs in eval mode and restores the previous mode.
         """
         was_training = self.training
         self.eval()
@@ -277,38 +217,37 @@ class RNNLanguageModel(_Model):
 class ConditionalGenerator(_Model):
     """One-to-many: a class label → the RNN's initial state → a generated sequence.
 
-    A learned vector per class (``label_embedding``) is the initial hidden state of every
-    layer; the tokens are then modelled as by :class:`RNNLanguageModel`, starting from a
-    begin-of-sequence token. Training uses teacher forcing; :meth:`generate` samples
-    (or decodes greedily) from the label alone.
+    A learned vector per class (``label_embedding``) is the initial state of every layer
+    (an LSTM's h and c both: the vector is twice as long); the tokens are then modelled as
+    by :class:`RNNLanguageModel`, starting from a begin-of-sequence token. Training uses
+    teacher forcing; :meth:`generate` samples (or decodes greedily) from the label alone.
 
     Parameters
     ----------
     num_classes, vocab_size, embedding_dim, hidden_size : int
     num_layers : int, default 1
-    nonlinearity : {'tanh', 'relu'}
+    nonlinearity : {'tanh', 'relu'}, cell 'rnn' only
     batch_first : bool, default False
     padding_idx : int, default 0 (``<pad>``)
-    dtype, seed : as :class:`RNNLanguageModel`
+    cell, dtype, seed : as :class:`RNNLanguageModel`
     """
 
     def __init__(self, num_classes, vocab_size, embedding_dim, hidden_size, num_layers=1,
-                 nonlinearity="tanh", batch_first=False, padding_idx=0, *, dtype=np.float32,
-                 seed=None):
+                 nonlinearity="tanh", batch_first=False, padding_idx=0, *, cell="rnn",
+                 dtype=np.float32, seed=None):
         super().__init__(dict(num_classes=num_classes, vocab_size=vocab_size,
                               embedding_dim=embedding_dim, hidden_size=hidden_size,
-                              num_layers=num_layers, nonlinearity=nonlinearity,
+                              num_layers=num_layers, cell=cell, nonlinearity=nonlinearity,
                               batch_first=batch_first, padding_idx=padding_idx, dtype=dtype))
         rng = _as_rng(seed)
-        self.label_embedding = Embedding(num_classes, num_layers * hidden_size, dtype=dtype,
-                                         seed=rng)
+        self.label_embedding = Embedding(num_classes, self._num_states * num_layers * hidden_size,
+                                         dtype=dtype, seed=rng)
         self.embedding = Embedding(vocab_size, embedding_dim, padding_idx, dtype=dtype, seed=rng)
-        self.rnn = RNN(embedding_dim, hidden_size, num_layers, nonlinearity,
-                       batch_first=batch_first, dtype=dtype, seed=rng)
+        self.rnn = self._recurrent(embedding_dim, rng, batch_first=batch_first)
         self.decoder = Linear(hidden_size, vocab_size, dtype=dtype, seed=rng)
 
     def initial_state(self, labels, *, keep_cache=True):
-        """(N,) class labels -> h0 (num_layers, N, H).
+        """(N,) class labels -> h0 (num_layers, N, H), for an LSTM the pair (h0, c0).
 
         With ``keep_cache=False`` the label embedding keeps no backward cache (generation).
         """
@@ -316,8 +255,10 @@ class ConditionalGenerator(_Model):
         if labels.ndim != 1:
             raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
         e = self.label_embedding(labels) if keep_cache else self.label_embedding.lookup(labels)
-        return np.ascontiguousarray(
-            e.reshape(len(e), self.rnn.num_layers, self.rnn.hidden_size).transpose(1, 0, 2))
+        # a label's vector holds h0's layers, then c0's: (state, layer, N, H)
+        per_state = e.reshape(len(e), self._num_states, self.rnn.num_layers,
+                              self.rnn.hidden_size).transpose(1, 2, 0, 3)
+        return as_state([np.ascontiguousarray(s) for s in per_state])
 
     def forward(self, labels, x, lengths=None):
         """labels (N,), input tokens x (L, N) (begin token first) -> logits (L, N, vocab)."""
@@ -326,10 +267,10 @@ class ConditionalGenerator(_Model):
 
     def backward(self, grad_logits):
         """Backpropagate d loss / d logits into every parameter, the label vectors included."""
-        d_emb, d_h0 = self.rnn.backward(self.decoder.backward(grad_logits))
+        d_emb, d_state = self.rnn.backward(self.decoder.backward(grad_logits))
         self.embedding.backward(d_emb)
-        N = d_h0.shape[1]
-        self.label_embedding.backward(d_h0.transpose(1, 0, 2).reshape(N, -1))
+        d = np.stack(state_arrays(d_state))  # (state, layer, N, H), as initial_state's
+        self.label_embedding.backward(d.transpose(2, 0, 1, 3).reshape(d.shape[2], -1))
 
     def generate(self, labels, length, bos, eos=None, temperature=0.0, top_k=None, seed=None):
         """Sequences for each label: (N, length) tokens and (N,) lengths (greedy by default)."""
@@ -345,29 +286,29 @@ class ConditionalGenerator(_Model):
 
 
 class SequenceClassifier(_Model):
-    """Many-to-one: Embedding → RNN → the last layer's final state(s) → Linear → class logits.
+    """Many-to-one: Embedding → RNN → the last layer's final h(s) → Linear → class logits.
 
     With ``lengths`` each sequence's own final state is used (both directions' for a
-    bidirectional RNN), so padding does not change the result.
+    bidirectional RNN), so padding does not change the result. An LSTM's c is not used.
 
     Parameters
     ----------
     vocab_size, embedding_dim, hidden_size, num_classes : int
     num_layers : int, default 1
-    nonlinearity : {'tanh', 'relu'}
+    nonlinearity : {'tanh', 'relu'}, cell 'rnn' only
     bidirectional : bool, default False
     dropout : float, default 0
     batch_first : bool, default False
     padding_idx : int, default 0 (``<pad>``)
-    dtype, seed : as :class:`RNNLanguageModel`
+    cell, dtype, seed : as :class:`RNNLanguageModel`
     """
 
     def __init__(self, vocab_size, embedding_dim, hidden_size, num_classes, num_layers=1,
                  nonlinearity="tanh", bidirectional=False, dropout=0.0, batch_first=False,
-                 padding_idx=0, *, dtype=np.float32, seed=None):
+                 padding_idx=0, *, cell="rnn", dtype=np.float32, seed=None):
         super().__init__(dict(vocab_size=vocab_size, embedding_dim=embedding_dim,
                               hidden_size=hidden_size, num_classes=num_classes,
-                              num_layers=num_layers, nonlinearity=nonlinearity,
+                              num_layers=num_layers, cell=cell, nonlinearity=nonlinearity,
                               bidirectional=bidirectional, dropout=dropout,
                               batch_first=batch_first, padding_idx=padding_idx, dtype=dtype))
         self._embedded_rnn(num_classes, seed)
@@ -375,7 +316,8 @@ class SequenceClassifier(_Model):
 
     def forward(self, x, lengths=None):
         """Token ids (L, N) -> class logits (N, num_classes)."""
-        out, h_n = self.rnn(self.embedding(x), lengths=lengths)
+        out, state = self.rnn(self.embedding(x), lengths=lengths)
+        h_n = state_arrays(state)[0]
         D = directions(self.rnn.bidirectional)
         N = h_n.shape[1]
         # the last layer's states, forward then reverse: (N, D·H)
@@ -390,7 +332,8 @@ class SequenceClassifier(_Model):
         D = directions(self.rnn.bidirectional)
         grad_h_n = np.zeros(hn_shape, dtype=d_features.dtype)
         grad_h_n[-D:] = d_features.reshape(hn_shape[1], D, -1).transpose(1, 0, 2)
-        d_emb, _ = self.rnn.backward(np.zeros(out_shape, dtype=d_features.dtype), grad_h_n)
+        grad_state = as_state([grad_h_n] + [None] * (self._num_states - 1))  # none into c_n
+        d_emb, _ = self.rnn.backward(np.zeros(out_shape, dtype=d_features.dtype), grad_state)
         self.embedding.backward(d_emb)
 
     def predict(self, x, lengths=None):
@@ -408,20 +351,20 @@ class SequenceTagger(_Model):
     ----------
     vocab_size, embedding_dim, hidden_size, num_tags : int
     num_layers : int, default 1
-    nonlinearity : {'tanh', 'relu'}
+    nonlinearity : {'tanh', 'relu'}, cell 'rnn' only
     bidirectional : bool, default True
     dropout : float, default 0
     batch_first : bool, default False
     padding_idx : int, default 0 (``<pad>``)
-    dtype, seed : as :class:`RNNLanguageModel`
+    cell, dtype, seed : as :class:`RNNLanguageModel`
     """
 
     def __init__(self, vocab_size, embedding_dim, hidden_size, num_tags, num_layers=1,
                  nonlinearity="tanh", bidirectional=True, dropout=0.0, batch_first=False,
-                 padding_idx=0, *, dtype=np.float32, seed=None):
+                 padding_idx=0, *, cell="rnn", dtype=np.float32, seed=None):
         super().__init__(dict(vocab_size=vocab_size, embedding_dim=embedding_dim,
                               hidden_size=hidden_size, num_tags=num_tags, num_layers=num_layers,
-                              nonlinearity=nonlinearity, bidirectional=bidirectional,
+                              cell=cell, nonlinearity=nonlinearity, bidirectional=bidirectional,
                               dropout=dropout, batch_first=batch_first, padding_idx=padding_idx,
                               dtype=dtype))
         self._embedded_rnn(num_tags, seed)
@@ -438,7 +381,8 @@ class SequenceTagger(_Model):
 
 
 class Seq2Seq(_Model):
-    """Encoder–decoder for unequal lengths: the encoder's h_n is the decoder's h0.
+    """Encoder–decoder for unequal lengths: the encoder's final state is the decoder's
+    initial state (an LSTM's (h_n, c_n) both).
 
     Training (teacher forcing): ``model(src, src_lengths, tgt_in, tgt_lengths)`` with
     ``tgt_in`` the target prefixed by a begin token, scored against the target followed by
@@ -448,11 +392,11 @@ class Seq2Seq(_Model):
     ----------
     src_vocab_size, tgt_vocab_size, embedding_dim, hidden_size : int
     num_layers : int, default 1 (encoder and decoder alike)
-    nonlinearity : {'tanh', 'relu'}
+    nonlinearity : {'tanh', 'relu'}, cell 'rnn' only
     dropout : float, default 0
     batch_first : bool, default False
     padding_idx : int, default 0 (``<pad>``)
-    dtype, seed : as :class:`RNNLanguageModel`
+    cell, dtype, seed : as :class:`RNNLanguageModel` (encoder and decoder alike)
 
     Parameter names: ``src_embedding.*``, ``encoder.*``, ``tgt_embedding.*``, ``decoder.*``
     (RNN names), ``projection.*``.
@@ -460,40 +404,43 @@ class Seq2Seq(_Model):
 
     def __init__(self, src_vocab_size, tgt_vocab_size, embedding_dim, hidden_size, num_layers=1,
                  nonlinearity="tanh", dropout=0.0, batch_first=False, padding_idx=0, *,
-                 dtype=np.float32, seed=None):
+                 cell="rnn", dtype=np.float32, seed=None):
         super().__init__(dict(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size,
                               embedding_dim=embedding_dim, hidden_size=hidden_size,
-                              num_layers=num_layers, nonlinearity=nonlinearity, dropout=dropout,
-                              batch_first=batch_first, padding_idx=padding_idx, dtype=dtype))
+                              num_layers=num_layers, cell=cell, nonlinearity=nonlinearity,
+                              dropout=dropout, batch_first=batch_first, padding_idx=padding_idx,
+                              dtype=dtype))
         rng = _as_rng(seed)
-        kw = dict(dropout=dropout, batch_first=batch_first, dtype=dtype, seed=rng)
+        kw = dict(dropout=dropout, batch_first=batch_first)
         self.src_embedding = Embedding(src_vocab_size, embedding_dim, padding_idx, dtype=dtype,
                                        seed=rng)
-        self.encoder = RNN(embedding_dim, hidden_size, num_layers, nonlinearity, **kw)
+        self.encoder = self._recurrent(embedding_dim, rng, **kw)
         self.tgt_embedding = Embedding(tgt_vocab_size, embedding_dim, padding_idx, dtype=dtype,
                                        seed=rng)
-        self.decoder = RNN(embedding_dim, hidden_size, num_layers, nonlinearity, **kw)
+        self.decoder = self._recurrent(embedding_dim, rng, **kw)
         self.projection = Linear(hidden_size, tgt_vocab_size, dtype=dtype, seed=rng)
         self._enc_shape = None
 
     def encode(self, src, src_lengths=None):
-        """Source ids (S, N) -> the encoder's h_n (num_layers, N, H)."""
-        enc_out, h = self.encoder(self.src_embedding(src), lengths=src_lengths)
+        """Source ids (S, N) -> the encoder's final state: h_n (num_layers, N, H), for an
+        LSTM (h_n, c_n)."""
+        enc_out, state = self.encoder(self.src_embedding(src), lengths=src_lengths)
         self._enc_shape = enc_out.shape
-        return h
+        return state
 
     def forward(self, src, src_lengths, tgt_in, tgt_lengths=None):
         """Teacher-forced logits (T, N, tgt_vocab_size) for decoder inputs ``tgt_in`` (T, N)."""
-        h = self.encode(src, src_lengths)
-        out, _ = self.decoder(self.tgt_embedding(tgt_in), h, lengths=tgt_lengths)
+        state = self.encode(src, src_lengths)
+        out, _ = self.decoder(self.tgt_embedding(tgt_in), state, lengths=tgt_lengths)
         return self.projection(out)
 
     def backward(self, grad_logits):
         """Backpropagate d loss / d logits through decoder and encoder."""
-        d_dec_emb, d_h = self.decoder.backward(self.projection.backward(grad_logits))
+        d_dec_emb, d_state = self.decoder.backward(self.projection.backward(grad_logits))
         self.tgt_embedding.backward(d_dec_emb)
-        # the encoder's outputs are unused: only its h_n receives a gradient
-        d_src_emb, _ = self.encoder.backward(np.zeros(self._enc_shape, dtype=d_h.dtype), d_h)
+        # the encoder's outputs are unused: only its final state receives a gradient
+        d_src_emb, _ = self.encoder.backward(np.zeros(self._enc_shape, dtype=self.encoder.dtype),
+                                             d_state)
         self.src_embedding.backward(d_src_emb)
 
     def greedy_decode(self, src, src_lengths, bos, eos, max_len):
@@ -506,11 +453,11 @@ class Seq2Seq(_Model):
         try:
             # checked before np.full, which would truncate 2.5 to 2
             bos = _check_int(bos, "bos", low=0, high=self.tgt_embedding.num_embeddings)
-            h = self.encode(src, src_lengths)
-            prime = np.full((h.shape[1], 1), bos, dtype=np.int64)
+            state = self.encode(src, src_lengths)
+            prime = np.full((state_arrays(state)[0].shape[1], 1), bos, dtype=np.int64)
             tokens, lengths, _ = sample_tokens(self.tgt_embedding, self.decoder, self.projection,
-                                               prime, max_len, h0=h, temperature=0.0, eos=eos,
-                                               pad=self._pad)
+                                               prime, max_len, h0=state, temperature=0.0,
+                                               eos=eos, pad=self._pad)
         finally:
             self.train(was_training)
         return tokens, lengths
