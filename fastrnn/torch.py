@@ -1,9 +1,10 @@
 """``fastrnn.torch``: fastrnn's kernels inside PyTorch models (CPU, float32/float64).
 
-:class:`RNN` is ``torch.nn.RNN`` with a different ``forward``: it subclasses it, so the
-constructor, parameters (names, shapes, init, ``state_dict``), ``repr``, ``.to()``,
+:class:`RNN`, :class:`LSTM` and :class:`GRU` are ``torch.nn.RNN``, ``torch.nn.LSTM`` and
+``torch.nn.GRU`` with a different ``forward``: they subclass them, so the constructor,
+parameters (names, shapes, init, ``state_dict``), ``repr``, ``.to()``,
 ``flatten_parameters`` and pickling are torch's own; forward and backward run
-:func:`fastrnn.functional.rnn_forward` / :func:`~fastrnn.functional.rnn_backward` through a
+:mod:`fastrnn.functional`'s forward and backward of the cell through a
 ``torch.autograd.Function`` on zero-copy NumPy views of contiguous CPU tensors. Parameter
 gradients are returned to autograd, which accumulates them into ``p.grad`` and fires the
 hooks ``DistributedDataParallel`` averages gradients with.
@@ -13,6 +14,10 @@ hooks ``DistributedDataParallel`` averages gradients with.
 >>> output, h_n = rnn(torch.randn(3, 5, 8))
 >>> output.shape, h_n.shape
 (torch.Size([3, 5, 16]), torch.Size([2, 3, 16]))
+>>> lstm = fastrnn.torch.LSTM(8, 16, proj_size=4)
+>>> output, (h_n, c_n) = lstm(torch.randn(5, 3, 8))
+>>> output.shape, h_n.shape, c_n.shape
+(torch.Size([5, 3, 4]), torch.Size([1, 3, 4]), torch.Size([1, 3, 16]))
 
 PyTorch stays optional: ``pip install "fastrnn[torch]"``; ``import fastrnn`` never imports
 this module.
@@ -30,24 +35,24 @@ import numpy as np
 from . import functional
 from ._layout import directions
 
-__all__ = ["RNN", "from_torch"]
+__all__ = ["RNN", "LSTM", "GRU", "from_torch"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 
-def _check_supported(tensor, what):
+def _check_supported(tensor, what, mode="RNN"):
     """Refuse, with a message naming what is supported, what the kernels cannot run."""
     if tensor.device.type != "cpu":
-        raise RuntimeError(f"fastrnn.torch.RNN runs on CPU tensors only, but {what} is on "
+        raise RuntimeError(f"fastrnn.torch.{mode} runs on CPU tensors only, but {what} is on "
                            f"device '{tensor.device}'; move it with .cpu(), or use "
-                           f"torch.nn.RNN on {tensor.device.type}")
+                           f"torch.nn.{mode} on {tensor.device.type}")
     if tensor.layout != torch.strided:
-        raise TypeError(f"fastrnn.torch.RNN supports dense (strided) tensors only, but {what} "
-                        f"has layout {tensor.layout}; convert it with .to_dense()")
+        raise TypeError(f"fastrnn.torch.{mode} supports dense (strided) tensors only, but "
+                        f"{what} has layout {tensor.layout}; convert it with .to_dense()")
     if tensor.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"fastrnn.torch.RNN supports torch.float32 and torch.float64 only, but "
-                        f"{what} has dtype {tensor.dtype}; convert the model with .float() or "
-                        f".double() and the input to match")
+        raise TypeError(f"fastrnn.torch.{mode} supports torch.float32 and torch.float64 only, "
+                        f"but {what} has dtype {tensor.dtype}; convert the model with .float() "
+                        f"or .double() and the input to match")
 
 
 def _numpy(tensor):
@@ -109,57 +114,81 @@ class _Slot:
         self.index = index
 
 
-class _RNNFunction(torch.autograd.Function):
-    """Time-major or batch-first 3-D input through fastrnn's forward and BPTT.
+class _RecurrentFunction(torch.autograd.Function):
+    """Time-major or batch-first 3-D input through fastrnn's forward and BPTT of a cell.
 
-    ``apply(options, lengths, masks, x, h0, *weights)``: ``options`` is (parameter names,
-    num_layers, nonlinearity, bidirectional, batch_first); ``lengths`` an int64 array or
-    None; ``masks`` a list of dropout-mask arrays or None; ``h0`` may be None (zeros).
+    ``apply(options, lengths, masks, x, h0, c0, *weights)``: ``options`` is (mode, parameter
+    names, num_layers, nonlinearity, bidirectional, batch_first), mode torch's "RNN_TANH",
+    "RNN_RELU", "LSTM" or "GRU"; ``lengths`` an int64 array or None; ``masks`` a list of
+    dropout-mask arrays or None; ``h0`` and (LSTM only) ``c0`` may be None (zeros). Returns
+    the output and the final states (h_n; h_n and c_n for an LSTM).
     """
 
     @staticmethod
-    def forward(ctx, options, lengths, masks, x, h0, *weights):
-        names, num_layers, nonlinearity, bidirectional, batch_first = options
+    def forward(ctx, options, lengths, masks, x, h0, c0, *weights):
+        mode, names, num_layers, nonlinearity, bidirectional, batch_first = options
         params = {name: _numpy(w) for name, w in zip(names, weights)}
-        output, h_n, cache = functional.rnn_forward(
-            _numpy(x), params, None if h0 is None else _numpy(h0), num_layers=num_layers,
-            nonlinearity=nonlinearity, bidirectional=bidirectional, batch_first=batch_first,
-            lengths=lengths, dropout_masks=masks)
+        h0n, c0n = (None if s is None else _numpy(s) for s in (h0, c0))
+        kw = dict(num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
+                  lengths=lengths, dropout_masks=masks)
+        if mode == "LSTM":
+            output, states, cache = functional.lstm_forward(_numpy(x), params, (h0n, c0n), **kw)
+        elif mode == "GRU":
+            output, h_n, cache = functional.gru_forward(_numpy(x), params, h0n, **kw)
+            states = (h_n,)
+        else:
+            output, h_n, cache = functional.rnn_forward(_numpy(x), params, h0n,
+                                                        nonlinearity=nonlinearity, **kw)
+            states = (h_n,)
         # functional returns the output read-only; torch's version counter guards it instead
         output.flags.writeable = True
-        output, h_n = torch.from_numpy(output), torch.from_numpy(h_n)
-        ctx.names = names
-        ctx.has_h0 = h0 is not None
+        output = torch.from_numpy(output)
+        ctx.mode, ctx.names = mode, names
+        ctx.has_state = (h0 is not None, c0 is not None)
         ctx.set_materialize_grads(False)  # a None gradient (h_n unused, say) is not zeros to build
         # output is saved too: BPTT reads it, so modifying it in place must be an error
-        _save_arrays(ctx, (output, x, h0, *weights), cache)
-        return output, h_n
+        _save_arrays(ctx, (output, x, h0, c0, *weights), cache)
+        return (output, *(torch.from_numpy(s) for s in states))
 
     @staticmethod
-    def backward(ctx, grad_output, grad_h_n):
-        grads = _rnn_backward(ctx, grad_output, grad_h_n)
+    def backward(ctx, grad_output, *grad_states):
+        grads = _recurrent_backward(ctx, grad_output, grad_states)
         if not torch.is_grad_enabled():
             return grads
         # create_graph=True: these gradients are constants to autograd (NumPy computed them),
         # so differentiating them again must fail loudly instead of giving zeros
         tensors = [g for g in grads if g is not None]
         error = torch._C._functions.DelayedError(
-            b"fastrnn.torch.RNN does not support double backward (gradients of its gradients); "
-            b"use torch.nn.RNN for that", len(tensors))
+            f"fastrnn.torch.{_module_name(ctx.mode)} does not support double backward "
+            f"(gradients of its gradients); use torch.nn.{_module_name(ctx.mode)} for "
+            f"that".encode(), len(tensors))
         delayed = iter(error(*(g.detach().requires_grad_() for g in tensors)))
         return tuple(None if g is None else next(delayed) for g in grads)
 
 
-def _rnn_backward(ctx, grad_output, grad_h_n):
-    """BPTT for :class:`_RNNFunction`: gradients for each of its ``apply`` arguments."""
-    (output, _x, _h0, *weights), cache = _load_arrays(ctx)
+def _module_name(mode):
+    """torch's module name for an RNNBase mode ("RNN_TANH" -> "RNN")."""
+    return "RNN" if mode.startswith("RNN") else mode
+
+
+def _recurrent_backward(ctx, grad_output, grad_states):
+    """BPTT for :class:`_RecurrentFunction`: gradients for each of its ``apply`` arguments."""
+    (output, _x, _h0, _c0, *weights), cache = _load_arrays(ctx)
     cache["params"] = {name: _numpy(w) for name, w in zip(ctx.names, weights)}
     grad_output = (np.zeros(output.shape, dtype=cache["dtype"]) if grad_output is None
                    else _numpy(grad_output))
-    grad_x, grad_h0, grads = functional.rnn_backward(
-        cache, grad_output, None if grad_h_n is None else _numpy(grad_h_n))
+    grad_states = [None if g is None else _numpy(g) for g in grad_states]
+    if ctx.mode == "LSTM":
+        grad_x, (grad_h0, grad_c0), grads = functional.lstm_backward(cache, grad_output,
+                                                                     tuple(grad_states))
+    else:
+        backward = functional.gru_backward if ctx.mode == "GRU" else functional.rnn_backward
+        grad_x, grad_h0, grads = backward(cache, grad_output, grad_states[0])
+        grad_c0 = None
+    has_h0, has_c0 = ctx.has_state
     return (None, None, None, torch.from_numpy(grad_x),
-            torch.from_numpy(grad_h0) if ctx.has_h0 else None,
+            torch.from_numpy(grad_h0) if has_h0 else None,
+            torch.from_numpy(grad_c0) if has_c0 else None,
             *(torch.from_numpy(grads[name]) for name in ctx.names))
 
 
@@ -218,66 +247,87 @@ def _packed_indices(batch_sizes, sorted_indices, unsorted_indices, rows):
     return torch.from_numpy(t_index), torch.from_numpy(order[rank]), lengths
 
 
-class RNN(torch.nn.RNN):
-    r"""``torch.nn.RNN`` whose forward and backward run fastrnn's compiled CPU kernels.
-
-    Constructor, parameters, inputs and outputs are exactly ``torch.nn.RNN``'s (see its
-    documentation): ``RNN(input_size, hidden_size, num_layers=1, nonlinearity='tanh',
-    bias=True, batch_first=False, dropout=0.0, bidirectional=False, device=None,
-    dtype=None)``, called as ``output, h_n = rnn(input, hx=None)`` with ``input`` a 3-D or
-    unbatched 2-D tensor or a ``PackedSequence``. ``state_dict``\ s load both ways.
-
-    Supported: CPU tensors, float32 and float64; anything else raises an error naming this.
-    Results match ``torch.nn.RNN`` to float rounding. Dropout between layers (training mode)
-    draws its masks from torch's generator, so ``torch.manual_seed`` governs it; the masks
-    differ from the ones torch.nn.RNN would draw. Not supported: double backward.
-    """
+class _Recurrent:
+    """What :class:`RNN`, :class:`LSTM` and :class:`GRU` add to their torch module: a
+    ``forward`` on fastrnn's kernels. Mixed in before the torch class, so everything else
+    (constructor, parameters, checks, ``repr``) is torch's."""
 
     def forward(self, input, hx=None):
-        """Run the RNN; arguments and results as ``torch.nn.RNN.forward``."""
+        """Run the module; arguments and results as its torch class's ``forward``."""
+        name = type(self).__name__
         # by name, not the cached self._flat_weights: parameters swapped in by
         # torch.func.functional_call or reassigned by the user are seen
-        weights = [getattr(self, name) for name in self._flat_weights_names]
-        for name, w in zip(self._flat_weights_names, weights):
-            _check_supported(w, f"parameter {name}")
+        weights = [getattr(self, n) for n in self._flat_weights_names]
+        for n, w in zip(self._flat_weights_names, weights):
+            _check_supported(w, f"parameter {n}", name)
         packed = isinstance(input, PackedSequence)
-        for value, what in ((input.data if packed else input, "the input"), (hx, "hx")):
-            if value is not None and not isinstance(value, torch.Tensor):
-                raise TypeError(f"fastrnn.torch.RNN: {what} must be a torch.Tensor"
-                                f"{' or a PackedSequence' if what == 'the input' else ''}, "
-                                f"got {type(value).__name__}")
-        _check_supported(input.data if packed else input, "the input")
-        if hx is not None:
-            _check_supported(hx, "hx")
+        data = input.data if packed else input
+        if not isinstance(data, torch.Tensor):
+            raise TypeError(f"fastrnn.torch.{name}: the input must be a torch.Tensor or a "
+                            f"PackedSequence, got {type(data).__name__}")
+        _check_supported(data, "the input", name)
+        states = self._states(hx)
+        for s, what in zip(states, ("hx", "cx")):
+            if s is not None:
+                _check_supported(s, what, name)
         if packed:
-            return self._forward_packed(input, hx, weights)
+            return self._forward_packed(input, hx, states, weights)
 
         if input.dim() not in (2, 3):
-            raise ValueError(f"RNN: Expected input to be 2D or 3D, got {input.dim()}D tensor "
-                             "instead")
+            raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D "
+                             "tensor instead")
         batched = input.dim() == 3
         batch_dim = 0 if self.batch_first else 1
+        want = 3 if batched else 2
+        if hx is not None and any(s.dim() != want for s in states):
+            # torch's messages
+            kind = "batched 3-D" if batched else "unbatched 2-D"
+            if self.mode == "LSTM":
+                raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D but "
+                                   f"got ({states[0].dim()}-D, {states[1].dim()}-D) tensors")
+            raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got "
+                               f"{states[0].dim()}-D tensor")
         if not batched:
             input = input.unsqueeze(batch_dim)
             if hx is not None:
-                if hx.dim() != 2:
-                    raise RuntimeError("For unbatched 2-D input, hx should also be 2-D but got "
-                                       f"{hx.dim()}-D tensor")
-                hx = hx.unsqueeze(1)
-        elif hx is not None and hx.dim() != 3:
-            raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got "
-                               f"{hx.dim()}-D tensor")
-        self._check_args(input, hx, None, weights)
+                states = tuple(s.unsqueeze(1) for s in states)
+        self._check_args(input, states, None, weights)
         seq_len, batch = ((input.size(1), input.size(0)) if self.batch_first
                           else (input.size(0), input.size(1)))
-        output, h_n = _RNNFunction.apply(self._options(self.batch_first), None,
-                                         self._dropout_masks(seq_len, batch, weights[0]),
-                                         input, hx, *weights)
+        output, *finals = self._apply(self.batch_first, None, seq_len, batch, input, states,
+                                      weights)
         if not batched:
-            return output.squeeze(batch_dim), h_n.squeeze(1)
-        return output, h_n
+            output, finals = output.squeeze(batch_dim), [f.squeeze(1) for f in finals]
+        return output, self._state_result(finals)
 
-    def _forward_packed(self, input, hx, weights):
+    def _states(self, hx):
+        """The initial states in hx as a tuple (h0,) or (h0, c0); Nones if hx is None."""
+        if self.mode != "LSTM":
+            if hx is not None and not isinstance(hx, torch.Tensor):
+                raise TypeError(f"fastrnn.torch.{type(self).__name__}: hx must be a "
+                                f"torch.Tensor, got {type(hx).__name__}")
+            return (hx,)
+        if hx is None:
+            return (None, None)
+        if (not isinstance(hx, (tuple, list)) or len(hx) != 2
+                or not all(isinstance(s, torch.Tensor) for s in hx)):
+            raise TypeError("fastrnn.torch.LSTM: hx must be a pair (h_0, c_0) of tensors, got "
+                            f"{type(hx).__name__}")
+        return tuple(hx)
+
+    def _state_result(self, finals):
+        """h_n, or (h_n, c_n) for an LSTM, as torch returns them."""
+        return tuple(finals) if self.mode == "LSTM" else finals[0]
+
+    def _apply(self, batch_first, lengths, seq_len, batch, x, states, weights):
+        h0, c0 = (tuple(states) + (None,))[:2]
+        options = (self.mode, tuple(self._flat_weights_names), self.num_layers,
+                   getattr(self, "nonlinearity", "tanh"), self.bidirectional, batch_first)
+        return _RecurrentFunction.apply(options, lengths,
+                                        self._dropout_masks(seq_len, batch, weights[0]), x, h0,
+                                        c0, *weights)
+
+    def _forward_packed(self, input, hx, states, weights):
         """PackedSequence in and out, through padded time-major tensors and lengths."""
         data, batch_sizes, sorted_indices, unsorted_indices = input
         if data.dim() != 2:
@@ -285,39 +335,36 @@ class RNN(torch.nn.RNN):
                              f"{data.dim()}-D")
         t_index, b_index, lengths = _packed_indices(batch_sizes, sorted_indices,
                                                     unsorted_indices, data.size(0))
-        self._check_args(data, hx, batch_sizes, weights)
+        self._check_args(data, states, batch_sizes, weights)
         seq_len, batch = len(batch_sizes), len(lengths)
         # unpack into (L, N, I) in the caller's batch order, where hx and h_n also live
         padded = data.new_zeros((seq_len, batch, data.size(1))).index_put((t_index, b_index),
                                                                            data)
-        output, h_n = _RNNFunction.apply(self._options(False), lengths,
-                                         self._dropout_masks(seq_len, batch, weights[0]),
-                                         padded, hx, *weights)
-        return PackedSequence(output[t_index, b_index], batch_sizes, sorted_indices,
-                              unsorted_indices), h_n
+        output, *finals = self._apply(False, lengths, seq_len, batch, padded, states, weights)
+        return (PackedSequence(output[t_index, b_index], batch_sizes, sorted_indices,
+                               unsorted_indices), self._state_result(finals))
 
-    def _check_args(self, input, hx, batch_sizes, weights):
-        """torch.nn.RNN's own checks (messages included), plus hx's dtype."""
-        if hx is None:
+    def _check_args(self, input, states, batch_sizes, weights):
+        """torch's own checks (messages included), plus the states' dtype."""
+        if states[0] is None:
             self.check_input(input, batch_sizes)
             return
-        self.check_forward_args(input, hx, batch_sizes)
-        if hx.dtype != weights[0].dtype:
-            raise ValueError(f"RNN hx dtype ({hx.dtype}) does not match weight dtype "
-                             f"({weights[0].dtype}). Convert hx: hx.to({weights[0].dtype})")
-
-    def _options(self, batch_first):
-        return (tuple(self._flat_weights_names), self.num_layers, self.nonlinearity,
-                self.bidirectional, batch_first)
+        self.check_forward_args(input, self._state_result(list(states)), batch_sizes)
+        for s in states:
+            if s.dtype != weights[0].dtype:
+                raise ValueError(f"{type(self).__name__} hx dtype ({s.dtype}) does not match "
+                                 f"weight dtype ({weights[0].dtype}). Convert hx: "
+                                 f"hx.to({weights[0].dtype})")
 
     def _dropout_masks(self, seq_len, batch, weight):
         """Inverted-dropout masks for the outputs of all layers but the last (training only).
 
-        Drawn with torch.bernoulli from torch's default generator, time-major (L, N, D·H).
+        Drawn with torch.bernoulli from torch's default generator, time-major (L, N, D·H_out).
         """
         if not (self.training and self.dropout > 0 and self.num_layers > 1):
             return None
-        shape = (seq_len, batch, directions(self.bidirectional) * self.hidden_size)
+        width = getattr(self, "proj_size", 0) or self.hidden_size
+        shape = (seq_len, batch, directions(self.bidirectional) * width)
         keep = 1.0 - self.dropout
         masks = []
         for _ in range(self.num_layers - 1):
@@ -330,12 +377,53 @@ class RNN(torch.nn.RNN):
         return masks
 
 
+_DOC = r"""``torch.nn.{name}`` whose forward and backward run fastrnn's compiled CPU kernels.
+
+    Constructor, parameters, inputs and outputs are exactly ``torch.nn.{name}``'s (see its
+    documentation): ``{name}({signature})``, called as ``{call}`` with ``input`` a 3-D or
+    unbatched 2-D tensor or a ``PackedSequence``. ``state_dict``\ s load both ways.
+
+    Supported: CPU tensors, float32 and float64; anything else (a CUDA tensor, float16,
+    bfloat16) raises an error naming this, never a wrong result. Results match
+    ``torch.nn.{name}`` to float rounding. Dropout between layers (training mode) draws its
+    masks from torch's generator, so ``torch.manual_seed`` governs it; the masks differ from
+    the ones torch.nn.{name} would draw. Not supported: double backward.{extra}
+    """
+
+
+class RNN(_Recurrent, torch.nn.RNN):
+    __doc__ = _DOC.format(
+        name="RNN", signature="input_size, hidden_size, num_layers=1, nonlinearity='tanh', "
+        "bias=True, batch_first=False, dropout=0.0, bidirectional=False, device=None, "
+        "dtype=None", call="output, h_n = rnn(input, hx=None)", extra="")
+
+
+class LSTM(_Recurrent, torch.nn.LSTM):
+    __doc__ = _DOC.format(
+        name="LSTM", signature="input_size, hidden_size, num_layers=1, bias=True, "
+        "batch_first=False, dropout=0.0, bidirectional=False, proj_size=0, device=None, "
+        "dtype=None", call="output, (h_n, c_n) = lstm(input, (h_0, c_0))",
+        extra="\n\n    With ``proj_size`` > 0 the projection runs on fastrnn's kernels too "
+              "(torch's own CPU path\n    leaves oneDNN for it).")
+
+
+class GRU(_Recurrent, torch.nn.GRU):
+    __doc__ = _DOC.format(
+        name="GRU", signature="input_size, hidden_size, num_layers=1, bias=True, "
+        "batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None",
+        call="output, h_n = gru(input, hx=None)", extra="")
+
+
+_FAST = {torch.nn.RNN: RNN, torch.nn.LSTM: LSTM, torch.nn.GRU: GRU}
+
+
 def from_torch(module):
-    """Make every ``torch.nn.RNN`` in ``module`` (itself included) a :class:`RNN`, in place.
+    """Make every ``torch.nn.RNN``, ``torch.nn.LSTM`` and ``torch.nn.GRU`` in ``module``
+    (itself included) fastrnn's :class:`RNN`, :class:`LSTM` or :class:`GRU`, in place.
 
     Only the class changes: parameters (the same tensor objects, so an optimizer built
-    before keeps working), buffers, hooks, device and mode are kept. Subclasses of
-    ``torch.nn.RNN`` are left alone, since their ``forward`` may differ.
+    before keeps working), buffers, hooks, device and mode are kept. Subclasses of the torch
+    modules are left alone, since their ``forward`` may differ.
 
     Parameters
     ----------
@@ -348,6 +436,6 @@ def from_torch(module):
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"from_torch expects a torch.nn.Module, got {type(module).__name__}")
     for sub in module.modules():
-        if type(sub) is torch.nn.RNN:
-            sub.__class__ = RNN
+        if type(sub) in _FAST:
+            sub.__class__ = _FAST[type(sub)]
     return module

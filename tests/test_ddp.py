@@ -1,4 +1,5 @@
-"""Data-parallel training of a fastrnn.torch.RNN model under DistributedDataParallel.
+"""Data-parallel training of fastrnn.torch.RNN, LSTM and GRU models under
+DistributedDataParallel.
 
 Two processes (gloo, 127.0.0.1), each with half of a batch, must produce the averaged
 gradients and, after a few SGD steps, the weights of one process training on the whole batch.
@@ -25,21 +26,23 @@ L, N, I, H = 7, 8, 3, 6   # N splits evenly across the processes
 
 
 class Model(torch.nn.Module):
-    """Variable-length sequences -> 2-layer bidirectional RNN -> last states -> linear."""
+    """Variable-length sequences -> 2-layer bidirectional ``cell`` -> last states -> linear."""
 
-    def __init__(self):
+    def __init__(self, cell):
         super().__init__()
-        self.rnn = fastrnn.torch.RNN(I, H, num_layers=2, bidirectional=True, dtype=torch.float64)
+        self.rnn = getattr(fastrnn.torch, cell)(I, H, num_layers=2, bidirectional=True,
+                                                dtype=torch.float64)
         self.head = torch.nn.Linear(2 * H, 2, dtype=torch.float64)
 
     def forward(self, x, lengths):
-        _, h_n = self.rnn(pack_padded_sequence(x, lengths, enforce_sorted=False))
+        _, state = self.rnn(pack_padded_sequence(x, lengths, enforce_sorted=False))
+        h_n = state[0] if isinstance(state, tuple) else state  # an LSTM's is (h_n, c_n)
         return self.head(torch.cat([h_n[-2], h_n[-1]], dim=1))
 
 
-def make_model():
+def make_model(cell):
     torch.manual_seed(0)
-    return Model()
+    return Model(cell)
 
 
 def make_batch():
@@ -72,7 +75,7 @@ def train(model, x, lengths, target, names):
     return result
 
 
-def worker(rank, world_size, port, output):
+def worker(cell, rank, world_size, port, output):
     """One DDP process: its share of the batch, gradients averaged over gloo."""
     import datetime
 
@@ -83,7 +86,7 @@ def worker(rank, world_size, port, output):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world_size, timeout=datetime.timedelta(seconds=60))
     try:
-        module = make_model()
+        module = make_model(cell)
         names = [n for n, _ in module.named_parameters()]
         model = torch.nn.parallel.DistributedDataParallel(module)
         x, lengths, target = make_batch()
@@ -105,7 +108,8 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_ddp_two_processes_match_single_process(tmp_path):
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
+def test_ddp_two_processes_match_single_process(tmp_path, cell):
     from _helpers import assert_close_rel
 
     port = _free_port()
@@ -113,8 +117,8 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
     outputs = [tmp_path / f"rank{r}.npz" for r in range(WORLD_SIZE)]
-    procs = [subprocess.Popen([sys.executable, __file__, str(r), str(WORLD_SIZE), str(port),
-                               str(outputs[r])], env=env, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, __file__, cell, str(r), str(WORLD_SIZE),
+                               str(port), str(outputs[r])], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
              for r in range(WORLD_SIZE)]
     try:
@@ -126,7 +130,7 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     for r, (p, log) in enumerate(zip(procs, logs)):
         assert p.returncode == 0, f"rank {r} failed:\n{log}"
 
-    model = make_model()
+    model = make_model(cell)
     names = [n for n, _ in model.named_parameters()]
     expected = train(model, *make_batch(), names)
     ranks = [dict(np.load(o)) for o in outputs]
@@ -144,7 +148,7 @@ def test_ddp_two_processes_match_single_process(tmp_path):
 
 
 if __name__ == "__main__":
-    worker(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
     # gloo's threads can abort ("terminate called without an active exception") while the
     # interpreter finalizes (pytorch/pytorch#179291); the results are written, so skip that
     sys.stdout.flush()

@@ -403,13 +403,14 @@ class _Model(torch.nn.Module):
         super().__init__()
         self.embed = torch.nn.Embedding(10, I)
         self.encoder = torch.nn.RNN(I, H, num_layers=2, bidirectional=True)
-        self.stack = torch.nn.ModuleList([torch.nn.RNN(2 * H, H), torch.nn.LSTM(H, H)])
+        self.stack = torch.nn.ModuleList([torch.nn.RNN(2 * H, H), torch.nn.LSTM(H, H),
+                                          torch.nn.GRU(H, H)])
         self.custom = type("MyRNN", (torch.nn.RNN,), {})(H, H)
 
     def forward(self, tokens):
         y = self.embed(tokens)
         y = self.stack[0](self.encoder(y)[0])[0]
-        return self.custom(self.stack[1](y)[0])[0]
+        return self.custom(self.stack[2](self.stack[1](y)[0])[0])[0]
 
 
 def test_from_torch_converts_in_place():
@@ -422,7 +423,7 @@ def test_from_torch_converts_in_place():
 
     assert ft.from_torch(model) is model
     assert type(model.encoder) is ft.RNN and type(model.stack[0]) is ft.RNN
-    assert type(model.stack[1]) is torch.nn.LSTM
+    assert type(model.stack[1]) is ft.LSTM and type(model.stack[2]) is ft.GRU
     assert type(model.custom).__name__ == "MyRNN"  # subclasses keep their own forward
     assert all(p is params[name] for name, p in model.named_parameters())
     assert_tensors_close(model(tokens), before, torch.float32, "output")

@@ -1,0 +1,280 @@
+"""fastrnn.torch.LSTM and fastrnn.torch.GRU against torch.nn.LSTM and torch.nn.GRU:
+constructor, parameters, outputs, gradients (every option, proj_size included), gradcheck,
+autograd contracts, refusals.
+
+torch's own modules are the independent reference (same weights via state_dict).
+"""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from torch.nn.utils.rnn import PackedSequence  # noqa: E402
+
+import fastrnn.torch as ft  # noqa: E402
+from test_torch_adapter import (LAYOUTS, TORCH_DTYPES, H, I, L, N,  # noqa: E402
+                                assert_tensors_close, layout_inputs)
+
+# (module name, proj_size): the LSTM with and without a projection, the GRU
+CELLS = [pytest.param(("LSTM", 0), id="lstm"), pytest.param(("LSTM", 3), id="lstm-proj"),
+         pytest.param(("GRU", 0), id="gru")]
+
+
+def make_pair(name, *args, proj_size=0, **kwargs):
+    """torch's module and fastrnn's, built the same way, with the same weights."""
+    if proj_size:
+        kwargs["proj_size"] = proj_size
+    reference = getattr(torch.nn, name)(*args, **kwargs)
+    module = getattr(ft, name)(*args, **kwargs)
+    module.load_state_dict(reference.state_dict())
+    return reference, module
+
+
+def initial_states(name, h0, proj_size, hidden_size=H):
+    """hx for the module: h0 (P wide with a projection) and, for an LSTM, a c0 (H wide)."""
+    if h0 is None:
+        return None
+    if name != "LSTM":
+        return h0
+    c0 = (0.5 * torch.randn(*h0.shape[:-1], hidden_size, dtype=h0.dtype)).requires_grad_()
+    if proj_size:
+        h0 = h0[..., :proj_size].detach().clone().requires_grad_()
+    return h0, c0
+
+
+def state_tensors(state):
+    """h_n, or h_n and c_n, as a tuple (empty for None)."""
+    if state is None:
+        return ()
+    return tuple(state) if isinstance(state, tuple) else (state,)
+
+
+def run(module, make_input, x, hx, grads=None):
+    """Forward, then backward of Σ output·g + Σ state·g; returns the results, the
+    gradients of x, of every initial state and of every parameter, and the g used."""
+    for t in (x, *state_tensors(hx)):
+        t.grad = None
+    module.zero_grad()
+    out, state = module(make_input(x), hx)
+    out_data = out.data if isinstance(out, PackedSequence) else out
+    finals = state_tensors(state)
+    if grads is None:
+        grads = [torch.randn_like(t) for t in (out_data, *finals)]
+    loss = sum((t * g).sum() for t, g in zip((out_data, *finals), grads))
+    loss.backward()
+    return dict(out=out, finals=finals, grad_x=x.grad.clone(),
+                grad_states=[t.grad.clone() for t in state_tensors(hx)],
+                params={n: p.grad.clone() for n, p in module.named_parameters()}), grads
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("kwargs", [dict(), dict(num_layers=3, bias=False, dropout=0.2,
+                                                 bidirectional=True, batch_first=True)],
+                         ids=["defaults", "options"])
+def test_constructor_parameters_and_state_dict_match_torch(cell, kwargs):
+    name, proj = cell
+    torch.manual_seed(1)
+    reference = getattr(torch.nn, name)(I, H, proj_size=proj, **kwargs) if proj else \
+        getattr(torch.nn, name)(I, H, **kwargs)
+    torch.manual_seed(1)
+    module = getattr(ft, name)(I, H, proj_size=proj, **kwargs) if proj else \
+        getattr(ft, name)(I, H, **kwargs)
+    assert isinstance(module, getattr(torch.nn, name))
+    assert repr(module) == repr(reference)
+    names = [n for n, _ in module.named_parameters()]
+    assert names == [n for n, _ in reference.named_parameters()]
+    for (n, p), q in zip(module.named_parameters(), reference.parameters()):
+        assert torch.equal(p, q), f"{n}: torch's initialisation, drawn the same way"
+    other = getattr(torch.nn, name)(I, H, proj_size=proj, **kwargs) if proj else \
+        getattr(torch.nn, name)(I, H, **kwargs)
+    other.load_state_dict(module.state_dict())
+    module.load_state_dict(other.state_dict())
+
+
+@pytest.mark.parametrize("dtype", TORCH_DTYPES)
+@pytest.mark.parametrize("with_h0", [False, True], ids=["nohx", "hx"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("num_layers", [1, 2], ids=["layers1", "layers2"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_outputs_and_gradients_match_torch(cell, num_layers, bidirectional, bias, layout,
+                                           with_h0, dtype):
+    name, proj = cell
+    torch.manual_seed(3)
+    reference, module = make_pair(name, I, H, num_layers=num_layers, bias=bias,
+                                  bidirectional=bidirectional, proj_size=proj,
+                                  batch_first=layout == "batchfirst", dtype=dtype)
+    make_input, x, h0, _ = layout_inputs(layout, num_layers, bidirectional, dtype, with_h0)
+    hx = initial_states(name, h0, proj)
+    expected, grads = run(reference, make_input, x, hx)
+    got, _ = run(module, make_input, x, hx, grads)
+
+    out, ref_out = got["out"], expected["out"]
+    if layout.startswith("packed"):
+        assert isinstance(out, PackedSequence)
+        for field in ("batch_sizes", "sorted_indices", "unsorted_indices"):
+            a, b = getattr(out, field), getattr(ref_out, field)
+            assert (a is None and b is None) or torch.equal(a, b), field
+        out, ref_out = out.data, ref_out.data
+    assert out.shape == ref_out.shape
+    assert_tensors_close(out, ref_out, dtype, "output")
+    assert len(got["finals"]) == len(expected["finals"]) == (2 if name == "LSTM" else 1)
+    for i, (a, b) in enumerate(zip(got["finals"], expected["finals"])):
+        assert a.shape == b.shape
+        assert_tensors_close(a, b, dtype, f"final state {i}")
+    assert_tensors_close(got["grad_x"], expected["grad_x"], dtype, "grad_x")
+    for i, (a, b) in enumerate(zip(got["grad_states"], expected["grad_states"])):
+        assert_tensors_close(a, b, dtype, f"grad of initial state {i}")
+    assert list(got["params"]) == list(expected["params"])
+    for n in expected["params"]:
+        assert_tensors_close(got["params"][n], expected["params"][n], dtype, f"grad {n}")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("num_layers,bidirectional,bias,layout,dropout", [
+    (1, False, True, "time", 0.0),
+    (2, True, True, "batchfirst", 0.0),
+    (2, False, False, "unbatched", 0.0),
+    (2, True, True, "packed", 0.0),
+    (3, True, True, "time", 0.4),
+])
+def test_gradcheck(cell, num_layers, bidirectional, bias, layout, dropout):
+    name, proj = cell
+    torch.manual_seed(9)
+    kwargs = dict(proj_size=min(proj, 2)) if proj else {}
+    module = getattr(ft, name)(2, 3, num_layers=num_layers, bias=bias,
+                               batch_first=layout == "batchfirst", dropout=dropout,
+                               bidirectional=bidirectional, dtype=torch.float64, **kwargs)
+    make_input, x, h0, _ = layout_inputs(layout, num_layers, bidirectional, torch.float64, True,
+                                         seq_len=4, batch=3, input_size=2, hidden_size=3)
+    states = state_tensors(initial_states(name, h0, min(proj, 2), hidden_size=3))
+    names = [n for n, _ in module.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in module.parameters()]
+
+    def f(x, *tensors):
+        torch.manual_seed(10)  # the same dropout masks at every evaluation
+        hx = tensors[:len(states)]
+        out, state = torch.func.functional_call(
+            module, dict(zip(names, tensors[len(states):])),
+            (make_input(x), hx if name == "LSTM" else hx[0]))
+        return (out.data if isinstance(out, PackedSequence) else out, *state_tensors(state))
+
+    assert torch.autograd.gradcheck(f, (x, *states, *params))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_adam_training_matches_torch(cell):
+    name, proj = cell
+    torch.manual_seed(8)
+    reference, module = make_pair(name, I, H, num_layers=2, bidirectional=True, proj_size=proj,
+                                  dtype=torch.float64)
+    x = torch.randn(L, N, I, dtype=torch.float64)
+    target = torch.randn(L, N, 2 * (proj or H), dtype=torch.float64)
+    for m in (reference, module):
+        optimizer = torch.optim.Adam(m.parameters(), lr=0.01)
+        for _ in range(3):
+            optimizer.zero_grad()
+            torch.nn.functional.mse_loss(m(x)[0], target).backward()
+            optimizer.step()
+    for (n, p), q in zip(module.named_parameters(), reference.parameters()):
+        assert_tensors_close(p, q, torch.float64, n)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_autograd_contracts(cell):
+    """A second backward needs retain_graph; in-place changes to what BPTT reads are caught;
+    double backward is refused loudly."""
+    name, proj = cell
+    kwargs = dict(proj_size=proj) if proj else {}
+    module = getattr(ft, name)(I, H, dtype=torch.float64, **kwargs)
+    x = torch.randn(L, N, I, dtype=torch.float64, requires_grad=True)
+    loss = module(x)[0].sum()
+    loss.backward(retain_graph=True)
+    once = module.weight_hh_l0.grad.clone()
+    loss.backward()
+    assert_tensors_close(module.weight_hh_l0.grad, 2 * once, torch.float64, "grad")
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        loss.backward()
+    out, _ = module(x)
+    with torch.no_grad():
+        module.weight_hh_l0.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+    (grad_x,) = torch.autograd.grad(module(x)[0].sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match=f"fastrnn.torch.{name} does not support double"):
+        grad_x.sum().backward()
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_only_final_states_used(cell):
+    name, proj = cell
+    torch.manual_seed(4)
+    reference, module = make_pair(name, I, H, num_layers=2, bidirectional=True, proj_size=proj,
+                                  dtype=torch.float64)
+    x = torch.randn(L, N, I, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for m in (module, reference):
+        x.grad = None
+        state_tensors(m(x)[1])[-1].square().sum().backward()  # c_n for an LSTM, else h_n
+        grads.append([x.grad.clone()] + [p.grad.clone() for p in m.parameters()])
+    for a, b in zip(*grads):
+        assert_tensors_close(a, b, torch.float64, "grad")
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU"])
+def test_unsupported_tensors_are_refused(name):
+    module = getattr(ft, name)(I, H)
+    with pytest.raises(RuntimeError, match=rf"(?s)fastrnn.torch.{name} runs on CPU tensors only"):
+        module(torch.randn(L, N, I, device="meta"))
+    for dtype in (torch.float16, torch.bfloat16):
+        with pytest.raises(TypeError, match=rf"torch.float32 and torch.float64 only.*{dtype}"):
+            getattr(ft, name)(I, H, dtype=dtype)(torch.randn(L, N, I, dtype=dtype))
+
+
+@pytest.mark.parametrize("hx", [torch.zeros(1, N, H), (torch.zeros(1, N, H),),
+                                [torch.zeros(1, N, H), None]],
+                         ids=["tensor", "one-tuple", "none-in-pair"])
+def test_lstm_hx_must_be_a_pair_of_tensors(hx):
+    with pytest.raises(TypeError, match=r"hx must be a pair \(h_0, c_0\)"):
+        ft.LSTM(I, H)(torch.zeros(L, N, I), hx)
+
+
+# (input shape, h0 shape, c0 shape) with w for h0's width (the projection, or H)
+STATE_CASES = {
+    "h-size": ((L, N, I), (2, N, "w"), (1, N, H)),  # h0 of the wrong size
+    "c-size": ((L, N, I), (1, N, "w"), (1, N, H + 1)),  # c0 of the wrong size
+    "2d": ((L, N, I), (1, "w"), (1, H)),  # 2-D states with batched input
+    "3d": ((L, I), (1, N, "w"), (1, N, H)),  # 3-D states with unbatched input
+}
+
+
+@pytest.mark.parametrize("cell,case", [
+    pytest.param(cell.values[0], case, id=f"{cell.id}-{case}") for cell in CELLS
+    for case in STATE_CASES if not (cell.values[0][0] == "GRU" and case == "c-size")])
+def test_invalid_states_raise_like_torch(cell, case):
+    name, proj = cell
+    reference, module = make_pair(name, I, H, proj_size=proj)
+    x_shape, h_shape, c_shape = STATE_CASES[case]
+    h = torch.zeros([proj or H if d == "w" else d for d in h_shape])
+    hx = (h, torch.zeros(c_shape)) if name == "LSTM" else h
+    x = torch.zeros(x_shape)
+    with pytest.raises((ValueError, RuntimeError)) as expected:
+        reference(x, hx)
+    with pytest.raises(expected.type) as got:
+        module(x, hx)
+    assert str(got.value) == str(expected.value)
+
+
+def test_from_torch_converts_lstm_and_gru_with_the_same_results():
+    torch.manual_seed(12)
+    model = torch.nn.Sequential()
+    model.lstm = torch.nn.LSTM(I, H, proj_size=2, num_layers=2)
+    model.gru = torch.nn.GRU(2, H, bidirectional=True)
+    x = torch.randn(L, N, I)
+    before = model.gru(model.lstm(x)[0])[0].detach()
+    ft.from_torch(model)
+    assert type(model.lstm) is ft.LSTM and type(model.gru) is ft.GRU
+    assert_tensors_close(model.gru(model.lstm(x)[0])[0], before, torch.float32, "output")
+    assert np.isfinite(before.numpy()).all()
