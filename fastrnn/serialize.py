@@ -4,7 +4,9 @@ The file is a plain NumPy ``.npz`` archive readable with ``allow_pickle=False``:
 
 * ``fastrnn_header``: UTF-8 JSON in a uint8 array: ``{"format": "fastrnn.model/1",
   "model": class name, "config": constructor arguments, "vocab": names of the stored
-  vocabularies, "meta": anything JSON-serialisable the caller adds}``;
+  vocabularies, "meta": anything JSON-serialisable the caller adds}``; the configuration
+  names the recurrent ``cell`` ("rnn", "lstm" or "gru"), and a file written before cells
+  existed (no ``cell`` entry) loads as "rnn";
 * ``vocab.<name>``: each vocabulary as UTF-8 JSON in a uint8 array;
 * ``param.<dotted name>``: every parameter array.
 
@@ -262,7 +264,8 @@ def _read_archive(archive, path):
         raise ValueError("corrupt model file: 'config' must be an object")
     _check_config_bounds(config, stored, path)
     try:
-        # shapes first: a configuration must not make us allocate what the file lacks
+        # shapes first: a configuration must not make us allocate what the file lacks; the
+        # constructor refuses what it does not know (an unknown cell among them)
         expected = parameter_shapes(lambda: MODELS[name](**config))
     except (TypeError, ValueError) as e:
         raise ValueError(f"invalid configuration for {name} in {path!s}: {e}") from e
