@@ -24,7 +24,7 @@ import numpy as np
 
 from .data import TOKEN_SEPARATORS, Vocab, get_tokenizer, lm_batches
 from .layers import CrossEntropyLoss, clip_grad_norm_
-from .models import RNNLanguageModel
+from .models import CELLS, RNNLanguageModel
 from .optim import Adam
 from .parallel import _check_num_threads, set_num_threads
 from .serialize import load_model, save_model
@@ -162,10 +162,14 @@ def add_train_lm_arguments(parser):
                    help="embedding size (default: 64)")
     g.add_argument("--hidden", type=_positive_int, default=256,
                    help="hidden size (default: 256)")
-    g.add_argument("--layers", type=_positive_int, default=2, help="RNN layers (default: 2)")
-    g.add_argument("--nonlinearity", default="tanh", choices=["tanh", "relu"])
+    g.add_argument("--cell", default="rnn", choices=list(CELLS),
+                   help="recurrent cell: Elman RNN, LSTM or GRU (default: rnn)")
+    g.add_argument("--layers", type=_positive_int, default=2,
+                   help="recurrent layers (default: 2)")
+    g.add_argument("--nonlinearity", default="tanh", choices=["tanh", "relu"],
+                   help="the Elman RNN's activation, --cell rnn only (default: tanh)")
     g.add_argument("--dropout", type=_probability, default=0.0,
-                   help="dropout between RNN layers (default: 0)")
+                   help="dropout between recurrent layers (default: 0)")
     g.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     g = parser.add_argument_group("training")
     g.add_argument("--seq-len", type=_positive_int, default=100,
@@ -286,6 +290,9 @@ def run_train_lm(args, stdout=None, stderr=None):
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     _check_tokenizer(args.tokenizer)
+    if args.cell != "rnn" and args.nonlinearity != "tanh":
+        raise CommandError(f"fastrnn train-lm: --nonlinearity {args.nonlinearity} applies only "
+                           f"to --cell rnn (the {args.cell.upper()}'s activations are fixed)")
     if args.threads is not None:
         set_num_threads(args.threads)
     if args.file:
@@ -306,8 +313,8 @@ def run_train_lm(args, stdout=None, stderr=None):
     rng = np.random.default_rng(args.seed)
     try:
         model = RNNLanguageModel(len(vocab), args.embedding, args.hidden, args.layers,
-                                 args.nonlinearity, dropout=args.dropout, dtype=args.dtype,
-                                 seed=rng)
+                                 args.nonlinearity, dropout=args.dropout, cell=args.cell,
+                                 dtype=args.dtype, seed=rng)
     except MemoryError:
         raise CommandError(f"fastrnn train-lm: not enough memory for a model of --hidden "
                            f"{args.hidden}, --embedding {args.embedding}, --layers "
@@ -316,7 +323,8 @@ def run_train_lm(args, stdout=None, stderr=None):
     ce = CrossEntropyLoss()
     n_params = sum(p.data.size for p in model.parameters())
     out.write(f"fastrnn train-lm: {len(tokens):,} {args.tokenizer} tokens from {source}, "
-              f"vocabulary {len(vocab):,}, {n_params:,} parameters\n")
+              f"vocabulary {len(vocab):,}, {args.layers}-layer {args.cell.upper()}, "
+              f"{n_params:,} parameters\n")
     out.flush()
     meta = dict(tokenizer=args.tokenizer, separator=sep, source=source, steps=0)
     progress = _Progress(args.steps, err, args.log_every)
@@ -330,7 +338,7 @@ def run_train_lm(args, stdout=None, stderr=None):
                 t0 = time.perf_counter()
                 x, y, new_epoch = next(batches)
                 if new_epoch:
-                    h = None  # each pass over the text starts from a zero state
+                    h = None  # each pass over the text starts from a zero state (h and c)
                 model.zero_grad()
                 logits, h = model(x, h)
                 loss = ce(logits, y)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+import fastrnn
 from _helpers import LM_TEXT, TINY_LM
 from fastrnn import load_model
 from fastrnn.models import RNNLanguageModel, SequenceTagger
@@ -15,6 +16,7 @@ from fastrnn.train_cli import (add_sample_arguments, add_train_lm_arguments, def
                                run_sample, run_train_lm)
 
 TEXT, TINY = LM_TEXT, TINY_LM
+MODULE = {"rnn": fastrnn.RNN, "lstm": fastrnn.LSTM, "gru": fastrnn.GRU}
 
 
 @pytest.fixture(autouse=True)
@@ -117,3 +119,34 @@ def test_checkpoint_reproduces_the_trained_model(text_file, tmp_path):
     x = vocab.encode("to be or")[:, None]
     again, _, _ = load_model(ckpt)
     np.testing.assert_array_equal(model.eval()(x)[0], again.eval()(x)[0])
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_train_lm_and_sample_for_every_cell(text_file, tmp_path, cell):
+    """--cell picks the network, the checkpoint records it and sample rebuilds it."""
+    ckpt = tmp_path / f"{cell}.npz"
+    out, _ = train([str(text_file), *TINY, "--cell", cell, "--layers", "2", "--steps", "20",
+                    "--eval-every", "10", "--checkpoint", str(ckpt)])
+    assert f"2-layer {cell.upper()}" in out
+    model, vocab, meta = load_model(ckpt)
+    assert model.config()["cell"] == cell and type(model.rnn) is MODULE[cell]
+    ppls = [float(line.split("perplexity ")[1].split(",")[0]) for line in out.splitlines()
+            if "validation perplexity" in line]
+    assert ppls[1] < ppls[0] < len(vocab)
+    a = sample([str(ckpt), "--length", "30", "--prime", "to be", "--seed", "3"])
+    assert sample([str(ckpt), "--length", "30", "--prime", "to be", "--seed", "3"]) == a
+    assert sample([str(ckpt), "--length", "30", "--prime", "to be", "--seed", "4"]) != a
+    # what sample prints is the model's own generation from the prime's state
+    model.eval()
+    ids = model.generate(vocab.encode("to be"), 30, temperature=0.8, seed=3)
+    assert a == "to be" + vocab.decode(ids, sep="") + "\n"
+
+
+def test_train_lm_cell_options_are_checked(text_file, tmp_path):
+    assert parse(add_train_lm_arguments, []).cell == "rnn"
+    with pytest.raises(SystemExit, match="applies only to --cell rnn"):
+        train([str(text_file), *TINY, "--cell", "gru", "--nonlinearity", "relu",
+               "--steps", "1", "--checkpoint", str(tmp_path / "x.npz")])
+    assert not (tmp_path / "x.npz").exists()
+    with pytest.raises(SystemExit):  # argparse: invalid choice
+        parse(add_train_lm_arguments, ["--cell", "transformer"])
