@@ -1,15 +1,17 @@
 """Train the same character-level language model with fastrnn and with PyTorch; compare.
 
-Same architecture (Embedding → 2-layer tanh RNN → Linear), same initial weights (fastrnn's,
-copied into torch through its state_dict), same Adam, same gradient clipping, same
-batches in the same order, same number of steps, same thread count. Prints each one's
-validation perplexity after training and its training wall time.
+Same architecture (Embedding → 2-layer tanh RNN, LSTM or GRU (``--cell``) → Linear; on the
+torch side torch.nn.RNN / LSTM / GRU themselves), same initial weights (fastrnn's, copied
+into torch through its state_dict), same Adam, same gradient clipping, same batches in the
+same order, same number of steps, same thread count. Prints each one's validation
+perplexity after training, its training wall time and its median time per step.
 
 The two trainings are interleaved step by step and timed separately, so that load from
 other processes on the machine falls on both alike.
 
     python examples/compare_torch_lm.py                       # tinyshakespeare if present
     python examples/compare_torch_lm.py --data some.txt --steps 300 --threads 2
+    python examples/compare_torch_lm.py --cell lstm          # or gru; default rnn
 
 Needs torch (an optional dependency of fastrnn).
 """
@@ -37,6 +39,7 @@ def parse_args():
     p.add_argument("--embedding", type=int, default=64)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--cell", choices=["rnn", "lstm", "gru"], default="rnn")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--clip", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=0)
@@ -69,16 +72,18 @@ def main():
     train_ids, val_ids = vocab.encode(tokens[:-n_val]), vocab.encode(tokens[-n_val:])
     print(f"{path or 'stdlib sources'}: {len(train_ids):,} training and {len(val_ids):,} "
           f"validation characters, vocabulary {len(vocab)}; {args.steps} steps of "
-          f"batch {args.batch} × seq_len {args.seq_len}, {args.threads} thread(s)")
+          f"batch {args.batch} × seq_len {args.seq_len}, {args.layers}-layer "
+          f"{args.cell.upper()} of {args.hidden}, {args.threads} thread(s)")
 
     model = RNNLanguageModel(len(vocab), args.embedding, args.hidden, args.layers,
-                             seed=args.seed)
+                             cell=args.cell, seed=args.seed)
+    torch_cell = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[args.cell]
 
     class TorchLM(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.embedding = torch.nn.Embedding(len(vocab), args.embedding)
-            self.rnn = torch.nn.RNN(args.embedding, args.hidden, args.layers)
+            self.rnn = torch_cell(args.embedding, args.hidden, args.layers)
             self.decoder = torch.nn.Linear(args.hidden, len(vocab))
 
         def forward(self, x, h=None):
@@ -98,8 +103,12 @@ def main():
         while True:
             yield from lm_batches(train_ids, args.batch, args.seq_len)
 
+    def detach(state):  # truncated BPTT: an LSTM's state is the pair (h, c)
+        return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+
     h = th = None
     t_fast = t_torch = 0.0
+    steps_fast, steps_torch = [], []
     for step, (x, y) in zip(range(1, args.steps + 1), batches()):
         t0 = time.perf_counter()
         model.zero_grad()
@@ -112,7 +121,7 @@ def main():
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
         topt.zero_grad()
         tlogits, th = tmodel(xt, th)
-        th = th.detach()
+        th = detach(th)
         tloss = tce(tlogits.reshape(-1, V), yt.reshape(-1))
         tloss.backward()
         torch.nn.utils.clip_grad_norm_(tmodel.parameters(), args.clip)
@@ -120,6 +129,8 @@ def main():
         t2 = time.perf_counter()
         t_fast += t1 - t0
         t_torch += t2 - t1
+        steps_fast.append(t1 - t0)
+        steps_torch.append(t2 - t1)
         if step % 50 == 0 or step == args.steps:
             print(f"step {step:4d}  loss fastrnn {loss:.4f}  torch {tloss.item():.4f}   "
                   f"time fastrnn {t_fast:6.1f}s  torch {t_torch:6.1f}s", flush=True)
@@ -138,6 +149,9 @@ def main():
           f"(fastrnn/torch - 1 = {ppl / tppl - 1:+.2%})")
     print(f"training wall time     fastrnn {t_fast:.1f} s   torch {t_torch:.1f} s   "
           f"(fastrnn/torch = {t_fast / t_torch:.3f})")
+    med_fast, med_torch = np.median(steps_fast) * 1e3, np.median(steps_torch) * 1e3
+    print(f"median time per step   fastrnn {med_fast:.2f} ms   torch {med_torch:.2f} ms   "
+          f"(fastrnn/torch = {med_fast / med_torch:.3f})")
     print(f"fastrnn kernel: {fastrnn.functional.get_kernel()}, torch {torch.__version__}")
     return 0
 
