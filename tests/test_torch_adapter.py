@@ -259,21 +259,6 @@ def test_forward_without_autograd(context):
     assert_tensors_close(out, reference(x)[0], torch.float32, "output")
 
 
-def test_adam_training_matches_torch():
-    torch.manual_seed(8)
-    reference, module = make_pair(I, H, num_layers=2, bidirectional=True, dtype=torch.float64)
-    x = torch.randn(L, N, I, dtype=torch.float64)
-    target = torch.randn(L, N, 2 * H, dtype=torch.float64)
-    for m in (reference, module):
-        optimizer = torch.optim.Adam(m.parameters(), lr=0.01)
-        for _ in range(3):
-            optimizer.zero_grad()
-            torch.nn.functional.mse_loss(m(x)[0], target).backward()
-            optimizer.step()
-    for (name, p), q in zip(module.named_parameters(), reference.parameters()):
-        assert_tensors_close(p, q, torch.float64, name)
-
-
 # ------------------------------------------------------------------------------- gradcheck
 @pytest.mark.parametrize("num_layers,bidirectional,nonlinearity,bias,layout,dropout", [
     (1, False, "tanh", True, "time", 0.0),
@@ -346,18 +331,6 @@ def test_dropout_masks_scale_and_rate(p):
 
 
 # ---------------------------------------------------------------------- autograd contracts
-def test_second_backward_needs_retain_graph():
-    module = ft.RNN(I, H, dtype=torch.float64)
-    x = torch.randn(L, N, I, dtype=torch.float64)
-    loss = module(x)[0].sum()
-    loss.backward(retain_graph=True)
-    once = module.weight_hh_l0.grad.clone()
-    loss.backward()
-    assert_tensors_close(module.weight_hh_l0.grad, 2 * once, torch.float64, "grad")
-    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
-        loss.backward()
-
-
 def test_backward_frees_the_cache(monkeypatch):
     import weakref
 
@@ -387,14 +360,6 @@ def test_in_place_modification_before_backward_is_an_error(modified):
         {"output": out, "weight": module.weight_hh_l0, "input": x}[modified].mul_(2)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
-
-
-def test_double_backward_is_refused():
-    module = ft.RNN(I, H, dtype=torch.float64)
-    x = torch.randn(L, N, I, dtype=torch.float64, requires_grad=True)
-    (grad_x,) = torch.autograd.grad(module(x)[0].sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="does not support double backward"):
-        grad_x.sum().backward()
 
 
 # ------------------------------------------------------------------------------ from_torch

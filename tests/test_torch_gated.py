@@ -1,6 +1,6 @@
 """fastrnn.torch.LSTM and fastrnn.torch.GRU against torch.nn.LSTM and torch.nn.GRU:
 constructor, parameters, outputs, gradients (every option, proj_size included), gradcheck,
-autograd contracts, refusals.
+training with Adam (RNN too), autograd contracts, refusals.
 
 torch's own modules are the independent reference (same weights via state_dict).
 """
@@ -19,6 +19,7 @@ from test_torch_adapter import (LAYOUTS, TORCH_DTYPES, H, I, L, N,  # noqa: E402
 # (module name, proj_size): the LSTM with and without a projection, the GRU
 CELLS = [pytest.param(("LSTM", 0), id="lstm"), pytest.param(("LSTM", 3), id="lstm-proj"),
          pytest.param(("GRU", 0), id="gru")]
+WITH_RNN = CELLS + [pytest.param(("RNN", 0), id="rnn")]  # contracts shared with fastrnn.torch.RNN
 
 
 def make_pair(name, *args, proj_size=0, **kwargs):
@@ -164,14 +165,19 @@ def test_gradcheck(cell, num_layers, bidirectional, bias, layout, dropout):
     assert torch.autograd.gradcheck(f, (x, *states, *params))
 
 
-@pytest.mark.parametrize("cell", CELLS)
-def test_adam_training_matches_torch(cell):
+def bidirectional_pair(cell, seed):
+    """torch's and fastrnn's 2-layer bidirectional float64 ``cell``, and an input."""
     name, proj = cell
-    torch.manual_seed(8)
+    torch.manual_seed(seed)
     reference, module = make_pair(name, I, H, num_layers=2, bidirectional=True, proj_size=proj,
                                   dtype=torch.float64)
-    x = torch.randn(L, N, I, dtype=torch.float64)
-    target = torch.randn(L, N, 2 * (proj or H), dtype=torch.float64)
+    return reference, module, torch.randn(L, N, I, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("cell", WITH_RNN)
+def test_adam_training_matches_torch(cell):
+    reference, module, x = bidirectional_pair(cell, 8)
+    target = torch.randn(L, N, 2 * (cell[1] or H), dtype=torch.float64)
     for m in (reference, module):
         optimizer = torch.optim.Adam(m.parameters(), lr=0.01)
         for _ in range(3):
@@ -182,7 +188,7 @@ def test_adam_training_matches_torch(cell):
         assert_tensors_close(p, q, torch.float64, n)
 
 
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", WITH_RNN)
 def test_autograd_contracts(cell):
     """A second backward needs retain_graph; in-place changes to what BPTT reads are caught;
     double backward is refused loudly."""
@@ -209,11 +215,8 @@ def test_autograd_contracts(cell):
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_only_final_states_used(cell):
-    name, proj = cell
-    torch.manual_seed(4)
-    reference, module = make_pair(name, I, H, num_layers=2, bidirectional=True, proj_size=proj,
-                                  dtype=torch.float64)
-    x = torch.randn(L, N, I, dtype=torch.float64, requires_grad=True)
+    reference, module, x = bidirectional_pair(cell, 4)
+    x.requires_grad_()
     grads = []
     for m in (module, reference):
         x.grad = None
