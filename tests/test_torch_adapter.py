@@ -68,6 +68,17 @@ def layout_inputs(layout, num_layers, bidirectional, dtype, with_h0, seq_len=L, 
     return make_input, x.requires_grad_(), None if h0 is None else h0.requires_grad_(), lengths
 
 
+def output_data(out, ref_out, layout):
+    """The outputs' data, checking that packed outputs are packed like torch's."""
+    if not layout.startswith("packed"):
+        return out, ref_out
+    assert isinstance(out, PackedSequence)
+    for field in ("batch_sizes", "sorted_indices", "unsorted_indices"):
+        a, b = getattr(out, field), getattr(ref_out, field)
+        assert (a is None and b is None) or torch.equal(a, b), field
+    return out.data, ref_out.data
+
+
 def run(module, make_input, x, h0, grad_output, grad_h_n):
     """Forward, then backward of Σ output·g + Σ h_n·g; returns results and gradients."""
     x.grad = None
@@ -188,13 +199,7 @@ def test_outputs_and_gradients_match_torch(num_layers, bidirectional, nonlineari
     *expected, grad_output, grad_h_n = run(reference, make_input, x, h0, None, None)
     *got, _, _ = run(module, make_input, x, h0, grad_output, grad_h_n)
 
-    out, ref_out = got[0], expected[0]
-    if layout.startswith("packed"):
-        assert isinstance(out, PackedSequence)
-        for field in ("batch_sizes", "sorted_indices", "unsorted_indices"):
-            a, b = getattr(out, field), getattr(ref_out, field)
-            assert (a is None and b is None) or torch.equal(a, b), field
-        out, ref_out = out.data, ref_out.data
+    out, ref_out = output_data(got[0], expected[0], layout)
     assert out.shape == ref_out.shape and got[1].shape == expected[1].shape
     assert_tensors_close(out, ref_out, dtype, "output")
     for name, a, b in zip(["h_n", "grad_x", "grad_h0"], got[1:4], expected[1:4]):

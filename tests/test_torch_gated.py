@@ -14,7 +14,7 @@ from torch.nn.utils.rnn import PackedSequence  # noqa: E402
 
 import fastrnn.torch as ft  # noqa: E402
 from test_torch_adapter import (LAYOUTS, TORCH_DTYPES, H, I, L, N,  # noqa: E402
-                                assert_tensors_close, layout_inputs)
+                                assert_tensors_close, layout_inputs, output_data)
 
 # (module name, proj_size): the LSTM with and without a projection, the GRU
 CELLS = [pytest.param(("LSTM", 0), id="lstm"), pytest.param(("LSTM", 3), id="lstm-proj"),
@@ -112,13 +112,7 @@ def test_outputs_and_gradients_match_torch(cell, num_layers, bidirectional, bias
     expected, grads = run(reference, make_input, x, hx)
     got, _ = run(module, make_input, x, hx, grads)
 
-    out, ref_out = got["out"], expected["out"]
-    if layout.startswith("packed"):
-        assert isinstance(out, PackedSequence)
-        for field in ("batch_sizes", "sorted_indices", "unsorted_indices"):
-            a, b = getattr(out, field), getattr(ref_out, field)
-            assert (a is None and b is None) or torch.equal(a, b), field
-        out, ref_out = out.data, ref_out.data
+    out, ref_out = output_data(got["out"], expected["out"], layout)
     assert out.shape == ref_out.shape
     assert_tensors_close(out, ref_out, dtype, "output")
     assert len(got["finals"]) == len(expected["finals"]) == (2 if name == "LSTM" else 1)
