@@ -48,6 +48,7 @@ def test_bench_json(tmp_path):
     peak = results["matmul_peak"]
     assert peak["n"] == 2048 and "OPENBLAS_CORETYPE" in peak["unset"]
     assert _positive(peak["gflops"]), peak.get("error")
+    assert len(peak["attempts_gflops"]) == 3 and peak["gflops"] == max(peak["attempts_gflops"])
 
     assert [(r["cell"], r["size"], r["pass"]) for r in results["rows"]] == [
         (cell, "8x2x4x6", p) for cell in ("rnn", "lstm", "gru") for p in ("fwd", "fwd+bwd")]

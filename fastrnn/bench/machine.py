@@ -83,25 +83,33 @@ def machine_info(threads):
     )
 
 
-def matmul_peak(threads, n=PEAK_N, repeats=5):
+def matmul_peak(threads, n=PEAK_N, repeats=5, attempts=3):
     """GFLOP/s of an n×n float32 NumPy matmul: the machine's floating-point peak, measured.
 
     Runs in a subprocess (:func:`matmul_times`) without OPENBLAS_CORETYPE and
     OPENBLAS_L2_SIZE, which OpenBLAS reads when it loads (this environment sets them to force
-    its AVX2 kernels), with ``threads`` BLAS threads. Returns a dict; ``gflops`` is None (and
-    ``error`` says why) on failure.
+    its AVX2 kernels), with ``threads`` BLAS threads: ``attempts`` fresh processes, the best
+    of their medians (a shared host's slow spell of a second or two halves a single reading,
+    and the peak is what the machine can do). Returns a dict; ``gflops`` is None (and
+    ``error`` says why) on failure; ``attempts_gflops`` holds every reading.
     """
     info = dict(n=n, dtype="float32", threads=threads, unset=list(PEAK_ENV_UNSET),
-                library="NumPy/OpenBLAS", gflops=None)
-    try:
-        proc = run_child("machine", [n, repeats], threads, unset=PEAK_ENV_UNSET, timeout=300,
-                         check=True)
-        info.update(json.loads(proc.stdout))
-    except (OSError, subprocess.SubprocessError, ValueError) as e:
-        detail = getattr(e, "stderr", None) or str(e)
-        info["error"] = detail.strip().splitlines()[-1] if detail.strip() else repr(e)
-        return info
-    info["gflops"] = 2 * n ** 3 / statistics.median(info["times_s"]) / 1e9
+                library="NumPy/OpenBLAS", gflops=None, attempts_gflops=[])
+    for _ in range(attempts):
+        try:
+            proc = run_child("machine", [n, repeats], threads, unset=PEAK_ENV_UNSET,
+                             timeout=300, check=True)
+            reading = json.loads(proc.stdout)
+        except (OSError, subprocess.SubprocessError, ValueError) as e:
+            detail = getattr(e, "stderr", None) or str(e)
+            info["error"] = detail.strip().splitlines()[-1] if detail.strip() else repr(e)
+            continue
+        gflops = 2 * n ** 3 / statistics.median(reading["times_s"]) / 1e9
+        info["attempts_gflops"].append(gflops)
+        if info["gflops"] is None or gflops > info["gflops"]:
+            info.update(reading, gflops=gflops)
+    if info["gflops"] is not None:
+        info.pop("error", None)
     return info
 
 

@@ -77,8 +77,12 @@ def format_preamble(results):
     if peak["gflops"] is None:
         peak_line = f"matmul peak: unavailable ({peak.get('error', 'unknown error')})"
     else:
+        readings = peak.get("attempts_gflops") or [peak["gflops"]]
+        best = (f", best of {len(readings)} processes: "
+                f"{', '.join(f'{g:.0f}' for g in readings)}" if len(readings) > 1 else "")
         peak_line = (f"matmul peak: {peak['gflops']:.1f} GFLOP/s ({peak['n']}² float32, "
-                     f"NumPy/OpenBLAS, OPENBLAS_CORETYPE unset, {peak['threads']} threads)")
+                     f"NumPy/OpenBLAS, OPENBLAS_CORETYPE unset, {peak['threads']} threads"
+                     f"{best})")
     return "\n".join([
         f"fastrnn {results['fastrnn']} bench: float32, {s['threads']} threads, kernel "
         f"{m['kernel']}, {cpu}",
