@@ -5,7 +5,8 @@ Per layer and direction, forward: the gates' input projection ``P = X W_ihᵀ + 
 over all L·N rows, then the recurrence (per step ``h_{t-1} W_hhᵀ`` and the cell's
 epilogue, which saves the gate activations and c for BPTT). Backward: the recurrence of the
 epilogue's derivative (dA, and for a GRU dR, the recurrent side's), then the weight
-gradients as GEMMs over all rows (``dW_ih = dAᵀX``, ``dW_hh = dRᵀH_prev``, the biases' sums
+gradients as GEMMs over all rows (``dW_ih = dAᵀX``, ``dW_hh = dRᵀH_prev`` on the outputs
+shifted in time, the biases' sums
 from the same reading, ``dW_hr = dhᵀM``) and ``dX = dA W_ih``.
 
 The kernels take W_ih's and W_hh's rows gate-interleaved (src_c/cell_steps.h): permuted once
@@ -145,22 +146,32 @@ def _check_gated_cache(cache, cell):
     return check_cache(cache, _CACHE_KEYS, cell, layer_arrays)
 
 
-def _states_before(out, h0, lengths, reverse):
-    """(L, N, H_out): the state each step read, h_{t-1} forward, h_{t+1} in reverse, h0 where
-    a sequence starts (past a length, zeros or any output: dR is 0 there)."""
-    L = out.shape[0]
-    hp = np.empty(out.shape, out.dtype)
-    if L == 0:
-        return hp
-    if reverse:
-        hp[:-1] = out[1:]
-        hp[-1] = 0
-        running = np.nonzero(lengths > 0)[0]
-        hp[lengths[running] - 1, running] = h0[running]
+def _recurrent_weight_grads(dr, out, h0, lengths, reverse, dw_hh, db_hh, threads):
+    """dW_hh = Σ dRᵀ H_prev and (db_hh not None) db_hh = Σ dR, with no array of H_prev.
+
+    The state a step read is the output one step earlier (in reverse: one step later), so
+    all rows but each sequence's first step are one GEMM on the outputs shifted in time
+    (views); the first steps read h0, a GEMM of N rows added to it. Past a length dR is 0
+    and the outputs are 0, so the shifted rows there add nothing. dr: (L, N, G·H) rows of
+    one direction; out: its (L, N, H_out) outputs.
+    """
+    L, N = out.shape[:2]
+    rows = lambda a: a.reshape(-1, a.shape[2])  # (steps, N, ·) -> (steps·N, ·), a view
+    if L > 1:
+        shifted = (dr[:-1], out[1:]) if reverse else (dr[1:], out[:-1])
+        _rnn.gemm(rows(shifted[0]), rows(shifted[1]), dw_hh, None, False, threads, True, db_hh)
     else:
-        hp[0] = h0
-        hp[1:] = out[:-1]
-    return hp
+        dw_hh[:] = 0
+        if db_hh is not None:
+            db_hh[:] = 0
+    running = np.nonzero(lengths > 0)[0]
+    first = dr[lengths[running] - 1 if reverse else np.zeros_like(running), running]
+    _rnn.gemm(first, h0[running], dw_hh, None, True, threads, True)
+    if db_hh is not None:
+        # the bias sums every row once: the shifted GEMM summed all steps but the last
+        # (reverse) or the first (forward), so add the first steps it left out
+        left_out = lengths[running] == L if reverse else slice(None)
+        db_hh += first[left_out].sum(axis=0)
 
 
 def _backward(cell, cache, grad_output, grad_states):
@@ -204,16 +215,15 @@ def _backward(cell, cache, grad_output, grad_states):
                                threads)
             # dW_ih = dAᵀX and db_ih = ΣdA; dW_hh = dRᵀH_prev and db_hh = ΣdR (dR = dA for
             # an LSTM), each from one reading of its rows
-            da_d = da.reshape(L * N, D * G * H)[:, gcols]
-            dr_d = da_d if lstm else dr.reshape(L * N, D * G * H)[:, gcols]
+            da_d = da[:, :, gcols]
             dw_ih = np.empty((G * H, inp.shape[2]), dtype=dtype)
             dw_hh = np.empty((G * H, H_out), dtype=dtype)
             db_ih = np.empty(G * H, dtype=dtype) if sizes.bias else None
             db_hh = np.empty(G * H, dtype=dtype) if sizes.bias and not lstm else None
-            _rnn.gemm(da_d, inp2d, dw_ih, None, False, threads, True, db_ih)
-            hprev = _states_before(out[:, :, cols], states[0][i], lengths, d == 1)
-            _rnn.gemm(dr_d, hprev.reshape(L * N, H_out), dw_hh, None, False, threads, True,
-                      db_hh)
+            _rnn.gemm(da_d.reshape(L * N, G * H), inp2d, dw_ih, None, False, threads, True,
+                      db_ih)
+            _recurrent_weight_grads(da_d if lstm else dr[:, :, gcols], out[:, :, cols],
+                                    states[0][i], lengths, d == 1, dw_hh, db_hh, threads)
             grads[f"weight_ih_{k}"] = dw_ih[inverse]
             grads[f"weight_hh_{k}"] = dw_hh[inverse]
             if sizes.bias:
