@@ -65,37 +65,11 @@ def test_language_model_gradients(rng, num_layers):
     check_gradients(m, ce_objective(CrossEntropyLoss(), lambda: m(x, h0)[0], y, m), rng)
 
 
-def test_conditional_generator_gradients(rng):
-    m = ConditionalGenerator(3, 6, 3, 4, num_layers=2, dtype=np.float64, seed=rng)
-    labels = np.array([0, 2, 2])
-    _, x, lens = padded_batch(rng, [4, 2, 3], 6)
-    y = np.where(np.arange(4)[:, None] < lens, rng.integers(0, 6, size=x.shape), -100)
-    check_gradients(m, ce_objective(CrossEntropyLoss(), lambda: m(labels, x, lens), y, m), rng)
-
-
-@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-def test_classifier_gradients(rng, bidirectional):
-    m = SequenceClassifier(6, 3, 4, 3, num_layers=2, bidirectional=bidirectional,
-                           dtype=np.float64, seed=rng)
-    _, x, lens = padded_batch(rng, [5, 2, 4], 6)
-    y = np.array([0, 2, 1])
-    check_gradients(m, ce_objective(CrossEntropyLoss(), lambda: m(x, lens), y, m), rng)
-
-
 def test_tagger_gradients(rng):
     _, x, lens = padded_batch(rng, [5, 2, 4], 6, batch_first=True)
     m = SequenceTagger(6, 3, 4, 3, batch_first=True, dtype=np.float64, seed=rng)
     y = np.where(np.arange(5) < lens[:, None], rng.integers(0, 3, size=x.shape), -100)
     check_gradients(m, ce_objective(CrossEntropyLoss(), lambda: m(x, lens), y, m), rng)
-
-
-def test_seq2seq_gradients(rng):
-    m = Seq2Seq(6, 5, 3, 4, num_layers=2, dtype=np.float64, seed=rng)
-    _, src, src_lens = padded_batch(rng, [4, 1, 3], 6)
-    _, tgt, tgt_lens = padded_batch(rng, [2, 3, 1], 5)
-    y = np.where(np.arange(3)[:, None] < tgt_lens, rng.integers(0, 5, size=tgt.shape), -100)
-    obj = ce_objective(CrossEntropyLoss(), lambda: m(src, src_lens, tgt, tgt_lens), y, m)
-    check_gradients(m, obj, rng)
 
 
 # padding never leaks ------------------------------------------------------------------------
@@ -163,40 +137,6 @@ def _python_logits(m, tokens):
     return logits[-1, 0]
 
 
-@pytest.mark.parametrize("num_layers,nonlinearity", [(1, "tanh"), (2, "tanh"), (2, "relu")])
-def test_greedy_generation_matches_python_forward(rng, num_layers, nonlinearity):
-    m = RNNLanguageModel(11, 4, 8, num_layers, nonlinearity, dtype=np.float64, seed=rng).eval()
-    for p in m.parameters():
-        p.data *= 2  # sharper logits: a clear argmax at every step
-    prime = np.array([3, 1, 4])
-    tokens, n, h = sample_tokens(m.embedding, m.rnn, m.decoder, prime, 12, temperature=0)
-    assert n == 12
-    fed = list(prime)
-    for t in tokens:
-        assert t == np.argmax(_python_logits(m, fed))
-        fed.append(t)
-    _, h_n = m(np.array(fed[:-1])[:, None])
-    np.testing.assert_allclose(h, h_n[:, 0], rtol=1e-12, atol=1e-12)
-    np.testing.assert_array_equal(m.generate(prime, 12, top_k=1, seed=5), tokens)
-
-
-def test_sampling_distribution_temperature_and_top_k(rng):
-    m = RNNLanguageModel(6, 3, 5, dtype=np.float64, seed=rng).eval()
-    prime = np.array([[2, 5]] * 20000)
-    logits = _python_logits(m, prime[0])
-    for temperature, top_k in [(1.0, None), (0.5, 3), (2.0, 2)]:
-        out = m.generate(prime, 1, temperature=temperature, top_k=top_k, seed=7)[:, 0]
-        z = logits / temperature
-        if top_k:
-            z = np.where(z >= np.sort(z)[-top_k], z, -np.inf)
-        p = np.exp(z - z.max())
-        p /= p.sum()
-        freq = np.bincount(out, minlength=6) / len(out)
-        assert np.all(freq[p == 0] == 0), "a token outside the top k was drawn"
-        bound = 5 * np.sqrt(p * (1 - p) / len(out)) + 1e-3
-        assert np.all(np.abs(freq - p) <= bound), (temperature, top_k, freq, p)
-
-
 def test_sampling_is_seeded_and_thread_independent(rng):
     m = RNNLanguageModel(9, 4, 6, 2, seed=rng).eval()
     prime = rng.integers(0, 9, size=(5, 3))
@@ -232,38 +172,6 @@ def test_sampling_stops_at_eos_and_validates(rng):
     bi = fastrnn.RNN(3, 4, bidirectional=True)
     with pytest.raises(ValueError, match="unidirectional"):
         sample_tokens(m.embedding, bi, m.decoder, np.array([1]), 3)
-
-
-def test_conditional_generator_generate_matches_python(rng):
-    m = ConditionalGenerator(3, 7, 4, 6, num_layers=2, dtype=np.float64, seed=rng)
-    for p in m.parameters():
-        p.data *= 2
-    labels = np.array([0, 1, 2, 1])
-    tokens, lengths = m.generate(labels, 8, bos=2, eos=3)
-    m.eval()
-    for i, label in enumerate(labels):
-        fed = [2]
-        for step in range(lengths[i]):
-            logits = m(np.array([label]), np.array(fed)[:, None])[-1, 0]
-            assert tokens[i, step] == np.argmax(logits)
-            fed.append(tokens[i, step])
-        assert np.all(tokens[i, lengths[i]:] == 0)
-
-
-def test_seq2seq_greedy_decode_matches_python(rng):
-    m = Seq2Seq(6, 7, 3, 5, num_layers=2, dtype=np.float64, seed=rng)
-    for p in m.parameters():
-        p.data *= 2
-    seqs, src, lens = padded_batch(rng, [4, 2, 3], 6)
-    tokens, lengths = m.greedy_decode(src, lens, bos=2, eos=3, max_len=6)
-    assert m.training, "mode restored"
-    m.eval()
-    for i, s in enumerate(seqs):
-        fed = [2]
-        for step in range(lengths[i]):
-            logits = m(s[:, None], None, np.array(fed)[:, None])[-1, 0]
-            assert tokens[i, step] == np.argmax(logits)
-            fed.append(tokens[i, step])
 
 
 # training lowers the loss -------------------------------------------------------------------

@@ -124,10 +124,12 @@ def test_lstm_cell_state_reaches_the_decoder_and_the_label_vectors(rng):
 
 
 # generation --------------------------------------------------------------------------------
-@pytest.mark.parametrize("cell", GATED)
-@pytest.mark.parametrize("num_layers", [1, 2])
-def test_greedy_generation_matches_python_forward(rng, cell, num_layers):
-    m = RNNLanguageModel(11, 4, 8, num_layers, cell=cell, dtype=np.float64, seed=rng).eval()
+@pytest.mark.parametrize("cell,num_layers,nonlinearity", [
+    ("rnn", 1, "tanh"), ("rnn", 2, "tanh"), ("rnn", 2, "relu"), ("lstm", 1, "tanh"),
+    ("lstm", 2, "tanh"), ("gru", 1, "tanh"), ("gru", 2, "tanh")])
+def test_greedy_generation_matches_python_forward(rng, cell, num_layers, nonlinearity):
+    m = RNNLanguageModel(11, 4, 8, num_layers, nonlinearity, cell=cell, dtype=np.float64,
+                         seed=rng).eval()
     for p in m.parameters():
         p.data *= 2  # sharper logits: a clear argmax at every step
     prime = np.array([3, 1, 4])
@@ -165,14 +167,14 @@ def test_generation_streams_the_state(rng, cell):
     np.testing.assert_array_equal(m.generate(prime, 10, temperature=0, h0=state), whole[0])
 
 
-@pytest.mark.parametrize("cell", GATED)
+@pytest.mark.parametrize("cell", CELLS)
 def test_sampling_distribution_temperature_and_top_k(rng, cell):
     m = RNNLanguageModel(6, 3, 5, cell=cell, dtype=np.float64, seed=rng).eval()
     for p in m.parameters():
         p.data *= 3  # a distribution far from uniform
     prime = np.array([[2, 5]] * 20000)
     logits = _python_logits(m, prime[0])
-    for temperature, top_k in [(1.0, None), (0.5, 3)]:
+    for temperature, top_k in [(1.0, None), (0.5, 3), (2.0, 2)]:
         out = m.generate(prime, 1, temperature=temperature, top_k=top_k, seed=7)[:, 0]
         z = logits / temperature
         if top_k:
@@ -228,7 +230,7 @@ def test_a_row_that_ended_keeps_its_state(rng, cell):
             np.testing.assert_allclose(got[:, i], w[:, 0], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("cell", GATED)
+@pytest.mark.parametrize("cell", CELLS)
 def test_conditional_generator_generate_matches_python(rng, cell):
     m = ConditionalGenerator(3, 7, 4, 6, num_layers=2, cell=cell, dtype=np.float64, seed=rng)
     for p in m.parameters():
@@ -245,7 +247,7 @@ def test_conditional_generator_generate_matches_python(rng, cell):
         assert np.all(tokens[i, lengths[i]:] == 0)
 
 
-@pytest.mark.parametrize("cell", GATED)
+@pytest.mark.parametrize("cell", CELLS)
 def test_seq2seq_greedy_decode_matches_python(rng, cell):
     m = Seq2Seq(6, 7, 3, 5, num_layers=2, cell=cell, dtype=np.float64, seed=rng)
     for p in m.parameters():
