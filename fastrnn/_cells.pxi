@@ -258,7 +258,9 @@ def cell_backward(int cell, const floating[:, :, :] save not None,
     (L, N, H_out) is dLoss/dh_t, ``grad_h_n``, ``grad_c_n`` those of the final states.
     Receives, zero past each length: ``grad_a`` (L, N, G·H), the gradient of the gates'
     input pre-activations x W_ihᵀ + b_ih (gate-interleaved); for a GRU ``grad_r``, that of
-    h W_hhᵀ + b_hh (None for an LSTM: it equals grad_a); ``grad_h`` (L, N, H_out), dLoss/dh_t
+    h W_hhᵀ + b_hh (None for an LSTM: it equals grad_a; None for a GRU too keeps it in two
+    rows of scratch, one per step parity: it differs from grad_a only in the n gate, by the
+    factor r, which the caller may apply to grad_a later); ``grad_h`` (L, N, H_out), dLoss/dh_t
     (for the projection's gradient); ``grad_h0``, ``grad_c0`` the initial states'. The split
     is cell_forward's; each row's arithmetic is the same for any split.
     """
@@ -286,9 +288,9 @@ def cell_backward(int cell, const floating[:, :, :] save not None,
         _check_shape("c0", c0.shape, 2, (N, H))
         _check_shape("grad_c_n", grad_c_n.shape, 2, (N, H))
         _check_shape("grad_c0", grad_c0.shape, 2, (N, H))
-    else:
-        if grad_r is None:
-            raise ValueError("a GRU needs grad_r")
+    if grad_r is not None:
+        if lstm:
+            raise ValueError("an LSTM's grad_r is its grad_a: pass None")
         _check_strides("grad_r", grad_r.shape, grad_r.strides, 3, sizeof(floating), 2)
         _check_shape("grad_r", grad_r.shape, 3, (L, N, G * H))
     _check_lengths(lengths, N, L)
@@ -301,15 +303,15 @@ def cell_backward(int cell, const floating[:, :, :] save not None,
     cdef fr_index gbs = grad_out.strides[1] // sizeof(floating)
     cdef fr_index dts = grad_a.strides[0] // sizeof(floating)
     cdef fr_index dbs = grad_a.strides[1] // sizeof(floating)
-    cdef fr_index rts = grad_r.strides[0] // sizeof(floating) if not lstm else 0
-    cdef fr_index rbs = grad_r.strides[1] // sizeof(floating) if not lstm else 0
+    cdef fr_index rts = grad_r.strides[0] // sizeof(floating) if grad_r is not None else 0
+    cdef fr_index rbs = grad_r.strides[1] // sizeof(floating) if grad_r is not None else 0
     cdef fr_index hts = grad_h.strides[0] // sizeof(floating)
     cdef fr_index hbs = grad_h.strides[1] // sizeof(floating)
     cdef floating *po = <floating *> &out[0, 0, 0] if L > 0 else NULL
     cdef floating *psv = <floating *> &save[0, 0, 0] if L > 0 else NULL
     cdef const floating *pgo = &grad_out[0, 0, 0] if L > 0 else NULL
     cdef floating *pda = &grad_a[0, 0, 0] if L > 0 else NULL
-    cdef floating *pdr = &grad_r[0, 0, 0] if L > 0 and not lstm else NULL
+    cdef floating *pdr = &grad_r[0, 0, 0] if L > 0 and grad_r is not None else NULL
     cdef floating *pdh = &grad_h[0, 0, 0] if L > 0 else NULL
     cdef const floating *ph0 = &h0[0, 0]
     cdef const floating *pc0 = &c0[0, 0] if lstm else NULL
@@ -351,12 +353,19 @@ def cell_backward(int cell, const floating[:, :, :] save not None,
     cdef floating *g = <floating *> malloc(N * H_out * sizeof(floating))
     cdef floating *dcs = <floating *> malloc(N * H * sizeof(floating) + 1)
     cdef floating *dms = <floating *> malloc(N * H * sizeof(floating) + 1)
-    if pw == NULL or (proj and pwr == NULL) or g == NULL or dcs == NULL or dms == NULL:
+    # a GRU's dR without grad_r: read only within its step, so two rows per sequence do (a
+    # column split's threads may still read step s's while writing step s + 1's)
+    cdef bint dr_scratch = not lstm and grad_r is None
+    cdef floating *drs = <floating *> malloc(2 * N * G * H * sizeof(floating)) if dr_scratch \
+        else NULL
+    if (pw == NULL or (proj and pwr == NULL) or g == NULL or dcs == NULL or dms == NULL
+            or (dr_scratch and drs == NULL)):
         free(pw)
         free(pwr)
         free(g)
         free(dcs)
         free(dms)
+        free(drs)
         raise MemoryError("could not allocate BPTT scratch")
     memcpy(g, &grad_h_n[0, 0], N * H_out * sizeof(floating))
     if lstm:
@@ -405,7 +414,12 @@ def cell_backward(int cell, const floating[:, :, :] save not None,
                         dy[i] = pgo + t * gts + (pt.b0 + b) * gbs
                         dh[i] = pdh + t * hts + (pt.b0 + b) * hbs
                         da[i] = pda + t * dts + (pt.b0 + b) * dbs
-                        dr[i] = pdr + t * rts + (pt.b0 + b) * rbs if not lstm else da[i]
+                        if lstm:
+                            dr[i] = da[i]
+                        elif dr_scratch:
+                            dr[i] = drs + ((s & 1) * N + pt.b0 + b) * G * H
+                        else:
+                            dr[i] = pdr + t * rts + (pt.b0 + b) * rbs
                         gr[i] = g + (pt.b0 + b) * H_out
                         dc[i] = dcs + (pt.b0 + b) * H
                         dm[i] = dms + (pt.b0 + b) * H if proj else dh[i]
@@ -460,11 +474,12 @@ def cell_backward(int cell, const floating[:, :, :] save not None,
     free(g)
     free(dcs)
     free(dms)
+    free(drs)
     if failed[0]:
         raise MemoryError("could not allocate per-thread scratch for BPTT")
     for b in range(N):  # the steps each sequence ran are written; the rest are 0
         for t in range(plen[b], L):
             memset(pda + t * dts + b * dbs, 0, G * H * sizeof(floating))
             memset(pdh + t * hts + b * hbs, 0, H_out * sizeof(floating))
-            if not lstm:
+            if pdr != NULL:
                 memset(pdr + t * rts + b * rbs, 0, G * H * sizeof(floating))

@@ -146,6 +146,18 @@ def _check_gated_cache(cache, cell):
     return check_cache(cache, _CACHE_KEYS, cell, layer_arrays)
 
 
+def _gru_recurrent_side(da, save, H):
+    """A GRU's dR (the gradient of h W_hhᵀ + b_hh) from its dA (L, N, 3H, gate-interleaved),
+    in place: they differ only in the n gate, where dR_n = dA_n ⊙ r (r saved by the forward);
+    the same products cell_backward forms. A few steps at a time: small temporaries."""
+    inverse = _interleave(3, H)[1]
+    n_cols, r_cols = inverse[2 * H:], inverse[:H]
+    steps = max(1, (1 << 18) // max(1, da.shape[1] * H))
+    for t0 in range(0, da.shape[0], steps):
+        block = da[t0:t0 + steps]
+        block[:, :, n_cols] *= save[t0:t0 + steps][:, :, r_cols]
+
+
 def _recurrent_weight_grads(dr, out, h0, lengths, reverse, dw_hh, db_hh, threads):
     """dW_hh = Σ dRᵀ H_prev and (db_hh not None) db_hh = Σ dR, with no array of H_prev.
 
@@ -198,8 +210,7 @@ def _backward(cell, cache, grad_output, grad_states):
         inp2d = inp.reshape(L * N, inp.shape[2])
         keys = layer_keys(layer, D == 2)
         da = np.empty((L, N, D * G * H), dtype=dtype)
-        dr = None if lstm else np.empty((L, N, D * G * H), dtype=dtype)
-        w_ihs = []
+        w_ihs, recurrent = [], []
         for d, k in enumerate(keys):
             i, cols, gcols = layer * D + d, slice(d * H_out, (d + 1) * H_out), \
                 slice(d * G * H, (d + 1) * G * H)
@@ -210,25 +221,20 @@ def _backward(cell, cache, grad_output, grad_states):
             _rnn.cell_backward(_KERNEL[cell.name], save, out[:, :, cols], d_out[:, :, cols],
                                states[0][i], states[1][i] if lstm else None, grad_states[0][i],
                                grad_states[1][i] if lstm else None, w_hh, w_hr, lengths, d == 1,
-                               da[:, :, gcols], None if lstm else dr[:, :, gcols], dh,
-                               grad_states0[0][i], grad_states0[1][i] if lstm else None,
-                               threads)
-            # dW_ih = dAᵀX and db_ih = ΣdA; dW_hh = dRᵀH_prev and db_hh = ΣdR (dR = dA for
-            # an LSTM), each from one reading of its rows
+                               da[:, :, gcols], None, dh, grad_states0[0][i],
+                               grad_states0[1][i] if lstm else None, threads)
+            # dW_ih = dAᵀX and db_ih = ΣdA from one reading of its rows
             da_d = da[:, :, gcols]
             dw_ih = np.empty((G * H, inp.shape[2]), dtype=dtype)
-            dw_hh = np.empty((G * H, H_out), dtype=dtype)
             db_ih = np.empty(G * H, dtype=dtype) if sizes.bias else None
-            db_hh = np.empty(G * H, dtype=dtype) if sizes.bias and not lstm else None
             _rnn.gemm(da_d.reshape(L * N, G * H), inp2d, dw_ih, None, False, threads, True,
                       db_ih)
-            _recurrent_weight_grads(da_d if lstm else dr[:, :, gcols], out[:, :, cols],
-                                    states[0][i], lengths, d == 1, dw_hh, db_hh, threads)
             grads[f"weight_ih_{k}"] = dw_ih[inverse]
-            grads[f"weight_hh_{k}"] = dw_hh[inverse]
             if sizes.bias:
                 grads[f"bias_ih_{k}"] = db_ih[inverse]
-                grads[f"bias_hh_{k}"] = (db_ih if lstm else db_hh)[inverse]
+                if lstm:
+                    grads[f"bias_hh_{k}"] = grads[f"bias_ih_{k}"].copy()
+            recurrent.append((k, da_d, out[:, :, cols], states[0][i], d == 1, save))
             if sizes.proj_size:
                 # dW_hr = Σ_t dh_tᵀ m_t
                 dw_hr = np.empty((H_out, H), dtype=dtype)
@@ -240,6 +246,17 @@ def _backward(cell, cache, grad_output, grad_states):
         d_in = np.empty_like(inp)
         _rnn.gemm(da.reshape(L * N, D * G * H), w_ih, d_in.reshape(L * N, inp.shape[2]), None,
                   False, threads)
+        # dW_hh = dRᵀH_prev and (GRU) db_hh = ΣdR. An LSTM's dR is its dA; a GRU's is made
+        # from dA in place, now that dX has read it (no (L, N, D·3H) array of its own)
+        for k, da_d, out_d, h0, reverse, save in recurrent:
+            if not lstm:
+                _gru_recurrent_side(da_d, save, H)
+            dw_hh = np.empty((G * H, H_out), dtype=dtype)
+            db_hh = np.empty(G * H, dtype=dtype) if sizes.bias and not lstm else None
+            _recurrent_weight_grads(da_d, out_d, h0, lengths, reverse, dw_hh, db_hh, threads)
+            grads[f"weight_hh_{k}"] = dw_hh[inverse]
+            if db_hh is not None:
+                grads[f"bias_hh_{k}"] = db_hh[inverse]
         return d_in
 
     d_out = backward_layers(np.ascontiguousarray(grad_output), num_layers,

@@ -457,10 +457,30 @@ def test_cell_entry_points_refuse(call, build, change):
         call(build(**change))
 
 
-def test_cell_entry_points_refuse_projection_on_gru_and_missing_grad_r():
+def test_cell_entry_points_refuse_projection_on_gru_and_grad_r_on_lstm():
     with pytest.raises(ValueError, match="projection"):
         _call_cell_forward(cell_forward_args("gru", w_hr=np.zeros((P, H), F)))
     with pytest.raises(ValueError, match="grad_r"):
-        _call_cell_backward(cell_backward_args("gru", grad_r=None))
+        _call_cell_backward(cell_backward_args("lstm", grad_r=np.empty((L, N, 4 * H), F)))
     with pytest.raises(ValueError, match="dtype mismatch"):
         _call_cell_forward(cell_forward_args(h0=np.zeros((N, H), np.float64)))
+
+
+def test_gru_backward_without_grad_r_matches_and_gives_it_from_grad_a():
+    """A GRU's grad_r=None keeps dR in scratch: every output is bitwise the same, and the
+    caller's dR from grad_a (n gate times the saved r) is the kernel's grad_r."""
+    from fastrnn._gated import _gru_recurrent_side
+
+    kept = cell_backward_args("gru")
+    scratch = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in kept.items()}
+    scratch["grad_r"] = None
+    for name in ("grad_a", "grad_h", "grad_h0"):
+        scratch[name] = np.empty_like(kept[name])
+    _call_cell_backward(kept)
+    _call_cell_backward(scratch)
+    for name in ("grad_a", "grad_h", "grad_h0"):
+        assert np.array_equal(scratch[name], kept[name]), name
+    dr = scratch["grad_a"].copy()
+    _gru_recurrent_side(dr, kept["save"], H)
+    assert np.array_equal(dr, kept["grad_r"])
+    assert not np.array_equal(dr, kept["grad_a"])
