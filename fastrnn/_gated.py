@@ -149,13 +149,15 @@ def _check_gated_cache(cache, cell):
 def _gru_recurrent_side(da, save, H):
     """A GRU's dR (the gradient of h W_hhᵀ + b_hh) from its dA (L, N, 3H, gate-interleaved),
     in place: they differ only in the n gate, where dR_n = dA_n ⊙ r (r saved by the forward);
-    the same products cell_backward forms. A few steps at a time: small temporaries."""
-    inverse = _interleave(3, H)[1]
-    n_cols, r_cols = inverse[2 * H:], inverse[:H]
-    steps = max(1, (1 << 18) // max(1, da.shape[1] * H))
-    for t0 in range(0, da.shape[0], steps):
-        block = da[t0:t0 + steps]
-        block[:, :, n_cols] *= save[t0:t0 + steps][:, :, r_cols]
+    the same products cell_backward forms. Strided views of the layout's blocks, no copies."""
+    L, N = da.shape[:2]
+    whole = H // GRANULE * GRANULE  # units in whole blocks of GRANULE: (r, z, n) each
+    blocks = (L, N, whole // GRANULE, 3, GRANULE)
+    da[:, :, :3 * whole].reshape(blocks)[..., 2, :] *= \
+        save[:, :, :3 * whole].reshape(blocks)[..., 0, :]
+    w = H - whole  # a last, partial block: r, z, n of w units each
+    if w:
+        da[:, :, 3 * whole + 2 * w:3 * H] *= save[:, :, 3 * whole:3 * whole + w]
 
 
 def _recurrent_weight_grads(dr, out, h0, lengths, reverse, dw_hh, db_hh, threads):
