@@ -13,11 +13,12 @@ from .config import show_config
 from .parallel import get_num_threads, set_num_threads
 from .module import Parameter
 from .rnn import GRU, LSTM, RNN
+from .stream import Stream
 from .layers import CrossEntropyLoss, Embedding, Linear, clip_grad_norm_, clip_grad_value_
 from . import data, models, optim
 from .serialize import load_model, save_model
 
-__all__ = ["RNN", "LSTM", "GRU", "Parameter", "functional", "reference", "get_num_threads", "set_num_threads",
+__all__ = ["RNN", "LSTM", "GRU", "Stream", "Parameter", "functional", "reference", "get_num_threads", "set_num_threads",
            "show_config", "__version__", "Embedding", "Linear", "CrossEntropyLoss", "clip_grad_norm_",
            "clip_grad_value_", "optim", "data", "models", "save_model", "load_model",
            "empty_cache", "cache_info"]

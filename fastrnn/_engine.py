@@ -28,6 +28,7 @@ class Cell(NamedTuple):
 ELMAN = Cell("RNN", 1, 1, False)
 LSTM = Cell("LSTM", 4, 2, True)
 GRU = Cell("GRU", 3, 1, False)
+CELLS = {"rnn": ELMAN, "lstm": LSTM, "gru": GRU}  # by the modules' and functionals' names
 
 
 def check_float_array(a, name, dtype):

@@ -12,15 +12,16 @@ One extension module (the C kernels are linked once), by topic in include files:
 _checks.pxi (argument checks), _policy.pxi (thread counts, the recurrences' split, the
 projection's placement), _gemm.pxi (GEMM and weight-gradient entry points, packing by a
 team), _recurrence.pxi (the forward and BPTT recurrences of the Elman cell), _cells.pxi
-(the gated cells' recurrences on the same parts). The kernels' ABI and their
+(the gated cells' recurrences on the same parts), _stream.pxi (a network run step by step,
+its state kept between calls). The kernels' ABI and their
 dtype-generic wrappers are in _kernels.pxd.
 """
 
 from cython.parallel cimport parallel, prange, threadid
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.limits cimport INT_MAX
 from libc.stdint cimport int64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 
 from fastrnn._kernels cimport (FASTRNN_COLUMN_GRANULE, FR_COMPILER, FR_OPENMP_ENABLED,
                                FR_OPENMP_VERSION, fastrnn_kernels, fastrnn_kernels_available,
@@ -84,3 +85,4 @@ include "_policy.pxi"
 include "_gemm.pxi"
 include "_recurrence.pxi"
 include "_cells.pxi"
+include "_stream.pxi"

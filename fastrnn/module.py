@@ -9,17 +9,45 @@ import sys
 
 import numpy as np
 
+from . import _rnn
+
 __all__ = ["Parameter", "Module", "new_parameter", "parameter_shapes"]
 
 
 class Parameter:
-    """A parameter array and its accumulated gradient (both NumPy arrays of one shape)."""
+    """A parameter array and its accumulated gradient (both NumPy arrays of one shape).
 
-    __slots__ = ("data", "grad")
+    ``version`` counts the changes fastrnn knows of: assigning ``data``, an optimizer's step,
+    ``load_state_dict``, and :meth:`mark_changed`. What keeps packed copies of the weights (a
+    :class:`fastrnn.Stream`) compares it before each step. Writing into the array by hand
+    (``p.data[...] = w``) is invisible to it: call ``p.mark_changed()`` afterwards.
+    """
+
+    __slots__ = ("_data", "grad", "_version")
 
     def __init__(self, data):
-        self.data = data
+        self._data = data
+        self._version = 0
         self.grad = np.zeros_like(data)
+
+    @property
+    def data(self):
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        self._data = value
+        self.mark_changed()
+
+    @property
+    def version(self):
+        """How many changes of ``data`` fastrnn has been told of."""
+        return self._version
+
+    def mark_changed(self):
+        """Record that ``data`` changed in place (streams repack their weights)."""
+        self._version += 1
+        _rnn.note_weights_changed()
 
     @property
     def shape(self):
@@ -43,7 +71,8 @@ def new_parameter(shape, dtype, fill):
     if _MEASURING_SHAPES.get():
         placeholder = np.broadcast_to(np.zeros((), dtype), shape)  # no memory of that size
         p = Parameter.__new__(Parameter)
-        p.data = p.grad = placeholder
+        p._data = p.grad = placeholder
+        p._version = 0
         return p
     if math.prod(shape) * dtype.itemsize > sys.maxsize:
         raise MemoryError(f"a parameter of shape {shape} needs more memory than this machine "
@@ -153,6 +182,7 @@ class Module:
             values[name] = value
         for name in self._params:
             self._params[name].data[...] = values[name]
+            self._params[name].mark_changed()
         for prefix, module in self._modules.items():
             module.load_state_dict({name[len(prefix) + 1:]: v for name, v in values.items()
                                     if name.startswith(prefix + ".")})

@@ -47,7 +47,11 @@ class Optimizer:
         it was (NumPy would broadcast a gradient of another shape into the update).
         """
         grads = [_checked_grad(p, f"params[{i}]") for i, p in enumerate(self.params)]
-        return zip(self.params, grads, self.state)
+        try:
+            yield from zip(self.params, grads, self.state)
+        finally:  # the step may have changed any of them (streams repack what changed)
+            for p in self.params:
+                p.mark_changed()
 
     def zero_grad(self):
         """Set the gradient of every parameter to zero."""

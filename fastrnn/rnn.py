@@ -2,16 +2,23 @@
 
 import math
 import numbers
+import threading
 import warnings
 
 import numpy as np
 
-from . import functional
-from ._layout import directions, param_shapes
+from . import _rnn, functional
+from ._engine import CELLS, normalise_inputs
+from ._gated import _pair
+from ._layout import directions, from_time_major, param_shapes
 from ._validate import _as_rng, _check_dtype, _check_size
 from .module import Module, new_parameter
 
 __all__ = ["RNN", "LSTM", "GRU"]
+
+# Eval-mode forwards of up to this many steps run on a stream kept by the module (weights
+# packed once, checked against a copy each call) rather than packing them per call
+SHORT_FORWARD_STEPS = 8
 
 
 class _Recurrent(Module):
@@ -45,6 +52,8 @@ class _Recurrent(Module):
         self.proj_size = proj_size
         self._rng = _as_rng(seed)
         self._cache = None
+        self._inference = None  # (stream, copies of the weights it packed) for short forwards
+        self._inference_lock = threading.Lock()
         bound = 1 / math.sqrt(self.hidden_size)  # torch: every parameter U(-1/√H, 1/√H)
         for name, shape in param_shapes(self.input_size, self.hidden_size, self.num_layers,
                                         self.bidirectional, self.bias, self._gates,
@@ -65,6 +74,11 @@ class _Recurrent(Module):
     def _clear_cache(self):
         self._cache = None
 
+    def train(self, mode=True):
+        if mode:
+            self._inference = None  # short eval forwards' weights: not kept while training
+        return super().train(mode)
+
     def _cell_options(self):
         """Keyword arguments of the cell's functional forward beyond the common ones."""
         return {}
@@ -83,6 +97,14 @@ class _Recurrent(Module):
 
     def _forward(self, x, hx, lengths):
         x_arr = np.asarray(x)
+        steps = x_arr.shape[1 if self.batch_first and x_arr.ndim == 3 else 0] if x_arr.ndim else 0
+        if (not self.training and not self.bidirectional and lengths is None
+                and x_arr.ndim in (2, 3) and 0 < steps <= SHORT_FORWARD_STEPS
+                and self._inference_lock.acquire(blocking=False)):
+            try:
+                return self._short_forward(x_arr, hx)
+            finally:
+                self._inference_lock.release()
         masks = None
         if x_arr.ndim in (2, 3):
             if x_arr.ndim == 2:
@@ -99,6 +121,43 @@ class _Recurrent(Module):
             keep_cache=self.training, **self._cell_options())
         self._cache = cache
         return output, state
+
+    def stream(self, batch_size=1, h0=None):
+        """A :class:`fastrnn.Stream` over this (unidirectional) module: run it a step or a
+        chunk at a time, the state kept between calls, ``batch_size`` sequences side by side;
+        ``h0`` as :meth:`fastrnn.Stream.reset` takes it."""
+        from .stream import Stream
+        return Stream(self, batch_size, h0)
+
+    def _short_forward(self, x, hx):
+        """An eval-mode forward of a few steps on the module's own stream: bitwise the
+        functional forward, without packing the weights each call. The stream's weights are
+        checked against a copy of the parameters each call, so no change to them, however
+        made, is missed."""
+        from .stream import Stream
+        cell = CELLS[self._cell]
+        params = {name: p.data for name, p in self._params.items()}
+        states = [hx] if cell.states == 1 else list(_pair(hx, "hx"))
+        x, states, _, sizes, unbatched, _ = normalise_inputs(
+            cell, x, states, None, params, self.num_layers, False, self.batch_first, None)
+        L, N = x.shape[:2]
+        arrays = list(params.values())
+        if self._inference is None or self._inference[0].batch_size != N:
+            self._inference = (Stream(self, N, _time_major=True), [a.copy() for a in arrays])
+        stream, copies = self._inference
+        if not _rnn.same_contents(arrays, copies):
+            for a, c in zip(arrays, copies):
+                c[...] = a
+            stream.refresh()
+        stream.reset(states[0] if cell.states == 1 else tuple(states))
+        out = np.empty((L, N, sizes.out), dtype=sizes.dtype)
+        stream(x, out=out)
+        finals = stream.state if cell.states == 2 else (stream.state,)
+        if unbatched:
+            finals = tuple(f[:, 0] for f in finals)
+        self._cache = None
+        output = from_time_major(out, unbatched, self.batch_first)
+        return output, (finals if cell.states == 2 else finals[0])
 
     def _backward(self, grad_output, grad_state):
         if self._cache is None:

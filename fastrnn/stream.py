@@ -1,0 +1,155 @@
+"""Streaming inference: a unidirectional RNN, LSTM or GRU fed a step (or a chunk of steps) per
+call, its state kept between calls — speech and sensor streams, controllers, generation.
+
+>>> lstm = fastrnn.LSTM(40, 128, num_layers=2).eval()
+>>> stream = lstm.stream(batch_size=1)     # holds the state, the packed weights, the buffers
+>>> for frame in frames:                   # frame: (1, 40), or a chunk (T, 1, 40)
+...     y = stream(frame)                  # (1, 128): the last layer's h, read-only
+>>> h, c = stream.state                    # shaped like the module's (h_n, c_n)
+
+A stream computes what the module computes in eval mode: its outputs are bitwise those of
+the whole sequence through the module at once (``module(x, h0)``), however the sequence is
+cut into calls and whatever the thread count.
+"""
+
+import numpy as np
+
+from . import _rnn
+from ._engine import CELLS, ELMAN, LSTM, check_float_array, check_params
+from ._gated import _cell_weights
+from .functional import _stacked_input_weights
+from ._layout import layer_keys
+from ._validate import _check_size
+
+__all__ = ["Stream"]
+
+_KERNEL = {"RNN": _rnn.ELMAN, "LSTM": _rnn.LSTM, "GRU": _rnn.GRU}
+
+
+class Stream(_rnn.StreamCore):
+    """A unidirectional :class:`~fastrnn.RNN`, :class:`~fastrnn.LSTM` or :class:`~fastrnn.GRU`
+    run step by step (``module.stream(batch_size)``).
+
+    ``stream(x)`` runs one step, x (N, I), or a chunk, x (T, N, I) ((N, T, I) if the module is
+    batch_first), from the current state, and returns the last layer's h: (N, H_out) or
+    (T, N, H_out) ((N, T, H_out)). The returned array is the stream's own buffer, read-only
+    and valid until the next call; ``stream(x, out=y)`` writes into ``y`` instead. Eval
+    semantics: no dropout, nothing kept for backward. The GIL is released during the steps,
+    so streams on different Python threads run in parallel (one stream, one thread at a
+    time).
+
+    The stream packs the module's weights once. Before each call it checks whether any
+    parameter changed since (an optimizer's step, ``load_state_dict``, assigning ``p.data``,
+    ``p.mark_changed()``) and repacks those of its module if so. Writing into a parameter's
+    array by hand (``p.data[...] = w``) is not seen: call ``p.mark_changed()`` or
+    :meth:`refresh` afterwards.
+
+    Parameters
+    ----------
+    module : fastrnn.RNN, LSTM or GRU, unidirectional
+    batch_size : int, default 1
+        Independent sequences the stream runs side by side (rows of x).
+    h0 : the initial state as :meth:`reset` takes it; None for zeros.
+    """
+
+    def __init__(self, module, batch_size=1, h0=None, *, _time_major=False):
+        from .rnn import _Recurrent  # (rnn imports this module)
+        if not isinstance(module, _Recurrent):
+            raise TypeError(f"a Stream runs a fastrnn RNN, LSTM or GRU, got "
+                            f"{type(module).__name__}")
+        if module.bidirectional:
+            raise ValueError(f"a bidirectional {type(module).__name__} cannot be streamed: its "
+                             "backward direction needs the whole sequence before its first "
+                             "output; run the module on the whole sequence instead")
+        batch_size = _check_size(batch_size, "batch_size")
+        self._cell = CELLS[module._cell]
+        self.module = module
+        self._setup(_KERNEL[self._cell.name], module.num_layers, batch_size, module.input_size, module.hidden_size,
+                    module.proj_size, module.dtype, getattr(module, "nonlinearity", "") == "relu",
+                    module.batch_first and not _time_major)
+        self._versions = None
+        self.refresh()
+        self.reset(h0)
+
+    def __repr__(self):
+        return f"Stream({self.module!r}, batch_size={self.batch_size})"
+
+    # weights -----------------------------------------------------------------------------
+    def _parameter_versions(self):
+        return tuple((id(p), p.version) for p in self.module._params.values())
+
+    def refresh(self):
+        """Pack the module's current weights (after writing into ``p.data`` by hand)."""
+        module = self.module
+        params = {name: p.data for name, p in module._params.items()}
+        sizes = check_params(params, module.num_layers, False, self._cell)
+        for layer in range(module.num_layers):
+            (k,) = layer_keys(layer, False)
+            if self._cell is ELMAN:
+                w_ih, b = _stacked_input_weights(params, (k,), sizes.bias)
+                self._load(layer, w_ih, b, params[f"weight_hh_{k}"], None, None)
+            else:
+                self._load(layer, *_cell_weights(self._cell, params, k, sizes))
+        self._versions = self._parameter_versions()
+        self._checked()
+
+    def _refresh_if_stale(self):
+        # some parameter changed somewhere: repack if it was one of this module's
+        if self._parameter_versions() != self._versions:
+            self.refresh()
+        else:
+            self._checked()
+
+    # state -------------------------------------------------------------------------------
+    @property
+    def state(self):
+        """A copy of the state, shaped like the module's h_n ((h_n, c_n) for an LSTM):
+        (num_layers, batch_size, H_out)."""
+        h, c = self._state_buffers()
+        return h.copy() if c is None else (h.copy(), c.copy())
+
+    def reset(self, h0=None, rows=None):
+        """Set the state to ``h0`` (zeros if None), for every row or only ``rows``.
+
+        Parameters
+        ----------
+        h0 : None, or h (num_layers, n, H_out) — for an LSTM, None or a pair (h0, c0), c0
+            (num_layers, n, hidden_size), either None for zeros — where n is batch_size, or
+            the number of ``rows``.
+        rows : None (every row), or indices (ints or a boolean mask) of the batch rows to
+            reset, as NumPy indexes the batch axis.
+        """
+        h, c = self._state_buffers()
+        N = self.batch_size
+        if rows is None:
+            index = slice(None)
+            n = N
+        else:
+            try:
+                index = np.arange(N)[np.asarray(rows) if not isinstance(rows, slice) else rows]
+            except IndexError as e:
+                raise IndexError(f"rows must index the stream's batch of {N}: {e}") from None
+            if index.ndim != 1:
+                raise ValueError(f"rows must be one-dimensional, got shape {index.shape}")
+            n = index.shape[0]
+        lstm = self._cell is LSTM
+        if lstm:
+            if h0 is not None and not (isinstance(h0, (tuple, list)) and len(h0) == 2):
+                raise TypeError("an LSTM stream's h0 is None or a pair (h0, c0)")
+            given = (None, None) if h0 is None else h0
+        else:
+            given = (h0,)
+        checked = []
+        for buf, s, name in zip((h, c), given, ("h0", "c0")):
+            if s is None:
+                checked.append(None)
+                continue
+            s = check_float_array(s, name, buf.dtype)
+            want = (buf.shape[0], n, buf.shape[2])
+            if s.shape != want:
+                raise ValueError(f"Expected {name} of shape {want} (num_layers, "
+                                 f"{'batch_size' if rows is None else 'rows'}, width), got "
+                                 f"{s.shape}")
+            checked.append(s)
+        for buf, s in zip((h, c), checked):  # everything checked before anything changes
+            buf[:, index] = 0 if s is None else s
