@@ -7,10 +7,11 @@ one array (RNN, GRU) or the pair (h, c) (LSTM), as the modules take and return i
 
 import numpy as np
 
-from . import _ops, _rnn, functional
+from . import _ops, _rnn
 from ._validate import _as_rng, _check_indices, _check_int, _check_real, _check_size
 from .parallel import get_num_threads
 from .rnn import GRU, LSTM, RNN
+from .stream import Stream
 
 __all__ = ["sample_tokens", "state_arrays", "as_state"]
 
@@ -124,22 +125,20 @@ def sample_tokens(embedding, rnn, decoder, prime, length, *, h0=None, temperatur
     top_k = 0 if top_k is None else _check_size(top_k, "top_k")
     eos = -1 if eos is None else _check_int(eos, "eos", low=0, high=decoder.out_features)
     pad = _check_int(pad, "pad", low=np.iinfo(np.int64).min, high=np.iinfo(np.int64).max)
-    state = as_state(_initial_states(rnn, h0, B, single))
-    # the network runs on its own functional forward (the recurrence's kernels, bitwise as
-    # in training and evaluation): the prime in one call, then one step per generated token
-    forward = getattr(functional, f"{rnn._cell}_forward")
-    params = {name: p.data for name, p in rnn.named_parameters()}
-    options = dict(num_layers=rnn.num_layers, keep_cache=False, **rnn._cell_options())
+    initial = _initial_states(rnn, h0, B, single)
+    # the network runs on a stream (its weights packed once; bitwise the module's forward,
+    # as in training and evaluation): the prime in one call, then one step per token
+    stream = Stream(rnn, B, as_state(initial), _time_major=True)
     table, w_dec = embedding.weight.data, np.ascontiguousarray(decoder.weight.data).T
     b_dec = decoder.bias.data if decoder.has_bias else None
     threads = get_num_threads()
-    out, state, _ = forward(table[prime.T], params, state, **options)
-    top = out[-1]
+    top = stream(table[prime.T])[-1]
     states = np.empty((B, 4), dtype=np.uint64)
     _ops.seed_generators(_as_rng(seed).integers(0, 2**64, size=B, dtype=np.uint64), states)
     tokens = np.full((B, length), pad, dtype=np.int64)
     lengths = np.full(B, length, dtype=np.int64)
     running = np.ones(B, dtype=bool)
+    ended_state = [np.empty_like(a) for a in initial]  # each ended row's state at its end
     logits = np.empty((B, decoder.out_features), dtype=dtype)
     drawn = np.empty(B, dtype=np.int64)
     for s in range(length):
@@ -148,14 +147,18 @@ def sample_tokens(embedding, rnn, decoder, prime, length, *, h0=None, temperatur
         tokens[running, s] = drawn[running]
         if eos >= 0:
             ended = running & (drawn == eos)
-            lengths[ended] = s + 1
-            running &= ~ended
+            if ended.any():
+                lengths[ended] = s + 1
+                running &= ~ended
+                for keep, now in zip(ended_state, state_arrays(stream.state)):
+                    keep[:, ended] = now[:, ended]
         if s + 1 == length or not running.any():
             break
-        # a row that ended keeps its state (h and c): a length of 0 leaves it as it was
-        step, state, _ = forward(table[drawn][None], params, state,
-                                 lengths=running.astype(np.int64), **options)
-        top = np.where(running[:, None], step[0], top)
+        # rows that ended run on (the stream steps every row); their tokens are not kept
+        top = stream(table[drawn])
+    state = state_arrays(stream.state)
+    for now, keep in zip(state, ended_state):
+        now[:, ~running] = keep[:, ~running]
     if single:
-        return tokens[0], int(lengths[0]), as_state([a[:, 0] for a in state_arrays(state)])
-    return tokens, lengths, state
+        return tokens[0], int(lengths[0]), as_state([a[:, 0] for a in state])
+    return tokens, lengths, as_state(state)
