@@ -203,7 +203,8 @@ cdef class StreamCore:
     cdef _StreamPlan plan
     cdef int itemsize
     cdef int parity  # which half of the buffers holds the state
-    cdef bint busy
+    cdef bint busy  # a call is in progress (one thread at a time)
+    cdef bint running  # its steps are running (the weights and state are in use)
     cdef bint batch_first
     cdef unsigned long long generation  # _weights_generation when the weights were checked
     cdef object dtype
@@ -329,7 +330,7 @@ cdef class StreamCore:
         """Pack one layer's weights, in the kernels' layout (gate-interleaved rows for a gated
         cell): W_ih (G·H, K), P's bias (G·H,) or None, W_hh (G·H, H_out), R's bias or None,
         W_hr (H_out, H) or None."""
-        if self.busy:
+        if self.running:
             raise RuntimeError("this stream is running a step in another thread")
         if not 0 <= layer < self.plan.layers:
             raise IndexError(f"layer {layer} out of range")
@@ -366,6 +367,8 @@ cdef class StreamCore:
     def _state_buffers(self):
         """The buffers holding the state: h (layers, N, H_out) and, for an LSTM, c
         (layers, N, H) (views, writable: the Python half resets them)."""
+        if self.running:
+            raise RuntimeError("this stream is running a step in another thread")
         h = self._h[self.parity]
         if self.plan.cell != STREAM_LSTM:
             return h, None
@@ -383,6 +386,16 @@ cdef class StreamCore:
         """Run the steps of ``x``: (N, I) for one step or a chunk of T steps, (T, N, I) or,
         batch-first, (N, T, I). Returns the last layer's h: (N, H_out), or (T, N, H_out)
         ((N, T, H_out) batch-first): read-only, valid until the next call; or ``out``."""
+        if self.busy:  # (no Python code runs between this test and the next line)
+            raise RuntimeError("this stream is already running a step in another thread; "
+                               "give each thread its own stream")
+        self.busy = True
+        try:
+            return self._call(x, out)
+        finally:
+            self.busy = False
+
+    cdef object _call(self, x, out):
         if self.generation != _weights_generation:
             self._refresh_if_stale()
         cdef cnp.ndarray xa
@@ -393,28 +406,20 @@ cdef class StreamCore:
             xa = self._as_input(x)
         cdef int nd = cnp.PyArray_NDIM(xa)
         cdef cnp.npy_intp *shape = cnp.PyArray_DIMS(xa)
-        cdef cnp.npy_intp *strides = cnp.PyArray_STRIDES(xa)
-        cdef fr_index N = self.plan.N, T, xts, xbs
-        cdef int batch_axis
-        if nd == 2:
-            T, batch_axis, xts = 1, 0, 0
-        elif nd == 3:
-            batch_axis = 0 if self.batch_first else 1
-            T = shape[1 - batch_axis]
-            xts = strides[1 - batch_axis]
-        else:
+        cdef fr_index N = self.plan.N, T
+        cdef int batch_axis = 0 if nd == 2 or self.batch_first else 1
+        if nd != 2 and nd != 3:
             raise ValueError(f"{self._name()}: expected x of shape (N, I) for a step or "
                              f"{self._chunk_shape('I')} for a chunk, got "
-                             f"{cnp.PyArray_NDIM(xa)}-D shape {np.shape(xa)}")
+                             f"{nd}-D shape {np.shape(xa)}")
+        T = 1 if nd == 2 else shape[1 - batch_axis]
         if shape[batch_axis] != N or shape[nd - 1] != self.plan.input_size:
             raise ValueError(f"{self._name()}: expected x of shape "
                              f"{(N, self.plan.input_size) if nd == 2 else self._chunk_shape('I')} "
                              f"(batch_size={N}, input_size={self.plan.input_size}), got "
                              f"{np.shape(xa)}")
-        xbs = strides[batch_axis]
-        if shape[nd - 1] > 1 and strides[nd - 1] != self.itemsize:
+        if shape[nd - 1] > 1 and cnp.PyArray_STRIDES(xa)[nd - 1] != self.itemsize:
             xa = np.ascontiguousarray(xa)  # the kernels read contiguous rows
-            return self(xa, out)
         cdef cnp.ndarray ya
         if out is None:
             if nd == 2:
@@ -425,8 +430,8 @@ cdef class StreamCore:
                 ya = self._chunk[:T]
         else:
             ya = self._as_output(out, nd, T)
-        if out is not None and (_overlaps(ya, xa) or self._overlaps_state(ya)):
-            raise ValueError("out must not share memory with x or the stream's state")
+            if _overlaps(ya, xa) or self._overlaps_state(ya):
+                raise ValueError("out must not share memory with x or the stream's state")
         if self._overlaps_state(xa) or (ya is not None and _overlaps(ya, xa)):
             # x is (a view of) an earlier output: the steps would overwrite it while reading it
             if nd == 2:
@@ -434,26 +439,25 @@ cdef class StreamCore:
                 xa = self._xstage
             else:
                 xa = xa.copy()
-            xts = cnp.PyArray_STRIDES(xa)[1 - batch_axis] if nd == 3 else 0
-            xbs = cnp.PyArray_STRIDES(xa)[batch_axis]
+        cdef cnp.npy_intp *xs = cnp.PyArray_STRIDES(xa)
+        cdef fr_index xts = xs[1 - batch_axis] if nd == 3 else 0, xbs = xs[batch_axis]
         cdef fr_index yts = 0, ybs = 0
         cdef char *yp = NULL
+        cdef cnp.npy_intp *ys
         if ya is not None:
             yp = <char *> cnp.PyArray_DATA(ya)
+            ys = cnp.PyArray_STRIDES(ya)
             if nd == 2:
-                ybs = cnp.PyArray_STRIDES(ya)[0]
+                ybs = ys[0]
             elif out is None or not self.batch_first:
-                yts, ybs = cnp.PyArray_STRIDES(ya)[0], cnp.PyArray_STRIDES(ya)[1]
+                yts, ybs = ys[0], ys[1]
             else:
-                yts, ybs = cnp.PyArray_STRIDES(ya)[1], cnp.PyArray_STRIDES(ya)[0]
-        if self.busy:
-            raise RuntimeError("this stream is already running a step in another thread; "
-                               "give each thread its own stream")
-        self.busy = True
+                yts, ybs = ys[1], ys[0]
+        self.running = True
         try:
             self._run(<const char *> cnp.PyArray_DATA(xa), xts, xbs, T, yp, yts, ybs)
         finally:
-            self.busy = False
+            self.running = False
         if out is not None:
             return out
         if nd == 2:
