@@ -7,6 +7,8 @@ JAX (a jitted ``lax.scan``); those not installed are left out (``pip install
 ``fastrnn bench`` (:func:`command`) prints the comparison as a table; the pytest-benchmark
 suite in ``benchmarks/`` times the same workloads. Both build them with :func:`make_workload`,
 so a row of the table and a benchmark of the suite run the same code on the same weights.
+``fastrnn bench --stream`` (or ``--stream-only``) adds the streaming latency of
+:mod:`.streaming`: a stream's step per call, its overhead over the kernels, torch's cells.
 
 One module per job, data flowing down the list:
 
@@ -23,6 +25,10 @@ One module per job, data flowing down the list:
 - :mod:`.report`: the table, its notes and the plot;
 - :mod:`.train_step`: the training step of a small torch model, fastrnn.torch.RNN vs
   torch.nn.RNN;
+- :mod:`.streaming`: streaming latency (``--stream``, ``--stream-only``): one step per call
+  through ``module.stream(batch_size)``, the kernels' time per step of a chunk, the call's
+  overhead, and torch's RNNCell / LSTMCell / GRUCell per call (in a process of its own, as
+  :mod:`.peer_time` runs the grid's peers), its table;
 - :mod:`.cli`: the options and the command.
 
 The names below are imported from their modules on first use, so that running a module as a
@@ -43,6 +49,8 @@ _EXPORTS = {
     "runner": ("run",),
     "report": ("format_preamble", "format_notes", "format_table", "plot_speedups"),
     "train_step": ("bench_torch_training_step", "make_training_step"),
+    "streaming": ("STREAM_SIZES", "STREAM_BATCHES", "STREAM_ROUNDS", "STREAM_ROUND_SECONDS",
+                  "STREAM_MIN_CALLS", "CHUNK_STEPS", "run_streaming", "format_streaming"),
     "cli": ("add_arguments", "command"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -50,7 +58,8 @@ _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in nam
 __all__ = ["Size", "GRID", "DEFAULT_SIZES", "PASSES", "CELLS", "IMPLEMENTATIONS", "PEERS",
            "parse_sizes", "parse_cells", "rows", "forward_flops", "flops", "make_workload",
            "estimate_seconds", "matmul_peak",
-           "peak_memory", "run", "format_table", "plot_speedups", "add_arguments", "command"]
+           "peak_memory", "run", "format_table", "plot_speedups", "run_streaming",
+           "format_streaming", "add_arguments", "command"]
 
 
 def __getattr__(name):

@@ -1,12 +1,21 @@
-"""``fastrnn bench``: its options (:func:`add_arguments`) and the command (:func:`command`)."""
+"""``fastrnn bench``: its options (:func:`add_arguments`) and the command (:func:`command`).
+
+The grid of :mod:`.runner` runs unless ``--stream-only``; the streaming latencies of
+:mod:`.streaming` after it with ``--stream``, or alone with ``--stream-only``.
+"""
 import argparse
 import json
 import time
 
 from ..parallel import get_num_threads, set_num_threads
+from ..train_cli import CommandError
 from .report import Table, format_notes, format_preamble, plot_speedups, require_matplotlib
 from .runner import run
 from .sizes import CELLS, DEFAULT_SIZES, GRID, parse_cells, parse_sizes
+from .streaming import (CHUNK_STEPS, STREAM_BATCHES, STREAM_MIN_CALLS, STREAM_ROUND_SECONDS,
+                        STREAM_ROUNDS, STREAM_SIZES, StreamTable, format_overhead_note,
+                        run_streaming)
+from .streaming import format_preamble as format_stream_preamble
 from .timing import CELL_SECONDS, MIN_CELL_SECONDS, ROUNDS
 from .workloads import IMPLEMENTATIONS, import_torch, missing
 
@@ -39,6 +48,29 @@ def _int_arg(positive):
                 f"expected a {'positive' if positive else 'non-zero'} integer, got {value}")
         return value
     return parse
+
+
+def _int_list_arg(text):
+    """Comma-separated positive integers, as a list."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
+    bad = [v for v in values if v < 1]
+    if bad:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {bad[0]}")
+    return values
+
+
+def _seconds_arg(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {text}")
+    return value
 
 
 def _plot_arg(path):
@@ -84,14 +116,54 @@ def add_arguments(parser):
     parser.add_argument("--no-train-step", dest="train_step", action="store_false",
                         help="skip the torch training-step row (fastrnn.torch.RNN vs "
                              "torch.nn.RNN in a small model with Adam)")
+    stream = parser.add_argument_group(
+        "streaming", "latency of one step per call through module.stream(batch_size), x (N, H), "
+                     "H = I, against torch's RNNCell / LSTMCell / GRUCell, for each --cell")
+    stream.add_argument("--stream", action="store_true",
+                        help="after the grid, time the streaming rows")
+    stream.add_argument("--stream-only", action="store_true",
+                        help="time only the streaming rows (no grid, no training step)")
+    stream.add_argument(
+        "--stream-sizes", type=_int_list_arg, default=None, metavar="H,...",
+        help=f"comma-separated hidden sizes H (= I) (default: "
+             f"{','.join(map(str, STREAM_SIZES))})")
+    stream.add_argument(
+        "--stream-batches", type=_int_list_arg, default=None, metavar="N,...",
+        help=f"comma-separated batch sizes (default: {','.join(map(str, STREAM_BATCHES))})")
+    stream.add_argument(
+        "--stream-rounds", type=_int_arg(positive=True), default=None,
+        help=f"rounds per row, alternating fastrnn and torch; the median is reported "
+             f"(default: {STREAM_ROUNDS})")
+    stream.add_argument(
+        "--stream-seconds", type=_seconds_arg, default=None, metavar="S",
+        help=f"length of a round: about S seconds of calls, at least {STREAM_MIN_CALLS} "
+             f"(a chunk round: at least one chunk of {CHUNK_STEPS} steps) "
+             f"(default: {STREAM_ROUND_SECONDS:g})")
     parser.add_argument("--json", metavar="FILE", help="write every number and the machine to FILE")
     parser.add_argument("--plot", metavar="FILE.png", type=_plot_arg,
                         help="draw the speedups as grouped bars (needs matplotlib)")
 
 
+_STREAM_OPTIONS = ("stream_sizes", "stream_batches", "stream_rounds", "stream_seconds")
+
+
+def _check_combination(args):
+    """CommandError for options that would be silently ignored."""
+    given = [name for name in _STREAM_OPTIONS if getattr(args, name, None) is not None]
+    if given and not (args.stream or args.stream_only):
+        raise CommandError(f"fastrnn bench: --{given[0].replace('_', '-')} needs --stream or "
+                           "--stream-only")
+    if args.stream_only:
+        for name, on in (("plot", args.plot), ("memory", args.memory)):
+            if on:
+                raise CommandError(f"fastrnn bench: --{name} is about the grid, which "
+                                   "--stream-only skips")
+
+
 def command(args):
     """Run ``fastrnn bench`` with parsed ``args``; returns the exit status."""
     start = time.perf_counter()
+    _check_combination(args)
     sizes = parse_sizes(args.sizes, args.layers, args.bidirectional)
     if args.threads is not None:
         set_num_threads(args.threads)
@@ -99,6 +171,31 @@ def command(args):
     torch = import_torch()
     if torch is not None:
         torch.set_num_threads(threads)
+    if args.stream_only:
+        from .._version import __version__
+        from .machine import machine_info
+
+        results = dict(fastrnn=__version__, machine=machine_info(threads))
+    else:
+        results = _grid(args, sizes, threads, torch)
+    if args.stream or args.stream_only:
+        results["streaming"] = _streaming(args, threads, torch is not None,
+                                          results["machine"], gap=not args.stream_only)
+    results["elapsed_s"] = time.perf_counter() - start
+    print(f"\n({results['elapsed_s']:.0f} s)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+            f.write("\n")
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot_speedups(results, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _grid(args, sizes, threads, torch):
+    """The grid's rows, printed as they complete, the training step and the notes."""
     absent = {impl: "torch" if impl == "torch" else missing(impl) for impl in IMPLEMENTATIONS
               if (torch is None if impl == "torch" else missing(impl) is not None)}
     impls = [impl for impl in IMPLEMENTATIONS if impl not in absent]
@@ -123,17 +220,32 @@ def command(args):
         print(f"\ntraining step of a torch model (Embedding -> RNN(64, 256, 2 layers) -> Linear, "
               f"T=100, N=32, Adam): fastrnn.torch.RNN {step['fastrnn_ms']:.1f} ms, "
               f"torch.nn.RNN {step['torch_ms']:.1f} ms, {step['speedup']:.2f}x")
-    results["elapsed_s"] = time.perf_counter() - start
     notes = format_notes(results)
     if notes:
         print("", notes, sep="\n")
-    print(f"\n({results['elapsed_s']:.0f} s)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-            f.write("\n")
-        print(f"wrote {args.json}")
-    if args.plot:
-        plot_speedups(results, args.plot)
-        print(f"wrote {args.plot}")
-    return 0
+    return results
+
+
+def _streaming(args, threads, torch, machine, gap):
+    """The streaming rows, printed as they complete, and the note on overhead."""
+    if not torch:
+        print("torch is not installed: no torch cell columns in the streaming table")
+    table = StreamTable(torch)
+
+    def on_row(row, streaming):
+        if row is streaming["rows"][0]:
+            print(*([""] if gap else []), format_stream_preamble(streaming, machine), "",
+                  table.head(), sep="\n")
+        print(table.row(row), flush=True)
+
+    def pick(value, default):
+        return default if value is None else value
+
+    streaming = run_streaming(
+        threads, cells=args.cell, sizes=pick(args.stream_sizes, STREAM_SIZES),
+        batches=pick(args.stream_batches, STREAM_BATCHES),
+        rounds=pick(args.stream_rounds, STREAM_ROUNDS),
+        round_seconds=pick(args.stream_seconds, STREAM_ROUND_SECONDS), torch=torch,
+        on_row=on_row)
+    print("", format_overhead_note(streaming), sep="\n")
+    return streaming
