@@ -360,6 +360,17 @@ cdef class StreamCore:
         self.plan.w_hh[layer] = wh
         self.plan.w_hr[layer] = wr
 
+    def _acquire(self):
+        """Take the stream for a call that reads or writes its weights or state (the Python
+        half's state, reset and refresh): one at a time, as the steps."""
+        if self.busy:
+            raise RuntimeError("this stream is in use by another thread; give each thread its "
+                               "own stream")
+        self.busy = True
+
+    def _release(self):
+        self.busy = False
+
     def _checked(self):
         """Mark the weights as matching every parameter change recorded so far."""
         self.generation = _weights_generation
@@ -547,12 +558,13 @@ cdef class StreamCore:
             want = (N, H_out)
         else:
             want = (N, steps, H_out) if self.batch_first else (steps, N, H_out)
-        if out.dtype != self.dtype or out.shape != want:
-            raise ValueError(f"out must be a {self.dtype} array of shape {want}, got "
-                             f"{out.dtype} {out.shape}")
+        if out.dtype != self.dtype:
+            raise TypeError(f"out must be a {self.dtype} array, got dtype {out.dtype}")
+        if out.shape != want:
+            raise ValueError(f"out must have shape {want}, got {out.shape}")
         if not out.flags.writeable or not out.flags.aligned:
             raise ValueError("out must be writable and aligned")
-        if H_out > 1 and out.strides[nd - 1] != self.itemsize:
+        if out.size and H_out > 1 and out.strides[nd - 1] != self.itemsize:
             raise ValueError("out must have contiguous rows (unit stride in its last axis)")
         return <cnp.ndarray> out
 

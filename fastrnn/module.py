@@ -121,8 +121,10 @@ class Module:
         modules.pop(name, None)
         if isinstance(value, Parameter):
             params[name] = value
+            _rnn.note_weights_changed()  # a stream of this module checks its parameters
         elif _is_module(value):
             modules[name] = value
+            _rnn.note_weights_changed()
         else:
             object.__setattr__(self, name, value)
             return

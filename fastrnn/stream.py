@@ -80,6 +80,13 @@ class Stream(_rnn.StreamCore):
 
     def refresh(self):
         """Pack the module's current weights (after writing into ``p.data`` by hand)."""
+        self._acquire()
+        try:
+            self._repack()
+        finally:
+            self._release()
+
+    def _repack(self):
         module = self.module
         params = {name: p.data for name, p in module._params.items()}
         sizes = check_params(params, module.num_layers, False, self._cell)
@@ -96,7 +103,7 @@ class Stream(_rnn.StreamCore):
     def _refresh_if_stale(self):
         # some parameter changed somewhere: repack if it was one of this module's
         if self._parameter_versions() != self._versions:
-            self.refresh()
+            self._repack()  # (within the call, which holds the stream)
         else:
             self._checked()
 
@@ -105,8 +112,12 @@ class Stream(_rnn.StreamCore):
     def state(self):
         """A copy of the state, shaped like the module's h_n ((h_n, c_n) for an LSTM):
         (num_layers, batch_size, H_out)."""
-        h, c = self._state_buffers()
-        return h.copy() if c is None else (h.copy(), c.copy())
+        self._acquire()
+        try:
+            h, c = self._state_buffers()
+            return h.copy() if c is None else (h.copy(), c.copy())
+        finally:
+            self._release()
 
     def reset(self, h0=None, rows=None):
         """Set the state to ``h0`` (zeros if None), for every row or only ``rows``.
@@ -119,14 +130,25 @@ class Stream(_rnn.StreamCore):
         rows : None (every row), or indices (ints or a boolean mask) of the batch rows to
             reset, as NumPy indexes the batch axis.
         """
+        self._acquire()
+        try:
+            self._reset(h0, rows)
+        finally:
+            self._release()
+
+    def _reset(self, h0, rows):
         h, c = self._state_buffers()
         N = self.batch_size
         if rows is None:
             index = slice(None)
             n = N
         else:
+            if not isinstance(rows, slice):
+                rows = np.asarray(rows)
+                if rows.size == 0:
+                    rows = rows.astype(np.intp)  # [] is a float array to NumPy
             try:
-                index = np.arange(N)[np.asarray(rows) if not isinstance(rows, slice) else rows]
+                index = np.arange(N)[rows]
             except IndexError as e:
                 raise IndexError(f"rows must index the stream's batch of {N}: {e}") from None
             if index.ndim != 1:
