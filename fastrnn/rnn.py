@@ -8,11 +8,10 @@ import warnings
 import numpy as np
 
 from . import _rnn, functional
-from ._engine import CELLS, normalise_inputs
-from ._gated import _pair
-from ._layout import directions, from_time_major, param_shapes
+from ._layout import directions, param_shapes
 from ._validate import _as_rng, _check_dtype, _check_size
 from .module import Module, new_parameter
+from .stream import Stream
 
 __all__ = ["RNN", "LSTM", "GRU"]
 
@@ -96,15 +95,11 @@ class _Recurrent(Module):
                 for _ in range(self.num_layers - 1)]
 
     def _forward(self, x, hx, lengths):
+        if not self.training and lengths is None and not self.bidirectional:
+            result = self._short_forward(x, hx)
+            if result is not None:
+                return result
         x_arr = np.asarray(x)
-        steps = x_arr.shape[1 if self.batch_first and x_arr.ndim == 3 else 0] if x_arr.ndim else 0
-        if (not self.training and not self.bidirectional and lengths is None
-                and x_arr.ndim in (2, 3) and 0 < steps <= SHORT_FORWARD_STEPS
-                and self._inference_lock.acquire(blocking=False)):
-            try:
-                return self._short_forward(x_arr, hx)
-            finally:
-                self._inference_lock.release()
         masks = None
         if x_arr.ndim in (2, 3):
             if x_arr.ndim == 2:
@@ -126,38 +121,66 @@ class _Recurrent(Module):
         """A :class:`fastrnn.Stream` over this (unidirectional) module: run it a step or a
         chunk at a time, the state kept between calls, ``batch_size`` sequences side by side;
         ``h0`` as :meth:`fastrnn.Stream.reset` takes it."""
-        from .stream import Stream
         return Stream(self, batch_size, h0)
 
     def _short_forward(self, x, hx):
         """An eval-mode forward of a few steps on the module's own stream: bitwise the
         functional forward, without packing the weights each call. The stream's weights are
-        checked against a copy of the parameters each call, so no change to them, however
-        made, is missed."""
-        from .stream import Stream
-        cell = CELLS[self._cell]
-        params = {name: p.data for name, p in self._params.items()}
-        states = [hx] if cell.states == 1 else list(_pair(hx, "hx"))
-        x, states, _, sizes, unbatched, _ = normalise_inputs(
-            cell, x, states, None, params, self.num_layers, False, self.batch_first, None)
-        L, N = x.shape[:2]
-        arrays = list(params.values())
-        if self._inference is None or self._inference[0].batch_size != N:
-            self._inference = (Stream(self, N, _time_major=True), [a.copy() for a in arrays])
-        stream, copies = self._inference
-        if not _rnn.same_contents(arrays, copies):
-            for a, c in zip(arrays, copies):
-                c[...] = a
-            stream.refresh()
-        stream.reset(states[0] if cell.states == 1 else tuple(states))
-        out = np.empty((L, N, sizes.out), dtype=sizes.dtype)
-        stream(x, out=out)
-        finals = stream.state if cell.states == 2 else (stream.state,)
-        if unbatched:
-            finals = tuple(f[:, 0] for f in finals)
-        self._cache = None
-        output = from_time_major(out, unbatched, self.batch_first)
-        return output, (finals if cell.states == 2 else finals[0])
+        compared with a copy of the parameters each call, so no change to them, however
+        made, is missed. None where the call is not one (long sequences; arguments the
+        functional forward must check and report on, as any other thread's call while the
+        stream is in use): then that forward runs."""
+        if (type(x) is not np.ndarray or x.dtype != self.dtype or x.ndim not in (2, 3)
+                or x.shape[-1] != self.input_size):
+            return None
+        unbatched = x.ndim == 2
+        steps, N = (x.shape[0], 1) if unbatched else (
+            x.shape[:2][::-1] if self.batch_first else x.shape[:2])
+        if not 0 < steps <= SHORT_FORWARD_STEPS or N == 0:
+            return None
+        widths = (self.proj_size or self.hidden_size, self.hidden_size)[:2 if self._gates == 4
+                                                                        else 1]
+        if len(widths) == 1:
+            given = (hx,)
+        elif hx is None:
+            given = (None, None)
+        elif isinstance(hx, (tuple, list)) and len(hx) == 2:
+            given = hx
+        else:
+            return None
+        for s, width in zip(given, widths):
+            if s is not None and not (
+                    type(s) is np.ndarray and s.dtype == self.dtype
+                    and s.shape == ((self.num_layers, width) if unbatched
+                                    else (self.num_layers, N, width))):
+                return None
+        if not self._inference_lock.acquire(blocking=False):
+            return None
+        try:
+            arrays = [p.data for p in self._params.values()]
+            if self._inference is None or self._inference[0].batch_size != N:
+                self._inference = None  # (the old stream's memory first)
+                self._inference = (Stream(self, N), [a.copy() for a in arrays])
+            stream, copies = self._inference
+            if not _rnn.same_contents(arrays, copies):
+                for a, c in zip(arrays, copies):
+                    c[...] = a
+                stream.refresh()
+            if unbatched:  # one sequence: a batch of one, in the stream's layout
+                x = x[None] if self.batch_first else x[:, None]
+            buffers = stream._state_buffers()
+            for buf, s in zip(buffers, given):
+                buf[...] = 0 if s is None else (s[:, None] if unbatched else s)
+            out = np.empty(x.shape[:2] + (widths[0],), dtype=self.dtype)
+            stream(x, out=out)
+            finals = tuple(b[:, 0].copy() if unbatched else b.copy()
+                           for b in stream._state_buffers()[:len(widths)])
+        finally:
+            self._inference_lock.release()
+        if self._cache is not None:
+            self._cache = None
+        output = (out[0] if self.batch_first else out[:, 0]) if unbatched else out
+        return output, (finals if len(widths) == 2 else finals[0])
 
     def _backward(self, grad_output, grad_state):
         if self._cache is None:
