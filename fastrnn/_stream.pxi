@@ -15,6 +15,12 @@ import numpy as np
 cnp.import_array()
 
 cdef enum:
+    # Multiply-adds of a call from which a second thread pays: a quarter of a whole
+    # sequence's threshold (MIN_WORK_PER_THREAD), as a stream's threads are woken call after
+    # call, still spinning (docs/performance.md)
+    MIN_STREAM_WORK_PER_THREAD = 1 << 16
+
+cdef enum:
     STREAM_LSTM = CELL_LSTM
     STREAM_GRU = CELL_GRU
     STREAM_ELMAN = 2
@@ -489,11 +495,12 @@ cdef class StreamCore:
                                                           + p.layers * p.H_out)
         cdef int threads = 1
         global _get_num_threads
-        if work >= 2 * MIN_WORK_PER_THREAD:
+        if work >= 2 * MIN_STREAM_WORK_PER_THREAD:
             if _get_num_threads is None:
                 from fastrnn.parallel import get_num_threads
                 _get_num_threads = get_num_threads
-            threads = threads_for(work, _get_num_threads())
+            threads = <int> max(1.0, min(<double> _get_num_threads(),
+                                         work / MIN_STREAM_WORK_PER_THREAD))
         cdef bint by_columns = _split_columns(p.N, p.H, threads)
         cdef fr_index slice_rows = p.N if by_columns else _slice_rows(p.N, threads)
         cdef int nparts = threads if by_columns else <int> ((p.N + slice_rows - 1) // slice_rows)

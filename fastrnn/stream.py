@@ -16,14 +16,14 @@ import numpy as np
 
 from . import _rnn
 from ._engine import CELLS, ELMAN, LSTM, check_float_array, check_params
-from ._gated import _cell_weights
+from ._gated import _KERNEL as _GATED_KERNEL, _cell_weights
 from .functional import _stacked_input_weights
 from ._layout import layer_keys
 from ._validate import _check_size
 
 __all__ = ["Stream"]
 
-_KERNEL = {"RNN": _rnn.ELMAN, "LSTM": _rnn.LSTM, "GRU": _rnn.GRU}
+_KERNEL = {"RNN": _rnn.ELMAN, **_GATED_KERNEL}  # the compiled core's cell numbers
 
 
 class Stream(_rnn.StreamCore):
@@ -64,8 +64,9 @@ class Stream(_rnn.StreamCore):
         batch_size = _check_size(batch_size, "batch_size")
         self._cell = CELLS[module._cell]
         self.module = module
-        self._setup(_KERNEL[self._cell.name], module.num_layers, batch_size, module.input_size, module.hidden_size,
-                    module.proj_size, module.dtype, getattr(module, "nonlinearity", "") == "relu",
+        self._setup(_KERNEL[self._cell.name], module.num_layers, batch_size, module.input_size,
+                    module.hidden_size, module.proj_size, module.dtype,
+                    getattr(module, "nonlinearity", "") == "relu",
                     module.batch_first and not _time_major)
         self._versions = None
         self.refresh()
