@@ -6,6 +6,7 @@ written out from torch's conventions, inputs are random, and the torch runner dr
 """
 
 import re
+import threading
 
 import numpy as np
 import pytest
@@ -303,3 +304,26 @@ def relu_kink_risk(params, x, h0, *, num_layers, bidirectional, layout, lengths,
         if np.any(np.all(out == 0, axis=2) & valid):
             return True
     return False
+
+
+def in_threads(work, count):
+    """Run ``work(i)`` for i < count in as many threads, started together; their results."""
+    results, errors = [None] * count, []
+    barrier = threading.Barrier(count)
+
+    def target(i):
+        try:
+            barrier.wait()
+            results[i] = work(i)
+        except BaseException as e:  # re-raised in the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    if errors:
+        raise errors[0]
+    return results

@@ -21,7 +21,7 @@ import time
 import numpy as np
 import pytest
 
-from _helpers import DTYPES, assert_results_close, assert_results_equal, random_params, \
+from _helpers import DTYPES, in_threads, assert_results_close, assert_results_equal, random_params, \
     run_api, run_module
 import fastrnn
 from fastrnn import functional, reference
@@ -128,28 +128,6 @@ def test_dropout_is_reproducible_from_its_seed(restore_threads, seq_len, batch, 
 
 # Python threads ---------------------------------------------------------------------------
 
-def _in_threads(work, count):
-    """Run ``work(i)`` for i < count in as many threads, started together; their results."""
-    results, errors = [None] * count, []
-    barrier = threading.Barrier(count)
-
-    def target(i):
-        try:
-            barrier.wait()
-            results[i] = work(i)
-        except BaseException as e:  # re-raised in the main thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=target, args=(i,)) for i in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "a thread hung"
-    if errors:
-        raise errors[0]
-    return results
-
 
 @pytest.mark.parametrize("omp_threads", [1, 2])
 def test_functional_calls_on_shared_weights(kernel, restore_threads, omp_threads):
@@ -179,7 +157,7 @@ def test_functional_calls_on_shared_weights(kernel, restore_threads, omp_threads
         return results
 
     serial = [work(i, repeats=1)[0] for i in range(len(problems))]
-    for i, results in enumerate(_in_threads(work, len(problems))):
+    for i, results in enumerate(in_threads(work, len(problems))):
         for result in results:
             assert_results_equal(result, serial[i])
 
@@ -204,7 +182,7 @@ def test_separate_modules_train_concurrently(restore_threads):
         return rnn.state_dict()
 
     serial = [work(i) for i in range(len(data))]
-    for got, expected in zip(_in_threads(work, len(data)), serial):
+    for got, expected in zip(in_threads(work, len(data)), serial):
         for name in expected:
             assert np.array_equal(got[name], expected[name]), name
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import fastrnn
 from _gated import random_gated_params
-from _helpers import DTYPES, match_all, match_shape, random_params
+from _helpers import DTYPES, in_threads, match_all, match_shape, random_params
 from fastrnn import functional, optim
 
 CELLS = ["rnn-tanh", "rnn-relu", "lstm", "lstm-proj", "gru"]
@@ -704,22 +704,8 @@ def test_batch_first_views_of_time_major_arrays(rng):
 
 # 8. threads ----------------------------------------------------------------------------------
 def _run_threads(*targets):
-    errors = []
-
-    def guarded(target):
-        try:
-            target()
-        except BaseException as e:  # reported by the main thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=guarded, args=(t,)) for t in targets]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not any(t.is_alive() for t in threads), "a thread hung"
-    if errors:
-        raise errors[0]
+    """Run each target in a thread of its own, started together; re-raise the first error."""
+    in_threads(lambda i: targets[i](), len(targets))
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
