@@ -91,7 +91,7 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
                  const floating[:, ::1] w_hh not None, const floating[::1] b_hh,
                  const floating[:, ::1] w_hr, const int64_t[::1] lengths not None,
                  bint reverse, floating[:, ::1] h_n not None, floating[:, ::1] c_n,
-                 int num_threads=1):
+                 int num_threads=1, bint bf16=False):
     """A gated cell's recurrence over one direction, in place.
 
     ``save`` (L, N, G·H + H [+ H]) holds P = x W_ihᵀ + b (gate-interleaved, see
@@ -102,9 +102,10 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
     of 0); past each length ``save``'s rows are zeroed. ``w_hh`` (G·H, H_out) is
     gate-interleaved; ``b_hh`` (G·H,) or None is added to h W_hhᵀ (the GRU's b_hn; zero
     elsewhere); ``w_hr`` (H_out, H) is the LSTM's projection or None. ``c0``, ``c_n`` are
-    None for a GRU. The split is recurrence_forward's.
+    None for a GRU. The split is recurrence_forward's; ``bf16`` as there.
     """
     _check_num_threads(num_threads)
+    cdef const fastrnn_kernels *ks = _kernels_for(bf16, sizeof(floating))
     cdef bint lstm = cell == CELL_LSTM, proj = w_hr is not None
     if proj and not lstm:
         raise ValueError("only an LSTM has a projection (w_hr)")
@@ -135,7 +136,6 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
     cdef const floating *pb = &b_hh[0] if b_hh is not None else NULL
     cdef const int64_t *plen = &lengths[0]
     cdef int cslot = G * H if lstm else 0, mslot = G * H + H
-    cdef const fastrnn_kernels *ks = _selected
     cdef _Split sp = _split_cell(L, N, H, G, H_out, num_threads)
     cdef fr_index max_len = _max_length(plen, N)
     cdef _Part pt
@@ -251,7 +251,7 @@ def cell_backward(int cell, const floating[:, :, :] save not None,
                   const int64_t[::1] lengths not None, bint reverse,
                   floating[:, :, :] grad_a not None, floating[:, :, :] grad_r,
                   floating[:, :, :] grad_h not None, floating[:, ::1] grad_h0 not None,
-                  floating[:, ::1] grad_c0, int num_threads=1):
+                  floating[:, ::1] grad_c0, int num_threads=1, bint bf16=False):
     """BPTT of :func:`cell_forward` over one direction, backwards in time.
 
     Reads what the forward saved (``save``, ``out``) and its ``h0``, ``c0``; ``grad_out``
@@ -262,9 +262,10 @@ def cell_backward(int cell, const floating[:, :, :] save not None,
     rows of scratch, one per step parity: it differs from grad_a only in the n gate, by the
     factor r, which the caller may apply to grad_a later); ``grad_h`` (L, N, H_out), dLoss/dh_t
     (for the projection's gradient); ``grad_h0``, ``grad_c0`` the initial states'. The split
-    is cell_forward's; each row's arithmetic is the same for any split.
+    is cell_forward's; each row's arithmetic is the same for any split. ``bf16`` as there.
     """
     _check_num_threads(num_threads)
+    cdef const fastrnn_kernels *ks = _kernels_for(bf16, sizeof(floating))
     cdef bint lstm = cell == CELL_LSTM, proj = w_hr is not None
     if proj and not lstm:
         raise ValueError("only an LSTM has a projection (w_hr)")
@@ -317,7 +318,6 @@ def cell_backward(int cell, const floating[:, :, :] save not None,
     cdef const floating *pc0 = &c0[0, 0] if lstm else NULL
     cdef const int64_t *plen = &lengths[0]
     cdef int cslot = G * H if lstm else 0, mslot = G * H + H
-    cdef const fastrnn_kernels *ks = _selected
     cdef _Split sp = _split_cell(L, N, H, G, H_out, num_threads)
     cdef fr_index max_len = _max_length(plen, N)
     cdef _Part pt

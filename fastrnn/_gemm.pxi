@@ -2,7 +2,7 @@
 
 def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
          const floating[::1] bias=None, bint accumulate=False, int num_threads=1,
-         bint a_trans=False, floating[::1] a_sums=None):
+         bint a_trans=False, floating[::1] a_sums=None, bint bf16=False):
     """c = (c if accumulate else 0) + op(a) @ b + bias, op(a) = a.T if a_trans else a.
 
     ``b`` may be a transposed view (``w.T`` of a row-major ``w``): it is packed from there,
@@ -11,7 +11,8 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
     gradient (K long, c small) every thread would pack all of b, so the threads share that
     packing, meeting once per block. With ``a_trans``, ``a_sums`` (if given) receives
     op(a).sum(axis=1), each sum in row order of ``a``, from the one reading of ``a`` (a
-    bias gradient next to a weight gradient).
+    bias gradient next to a weight gradient). ``bf16``: the product's operands are rounded
+    to bfloat16 (float32 arrays; a_sums, bias and the sums stay float32).
     """
     _check_num_threads(num_threads)
     cdef fr_index M = a.shape[1] if a_trans else a.shape[0]
@@ -27,6 +28,7 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
     if a_sums is not None and (not a_trans or a_sums.shape[0] != M):
         raise ValueError(f"a_sums needs a_trans and {M} elements, got a_trans={a_trans} "
                          f"and {a_sums.shape[0]} elements")
+    cdef const fastrnn_kernels *ks = _kernels_for(bf16, sizeof(floating))
     if M == 0:
         return
     cdef fr_index lda = _row_stride(a.shape, a.strides, sizeof(floating), "a")
@@ -49,7 +51,6 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
     cdef fr_index tile, i0, rows, a_step = 1 if a_trans else lda
     cdef int failed[1]
     failed[0] = 0
-    cdef const fastrnn_kernels *ks = _selected
     cdef fr_spin_barrier team_barrier
     cdef floating *shared
     cdef int team
@@ -82,7 +83,7 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
 def weight_grads(const floating[:, ::1] da, const floating[:, :] x,
                  const floating[:, :, :] out, const floating[:, :, ::1] h0,
                  const int64_t[::1] lengths, floating[:, ::1] dw_ih, floating[:, ::1] dw_hh,
-                 floating[::1] db=None, int num_threads=1):
+                 floating[::1] db=None, int num_threads=1, bint bf16=False):
     """A layer's weight gradients from one reading of its dA, (L·N, D·H) (D = 1, or 2 with
     direction 1 run backward in time): ``dw_ih`` = dAᵀ X, ``dw_hh`` = each direction's
     dA_dᵀ H_prev stacked (D·H, H), ``db`` (if given) = dA summed over rows.
@@ -91,9 +92,11 @@ def weight_grads(const floating[:, ::1] da, const floating[:, :] x,
     ``h0`` (D, N, H) and ``lengths``, come the states before each step: h_{t-1} forward,
     h_{t+1} in reverse, h0 where a sequence starts. Each thread takes a slice of the D·H
     rows; they share the packing of X, and copy each block of dA once for both products.
-    Every element is a sum in row order: the same bits for any thread count.
+    Every element is a sum in row order: the same bits for any thread count. ``bf16``: the
+    products' operands rounded to bfloat16 (``db`` stays a float32 sum).
     """
     _check_num_threads(num_threads)
+    cdef const fastrnn_kernels *ks = _kernels_for(bf16, sizeof(floating))
     cdef fr_index K = da.shape[0], M = da.shape[1], I = x.shape[1]
     cdef fr_index L = out.shape[0], N = out.shape[1], D = h0.shape[0], H = h0.shape[2]
     if (D not in (1, 2) or M != D * H or out.shape[2] != M or K != L * N or x.shape[0] != K
@@ -142,7 +145,6 @@ def weight_grads(const floating[:, ::1] da, const floating[:, :] x,
                     hprev[K + t * N + n] = ph0 + (N + n) * H
                 else:
                     hprev[K + t * N + n] = po + (t + 1 if t + 1 < ln else t) * ts + n * bs + H
-    cdef const fastrnn_kernels *ks = _selected
     num_threads = threads_for(<double> K * M * (I + H), num_threads)
     cdef floating *shared = <floating *> malloc(
         (kernels.gemm_team_size(ks, K, I, pdw_ih) + kernels.gemm_team_size(ks, K, H, pdw_ih))
@@ -187,5 +189,6 @@ cdef void _pack_part(const fastrnn_kernels *ks, const floating *w, fr_index ld, 
     cdef fr_index j1 = min(N, panels * (part + 1) // parts * panel)
     if j1 <= j0:
         return
+    # columns j0 .. start where j0's columns of K take in the layout (bf16 packs pairs of K)
     kernels.pack(ks, K, j1 - j0, w + (j0 * ld if transpose else j0), ld, transpose,
-                 packed + j0 * K)
+                 packed + kernels.packed_size(ks, K, j0, packed))

@@ -87,6 +87,7 @@ cdef extern from "kernels.h" nogil:
         const char *name
         fr_kernels_float f32
         fr_kernels_double f64
+        fr_kernels_float bf16
 
     int FASTRNN_COLUMN_GRANULE
     const fastrnn_kernels **fastrnn_kernels_available()

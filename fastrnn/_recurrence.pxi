@@ -92,7 +92,7 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
                        const floating[:, ::1] w_hh, const int64_t[::1] lengths,
                        bint reverse, bint relu, floating[:, ::1] h_n, int num_threads=1,
                        const floating[:, :, ::1] x=None, const floating[:, ::1] w_ih=None,
-                       const floating[::1] bias=None):
+                       const floating[::1] bias=None, bint bf16=False):
     """h_t = act(P_t + h_{t-1} W_hhᵀ) for every sequence, in place in ``out``.
 
     ``out`` (L, N, H) holds the input projection P on entry and the outputs on return,
@@ -101,9 +101,10 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
     instead computed step by step, bitwise as ``gemm`` would, while the step's rows are in
     cache (``out`` need not be initialised). Each thread owns a slice of the batch for all
     L steps (no barrier per step), or, for a small batch, a slice of the hidden columns (one
-    barrier per step).
+    barrier per step). ``bf16``: every product on bfloat16 operands (see ``gemm``).
     """
     _check_num_threads(num_threads)
+    cdef const fastrnn_kernels *ks = _kernels_for(bf16, sizeof(floating))
     cdef fr_index L = out.shape[0], N = out.shape[1]
     if out.shape[2] > INT_MAX:
         raise MemoryError(f"{out.shape[2]} hidden units exceed the kernels' {INT_MAX}")
@@ -142,7 +143,6 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
         px = &x[0, 0, 0]
         pbias = &bias[0] if bias is not None else NULL
     cdef const int64_t *plen = &lengths[0]
-    cdef const fastrnn_kernels *ks = _selected
     cdef _Split sp = _split_recurrence(L, N, H, num_threads)
     cdef fr_index max_len = _max_length(plen, N)
     cdef _Part pt
@@ -231,7 +231,8 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
                         const floating[:, ::1] grad_h_n, const floating[:, ::1] w_hh,
                         const int64_t[::1] lengths, bint reverse, bint relu,
                         floating[:, :, :] grad_a, floating[:, ::1] grad_h0,
-                        int num_threads=1, const floating[:, :] w_out=None):
+                        int num_threads=1, const floating[:, :] w_out=None,
+                        bint bf16=False):
     """The BPTT recurrence: dA_t = (dY_t + g) ⊙ act'(h_t), g = dA_t W_hh, backwards in time.
 
     ``grad_a`` (L, N, H), contiguous rows (e.g. one direction's columns of an (L, N, 2H)
@@ -241,8 +242,10 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
     as in :func:`recurrence_forward`. ``grad_out`` is dY (L, N, H); or, given ``w_out``
     (K, H), the layer above's dA (L, N, K), and dY_t = grad_out_t · w_out is computed step by
     step, bitwise as ``gemm`` would, while the rows are in cache (dY is never stored).
+    ``bf16``: every product on bfloat16 operands (see ``gemm``).
     """
     _check_num_threads(num_threads)
+    cdef const fastrnn_kernels *ks = _kernels_for(bf16, sizeof(floating))
     cdef fr_index L = out.shape[0], N = out.shape[1]
     if out.shape[2] > INT_MAX:
         raise MemoryError(f"{out.shape[2]} hidden units exceed the kernels' {INT_MAX}")
@@ -279,7 +282,6 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
     cdef const floating *pghn = &grad_h_n[0, 0]
     cdef floating *pgh0 = &grad_h0[0, 0]
     cdef const int64_t *plen = &lengths[0]
-    cdef const fastrnn_kernels *ks = _selected
     cdef _Split sp = _split_recurrence(L, N, H, num_threads)
     cdef fr_index max_len = _max_length(plen, N)
     cdef _Part pt

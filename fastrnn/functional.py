@@ -42,7 +42,7 @@ available_kernels = _rnn.available_kernels
 
 
 def get_kernel():
-    """Name of the kernel build in use: 'avx512', 'avx2' or 'portable'."""
+    """Name of the kernel build in use: 'avx512_bf16', 'avx512', 'avx2' or 'portable'."""
     return _rnn.selected_kernels()
 
 

@@ -19,6 +19,72 @@
 #define KC (FR_VBYTES == 64 && FR_IS_FLOAT ? 512 : 256)
 #define NC (FR_VBYTES == 64 && FR_IS_FLOAT ? 512 : 256)
 
+/* bfloat16 products (FR_BF16, kernels_build.h's third table): 1, the operands rounded to
+ * bf16 values, multiplied by the float32 tile (products exact, sums in float32 in k order);
+ * 2, vdpbf16ps, which multiplies pairs of k: packed B and converted A hold a pair in a 32-bit
+ * word (k even in the low half), so every K-indexed offset counts words, KSTEP(k) of them.
+ * A is converted (rounded) block by block into scratch as the tile reads it; B when packed. */
+#if FR_BF16 == 2
+#define KSTEP(k) (((k) + 1) / 2)
+#else
+#define KSTEP(k) (k)
+#endif
+
+#if FR_BF16
+/* x rounded to the nearest bfloat16, ties to even (NaN stays NaN, made quiet): its bits */
+static inline uint16_t FR_P(bf16_bits)(REAL x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+typedef uint32_t FR_P(uvec) __attribute__((vector_size(FR_VBYTES)));
+
+/* n values of a row of A (k = 0 .. n) as the tile reads a converted row: floats rounded to
+ * bf16 (mode 1), or bf16 pairs (mode 2; an odd n padded with a zero). Vector by vector:
+ * this runs per step on h. */
+static inline void FR_P(bf16_row)(const REAL *src, int n, REAL *dst) {
+    const int npad = FR_BF16 == 2 ? 2 * KSTEP(n) : n;
+    for (int k = 0; k < npad; k += VL) {
+        FR_P(uvec) u = (FR_P(uvec))FR_P(vload_n)(src + k, n - k);
+        FR_P(uvec) nan = (FR_P(uvec))((u & 0x7fffffffu) > 0x7f800000u);
+        FR_P(uvec) r = ((u + 0x7fffu + ((u >> 16) & 1u)) & ~nan) | ((u | 0x400000u) & nan);
+#if FR_BF16 == 1
+        FR_P(vstore_n)(dst + k, (VEC)(r & 0xffff0000u), npad - k);
+#else
+        typedef uint16_t FR_P(hvec) __attribute__((vector_size(FR_VBYTES / 2)));
+        FR_P(hvec) h = __builtin_convertvector(r >> 16, FR_P(hvec));
+        memcpy((uint16_t *)dst + k, &h, (size_t)(npad - k < VL ? npad - k : VL) * 2);
+#endif
+    }
+}
+#endif
+
+/* Element (k, j) of a k-major layout `width` columns wide (packed B's panels, width NR;
+ * A's copied row blocks, width FR_MR) set to v, rounded as FR_BF16 says. */
+static inline void FR_P(put)(REAL *base, fr_index k, fr_index j, fr_index width, REAL v) {
+#if FR_BF16 == 2
+    ((uint16_t *)base)[(k / 2 * width + j) * 2 + (k & 1)] = FR_P(bf16_bits)(v);
+#elif FR_BF16 == 1
+    const uint32_t u = (uint32_t)FR_P(bf16_bits)(v) << 16;
+    memcpy(base + k * width + j, &u, sizeof u);
+#else
+    base[k * width + j] = v;
+#endif
+}
+
+/* A K-deep k-major layout (`width` columns) with K odd: in pairs (mode 2) the last pair's
+ * second half is zero, so that it adds nothing whatever the other operand holds there. */
+static inline void FR_P(pad_pair)(REAL *base, fr_index K, fr_index width) {
+#if FR_BF16 == 2
+    if (K % 2)
+        for (fr_index j = 0; j < width; j++) ((uint16_t *)base)[(K / 2 * width + j) * 2 + 1] = 0;
+#else
+    (void)base, (void)K, (void)width;
+#endif
+}
+
 enum { FR_P(INIT_ZERO), FR_P(INIT_IN), FR_P(INIT_OUT) };
 enum { FR_P(FIN_NONE), FR_P(FIN_BIAS), FR_P(FIN_TANH), FR_P(FIN_RELU) };
 
@@ -54,6 +120,21 @@ static inline __attribute__((always_inline)) void FR_P(tile)(
     const REAL *at = kmajor ? a.at + kb * a.ldat + i0 : NULL;
     if (!kmajor)
         for (int r = 0; r < mr; r++) ar[r] = a.rows[i0 + r] + kb;
+#if FR_BF16 == 2
+    for (fr_index k = 0; k < KSTEP(kc); k++) { /* a pair of k per step: words of A and B */
+        __m512bh b[4 * NV];
+        for (int q = 0; q < np; q++)
+            for (int v = 0; v < NV; v++)
+                b[q * NV + v] = (__m512bh)_mm512_loadu_ps(bp + q * panel_stride + k * NR + v * VL);
+        for (int r = 0; r < mr; r++) {
+            int pair;
+            memcpy(&pair, kmajor ? at + k * a.ldat + r : ar[r] + k, sizeof pair);
+            const __m512bh x = (__m512bh)_mm512_set1_epi32(pair);
+            for (int i = 0; i < np * NV; i++)
+                acc[r][i] = (VEC)_mm512_dpbf16_ps((__m512)acc[r][i], x, b[i]);
+        }
+    }
+#else
     for (fr_index k = 0; k < kc; k++) {
         VEC b[4 * NV];
         for (int q = 0; q < np; q++)
@@ -63,6 +144,7 @@ static inline __attribute__((always_inline)) void FR_P(tile)(
             for (int i = 0; i < np * NV; i++) acc[r][i] += x * b[i];
         }
     }
+#endif
     for (int r = 0; r < mr; r++)
         for (int i = 0; i < np * NV; i++) {
             VEC v = acc[r][i];
@@ -113,7 +195,7 @@ static void FR_P(tile_dispatch)(int mr, int np, FR_P(asrc) a, int i0, fr_index k
 /* Distance between row blocks of packed A: one cache line more than a block needs, so
  * that the row blocks (a power of two in size) do not all map to the same cache sets */
 static inline fr_index FR_P(apack_stride)(fr_index kc) {
-    return kc * FR_MR + 64 / (fr_index)sizeof(REAL);
+    return KSTEP(kc) * FR_MR + 64 / (fr_index)sizeof(REAL);
 }
 
 /* One K block (kb, kc) of one column block (ncols, packed panels at bp) for all M rows,
@@ -135,28 +217,52 @@ static void FR_P(block)(int M, int ncols, fr_index kb, fr_index kc, FR_P(asrc) a
             if (k + 16 < kc) /* rows ahead: the hardware prefetchers miss this pattern */
                 for (int i = 0; i < M; i += 64 / (int)sizeof(REAL))
                     __builtin_prefetch(src + 16 * a.ldat + i);
+#if FR_BF16
+            for (int i = 0; i < M; i++)
+                FR_P(put)(apack + i / FR_MR * astride, k, i % FR_MR, FR_MR, src[i]);
+#else
             int i0 = 0;
             for (; i0 + FR_MR <= M; i0 += FR_MR) /* a constant size: a register move */
                 memcpy(apack + i0 / FR_MR * astride + k * FR_MR, src + i0, FR_MR * sizeof(REAL));
             if (i0 < M)
                 memcpy(apack + i0 / FR_MR * astride + k * FR_MR, src + i0,
                        (size_t)(M - i0) * sizeof(REAL));
+#endif
             if (a_sums) /* the row just read, in k order: each sum's order is fixed */
                 for (int i = 0; i < M; i++) a_sums[i] += src[i];
         }
+    if (copy_a)
+        for (int i0 = 0; i0 < M; i0 += FR_MR) FR_P(pad_pair)(apack + i0 / FR_MR * astride, kc, FR_MR);
     for (int i0 = 0; i0 < M; i0 += FR_MR) {
         const int mr = M - i0 < FR_MR ? M - i0 : FR_MR;
         const int np = mr == FR_MR ? 1 : FR_P(panels_for_rows)(mr);
         FR_P(asrc) at = {NULL, apack + i0 / FR_MR * astride, FR_MR};
+#if FR_BF16
+        /* row-major A: this row block's K block converted, once for all the panels */
+        REAL converted[FR_MR][KSTEP(KC) + 64 / sizeof(REAL)];
+        const REAL *crows[FR_MR];
+        FR_P(asrc) ar = {crows, converted[0], 0}; /* (at unread: GCC's bounds check) */
+        if (a.rows)
+            for (int r = 0; r < mr; r++) {
+                FR_P(bf16_row)(a.rows[i0 + r] + kb, (int)kc, converted[r]);
+                crows[r] = converted[r];
+            }
+#endif
         for (int q = 0; q < npanels;) {
             /* the widest tile left (np, or a power of two below it: the tiles that exist) */
             int n = np;
             while (n > npanels - q) n /= 2;
             int cols = ncols - q * NR < n * NR ? ncols - q * NR : n * NR;
             if (a.rows)
+#if FR_BF16
+                FR_P(tile_dispatch)(mr, n, ar, 0, 0, kc, bp + q * panel_stride, panel_stride,
+                                    cin ? cin + i0 : NULL, cout + i0, c_off + q * NR, cols,
+                                    init, fin, bias ? bias + q * NR : NULL);
+#else
                 FR_P(tile_dispatch)(mr, n, a, i0, kb, kc, bp + q * panel_stride, panel_stride,
                                     cin ? cin + i0 : NULL, cout + i0, c_off + q * NR, cols,
                                     init, fin, bias ? bias + q * NR : NULL);
+#endif
             else
                 FR_P(tile_dispatch)(mr, n, at, 0, 0, kc, bp + q * panel_stride, panel_stride,
                                     cin ? cin + i0 : NULL, cout + i0, c_off + q * NR, cols,
@@ -167,13 +273,21 @@ static void FR_P(block)(int M, int ncols, fr_index kb, fr_index kc, FR_P(asrc) a
 }
 
 static fr_index FR_P(packed_size)(fr_index K, fr_index N) {
-    return ((N + NR - 1) / NR) * NR * (K > 0 ? K : 1);
+    return ((N + NR - 1) / NR) * NR * (K > 0 ? KSTEP(K) : 1);
 }
 
 /* Row k of op(B) (N values) into a K-deep packing (pack's layout), one panel's part at a
  * time: for whole panels a constant-size copy, that is a few vector moves. */
 static inline void FR_P(pack_row)(const REAL *row, fr_index N, fr_index K, fr_index k,
                                   REAL *packed) {
+#if FR_BF16
+    for (fr_index j0 = 0; j0 < N; j0 += NR) {
+        REAL *panel = packed + j0 * KSTEP(K);
+        for (fr_index j = 0; j < NR; j++) FR_P(put)(panel, k, j, NR, j0 + j < N ? row[j0 + j] : 0);
+        if (k == K - 1) FR_P(pad_pair)(panel, K, NR);
+    }
+    return;
+#endif
     fr_index j0 = 0;
     for (; j0 + NR <= N; j0 += NR) memcpy(packed + j0 * K + k * NR, row + j0, NR * sizeof(REAL));
     if (j0 < N) {
@@ -190,14 +304,15 @@ static void FR_P(pack)(fr_index K, fr_index N, const REAL *B, fr_index ldb, int 
     if (b_trans) {
         for (fr_index j0 = 0; j0 < N; j0 += NR) {
             fr_index n = N - j0 < NR ? N - j0 : NR;
-            REAL *dst = packed + j0 * K;
+            REAL *dst = packed + j0 * KSTEP(K);
             /* read each of B's rows (a column of op(B)) once, contiguously */
             for (fr_index j = 0; j < n; j++) {
                 const REAL *col = B + (j0 + j) * ldb;
-                for (fr_index k = 0; k < K; k++) dst[k * NR + j] = col[k];
+                for (fr_index k = 0; k < K; k++) FR_P(put)(dst, k, j, NR, col[k]);
             }
             for (fr_index k = 0; k < K; k++)
-                for (fr_index j = n; j < NR; j++) dst[k * NR + j] = 0;
+                for (fr_index j = n; j < NR; j++) FR_P(put)(dst, k, j, NR, 0);
+            FR_P(pad_pair)(dst, K, NR);
         }
         return;
     }
@@ -233,13 +348,13 @@ static void FR_P(drive)(int M, fr_index c0, fr_index N, fr_index K, FR_P(asrc) a
             const REAL *bp;
             fr_index stride;
             if (packed) {
-                bp = packed + (c0 + jc) * K + kb * NR;
-                stride = K * NR;
+                bp = packed + (c0 + jc) * KSTEP(K) + KSTEP(kb) * NR;
+                stride = KSTEP(K) * NR;
             } else {
                 FR_P(pack)(kc, nc, b_trans ? B + jc * ldb + kb : B + kb * ldb + jc, ldb,
                            b_trans, scratch);
                 bp = scratch;
-                stride = kc * NR;
+                stride = KSTEP(kc) * NR;
             }
             FR_P(block)(M, nc, kb, kc, a, apack, bp, stride, cin, cout, c0 + jc, init,
                         last ? fin : FR_P(FIN_NONE), bias && last ? bias + jc : NULL,
@@ -261,7 +376,7 @@ static int FR_P(gemm)(fr_index M, fr_index N, fr_index K, const REAL *A, fr_inde
     const REAL **rows = malloc((size_t)M * 2 * sizeof(REAL *));
     /* scratch for one packed KC x NC block of B, no larger than B needs */
     fr_index kc = K < KC ? (K > 0 ? K : 1) : KC, nc = N < NC ? N : NC;
-    size_t bsize = (size_t)(kc * ((nc + NR - 1) / NR) * NR);
+    size_t bsize = (size_t)FR_P(packed_size)(kc, nc);
     /* and, for A transposed, one KC-deep block of all M rows (see block) */
     size_t asize = a_trans ? (size_t)(FR_P(apack_stride)(kc) * ((M + FR_MR - 1) / FR_MR)) : 0;
     REAL *scratch = malloc((bsize + asize) * sizeof(REAL));

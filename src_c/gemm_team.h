@@ -21,7 +21,7 @@ static void FR_P(pack_share)(fr_index kb, fr_index kc, fr_index jc, fr_index nc,
     const fr_index n = FR_P(panel_share)(nc, thread, nthreads, &j);
     if (n > 0)
         FR_P(pack)(kc, n, b_trans ? B + (jc + j) * ldb + kb : B + kb * ldb + jc + j, ldb,
-                   b_trans, bp + j * kc);
+                   b_trans, bp + j * KSTEP(kc));
 }
 
 /* Elements of the buffer a team shares in gemm_at_team: two packed KC x NC blocks of B. */
@@ -68,7 +68,7 @@ static int FR_P(gemm_at_team)(fr_index M, fr_index N, fr_index K, const REAL *A,
         FR_P(pack_share)(kb, kc, jc, nc, B, ldb, b_trans, bp, thread, nthreads);
         barrier(barrier_arg);
         if (ok && rows > 0)
-            FR_P(block)((int)rows, nc, kb, kc, a, apack, bp, kc * NR,
+            FR_P(block)((int)rows, nc, kb, kc, a, apack, bp, KSTEP(kc) * NR,
                         (const REAL *const *)crows, crows, jc,
                         kb > 0 ? FR_P(INIT_OUT) : accumulate ? FR_P(INIT_IN) : FR_P(INIT_ZERO),
                         last && bias ? FR_P(FIN_BIAS) : FR_P(FIN_NONE),
@@ -152,7 +152,7 @@ static int FR_P(weight_grads_at_team)(fr_index M, fr_index K, fr_index H, const 
                 const fr_index r0 = seg[g], r1 = seg[g + 1];
                 const FR_P(asrc) a = {NULL, A + r0, lda};
                 FR_P(block)((int)(r1 - r0), nc, kb, kc, a, apack + ab * astride_rows, bp,
-                            kc * NR, (const REAL *const *)crows + (r0 - i0), crows + (r0 - i0),
+                            KSTEP(kc) * NR, (const REAL *const *)crows + (r0 - i0), crows + (r0 - i0),
                             jc, init, FR_P(FIN_NONE), NULL, jc == 0,
                             jc == 0 && a_sums ? a_sums + r0 : NULL);
                 ab += (r1 - r0 + FR_MR - 1) / FR_MR;
@@ -167,7 +167,7 @@ static int FR_P(weight_grads_at_team)(fr_index M, fr_index K, fr_index H, const 
                 hp = shared_h + (sh++ % 2) * half_h;
                 fr_index j;
                 const fr_index n = FR_P(panel_share)(nc, thread, nthreads, &j);
-                if (n > 0) FR_P(pack_from_rows)(hprev + kb, jc + j, n, kc, hp + j * kc);
+                if (n > 0) FR_P(pack_from_rows)(hprev + kb, jc + j, n, kc, hp + j * KSTEP(kc));
                 barrier(barrier_arg);
             }
             fr_index ab = 0;
@@ -179,7 +179,7 @@ static int FR_P(weight_grads_at_team)(fr_index M, fr_index K, fr_index H, const 
                 /* A's block was copied by the dW_ih pass, unless there was none (I = 0) */
                 const int copy_a = ncb == 0 && jc == 0;
                 FR_P(block)((int)(r1 - r0), nc, kb, kc, a, apack + ab * astride_rows, hp,
-                            kc * NR, (const REAL *const *)crows + rows + (r0 - i0),
+                            KSTEP(kc) * NR, (const REAL *const *)crows + rows + (r0 - i0),
                             crows + rows + (r0 - i0), jc, init, FR_P(FIN_NONE), NULL, copy_a,
                             copy_a && a_sums ? a_sums + r0 : NULL);
                 ab += (r1 - r0 + FR_MR - 1) / FR_MR;

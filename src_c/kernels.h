@@ -106,11 +106,17 @@ typedef void (*fr_barrier_fn)(void *barrier_arg);
 FASTRNN_DECLARE_KERNELS(float)
 FASTRNN_DECLARE_KERNELS(double)
 
-/* One build's kernels (one instruction set): its name and a table per element type. */
+/* One build's kernels (one instruction set): its name and a table per element type, and
+ * bf16: float32 arrays whose matrix products take bfloat16 operands (each operand rounded
+ * to nearest even, products accumulated in float32). Its packed layout is its own (pack,
+ * packed_size); its pointwise kernels are f32's. With AVX512_BF16 (the avx512_bf16 build)
+ * vdpbf16ps multiplies pairs of k; elsewhere the operands are rounded and the float32 tile
+ * multiplies them (the same rounding, no speed-up). */
 typedef struct {
     const char *name;
     fr_kernels_float f32;
     fr_kernels_double f64;
+    fr_kernels_float bf16;
 } fastrnn_kernels;
 
 /* Kernel tables compiled into this build, best first; NULL-terminated. */

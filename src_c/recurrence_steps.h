@@ -21,6 +21,7 @@ static void FR_P(input_step)(int M, int I, int j0, int j1, const REAL *const *x,
                 bias ? FR_P(FIN_BIAS) : FR_P(FIN_NONE), bias ? bias + j0 : NULL, NULL);
 }
 
+#if !FR_BF16 /* the fused tile reads A in place: bf16 products take rnn_input_step's two passes */
 static inline __attribute__((always_inline)) void FR_P(accumulate_rows)(
     VEC acc[FR_MR][NV], const REAL *const *a, int K, const REAL *bp) {
     /* acc[r] += Σ_k a[r][k]·bp[k] over one packed panel, k in order */
@@ -60,18 +61,24 @@ static inline void FR_P(tile_step)(const REAL *const *x, int I, const REAL *bx,
                            ncols - i * VL);
 }
 
+#endif
+
 static void FR_P(rnn_input_step)(int M, int I, int H, int j0, int j1, const REAL *const *x,
                                  const REAL *wit_packed, const REAL *bias,
                                  const REAL *const *hprev, REAL *const *out,
                                  const REAL *wt_packed, int relu) {
     /* full register blocks in one tile each (panel by panel, as drive's row blocks), if
      * the weights of a panel are one K block; other rows in two passes, the same sums */
+#if FR_BF16
+    const int fused = 0;
+#else
     const int fused = I <= KC && H <= KC && j1 - j0 <= NC ? M / FR_MR * FR_MR : 0;
     for (int i0 = 0; i0 < fused; i0 += FR_MR)
         for (int c = j0; c < j1; c += NR)
             FR_P(tile_step)(x + i0, I, wit_packed + (fr_index)c * I, bias ? bias + c : NULL,
                             hprev + i0, H, wt_packed + (fr_index)c * H, out + i0, c,
                             j1 - c < NR ? j1 - c : NR, relu);
+#endif
     if (fused < M) {
         FR_P(input_step)(M - fused, I, j0, j1, x + fused, wit_packed, bias, out + fused);
         FR_P(rnn_step)(M - fused, H, j0, j1, hprev + fused, (const REAL *const *)out + fused,
@@ -79,6 +86,7 @@ static void FR_P(rnn_input_step)(int M, int I, int H, int j0, int j1, const REAL
     }
 }
 
+#if !FR_BF16 /* pointwise: the bf16 table uses float32's */
 static void FR_P(bptt_da)(int M, int j0, int j1, const REAL *const *dy, const REAL *const *h,
                           const REAL *const *g, REAL *const *da, int relu) {
     /* dA_t = (dY_t + g) ⊙ act'(h_t),  tanh' = 1 - h², relu' = [h > 0]; as torch, a NaN
@@ -92,6 +100,8 @@ static void FR_P(bptt_da)(int M, int j0, int j1, const REAL *const *dy, const RE
             for (int j = j0; j < j1; j++) dar[j] = (dyr[j] + gr[j]) * (1 - hr[j] * hr[j]);
     }
 }
+
+#endif
 
 static void FR_P(bptt_g)(int M, int H, int j0, int j1, const REAL *const *da, REAL *const *g,
                          const REAL *w_packed) {
