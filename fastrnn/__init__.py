@@ -11,6 +11,7 @@ from ._memory import cache_info, empty_cache
 from ._version import __version__
 from .config import show_config
 from .parallel import get_num_threads, set_num_threads
+from .precision import get_matmul_precision, set_matmul_precision
 from .module import Parameter
 from .rnn import GRU, LSTM, RNN
 from .stream import Stream
@@ -19,6 +20,7 @@ from . import data, models, optim
 from .serialize import load_model, save_model
 
 __all__ = ["RNN", "LSTM", "GRU", "Stream", "Parameter", "functional", "reference", "get_num_threads", "set_num_threads",
+           "get_matmul_precision", "set_matmul_precision",
            "show_config", "__version__", "Embedding", "Linear", "CrossEntropyLoss", "clip_grad_norm_",
            "clip_grad_value_", "optim", "data", "models", "save_model", "load_model",
            "empty_cache", "cache_info"]

@@ -247,6 +247,7 @@ def check_cache(cache, keys, cell, layer_arrays):
     dtype, H_out = sizes.dtype, sizes.out
     inputs, outputs, masks = cache["layer_inputs"], cache["layer_outputs"], cache["dropout_masks"]
     if (dtype != cache["dtype"] or sizes.bias != cache["bias"]
+            or cache["bf16"] not in (True, False)
             or not all(isinstance(a, list) and len(a) == num_layers for a in (inputs, outputs))
             or not (masks is None or isinstance(masks, list) and len(masks) == num_layers - 1)):
         raise ValueError("cache entries do not match its parameters")

@@ -24,6 +24,7 @@ from ._engine import (GRU, LSTM, backward_layers, check_cache, forward_layers,
 from ._layout import directions, from_time_major, layer_keys
 from ._memory import cached_allocation
 from .parallel import get_num_threads
+from .precision import resolve
 
 GRANULE = 32  # FASTRNN_COLUMN_GRANULE: the kernels' blocks of hidden units
 _KERNEL = {"LSTM": _rnn.LSTM, "GRU": _rnn.GRU}
@@ -70,7 +71,7 @@ def _save_width(cell, sizes):
 
 
 def _forward(cell, x, params, states, num_layers, bidirectional, batch_first, lengths,
-             dropout_masks, keep_cache):
+             dropout_masks, keep_cache, precision):
     given_x, given_states, given_masks = x, states, dropout_masks
     x, states, lengths, sizes, unbatched, dropout_masks = normalise_inputs(
         cell, x, states, lengths, params, num_layers, bidirectional, batch_first, dropout_masks)
@@ -82,6 +83,7 @@ def _forward(cell, x, params, states, num_layers, bidirectional, batch_first, le
         if dropout_masks is not None:
             dropout_masks = [owned(m, g) for m, g in zip(dropout_masks, given_masks)]
     dtype, H, H_out = sizes.dtype, sizes.hidden_size, sizes.out
+    bf16 = resolve(precision, dtype)
     L, N = x.shape[:2]
     D = directions(bidirectional)
     G, W = cell.gates, _save_width(cell, sizes)
@@ -98,11 +100,11 @@ def _forward(cell, x, params, states, num_layers, bidirectional, batch_first, le
             w_ih, b, w_hh, b_hh, w_hr = _cell_weights(cell, params, k, sizes)
             save = np.empty((L, N, W), dtype=dtype)  # cell_forward zeroes the rows past a length
             _rnn.gemm(inp.reshape(L * N, inp.shape[2]), w_ih.T, save.reshape(L * N, W)[:, :G * H],
-                      b, False, threads)
+                      b, False, threads, bf16=bf16)
             _rnn.cell_forward(_KERNEL[cell.name], save, out[:, :, d * H_out:(d + 1) * H_out],
                               states[0][i], states[1][i] if lstm else None, w_hh, b_hh, w_hr,
                               lengths, d == 1, finals[0][i], finals[1][i] if lstm else None,
-                              threads)
+                              threads, bf16)
             layer_saves.append(save)
         if keep_cache:
             saves.append(layer_saves)
@@ -117,14 +119,14 @@ def _forward(cell, x, params, states, num_layers, bidirectional, batch_first, le
     cache = dict(cell=cell.name, params=params, states=states, lengths=lengths,
                  layer_inputs=layer_inputs, layer_outputs=layer_outputs, saves=saves,
                  dropout_masks=dropout_masks, num_layers=num_layers, D=D, unbatched=unbatched,
-                 batch_first=batch_first, bias=sizes.bias, dtype=dtype)
+                 batch_first=batch_first, bias=sizes.bias, dtype=dtype, bf16=bf16)
     output.flags.writeable = False  # backward reads it (as rnn_forward's)
     return output, finals, cache
 
 
 _CACHE_KEYS = frozenset(("cell", "params", "states", "lengths", "layer_inputs",
                          "layer_outputs", "saves", "dropout_masks", "num_layers", "D",
-                         "unbatched", "batch_first", "bias", "dtype"))
+                         "unbatched", "batch_first", "bias", "dtype", "bf16"))
 
 
 def _check_gated_cache(cache, cell):
@@ -160,7 +162,7 @@ def _gru_recurrent_side(da, save, H):
         da[:, :, 3 * whole + 2 * w:3 * H] *= save[:, :, 3 * whole:3 * whole + w]
 
 
-def _recurrent_weight_grads(dr, out, h0, lengths, reverse, dw_hh, db_hh, threads):
+def _recurrent_weight_grads(dr, out, h0, lengths, reverse, dw_hh, db_hh, threads, bf16):
     """dW_hh = Σ dRᵀ H_prev and (db_hh not None) db_hh = Σ dR, with no array of H_prev.
 
     The state a step read is the output one step earlier (in reverse: one step later), so
@@ -173,14 +175,15 @@ def _recurrent_weight_grads(dr, out, h0, lengths, reverse, dw_hh, db_hh, threads
     rows = lambda a: a.reshape(-1, a.shape[2])  # (steps, N, ·) -> (steps·N, ·), a view
     if L > 1:
         shifted = (dr[:-1], out[1:]) if reverse else (dr[1:], out[:-1])
-        _rnn.gemm(rows(shifted[0]), rows(shifted[1]), dw_hh, None, False, threads, True, db_hh)
+        _rnn.gemm(rows(shifted[0]), rows(shifted[1]), dw_hh, None, False, threads, True, db_hh,
+                  bf16)
     else:
         dw_hh[:] = 0
         if db_hh is not None:
             db_hh[:] = 0
     running = np.nonzero(lengths > 0)[0]
     first = dr[lengths[running] - 1 if reverse else np.zeros_like(running), running]
-    _rnn.gemm(first, h0[running], dw_hh, None, True, threads, True)
+    _rnn.gemm(first, h0[running], dw_hh, None, True, threads, True, None, bf16)
     if db_hh is not None:
         # the bias sums every row once: the shifted GEMM summed all steps but the last
         # (reverse) or the first (forward), so add the first steps it left out
@@ -192,7 +195,7 @@ def _backward(cell, cache, grad_output, grad_states):
     sizes = _check_gated_cache(cache, cell)
     params, states, lengths = cache["params"], cache["states"], cache["lengths"]
     D, unbatched, batch_first = cache["D"], cache["unbatched"], cache["batch_first"]
-    num_layers, dtype = cache["num_layers"], sizes.dtype
+    num_layers, dtype, bf16 = cache["num_layers"], sizes.dtype, cache["bf16"]
     H, H_out, G = sizes.hidden_size, sizes.out, cell.gates
     lstm = cell is LSTM
     L, N = cache["layer_inputs"][0].shape[:2]
@@ -224,13 +227,13 @@ def _backward(cell, cache, grad_output, grad_states):
                                states[0][i], states[1][i] if lstm else None, grad_states[0][i],
                                grad_states[1][i] if lstm else None, w_hh, w_hr, lengths, d == 1,
                                da[:, :, gcols], None, dh, grad_states0[0][i],
-                               grad_states0[1][i] if lstm else None, threads)
+                               grad_states0[1][i] if lstm else None, threads, bf16)
             # dW_ih = dAᵀX and db_ih = ΣdA from one reading of its rows
             da_d = da[:, :, gcols]
             dw_ih = np.empty((G * H, inp.shape[2]), dtype=dtype)
             db_ih = np.empty(G * H, dtype=dtype) if sizes.bias else None
             _rnn.gemm(da_d.reshape(L * N, G * H), inp2d, dw_ih, None, False, threads, True,
-                      db_ih)
+                      db_ih, bf16)
             grads[f"weight_ih_{k}"] = dw_ih[inverse]
             if sizes.bias:
                 grads[f"bias_ih_{k}"] = db_ih[inverse]
@@ -241,13 +244,13 @@ def _backward(cell, cache, grad_output, grad_states):
                 # dW_hr = Σ_t dh_tᵀ m_t
                 dw_hr = np.empty((H_out, H), dtype=dtype)
                 _rnn.gemm(dh.reshape(L * N, H_out), save.reshape(L * N, W)[:, G * H + H:],
-                          dw_hr, None, False, threads, True)
+                          dw_hr, None, False, threads, True, None, bf16)
                 grads[f"weight_hr_{k}"] = dw_hr
         # dX = dA W_ih, summed over the directions by the reduction over D·G·H
         w_ih = w_ihs[0] if D == 1 else np.concatenate(w_ihs)
         d_in = np.empty_like(inp)
         _rnn.gemm(da.reshape(L * N, D * G * H), w_ih, d_in.reshape(L * N, inp.shape[2]), None,
-                  False, threads)
+                  False, threads, bf16=bf16)
         # dW_hh = dRᵀH_prev and (GRU) db_hh = ΣdR. An LSTM's dR is its dA; a GRU's is made
         # from dA in place, now that dX has read it (no (L, N, D·3H) array of its own)
         for k, da_d, out_d, h0, reverse, save in recurrent:
@@ -255,7 +258,8 @@ def _backward(cell, cache, grad_output, grad_states):
                 _gru_recurrent_side(da_d, save, H)
             dw_hh = np.empty((G * H, H_out), dtype=dtype)
             db_hh = np.empty(G * H, dtype=dtype) if sizes.bias and not lstm else None
-            _recurrent_weight_grads(da_d, out_d, h0, lengths, reverse, dw_hh, db_hh, threads)
+            _recurrent_weight_grads(da_d, out_d, h0, lengths, reverse, dw_hh, db_hh, threads,
+                                    bf16)
             grads[f"weight_hh_{k}"] = dw_hh[inverse]
             if db_hh is not None:
                 grads[f"bias_hh_{k}"] = db_hh[inverse]
@@ -281,7 +285,7 @@ def _pair(hx, name):
 
 
 def lstm_forward(x, params, hx=None, *, num_layers=1, bidirectional=False, batch_first=False,
-                 lengths=None, dropout_masks=None, keep_cache=True):
+                 lengths=None, dropout_masks=None, keep_cache=True, precision=None):
     """Forward pass of a multi-layer, optionally bidirectional LSTM (torch.nn.LSTM), compiled.
 
     Parameters
@@ -291,8 +295,9 @@ def lstm_forward(x, params, hx=None, *, num_layers=1, bidirectional=False, batch
         a projection: proj_size P > 0, h is P wide, c is H wide).
     hx : None or a pair (h0, c0), either None for zeros: h0 (D·num_layers, N, H_out),
         c0 (D·num_layers, N, H) (2-D unbatched).
-    lengths, dropout_masks, keep_cache
-        As in :func:`fastrnn.functional.rnn_forward` (masks (L, N, D·H_out)).
+    lengths, dropout_masks, keep_cache, precision
+        As in :func:`fastrnn.functional.rnn_forward` (masks (L, N, D·H_out)); with bfloat16
+        products, c stays float32.
 
     Returns
     -------
@@ -304,7 +309,7 @@ def lstm_forward(x, params, hx=None, *, num_layers=1, bidirectional=False, batch
     with cached_allocation():
         output, (h_n, c_n), cache = _forward(LSTM, x, params, [h0, c0], num_layers,
                                              bidirectional, batch_first, lengths,
-                                             dropout_masks, keep_cache)
+                                             dropout_masks, keep_cache, precision)
     return output, (h_n, c_n), cache
 
 
@@ -319,7 +324,7 @@ def lstm_backward(cache, grad_output, grad_hx=None):
 
 
 def gru_forward(x, params, h0=None, *, num_layers=1, bidirectional=False, batch_first=False,
-                lengths=None, dropout_masks=None, keep_cache=True):
+                lengths=None, dropout_masks=None, keep_cache=True, precision=None):
     """Forward pass of a multi-layer, optionally bidirectional GRU (torch.nn.GRU), compiled.
 
     The arguments are :func:`fastrnn.functional.rnn_forward`'s (without ``nonlinearity``),
@@ -327,7 +332,8 @@ def gru_forward(x, params, h0=None, *, num_layers=1, bidirectional=False, batch_
     """
     with cached_allocation():
         output, (h_n,), cache = _forward(GRU, x, params, [h0], num_layers, bidirectional,
-                                         batch_first, lengths, dropout_masks, keep_cache)
+                                         batch_first, lengths, dropout_masks, keep_cache,
+                                         precision)
     return output, h_n, cache
 
 

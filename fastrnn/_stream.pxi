@@ -212,6 +212,7 @@ cdef class StreamCore:
     cdef bint busy  # a call is in progress (one thread at a time)
     cdef bint running  # its steps are running (the weights and state are in use)
     cdef bint batch_first
+    cdef readonly bint bf16  # the products on bfloat16 operands
     cdef unsigned long long generation  # _weights_generation when the weights were checked
     cdef object dtype
     cdef cnp.ndarray _h, _save, _r, _chunk, _xstage
@@ -248,8 +249,10 @@ cdef class StreamCore:
                 self.plan.w_hr[l] = NULL
 
     def _setup(self, int cell, int num_layers, int batch_size, int input_size,
-               int hidden_size, int proj_size, dtype, bint relu, bint batch_first):
-        """Allocate the buffers of a stream of ``batch_size`` rows (the state zero)."""
+               int hidden_size, int proj_size, dtype, bint relu, bint batch_first,
+               bint bf16=False):
+        """Allocate the buffers of a stream of ``batch_size`` rows (the state zero);
+        ``bf16``: its products on bfloat16 operands (float32 only)."""
         if self.plan.rows != NULL:
             raise RuntimeError("a stream is set up once")
         if cell not in (STREAM_LSTM, STREAM_GRU, STREAM_ELMAN):
@@ -264,7 +267,8 @@ cdef class StreamCore:
         self.itemsize = self.dtype.itemsize
         G = 1 if cell == STREAM_ELMAN else cell_gates(cell)
         H_out = proj_size or hidden_size
-        self.plan.ks = _selected
+        self.plan.ks = _kernels_for(bf16, self.itemsize)
+        self.bf16 = bf16
         self.plan.cell, self.plan.G, self.plan.relu = cell, G, relu
         self.plan.N, self.plan.input_size, self.plan.H, self.plan.H_out = (batch_size, input_size,
                                                                   hidden_size, H_out)

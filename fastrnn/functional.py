@@ -31,6 +31,7 @@ from ._engine import (ELMAN, backward_layers, check_cache, forward_layers,
                       grad_output_time_major, grad_state, normalise_inputs, owned, owned_params)
 from ._memory import cached_allocation
 from .parallel import get_num_threads
+from .precision import resolve
 from ._layout import directions, from_time_major, layer_keys
 
 __all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward",
@@ -59,7 +60,8 @@ if os.environ.get("FASTRNN_KERNEL"):
 
 
 def rnn_forward(x, params, h0=None, *, num_layers=1, nonlinearity="tanh", bidirectional=False,
-                batch_first=False, lengths=None, dropout_masks=None, keep_cache=True):
+                batch_first=False, lengths=None, dropout_masks=None, keep_cache=True,
+                precision=None):
     """Forward pass of a multi-layer, optionally bidirectional Elman RNN (compiled).
 
     Parameters
@@ -79,6 +81,10 @@ def rnn_forward(x, params, h0=None, *, num_layers=1, nonlinearity="tanh", bidire
     keep_cache : bool, default True
         False for inference: no cache is returned (None), the arguments are not copied for
         it, and ``output`` is writable.
+    precision : {None, 'float32', 'bfloat16'}
+        Of the matrix products (:mod:`fastrnn.precision`): 'bfloat16' rounds their operands
+        to bfloat16 and sums in float32 (float32 arrays only); None follows
+        :func:`fastrnn.set_matmul_precision`. Backward uses the forward's.
 
     Returns
     -------
@@ -94,17 +100,18 @@ def rnn_forward(x, params, h0=None, *, num_layers=1, nonlinearity="tanh", bidire
     # the same large arrays every call: reuse their memory rather than fault in fresh pages
     with cached_allocation():
         return _rnn_forward(x, params, h0, num_layers, nonlinearity, bidirectional,
-                            batch_first, lengths, dropout_masks, keep_cache)
+                            batch_first, lengths, dropout_masks, keep_cache, precision)
 
 
 def _rnn_forward(x, params, h0, num_layers, nonlinearity, bidirectional, batch_first, lengths,
-                 dropout_masks, keep_cache):
+                 dropout_masks, keep_cache, precision):
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or 'relu'.")
     given_x, given_h0, given_masks = x, h0, dropout_masks
     x, (h0,), lengths, sizes, unbatched, dropout_masks = normalise_inputs(
         ELMAN, x, [h0], lengths, params, num_layers, bidirectional, batch_first, dropout_masks)
     dtype, H, bias = sizes.dtype, sizes.hidden_size, sizes.bias
+    bf16 = resolve(precision, dtype)
     if keep_cache:
         # backward must see what this forward saw (a copy costs about one more reading of
         # each argument; detecting a change later would cost two and still fail the call)
@@ -127,14 +134,15 @@ def _rnn_forward(x, params, h0, num_layers, nonlinearity, bidirectional, batch_f
             # written where the outputs will go; the kernels pack W_ihᵀ from the row-major rows
             w_ih, b = _stacked_input_weights(params, keys, bias)
             _rnn.gemm(inp.reshape(L * N, inp.shape[2]), w_ih.T, out.reshape(L * N, D * H), b,
-                      False, threads)
+                      False, threads, bf16=bf16)
         for d, k in enumerate(keys):
             cols = slice(d * H, (d + 1) * H)
             # per step: (x, W_ih, b) of this direction alone, no stacked copy of the weights
             projection = (inp, *_stacked_input_weights(params, (k,), bias)) if per_step else ()
             _rnn.recurrence_forward(out[:, :, cols], h0[layer * D + d],
                                     np.ascontiguousarray(params[f"weight_hh_{k}"]), lengths,
-                                    d == 1, relu, h_n[layer * D + d], threads, *projection)
+                                    d == 1, relu, h_n[layer * D + d], threads, *projection,
+                                    bf16=bf16)
         return out
 
     inp, layer_inputs, layer_outputs = forward_layers(x, num_layers, dropout_masks, keep_cache,
@@ -147,7 +155,7 @@ def _rnn_forward(x, params, h0, num_layers, nonlinearity, bidirectional, batch_f
                  layer_outputs=layer_outputs,
                  dropout_masks=dropout_masks,
                  num_layers=num_layers, relu=relu, D=D, unbatched=unbatched,
-                 batch_first=batch_first, bias=bias, dtype=dtype)
+                 batch_first=batch_first, bias=bias, dtype=dtype, bf16=bf16)
     # the output is also the cache backward reads: read-only, so changing it in place
     # cannot silently change the gradients (copy it to modify it)
     output.flags.writeable = False
@@ -175,7 +183,7 @@ def rnn_backward(cache, grad_output, grad_h_n=None):
 
 _CACHE_KEYS = frozenset(("params", "h0", "lengths", "layer_inputs", "layer_outputs",
                          "dropout_masks", "num_layers", "relu", "D", "unbatched", "batch_first",
-                         "bias", "dtype"))
+                         "bias", "dtype", "bf16"))
 
 
 def _elman_arrays(cache, layer, L, N, sizes, D):
@@ -189,7 +197,7 @@ def _rnn_backward(cache, grad_output, grad_h_n):
     check_cache(cache, _CACHE_KEYS, ELMAN, _elman_arrays)
     params, h0, lengths, dtype = cache["params"], cache["h0"], cache["lengths"], cache["dtype"]
     D, unbatched, batch_first = cache["D"], cache["unbatched"], cache["batch_first"]
-    num_layers = cache["num_layers"]
+    num_layers, bf16 = cache["num_layers"], cache["bf16"]
     x = cache["layer_inputs"][0]
     L, N = x.shape[:2]
     H = h0.shape[2]
@@ -218,7 +226,7 @@ def _rnn_backward(cache, grad_output, grad_h_n):
             _rnn.recurrence_backward(out[:, :, cols], dy[0], grad_h_n[i],
                                      np.ascontiguousarray(params[f"weight_hh_{k}"]), lengths,
                                      d == 1, cache["relu"], da[:, :, cols], grad_h0[i], threads,
-                                     *dy[1:])
+                                     *dy[1:], bf16=bf16)
         da2d = da.reshape(L * N, D * H)
         # dW_ih = dAᵀ X, dW_hh = dA_dᵀ H_prev (h0 where sequences start) and db = Σ dA, every
         # direction at once, from one reading of dA
@@ -226,7 +234,7 @@ def _rnn_backward(cache, grad_output, grad_h_n):
         dw_hh = np.empty((D * H, H), dtype=dtype)
         db = np.empty(D * H, dtype=dtype) if cache["bias"] else None
         _rnn.weight_grads(da2d, inp2d, out, h0[layer * D:(layer + 1) * D], lengths, dw_ih,
-                          dw_hh, db, threads)
+                          dw_hh, db, threads, bf16)
         for d, k in enumerate(keys):
             cols = slice(d * H, (d + 1) * H)
             grads[f"weight_ih_{k}"] = dw_ih[cols] if D == 1 else dw_ih[cols].copy()
@@ -244,7 +252,8 @@ def _rnn_backward(cache, grad_output, grad_h_n):
             return da
         w_above = None
         d_in = np.empty_like(inp)
-        _rnn.gemm(da2d, w_ih, d_in.reshape(L * N, inp.shape[2]), None, False, threads)
+        _rnn.gemm(da2d, w_ih, d_in.reshape(L * N, inp.shape[2]), None, False, threads,
+                  bf16=bf16)
         return d_in
 
     d_out = backward_layers(np.ascontiguousarray(grad_output), num_layers,

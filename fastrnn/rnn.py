@@ -11,6 +11,7 @@ from . import _rnn, functional
 from ._layout import directions, param_shapes
 from ._validate import _as_rng, _check_dtype, _check_size
 from .module import Module, new_parameter
+from .precision import PRECISIONS, resolve
 from .stream import Stream
 
 __all__ = ["RNN", "LSTM", "GRU"]
@@ -29,7 +30,7 @@ class _Recurrent(Module):
     _cell, _gates = None, 1
 
     def __init__(self, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                 bidirectional, dtype, seed, proj_size=0):
+                 bidirectional, dtype, seed, precision, proj_size=0):
         super().__init__()
         self.input_size = _check_size(input_size, "input_size")
         self.hidden_size = _check_size(hidden_size, "hidden_size")
@@ -44,6 +45,8 @@ class _Recurrent(Module):
                           f"dropout={dropout} and num_layers={self.num_layers}", UserWarning,
                           stacklevel=3)
         self.dtype = _check_dtype(dtype)
+        resolve(precision, self.dtype)  # a float64 module refuses bfloat16 here, not per call
+        self.precision = precision
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.dropout = float(dropout)
@@ -68,6 +71,8 @@ class _Recurrent(Module):
                 args.append(f"{name}={value!r}")
         if self.dtype != np.float32:
             args.append(f"dtype=np.{self.dtype}")
+        if self.precision is not None:
+            args.append(f"precision={self.precision!r}")
         return f"{type(self).__name__}({', '.join(args)})"
 
     def _clear_cache(self):
@@ -113,7 +118,7 @@ class _Recurrent(Module):
             x_arr, {name: p.data for name, p in self._params.items()}, hx,
             num_layers=self.num_layers, bidirectional=self.bidirectional,
             batch_first=self.batch_first, lengths=lengths, dropout_masks=masks,
-            keep_cache=self.training, **self._cell_options())
+            keep_cache=self.training, precision=self.precision, **self._cell_options())
         self._cache = cache
         return output, state
 
@@ -158,9 +163,12 @@ class _Recurrent(Module):
             return None
         try:
             arrays = [p.data for p in self._params.values()]
-            if self._inference is None or self._inference[0].batch_size != N:
+            bf16 = resolve(self.precision, self.dtype)  # (the process default may change)
+            if (self._inference is None or self._inference[0].batch_size != N
+                    or self._inference[0].bf16 != bf16):
                 self._inference = None  # (the old stream's memory first)
-                self._inference = (Stream(self, N), [a.copy() for a in arrays])
+                self._inference = (Stream(self, N, precision=PRECISIONS[bf16]),
+                                   [a.copy() for a in arrays])
             stream, copies = self._inference
             if not _rnn.same_contents(arrays, copies):
                 for a, c in zip(arrays, copies):
@@ -212,6 +220,11 @@ class RNN(_Recurrent):
     dtype : {np.float32, np.float64}, default np.float32
     seed : None, int or numpy.random.Generator
         Source of the initial weights (U(-1/√H, 1/√H), as torch) and of dropout masks.
+    precision : {None, 'float32', 'bfloat16'}, default None
+        Of the matrix products, forward and backward (:mod:`fastrnn.precision`): 'bfloat16'
+        rounds their operands to bfloat16 and sums in float32 (parameters, states and
+        gradients stay float32; float32 modules only). None follows
+        :func:`fastrnn.set_matmul_precision` at each call.
 
     Notes
     -----
@@ -225,11 +238,11 @@ class RNN(_Recurrent):
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, *, dtype=np.float32,
-                 seed=None):
+                 seed=None, precision=None):
         if nonlinearity not in functional.NONLINEARITIES:
             raise ValueError(f"Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or 'relu'.")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, dtype, seed)
+                         bidirectional, dtype, seed, precision)
         self.nonlinearity = nonlinearity
 
     def __repr__(self):
@@ -286,7 +299,7 @@ class LSTM(_Recurrent):
     ----------
     input_size, hidden_size : int
     num_layers : int, default 1
-    bias, batch_first, dropout, bidirectional, dtype, seed : as :class:`RNN`
+    bias, batch_first, dropout, bidirectional, dtype, seed, precision : as :class:`RNN`
     proj_size : int, default 0
         0 (no projection) or 0 < proj_size < hidden_size.
 
@@ -300,14 +313,15 @@ class LSTM(_Recurrent):
     _cell, _gates = "lstm", 4
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, *, dtype=np.float32, seed=None):
+                 dropout=0.0, bidirectional=False, proj_size=0, *, dtype=np.float32, seed=None,
+                 precision=None):
         proj_size = _check_size(proj_size, "proj_size", allow_zero=True)
         hidden = _check_size(hidden_size, "hidden_size")
         if proj_size >= hidden:
             raise ValueError("proj_size has to be smaller than hidden_size, got "
                              f"proj_size={proj_size} and hidden_size={hidden}")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, dtype, seed, proj_size)
+                         bidirectional, dtype, seed, precision, proj_size)
 
     def __repr__(self):
         return self._repr_args((("num_layers", 1), ("bias", True), ("batch_first", False),
@@ -346,7 +360,7 @@ class GRU(_Recurrent):
     ----------
     input_size, hidden_size : int
     num_layers : int, default 1
-    bias, batch_first, dropout, bidirectional, dtype, seed : as :class:`RNN`
+    bias, batch_first, dropout, bidirectional, dtype, seed, precision : as :class:`RNN`
 
     Notes
     -----
@@ -357,11 +371,11 @@ class GRU(_Recurrent):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, *, dtype=np.float32,
-                 seed=None):
+                 seed=None, precision=None):
         if proj_size != 0:  # accepted only to refuse it as torch does
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, dtype, seed)
+                         bidirectional, dtype, seed, precision)
 
     def __repr__(self):
         return self._repr_args((("num_layers", 1), ("bias", True), ("batch_first", False),

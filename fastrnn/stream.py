@@ -19,6 +19,7 @@ from ._engine import CELLS, ELMAN, LSTM, check_float_array, check_params
 from ._gated import _KERNEL as _GATED_KERNEL, _cell_weights
 from .functional import _stacked_input_weights
 from ._layout import layer_keys
+from .precision import PRECISIONS, resolve
 from ._validate import _check_size
 
 __all__ = ["Stream"]
@@ -50,9 +51,12 @@ class Stream(_rnn.StreamCore):
     batch_size : int, default 1
         Independent sequences the stream runs side by side (rows of x).
     h0 : the initial state as :meth:`reset` takes it; None for zeros.
+    precision : {None, 'float32', 'bfloat16'}
+        Of its matrix products; None takes the module's (its ``precision``, or the process
+        default now). Fixed for the stream's life; the packed weights are then bfloat16.
     """
 
-    def __init__(self, module, batch_size=1, h0=None, *, _time_major=False):
+    def __init__(self, module, batch_size=1, h0=None, *, precision=None, _time_major=False):
         from .rnn import _Recurrent  # (rnn imports this module)
         if not isinstance(module, _Recurrent):
             raise TypeError(f"a Stream runs a fastrnn RNN, LSTM or GRU, got "
@@ -62,18 +66,25 @@ class Stream(_rnn.StreamCore):
                              "backward direction needs the whole sequence before its first "
                              "output; run the module on the whole sequence instead")
         batch_size = _check_size(batch_size, "batch_size")
+        bf16 = resolve(module.precision if precision is None else precision, module.dtype)
         self._cell = CELLS[module._cell]
         self.module = module
         self._setup(_KERNEL[self._cell.name], module.num_layers, batch_size, module.input_size,
                     module.hidden_size, module.proj_size, module.dtype,
                     getattr(module, "nonlinearity", "") == "relu",
-                    module.batch_first and not _time_major)
+                    module.batch_first and not _time_major, bf16)
         self._versions = None
         self.refresh()
         self.reset(h0)
 
     def __repr__(self):
-        return f"Stream({self.module!r}, batch_size={self.batch_size})"
+        precision = ", precision='bfloat16'" if self.bf16 else ""
+        return f"Stream({self.module!r}, batch_size={self.batch_size}{precision})"
+
+    @property
+    def precision(self):
+        """Of the stream's matrix products: 'float32' or 'bfloat16'."""
+        return PRECISIONS[self.bf16]
 
     # weights -----------------------------------------------------------------------------
     def _parameter_versions(self):

@@ -34,6 +34,7 @@ import numpy as np
 
 from . import functional
 from ._layout import directions
+from .precision import check_precision
 
 __all__ = ["RNN", "LSTM", "GRU", "from_torch"]
 
@@ -118,19 +119,19 @@ class _RecurrentFunction(torch.autograd.Function):
     """Time-major or batch-first 3-D input through fastrnn's forward and BPTT of a cell.
 
     ``apply(options, lengths, masks, x, h0, c0, *weights)``: ``options`` is (mode, parameter
-    names, num_layers, nonlinearity, bidirectional, batch_first), mode torch's "RNN_TANH",
-    "RNN_RELU", "LSTM" or "GRU"; ``lengths`` an int64 array or None; ``masks`` a list of
+    names, num_layers, nonlinearity, bidirectional, batch_first, precision), mode torch's
+    "RNN_TANH", "RNN_RELU", "LSTM" or "GRU"; ``lengths`` an int64 array or None; ``masks`` a list of
     dropout-mask arrays or None; ``h0`` and (LSTM only) ``c0`` may be None (zeros). Returns
     the output and the final states (h_n; h_n and c_n for an LSTM).
     """
 
     @staticmethod
     def forward(ctx, options, lengths, masks, x, h0, c0, *weights):
-        mode, names, num_layers, nonlinearity, bidirectional, batch_first = options
+        mode, names, num_layers, nonlinearity, bidirectional, batch_first, precision = options
         params = {name: _numpy(w) for name, w in zip(names, weights)}
         h0n, c0n = (None if s is None else _numpy(s) for s in (h0, c0))
         kw = dict(num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
-                  lengths=lengths, dropout_masks=masks)
+                  lengths=lengths, dropout_masks=masks, precision=precision)
         if mode == "LSTM":
             output, states, cache = functional.lstm_forward(_numpy(x), params, (h0n, c0n), **kw)
         elif mode == "GRU":
@@ -252,6 +253,10 @@ class _Recurrent:
     ``forward`` on fastrnn's kernels. Mixed in before the torch class, so everything else
     (constructor, parameters, checks, ``repr``) is torch's."""
 
+    #: Of the matrix products (:mod:`fastrnn.precision`): None follows
+    #: :func:`fastrnn.set_matmul_precision`; set 'bfloat16' or 'float32' on a module to fix it
+    precision = None
+
     def forward(self, input, hx=None):
         """Run the module; arguments and results as its torch class's ``forward``."""
         name = type(self).__name__
@@ -322,7 +327,8 @@ class _Recurrent:
     def _apply(self, batch_first, lengths, seq_len, batch, x, states, weights):
         h0, c0 = (tuple(states) + (None,))[:2]
         options = (self.mode, tuple(self._flat_weights_names), self.num_layers,
-                   getattr(self, "nonlinearity", "tanh"), self.bidirectional, batch_first)
+                   getattr(self, "nonlinearity", "tanh"), self.bidirectional, batch_first,
+                   check_precision(self.precision))
         return _RecurrentFunction.apply(options, lengths,
                                         self._dropout_masks(seq_len, batch, weights[0]), x, h0,
                                         c0, *weights)
@@ -384,7 +390,9 @@ _DOC = r"""``torch.nn.{name}`` whose forward and backward run fastrnn's compiled
     unbatched 2-D tensor or a ``PackedSequence``. ``state_dict``\ s load both ways.
 
     Supported: CPU tensors, float32 and float64; anything else (a CUDA tensor, float16,
-    bfloat16) raises an error naming this, never a wrong result. Results match
+    bfloat16 tensors) raises an error naming this, never a wrong result. For bfloat16
+    products on float32 tensors set ``module.precision = "bfloat16"`` (or
+    :func:`fastrnn.set_matmul_precision`): see :mod:`fastrnn.precision`. Results match
     ``torch.nn.{name}`` to float rounding. Dropout between layers (training mode) draws its
     masks from torch's generator, so ``torch.manual_seed`` governs it; the masks differ from
     the ones torch.nn.{name} would draw. Not supported: double backward.{extra}
