@@ -31,59 +31,53 @@
 #endif
 
 #if FR_BF16
-/* x rounded to the nearest bfloat16, ties to even (NaN stays NaN, made quiet): its bits */
-static inline uint16_t FR_P(bf16_bits)(REAL x) {
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
 typedef uint32_t FR_P(uvec) __attribute__((vector_size(FR_VBYTES)));
 
-/* n values of a row of A (k = 0 .. n) as the tile reads a converted row: floats rounded to
- * bf16 (mode 1), or bf16 pairs (mode 2; an odd n padded with a zero). Vector by vector:
- * this runs per step on h. */
-static inline void FR_P(bf16_row)(const REAL *src, int n, REAL *dst) {
-    const int npad = FR_BF16 == 2 ? 2 * KSTEP(n) : n;
-    for (int k = 0; k < npad; k += VL) {
-        FR_P(uvec) u = (FR_P(uvec))FR_P(vload_n)(src + k, n - k);
-        FR_P(uvec) nan = (FR_P(uvec))((u & 0x7fffffffu) > 0x7f800000u);
-        FR_P(uvec) r = ((u + 0x7fffu + ((u >> 16) & 1u)) & ~nan) | ((u | 0x400000u) & nan);
-#if FR_BF16 == 1
-        FR_P(vstore_n)(dst + k, (VEC)(r & 0xffff0000u), npad - k);
+/* The lanes of x rounded to the nearest bfloat16, ties to even (NaN stays NaN, made quiet):
+ * the bf16 bits in each lane's upper half (the lower half is not cleared). */
+static inline FR_P(uvec) FR_P(bf16_round)(VEC x) {
+    const FR_P(uvec) u = (FR_P(uvec))x;
+    const FR_P(uvec) nan = (FR_P(uvec))((u & 0x7fffffffu) > 0x7f800000u);
+    return ((u + 0x7fffu + ((u >> 16) & 1u)) & ~nan) | ((u | 0x400000u) & nan);
+}
+
+/* n values of k0 as the tile reads an operand: mode 1, floats rounded to bf16; mode 2,
+ * 32-bit words pairing k0[i] (low half) with k1[i] (zero if k1 is NULL). */
+static inline void FR_P(bf16_convert)(const REAL *k0, const REAL *k1, int n, REAL *dst) {
+    for (int i = 0; i < n; i += VL) {
+        FR_P(uvec) w = FR_P(bf16_round)(FR_P(vload_n)(k0 + i, n - i));
+#if FR_BF16 == 2
+        if (k1) w = (w >> 16) | (FR_P(bf16_round)(FR_P(vload_n)(k1 + i, n - i)) & 0xffff0000u);
+        else w >>= 16;
 #else
-        typedef uint16_t FR_P(hvec) __attribute__((vector_size(FR_VBYTES / 2)));
-        FR_P(hvec) h = __builtin_convertvector(r >> 16, FR_P(hvec));
-        memcpy((uint16_t *)dst + k, &h, (size_t)(npad - k < VL ? npad - k : VL) * 2);
+        (void)k1;
+        w &= 0xffff0000u;
 #endif
+        FR_P(vstore_n)(dst + i, (VEC)w, n - i);
     }
 }
-#endif
 
-/* Element (k, j) of a k-major layout `width` columns wide (packed B's panels, width NR;
- * A's copied row blocks, width FR_MR) set to v, rounded as FR_BF16 says. */
-static inline void FR_P(put)(REAL *base, fr_index k, fr_index j, fr_index width, REAL v) {
+/* n consecutive values of one row (k = 0 .. n) as the tile reads them: rounded floats
+ * (mode 1), or pairs of consecutive k in KSTEP(n) words (mode 2; an odd n padded with 0). */
+static inline void FR_P(bf16_row)(const REAL *src, int n, REAL *dst) {
 #if FR_BF16 == 2
-    ((uint16_t *)base)[(k / 2 * width + j) * 2 + (k & 1)] = FR_P(bf16_bits)(v);
-#elif FR_BF16 == 1
-    const uint32_t u = (uint32_t)FR_P(bf16_bits)(v) << 16;
-    memcpy(base + k * width + j, &u, sizeof u);
+    typedef uint16_t FR_P(hvec) __attribute__((vector_size(FR_VBYTES / 2)));
+    const int npad = 2 * KSTEP(n);
+    for (int k = 0; k < npad; k += VL) {
+        FR_P(hvec) h = __builtin_convertvector(FR_P(bf16_round)(FR_P(vload_n)(src + k, n - k))
+                                               >> 16, FR_P(hvec));
+        memcpy((uint16_t *)dst + k, &h, (size_t)(npad - k < VL ? npad - k : VL) * 2);
+    }
 #else
-    base[k * width + j] = v;
+    FR_P(bf16_convert)(src, NULL, n, dst);
 #endif
 }
-
-/* A K-deep k-major layout (`width` columns) with K odd: in pairs (mode 2) the last pair's
- * second half is zero, so that it adds nothing whatever the other operand holds there. */
-static inline void FR_P(pad_pair)(REAL *base, fr_index K, fr_index width) {
-#if FR_BF16 == 2
-    if (K % 2)
-        for (fr_index j = 0; j < width; j++) ((uint16_t *)base)[(K / 2 * width + j) * 2 + 1] = 0;
-#else
-    (void)base, (void)K, (void)width;
 #endif
-}
+
+/* Rows of op(B) (or A) copied per k in these layouts: 1, or a pair in mode 2 */
+#define KUNIT (FR_BF16 == 2 ? 2 : 1)
+/* Values converted per chunk where a layout is written from a long row */
+#define CHUNK (64 * FR_MR)
 
 enum { FR_P(INIT_ZERO), FR_P(INIT_IN), FR_P(INIT_OUT) };
 enum { FR_P(FIN_NONE), FR_P(FIN_BIAS), FR_P(FIN_TANH), FR_P(FIN_RELU) };
@@ -212,14 +206,24 @@ static void FR_P(block)(int M, int ncols, fr_index kb, fr_index kc, FR_P(asrc) a
     const int npanels = (ncols + NR - 1) / NR;
     const fr_index astride = FR_P(apack_stride)(kc);
     if (copy_a)
-        for (fr_index k = 0; k < kc; k++) {
+        for (fr_index k = 0; k < kc; k += KUNIT) {
             const REAL *src = a.at + (kb + k) * a.ldat;
             if (k + 16 < kc) /* rows ahead: the hardware prefetchers miss this pattern */
                 for (int i = 0; i < M; i += 64 / (int)sizeof(REAL))
-                    __builtin_prefetch(src + 16 * a.ldat + i);
+                    for (int u = 0; u < KUNIT; u++) __builtin_prefetch(src + (16 + u) * a.ldat + i);
 #if FR_BF16
-            for (int i = 0; i < M; i++)
-                FR_P(put)(apack + i / FR_MR * astride, k, i % FR_MR, FR_MR, src[i]);
+            /* row k (and k + 1: a pair) converted a chunk at a time, then as below */
+            const REAL *next = KUNIT == 2 && k + 1 < kc ? src + a.ldat : NULL;
+            REAL chunk[CHUNK];
+            for (int c0 = 0; c0 < M; c0 += CHUNK) {
+                const int n = M - c0 < CHUNK ? M - c0 : CHUNK;
+                FR_P(bf16_convert)(src + c0, next ? next + c0 : NULL, n, chunk);
+                for (int i = 0; i < n; i += FR_MR)
+                    memcpy(apack + (c0 + i) / FR_MR * astride + KSTEP(k) * FR_MR, chunk + i,
+                           (size_t)(n - i < FR_MR ? n - i : FR_MR) * sizeof(REAL));
+            }
+            for (int u = 0; a_sums && u < KUNIT && k + u < kc; u++) /* k order, as below */
+                for (int i = 0; i < M; i++) a_sums[i] += src[u * a.ldat + i];
 #else
             int i0 = 0;
             for (; i0 + FR_MR <= M; i0 += FR_MR) /* a constant size: a register move */
@@ -227,12 +231,10 @@ static void FR_P(block)(int M, int ncols, fr_index kb, fr_index kc, FR_P(asrc) a
             if (i0 < M)
                 memcpy(apack + i0 / FR_MR * astride + k * FR_MR, src + i0,
                        (size_t)(M - i0) * sizeof(REAL));
-#endif
             if (a_sums) /* the row just read, in k order: each sum's order is fixed */
                 for (int i = 0; i < M; i++) a_sums[i] += src[i];
+#endif
         }
-    if (copy_a)
-        for (int i0 = 0; i0 < M; i0 += FR_MR) FR_P(pad_pair)(apack + i0 / FR_MR * astride, kc, FR_MR);
     for (int i0 = 0; i0 < M; i0 += FR_MR) {
         const int mr = M - i0 < FR_MR ? M - i0 : FR_MR;
         const int np = mr == FR_MR ? 1 : FR_P(panels_for_rows)(mr);
@@ -276,24 +278,25 @@ static fr_index FR_P(packed_size)(fr_index K, fr_index N) {
     return ((N + NR - 1) / NR) * NR * (K > 0 ? KSTEP(K) : 1);
 }
 
-/* Row k of op(B) (N values) into a K-deep packing (pack's layout), one panel's part at a
- * time: for whole panels a constant-size copy, that is a few vector moves. */
-static inline void FR_P(pack_row)(const REAL *row, fr_index N, fr_index K, fr_index k,
-                                  REAL *packed) {
-#if FR_BF16
+/* Row k of op(B) (N values; in mode 2, k even, rows k and k + 1, `next`, NULL past K) into
+ * a K-deep packing (pack's layout), one panel's part at a time: for whole float32 panels a
+ * constant-size copy, that is a few vector moves. */
+static inline void FR_P(pack_rows)(const REAL *row, const REAL *next, fr_index N, fr_index K,
+                                   fr_index k, REAL *packed) {
     for (fr_index j0 = 0; j0 < N; j0 += NR) {
-        REAL *panel = packed + j0 * KSTEP(K);
-        for (fr_index j = 0; j < NR; j++) FR_P(put)(panel, k, j, NR, j0 + j < N ? row[j0 + j] : 0);
-        if (k == K - 1) FR_P(pad_pair)(panel, K, NR);
-    }
-    return;
+        REAL *dst = packed + j0 * KSTEP(K) + KSTEP(k) * NR;
+        const int n = N - j0 < NR ? (int)(N - j0) : NR;
+#if FR_BF16
+        FR_P(bf16_convert)(row + j0, next ? next + j0 : NULL, n, dst);
+#else
+        (void)next;
+        if (n == NR) {
+            memcpy(dst, row + j0, NR * sizeof(REAL));
+            continue;
+        }
+        memcpy(dst, row + j0, (size_t)n * sizeof(REAL));
 #endif
-    fr_index j0 = 0;
-    for (; j0 + NR <= N; j0 += NR) memcpy(packed + j0 * K + k * NR, row + j0, NR * sizeof(REAL));
-    if (j0 < N) {
-        REAL *dst = packed + j0 * K + k * NR;
-        memcpy(dst, row + j0, (size_t)(N - j0) * sizeof(REAL));
-        memset(dst + (N - j0), 0, (size_t)(NR - (N - j0)) * sizeof(REAL));
+        if (n < NR) memset(dst + n, 0, (size_t)(NR - n) * sizeof(REAL));
     }
 }
 
@@ -308,21 +311,29 @@ static void FR_P(pack)(fr_index K, fr_index N, const REAL *B, fr_index ldb, int 
             /* read each of B's rows (a column of op(B)) once, contiguously */
             for (fr_index j = 0; j < n; j++) {
                 const REAL *col = B + (j0 + j) * ldb;
-                for (fr_index k = 0; k < K; k++) FR_P(put)(dst, k, j, NR, col[k]);
+#if FR_BF16 /* converted a chunk at a time (in mode 2 the pairs are consecutive k) */
+                REAL chunk[CHUNK];
+                for (fr_index k0 = 0; k0 < K; k0 += CHUNK) {
+                    const int m = K - k0 < CHUNK ? (int)(K - k0) : CHUNK;
+                    FR_P(bf16_row)(col + k0, m, chunk);
+                    for (fr_index q = 0; q < KSTEP(m); q++) dst[(KSTEP(k0) + q) * NR + j] = chunk[q];
+                }
+#else
+                for (fr_index k = 0; k < K; k++) dst[k * NR + j] = col[k];
+#endif
             }
-            for (fr_index k = 0; k < K; k++)
-                for (fr_index j = n; j < NR; j++) FR_P(put)(dst, k, j, NR, 0);
-            FR_P(pad_pair)(dst, K, NR);
+            for (fr_index k = 0; k < KSTEP(K); k++)
+                for (fr_index j = n; j < NR; j++) dst[k * NR + j] = 0;
         }
         return;
     }
     /* row by row (B read contiguously) */
-    for (fr_index k = 0; k < K; k++) {
+    for (fr_index k = 0; k < K; k += KUNIT) {
         const REAL *row = B + k * ldb;
         if (k + 8 < K) /* rows ahead, as the prefetchers miss rows far apart */
             for (fr_index j = 0; j < N; j += 64 / (fr_index)sizeof(REAL))
-                __builtin_prefetch(row + 8 * ldb + j);
-        FR_P(pack_row)(row, N, K, k, packed);
+                for (int u = 0; u < KUNIT; u++) __builtin_prefetch(row + (8 + u) * ldb + j);
+        FR_P(pack_rows)(row, KUNIT == 2 && k + 1 < K ? row + ldb : NULL, N, K, k, packed);
     }
 }
 

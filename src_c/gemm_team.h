@@ -84,11 +84,12 @@ static int FR_P(gemm_at_team)(fr_index M, fr_index N, fr_index K, const REAL *A,
  * pack's layout (kc deep). */
 static void FR_P(pack_from_rows)(const REAL *const *rows, fr_index j0, fr_index n,
                                  fr_index kc, REAL *packed) {
-    for (fr_index k = 0; k < kc; k++) {
-        if (k + 8 < kc) /* rows ahead, as in pack */
+    for (fr_index k = 0; k < kc; k += KUNIT) {
+        if (k + 8 + KUNIT <= kc) /* rows ahead, as in pack */
             for (fr_index j = 0; j < n; j += 64 / (fr_index)sizeof(REAL))
-                __builtin_prefetch(rows[k + 8] + j0 + j);
-        FR_P(pack_row)(rows[k] + j0, n, kc, k, packed);
+                for (int u = 0; u < KUNIT; u++) __builtin_prefetch(rows[k + 8 + u] + j0 + j);
+        FR_P(pack_rows)(rows[k] + j0, KUNIT == 2 && k + 1 < kc ? rows[k + 1] + j0 : NULL, n, kc, k,
+                        packed);
     }
 }
 

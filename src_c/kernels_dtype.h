@@ -20,3 +20,5 @@
 #undef KC
 #undef NC
 #undef KSTEP
+#undef KUNIT
+#undef CHUNK
