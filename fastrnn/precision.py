@@ -10,12 +10,16 @@ multiply-adds per float32 lane); elsewhere the operands are rounded for the floa
 ignores the process default and refuses an explicit ``precision="bfloat16"``.
 """
 
+import os
+
 import numpy as np
 
 __all__ = ["set_matmul_precision", "get_matmul_precision"]
 
 PRECISIONS = ("float32", "bfloat16")
 _default = "float32"
+# the environment variable sets the default at import (as FASTRNN_KERNEL the kernel build)
+ENV = "FASTRNN_MATMUL_PRECISION"
 
 
 def _check(precision):
@@ -28,7 +32,8 @@ def set_matmul_precision(precision):
     """Set the process default for float32 matrix products: ``"float32"`` (the default) or
     ``"bfloat16"``. Modules and functional calls made with ``precision=None`` follow it when
     they run (a stream keeps the precision it was made with), as torch's
-    ``set_float32_matmul_precision``."""
+    ``set_float32_matmul_precision``. The environment variable ``FASTRNN_MATMUL_PRECISION``
+    sets it at import."""
     global _default
     _default = _check(precision)
 
@@ -53,3 +58,7 @@ def resolve(precision, dtype):
         raise ValueError(f"precision='bfloat16' computes float32 arrays, got {np.dtype(dtype)}"
                          " (use float32 parameters and inputs, or precision='float32')")
     return precision == "bfloat16"
+
+
+if os.environ.get(ENV):
+    set_matmul_precision(os.environ[ENV])

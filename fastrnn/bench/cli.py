@@ -5,9 +5,11 @@ The grid of :mod:`.runner` runs unless ``--stream-only``; the streaming latencie
 """
 import argparse
 import json
+import os
 import time
 
 from ..parallel import get_num_threads, set_num_threads
+from ..precision import ENV as PRECISION_ENV, PRECISIONS, set_matmul_precision
 from ..train_cli import CommandError
 from .report import Table, format_notes, format_preamble, plot_speedups, require_matplotlib
 from .runner import run
@@ -17,7 +19,7 @@ from .streaming import (CHUNK_STEPS, STREAM_BATCHES, STREAM_MIN_CALLS, STREAM_RO
                         run_streaming)
 from .streaming import format_preamble as format_stream_preamble
 from .timing import CELL_SECONDS, MIN_CELL_SECONDS, ROUNDS
-from .workloads import IMPLEMENTATIONS, import_torch, missing
+from .workloads import BF16_IMPLEMENTATIONS, IMPLEMENTATIONS, import_torch, missing
 
 __all__ = ["add_arguments", "command"]
 
@@ -139,6 +141,11 @@ def add_arguments(parser):
         help=f"length of a round: about S seconds of calls, at least {STREAM_MIN_CALLS} "
              f"(a chunk round: at least one chunk of {CHUNK_STEPS} steps) "
              f"(default: {STREAM_ROUND_SECONDS:g})")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="float32",
+        help="of fastrnn's matrix products (fastrnn.set_matmul_precision): with bfloat16, "
+             "fastrnn's own float32 is a peer, torch runs module.to(torch.bfloat16), ONNX "
+             "Runtime and JAX are left out (default: float32)")
     parser.add_argument("--json", metavar="FILE", help="write every number and the machine to FILE")
     parser.add_argument("--plot", metavar="FILE.png", type=_plot_arg,
                         help="draw the speedups as grouped bars (needs matplotlib)")
@@ -153,6 +160,11 @@ def _check_combination(args):
     if given and not (args.stream or args.stream_only):
         raise CommandError(f"fastrnn bench: --{given[0].replace('_', '-')} needs --stream or "
                            "--stream-only")
+    if args.precision == "bfloat16":
+        for name, on in (("memory", args.memory), ("stream", args.stream or args.stream_only)):
+            if on:
+                raise CommandError(f"fastrnn bench: --{name} measures float32 only, not with "
+                                   "--precision bfloat16")
     if args.stream_only:
         for name, on in (("plot", args.plot), ("memory", args.memory)):
             if on:
@@ -167,6 +179,8 @@ def command(args):
     sizes = parse_sizes(args.sizes, args.layers, args.bidirectional)
     if args.threads is not None:
         set_num_threads(args.threads)
+    set_matmul_precision(args.precision)
+    os.environ[PRECISION_ENV] = args.precision  # the peers' processes: the same default
     threads = get_num_threads()
     torch = import_torch()
     if torch is not None:
@@ -196,9 +210,10 @@ def command(args):
 
 def _grid(args, sizes, threads, torch):
     """The grid's rows, printed as they complete, the training step and the notes."""
-    absent = {impl: "torch" if impl == "torch" else missing(impl) for impl in IMPLEMENTATIONS
+    wanted = BF16_IMPLEMENTATIONS if args.precision == "bfloat16" else IMPLEMENTATIONS
+    absent = {impl: "torch" if impl == "torch" else missing(impl) for impl in wanted
               if (torch is None if impl == "torch" else missing(impl) is not None)}
-    impls = [impl for impl in IMPLEMENTATIONS if impl not in absent]
+    impls = [impl for impl in wanted if impl not in absent]
     for impl, module in absent.items():
         print(f"{module} is not installed: no {impl} column (pip install \"fastrnn[peers]\" "
               "installs every peer)")
@@ -212,7 +227,7 @@ def _grid(args, sizes, threads, torch):
     results = run(sizes, threads, repeats=args.repeats, impls=impls, memory=args.memory,
                   max_reference_seconds=args.max_reference_seconds, on_row=on_row,
                   cells=args.cell)
-    if torch is not None and args.train_step:
+    if torch is not None and args.train_step and args.precision == "float32":
         from .train_step import bench_torch_training_step
 
         step = bench_torch_training_step(threads, args.repeats)

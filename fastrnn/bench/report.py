@@ -64,6 +64,14 @@ class Table:
         return self._line(cells)
 
 
+def _products(settings):
+    """How a bfloat16 run's products were made, after its dtype ('' in a float32 run)."""
+    if settings.get("precision") != "bfloat16":
+        return ""
+    return (" with bfloat16 products (fastrnn_fp32: fastrnn's float32; torch: "
+            "module.to(torch.bfloat16))")
+
+
 def format_preamble(results):
     """The lines above the table: machine, matmul peak, how the numbers were taken."""
     m, peak, s = results["machine"], results["matmul_peak"], results["settings"]
@@ -84,8 +92,8 @@ def format_preamble(results):
                      f"NumPy/OpenBLAS, OPENBLAS_CORETYPE unset, {peak['threads']} threads"
                      f"{best})")
     return "\n".join([
-        f"fastrnn {results['fastrnn']} bench: float32, {s['threads']} threads, kernel "
-        f"{m['kernel']}, {cpu}",
+        f"fastrnn {results['fastrnn']} bench: float32{_products(s)}, {s['threads']} threads, "
+        f"kernel {m['kernel']}, {cpu}",
         peak_line,
         f"ms: median of {s['repeats']} or more timed calls (fast ones: {MIN_CELL_SECONDS:g} s "
         f"of them; slow ones: fewer) in {s.get('rounds', 1)} rounds that alternate fastrnn and "
@@ -171,7 +179,9 @@ def plot_speedups(results, path):
     ax.set_xticks(x, [f"{r.get('cell', 'rnn')} {r['size']}\n{r['pass']}" for r in rows_])
     ax.set_ylabel("fastrnn speedup (other's time / fastrnn's)")
     m = results["machine"]
-    ax.set_title(f"fastrnn {results['fastrnn']}, float32, {m['threads']} threads, "
+    ax.set_title(f"fastrnn {results['fastrnn']}, float32"
+                 f"{' (bf16 products)' if results['settings'].get('precision') == 'bfloat16' else ''}"
+                 f", {m['threads']} threads, "
                  f"kernel {m['kernel']}: {m['cpu_model']}", fontsize=9)
     if others:
         ax.legend()

@@ -13,7 +13,7 @@ from .reference_time import measure_reference
 from .peer_time import PeerProcess
 from .sizes import CELLS, PASSES, flops, rows
 from .timing import CELL_SECONDS, ROUNDS, SETTLE_SECONDS, has_threadpoolctl, measure_rounds
-from .workloads import CHECK_RTOL, IMPLEMENTATIONS, available, missing
+from .workloads import BF16_IMPLEMENTATIONS, IMPLEMENTATIONS, available, bf16, check_rtol, missing
 
 __all__ = ["run"]
 
@@ -22,6 +22,8 @@ def _unavailable(impl, pass_):
     """Why ``impl`` cannot run ``pass_`` here, or None."""
     if available(impl, pass_):
         return None
+    if bf16() and impl not in BF16_IMPLEMENTATIONS:
+        return "float32 only"
     if impl == "torch" or missing(impl):
         return f"{missing(impl) or 'torch'} is not installed"
     return "inference only: no backward" if impl == "onnxruntime" else "not implemented"
@@ -77,13 +79,14 @@ def run(sizes, threads, repeats=5, impls=IMPLEMENTATIONS, memory=False, max_refe
     """
     results = dict(
         fastrnn=__version__, machine=machine_info(threads), matmul_peak=matmul_peak(threads),
-        settings=dict(dtype="float32", threads=threads, repeats=repeats, rounds=ROUNDS, warmup=1,
+        settings=dict(dtype="float32", precision="bfloat16" if bf16() else "float32",
+                      threads=threads, repeats=repeats, rounds=ROUNDS, warmup=1,
                       cell_seconds=CELL_SECONDS, settle_seconds=SETTLE_SECONDS,
                       reference_repeats=1,
                       reference_blas_threads=(threads if has_threadpoolctl()
                                               else "library default (no threadpoolctl)"),
                       max_reference_seconds=max_reference_seconds, implementations=list(impls),
-                      cells=list(cells), check_rtol=CHECK_RTOL,
+                      cells=list(cells), check_rtol=check_rtol(),
                       sizes=[s.label for s in sizes], statistic="median",
                       passes={p: d for p, (_, d) in PASSES.items()}),
         rows=[],

@@ -17,18 +17,35 @@ import numpy as np
 
 from .. import reference
 from .._layout import directions
+from ..precision import get_matmul_precision
 from ..rnn import GRU, LSTM, RNN
 
-__all__ = ["IMPLEMENTATIONS", "PEERS", "DTYPE", "CHECK_RTOL", "Workload", "available", "missing",
-           "make_workload", "import_torch", "flat_arrays", "cell_of"]
+__all__ = ["IMPLEMENTATIONS", "BF16_IMPLEMENTATIONS", "PEERS", "DTYPE", "CHECK_RTOL",
+           "CHECK_RTOL_BF16", "Workload", "available", "missing", "make_workload", "import_torch",
+           "flat_arrays", "cell_of", "bf16", "check_rtol"]
 
 # the first is the one the others are compared to; the others are its peers
 IMPLEMENTATIONS = ("fastrnn", "reference", "torch", "onnxruntime", "jax")
 PEERS = IMPLEMENTATIONS[1:]
+# with bfloat16 products (the process default, fastrnn.set_matmul_precision): fastrnn's own
+# float32 as a peer; torch in bfloat16; ONNX Runtime and JAX, float32 only, left out
+BF16_IMPLEMENTATIONS = ("fastrnn", "fastrnn_fp32", "reference", "torch")
 DTYPE = np.float32
 # float32 over a sequence: a peer agrees with fastrnn to this relative tolerance (of the
-# largest magnitude of each result); a wrong weight conversion is off by O(1)
+# largest magnitude of each result); a wrong weight conversion is off by O(1). torch in
+# bfloat16 also rounds its states and sums: a few bf16 ulps
 CHECK_RTOL = 1e-3
+CHECK_RTOL_BF16 = 5e-2
+
+
+def bf16():
+    """Whether this run's float32 products are bfloat16 (the process default)."""
+    return get_matmul_precision() == "bfloat16"
+
+
+def check_rtol():
+    """The tolerance of this run's comparisons with fastrnn's results."""
+    return CHECK_RTOL_BF16 if bf16() else CHECK_RTOL
 
 # implementation -> the modules it needs, beyond fastrnn's own
 _REQUIRES = {"torch": ("torch",), "onnxruntime": ("onnxruntime", "onnx"), "jax": ("jax",)}
@@ -70,7 +87,9 @@ def flat_arrays(result):
     """The arrays of a (possibly nested) result tuple, as NumPy arrays."""
     if isinstance(result, (tuple, list)):
         return [a for r in result for a in flat_arrays(r)]
-    return [np.asarray(result.detach() if hasattr(result, "detach") else result)]
+    if hasattr(result, "detach"):  # a tensor, perhaps bfloat16 (which NumPy lacks)
+        return [result.detach().float().numpy()]
+    return [np.asarray(result)]
 
 
 @dataclasses.dataclass
@@ -89,9 +108,11 @@ class Workload:
         for a, shape in zip(arrays, shapes):
             assert np.isfinite(a).all(), f"non-finite values in a result of shape {shape}"
 
-    def compare(self, result, expected, rtol=CHECK_RTOL):
+    def compare(self, result, expected, rtol=None):
         """The largest error of ``result`` against fastrnn's ``expected``, relative to each
-        array's largest magnitude; AssertionError where it exceeds ``rtol``."""
+        array's largest magnitude; AssertionError where it exceeds ``rtol`` (default:
+        :func:`check_rtol`)."""
+        rtol = check_rtol() if rtol is None else rtol
         self.check(result)
         worst = 0.0
         pairs = zip(flat_arrays(result), flat_arrays(expected)[:len(self.shapes)])
@@ -107,6 +128,14 @@ class Workload:
 def _fastrnn_fwd(model, x, grad_out):
     model.eval()
     return lambda: model(x)
+
+
+def _fastrnn_fp32(builder):
+    """fastrnn's builder with float32 products whatever the default (the bf16 run's peer)."""
+    def build(model, x, grad_out):
+        model.precision = "float32"
+        return builder(model, x, grad_out)
+    return build
 
 
 def _fastrnn_fwd_bwd(model, x, grad_out):
@@ -144,13 +173,19 @@ def _torch_module(model):
     m = module(model.input_size, model.hidden_size, model.num_layers,
                bidirectional=model.bidirectional)
     m.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
-    return torch, m
+    return torch, m.to(torch.bfloat16) if bf16() else m
+
+
+def _torch_tensor(torch, a):
+    """``a`` as the torch module takes it: bfloat16 in a bf16 run."""
+    t = torch.from_numpy(a)
+    return t.to(torch.bfloat16) if bf16() else t
 
 
 def _torch_fwd(model, x, grad_out):
     torch, m = _torch_module(model)
     m.eval()
-    xt = torch.from_numpy(x)
+    xt = _torch_tensor(torch, x)
 
     def call():
         with torch.inference_mode():
@@ -163,8 +198,8 @@ def _torch_fwd_bwd(model, x, grad_out):
     m.train()
     for p in m.parameters():  # as fastrnn's, the parameter gradients exist before the first call
         p.grad = torch.zeros_like(p)
-    xt = torch.from_numpy(x).requires_grad_()  # fastrnn always computes the input's gradient
-    gt = torch.from_numpy(grad_out)
+    xt = _torch_tensor(torch, x).requires_grad_()  # fastrnn always computes the input's gradient
+    gt = _torch_tensor(torch, grad_out)
 
     def call():
         xt.grad = None  # a fresh input gradient per call, as fastrnn returns
@@ -196,6 +231,8 @@ def _jax_fwd_bwd(model, x, grad_out):
 BUILDERS = {
     ("fastrnn", "fwd"): _fastrnn_fwd,
     ("fastrnn", "fwd+bwd"): _fastrnn_fwd_bwd,
+    ("fastrnn_fp32", "fwd"): _fastrnn_fp32(_fastrnn_fwd),
+    ("fastrnn_fp32", "fwd+bwd"): _fastrnn_fp32(_fastrnn_fwd_bwd),
     ("reference", "fwd"): _reference_fwd,
     ("reference", "fwd+bwd"): _reference_fwd_bwd,
     ("torch", "fwd"): _torch_fwd,
@@ -208,7 +245,7 @@ BUILDERS = {
 
 def available(impl, pass_):
     """Whether ``impl`` can run ``pass_`` here (what it needs must be installed)."""
-    if (impl, pass_) not in BUILDERS:
+    if (impl, pass_) not in BUILDERS or (bf16() and impl not in BF16_IMPLEMENTATIONS):
         return False
     return import_torch() is not None if impl == "torch" else missing(impl) is None
 
