@@ -12,6 +12,11 @@ other processes on the machine falls on both alike.
     python examples/compare_torch_lm.py                       # tinyshakespeare if present
     python examples/compare_torch_lm.py --data some.txt --steps 300 --threads 2
     python examples/compare_torch_lm.py --cell lstm          # or gru; default rnn
+    python examples/compare_torch_lm.py --precision bfloat16  # bf16 products on both sides
+
+With ``--precision bfloat16`` fastrnn's recurrent network multiplies bfloat16 operands
+(``model.rnn.precision``) and torch trains under ``torch.autocast("cpu", torch.bfloat16)``;
+both keep float32 parameters and Adam states.
 
 Needs torch (an optional dependency of fastrnn).
 """
@@ -45,6 +50,8 @@ def parse_args():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1,
                    help="threads for both (fastrnn's OpenMP, torch, and NumPy's BLAS)")
+    p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                   help="of the matrix products (see the module's docstring)")
     return p.parse_args()
 
 
@@ -73,10 +80,14 @@ def main():
     print(f"{path or 'stdlib sources'}: {len(train_ids):,} training and {len(val_ids):,} "
           f"validation characters, vocabulary {len(vocab)}; {args.steps} steps of "
           f"batch {args.batch} × seq_len {args.seq_len}, {args.layers}-layer "
-          f"{args.cell.upper()} of {args.hidden}, {args.threads} thread(s)")
+          f"{args.cell.upper()} of {args.hidden}, {args.threads} thread(s), {args.precision} "
+          f"products")
 
     model = RNNLanguageModel(len(vocab), args.embedding, args.hidden, args.layers,
                              cell=args.cell, seed=args.seed)
+    model.rnn.precision = args.precision
+    bf16 = args.precision == "bfloat16"
+    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
     torch_cell = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[args.cell]
 
     class TorchLM(torch.nn.Module):
@@ -120,9 +131,10 @@ def main():
         t1 = time.perf_counter()
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
         topt.zero_grad()
-        tlogits, th = tmodel(xt, th)
-        th = detach(th)
-        tloss = tce(tlogits.reshape(-1, V), yt.reshape(-1))
+        with autocast():
+            tlogits, th = tmodel(xt, th)
+            th = detach(th)
+            tloss = tce(tlogits.float().reshape(-1, V), yt.reshape(-1))
         tloss.backward()
         torch.nn.utils.clip_grad_norm_(tmodel.parameters(), args.clip)
         topt.step()
@@ -140,9 +152,11 @@ def main():
     with torch.no_grad():
         total, count, th = 0.0, 0, None
         for x, y in lm_batches(val_ids, args.batch, args.seq_len):
-            tlogits, th = tmodel(torch.from_numpy(x), th)
+            with autocast():
+                tlogits, th = tmodel(torch.from_numpy(x), th)
             total += torch.nn.functional.cross_entropy(
-                tlogits.reshape(-1, V), torch.from_numpy(y).reshape(-1), reduction="sum").item()
+                tlogits.float().reshape(-1, V), torch.from_numpy(y).reshape(-1),
+                reduction="sum").item()
             count += y.size
     tppl = float(np.exp(total / count))
     print(f"\nvalidation perplexity  fastrnn {ppl:.4f}   torch {tppl:.4f}   "

@@ -27,6 +27,7 @@ from .layers import CrossEntropyLoss, clip_grad_norm_
 from .models import CELLS, RNNLanguageModel
 from .optim import Adam
 from .parallel import _check_num_threads, set_num_threads
+from .precision import PRECISIONS
 from .serialize import load_model, save_model
 
 __all__ = ["add_train_lm_arguments", "run_train_lm", "add_sample_arguments", "run_sample",
@@ -171,6 +172,10 @@ def add_train_lm_arguments(parser):
     g.add_argument("--dropout", type=_probability, default=0.0,
                    help="dropout between recurrent layers (default: 0)")
     g.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    g.add_argument("--precision", default="float32", choices=list(PRECISIONS),
+                   help="of the recurrent network's matrix products: bfloat16 rounds their "
+                        "operands, the parameters and the optimizer stay float32 (float32 "
+                        "--dtype only; default: float32)")
     g = parser.add_argument_group("training")
     g.add_argument("--seq-len", type=_positive_int, default=100,
                    help="steps of truncated backpropagation through time (default: 100)")
@@ -293,6 +298,9 @@ def run_train_lm(args, stdout=None, stderr=None):
     if args.cell != "rnn" and args.nonlinearity != "tanh":
         raise CommandError(f"fastrnn train-lm: --nonlinearity {args.nonlinearity} applies only "
                            f"to --cell rnn (the {args.cell.upper()}'s activations are fixed)")
+    if args.precision == "bfloat16" and args.dtype != "float32":
+        raise CommandError(f"fastrnn train-lm: --precision bfloat16 needs --dtype float32, "
+                           f"got --dtype {args.dtype}")
     if args.threads is not None:
         set_num_threads(args.threads)
     if args.file:
@@ -315,6 +323,7 @@ def run_train_lm(args, stdout=None, stderr=None):
         model = RNNLanguageModel(len(vocab), args.embedding, args.hidden, args.layers,
                                  args.nonlinearity, dropout=args.dropout, cell=args.cell,
                                  dtype=args.dtype, seed=rng)
+        model.rnn.precision = args.precision
     except MemoryError:
         raise CommandError(f"fastrnn train-lm: not enough memory for a model of --hidden "
                            f"{args.hidden}, --embedding {args.embedding}, --layers "
@@ -323,10 +332,12 @@ def run_train_lm(args, stdout=None, stderr=None):
     ce = CrossEntropyLoss()
     n_params = sum(p.data.size for p in model.parameters())
     out.write(f"fastrnn train-lm: {len(tokens):,} {args.tokenizer} tokens from {source}, "
-              f"vocabulary {len(vocab):,}, {args.layers}-layer {args.cell.upper()}, "
+              f"vocabulary {len(vocab):,}, {args.layers}-layer {args.cell.upper()}"
+              f"{' (bfloat16 products)' if args.precision == 'bfloat16' else ''}, "
               f"{n_params:,} parameters\n")
     out.flush()
-    meta = dict(tokenizer=args.tokenizer, separator=sep, source=source, steps=0)
+    meta = dict(tokenizer=args.tokenizer, separator=sep, source=source, steps=0,
+                precision=args.precision)
     progress = _Progress(args.steps, err, args.log_every)
     batches = _endless_batches(train_ids, args.batch, args.seq_len)
     h, avg_loss, tokens_seen, train_time, done = None, None, 0, 0.0, 0
