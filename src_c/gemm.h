@@ -66,7 +66,10 @@ static inline void FR_P(bf16_row)(const REAL *src, int n, REAL *dst) {
     for (int k = 0; k < npad; k += VL) {
         FR_P(hvec) h = __builtin_convertvector(FR_P(bf16_round)(FR_P(vload_n)(src + k, n - k))
                                                >> 16, FR_P(hvec));
-        memcpy((uint16_t *)dst + k, &h, (size_t)(npad - k < VL ? npad - k : VL) * 2);
+        if (npad - k >= VL) /* a constant size: one store */
+            memcpy((uint16_t *)dst + k, &h, sizeof h);
+        else
+            memcpy((uint16_t *)dst + k, &h, (size_t)(npad - k) * 2);
     }
 #else
     FR_P(bf16_convert)(src, NULL, n, dst);
@@ -218,9 +221,11 @@ static void FR_P(block)(int M, int ncols, fr_index kb, fr_index kc, FR_P(asrc) a
             for (int c0 = 0; c0 < M; c0 += CHUNK) {
                 const int n = M - c0 < CHUNK ? M - c0 : CHUNK;
                 FR_P(bf16_convert)(src + c0, next ? next + c0 : NULL, n, chunk);
-                for (int i = 0; i < n; i += FR_MR)
-                    memcpy(apack + (c0 + i) / FR_MR * astride + KSTEP(k) * FR_MR, chunk + i,
-                           (size_t)(n - i < FR_MR ? n - i : FR_MR) * sizeof(REAL));
+                REAL *dst = apack + c0 / FR_MR * astride + KSTEP(k) * FR_MR;
+                int i = 0;
+                for (; i + FR_MR <= n; i += FR_MR, dst += astride) /* constant: a register move */
+                    memcpy(dst, chunk + i, FR_MR * sizeof(REAL));
+                if (i < n) memcpy(dst, chunk + i, (size_t)(n - i) * sizeof(REAL));
             }
             for (int u = 0; a_sums && u < KUNIT && k + u < kc; u++) /* k order, as below */
                 for (int i = 0; i < M; i++) a_sums[i] += src[u * a.ldat + i];
