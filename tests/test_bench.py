@@ -155,3 +155,32 @@ def test_reference_failure_in_its_subprocess_is_reported():
 
     with pytest.raises(RuntimeError, match="must be positive"):
         _measure_reference("fwd", Size("bad", 0, 1, 1, 1), 3.0, 1)
+
+
+def test_bench_bfloat16_compares_fastrnn_float32_and_torch_bf16(tmp_path):
+    path = tmp_path / "bench.json"
+    proc = _fastrnn_cli("bench", *TINY[:4], "--cell", "lstm", "--precision", "bfloat16",
+                        "--json", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert "with bfloat16 products" in proc.stdout
+    results = json.loads(path.read_text())
+    settings = results["settings"]
+    assert settings["precision"] == "bfloat16" and settings["check_rtol"] == 5e-2
+    torch = missing("torch") is None
+    want = ["fastrnn", "fastrnn_fp32", "reference"] + (["torch"] if torch else [])
+    assert settings["implementations"] == want
+    assert "train_step" not in results  # float32 only
+    for row in results["rows"]:
+        assert set(row["results"]) == set(want)  # ONNX Runtime and JAX: float32 only
+        for impl in want[1:]:
+            r = row["results"][impl]
+            assert _positive(r["median_ms"]) and _positive(row["speedup"][impl])
+            assert 0 <= r["max_error"] <= 5e-2
+        # fastrnn's own float32 differs from its bf16 products by bf16 rounding, not zero
+        assert row["results"]["fastrnn_fp32"]["max_error"] > 1e-5
+
+
+@pytest.mark.parametrize("extra", [["--memory"], ["--stream"], ["--stream-only"]])
+def test_bench_bfloat16_refuses_float32_only_measurements(extra):
+    proc = _fastrnn_cli("bench", *TINY, "--precision", "bfloat16", *extra)
+    assert proc.returncode == 2 and "float32 only" in proc.stderr, proc.stderr

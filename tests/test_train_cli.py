@@ -150,3 +150,16 @@ def test_train_lm_cell_options_are_checked(text_file, tmp_path):
     assert not (tmp_path / "x.npz").exists()
     with pytest.raises(SystemExit):  # argparse: invalid choice
         parse(add_train_lm_arguments, ["--cell", "transformer"])
+
+
+def test_train_lm_bfloat16_products(text_file, tmp_path):
+    ckpt = tmp_path / "lm.npz"
+    out, _ = train([str(text_file), *TINY, "--steps", "20", "--eval-every", "20",
+                    "--checkpoint", str(ckpt), "--cell", "gru", "--precision", "bfloat16"])
+    assert "(bfloat16 products)" in out
+    model, _, meta = load_model(ckpt)
+    assert meta["precision"] == "bfloat16" and math.isfinite(meta["val_perplexity"])
+    assert fastrnn.get_matmul_precision() == "float32"  # the run's own, not the process's
+    with pytest.raises(fastrnn.train_cli.CommandError, match="needs --dtype float32"):
+        train([str(text_file), *TINY, "--steps", "1", "--dtype", "float64",
+               "--precision", "bfloat16", "--checkpoint", str(tmp_path / "x.npz")])
