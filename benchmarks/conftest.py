@@ -5,6 +5,8 @@ a smoke test, on tiny sizes. With ``--benchmark-enable`` they are timed on the f
 ``fastrnn bench``. ``--bench-sizes`` (or the environment variable FASTRNN_BENCH_SIZES) picks
 sizes explicitly, in ``fastrnn bench --sizes`` syntax: ``M1,M2-2L-bi,64x8x32x64``;
 ``--bench-cells`` (or FASTRNN_BENCH_CELLS) the cells, as ``fastrnn bench --cell``: ``lstm,gru``.
+FASTRNN_MATMUL_PRECISION=bfloat16 benchmarks bfloat16 products, as ``fastrnn bench
+--precision bfloat16``.
 
 The streaming benchmarks (test_bench_stream.py) run on ``fastrnn bench --stream``'s hidden
 sizes and batches when timed, on TINY_STREAM's when not; the cells as above.
@@ -69,4 +71,7 @@ def pytest_generate_tests(metafunc):
     cases = [(cell, size, p) for cell in cells for size, p in bench.rows(sizes)]
     metafunc.parametrize("case", cases,
                          ids=[f"{cell}-{size.label}-{p}" for cell, size, p in cases])
-    metafunc.parametrize("impl", bench.IMPLEMENTATIONS)
+    # with bfloat16 products: against fastrnn's float32 and torch's bf16
+    from fastrnn.bench.workloads import BF16_IMPLEMENTATIONS, bf16
+
+    metafunc.parametrize("impl", BF16_IMPLEMENTATIONS if bf16() else bench.IMPLEMENTATIONS)
