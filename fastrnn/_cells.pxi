@@ -65,6 +65,19 @@ cdef inline int _gather_cell(fr_index s, fr_index b0, fr_index b1, const int64_t
     return m
 
 
+cdef inline void _x_rows(fr_index s, fr_index b0, fr_index b1, const int64_t *plen,
+                         bint reverse, const floating *px, fr_index xts, fr_index xbs,
+                         const floating **xrows) noexcept nogil:
+    """x_t of the sequences running at step s, in _gather_cell's order."""
+    cdef int m = 0
+    cdef fr_index b, t
+    for b in range(b0, b1):
+        if s < plen[b]:
+            t = plen[b] - 1 - s if reverse else s
+            xrows[m] = px + t * xts + b * xbs
+            m += 1
+
+
 cdef int _check_cell(int cell, Py_ssize_t *save_shape, Py_ssize_t *save_strides,
                      Py_ssize_t *out_shape, Py_ssize_t *out_strides, Py_ssize_t *w_hh_shape,
                      bint proj, Py_ssize_t *w_hr_shape, size_t itemsize) except -1:
@@ -91,7 +104,9 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
                  const floating[:, ::1] w_hh not None, const floating[::1] b_hh,
                  const floating[:, ::1] w_hr, const int64_t[::1] lengths not None,
                  bint reverse, floating[:, ::1] h_n not None, floating[:, ::1] c_n,
-                 int num_threads=1, bint bf16=False):
+                 int num_threads=1, const floating[:, :, :] x=None,
+                 const floating[:, ::1] w_ih=None, const floating[::1] bias=None,
+                 bint bf16=False):
     """A gated cell's recurrence over one direction, in place.
 
     ``save`` (L, N, G·H + H [+ H]) holds P = x W_ihᵀ + b (gate-interleaved, see
@@ -102,7 +117,10 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
     of 0); past each length ``save``'s rows are zeroed. ``w_hh`` (G·H, H_out) is
     gate-interleaved; ``b_hh`` (G·H,) or None is added to h W_hhᵀ (the GRU's b_hn; zero
     elsewhere); ``w_hr`` (H_out, H) is the LSTM's projection or None. ``c0``, ``c_n`` are
-    None for a GRU. The split is recurrence_forward's; ``bf16`` as there.
+    None for a GRU. Given ``x`` (L, N, I) and ``w_ih`` (G·H, I) gate-interleaved (and
+    ``bias`` (G·H,) or None), P_t is computed step by step into ``save`` instead, bitwise
+    as ``gemm`` would, just before the step reads it (``save`` need not hold it). The split is
+    recurrence_forward's; ``bf16`` as there.
     """
     _check_num_threads(num_threads)
     cdef const fastrnn_kernels *ks = _kernels_for(bf16, sizeof(floating))
@@ -124,6 +142,27 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
     if b_hh is not None:
         _check_shape("b_hh", b_hh.shape, 1, (G * H,))
     _check_lengths(lengths, N, L)
+    cdef int I = 0
+    cdef fr_index xts = 0, xbs = 0
+    cdef const floating *px = NULL
+    cdef const floating *pbias = NULL
+    if x is not None:
+        if (x.shape[0] != L or x.shape[1] != N or w_ih is None or w_ih.shape[0] != G * H
+                or w_ih.shape[1] != x.shape[2] or x.shape[2] > INT_MAX
+                or (bias is not None and bias.shape[0] != G * H)):
+            raise ValueError(
+                f"x, w_ih and bias must be ({L}, {N}, I), ({G * H}, I) and ({G * H},), got "
+                f"{(x.shape[0], x.shape[1], x.shape[2])}, "
+                f"{None if w_ih is None else (w_ih.shape[0], w_ih.shape[1])} and "
+                f"{None if bias is None else (bias.shape[0],)}")
+        _check_strides("x", x.shape, x.strides, 3, sizeof(floating), 2)
+        I = <int> x.shape[2]
+        if L == 0 or I == 0:
+            raise ValueError("x must have steps and inputs (else pass the projection in save)")
+        xts = x.strides[0] // sizeof(floating)
+        xbs = x.strides[1] // sizeof(floating)
+        px = &x[0, 0, 0]
+        pbias = &bias[0] if bias is not None else NULL
     if N == 0:
         return
     cdef fr_index ts = out.strides[0] // sizeof(floating), bs = out.strides[1] // sizeof(floating)
@@ -153,15 +192,20 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
     cdef floating **srow
     cdef floating **rrow
     cdef floating **hrow
-    # W_hhᵀ (G·H columns) and W_hrᵀ packed once per call by all threads; R for every row
+    cdef const floating **xrows
+    # W_hhᵀ (G·H columns) and W_hrᵀ (and W_ihᵀ) packed once per call by all threads; R for
+    # every row
     cdef const floating *pw_hh = &w_hh[0, 0]
     cdef const floating *pw_hr = &w_hr[0, 0] if proj else NULL
     cdef floating *pw = _packed_buffer(ks, H_out, G * H, po)
     cdef floating *pwr = _packed_buffer(ks, H, H_out, po) if proj else NULL
     cdef floating *r_rows = <floating *> malloc(N * G * H * sizeof(floating))
-    if pw == NULL or (proj and pwr == NULL) or r_rows == NULL:
+    cdef const floating *pw_ih = &w_ih[0, 0] if px != NULL else NULL
+    cdef floating *pwi = _packed_buffer(ks, I, G * H, po) if px != NULL else NULL
+    if pw == NULL or (proj and pwr == NULL) or r_rows == NULL or (px != NULL and pwi == NULL):
         free(pw)
         free(pwr)
+        free(pwi)
         free(r_rows)
         raise MemoryError("could not allocate the packed weights of the recurrence")
     with nogil, parallel(num_threads=sp.nthreads):
@@ -170,16 +214,19 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
         _pack_part(ks, pw_hh, H_out, H_out, G * H, True, pw, tid, team)
         if proj:
             _pack_part(ks, pw_hr, H, H, H_out, True, pwr, tid, team)
+        if px != NULL:
+            _pack_part(ks, pw_ih, I, I, G * H, True, pwi, tid, team)
         fr_spin_wait(&pack_barrier, team)
         hprev = <const floating **> malloc(sp.slice_rows * sizeof(floating *))
         cprev = <const floating **> malloc(sp.slice_rows * sizeof(floating *))
+        xrows = <const floating **> malloc(sp.slice_rows * sizeof(floating *))
         orow = <floating **> malloc(sp.slice_rows * sizeof(floating *))
         srow = <floating **> malloc(sp.slice_rows * sizeof(floating *))
         rrow = <floating **> malloc(sp.slice_rows * sizeof(floating *))
         hrow = <floating **> malloc(sp.slice_rows * sizeof(floating *))
         try:
             ok = (hprev != NULL and cprev != NULL and orow != NULL and srow != NULL
-                  and rrow != NULL and hrow != NULL)
+                  and rrow != NULL and hrow != NULL and xrows != NULL)
             if not ok:
                 failed[0] = 1
             part = tid
@@ -196,9 +243,14 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
                         break  # the slice's sequences have all ended
                     for i in range(m):
                         hrow[i] = srow[i] + mslot if proj else orow[i]
-                    # this step's P (read by the epilogue) arrives while the product runs
-                    _prefetch_step(s, pt.b0, pt.b1, plen, reverse, G * (pt.j1 - pt.j0),
-                                   psv + G * pt.j0, sts, sbs, NULL, 0, 0)
+                    if px != NULL:
+                        if m > 0 and pt.j1 > pt.j0:  # P_t of this part's gates, in place
+                            _x_rows(s, pt.b0, pt.b1, plen, reverse, px, xts, xbs, xrows)
+                            kernels.input_step(ks, m, I, G * pt.j0, G * pt.j1, xrows, pwi,
+                                               pbias, srow)
+                    else:  # this step's P (read by the epilogue) arrives while the product runs
+                        _prefetch_step(s, pt.b0, pt.b1, plen, reverse, G * (pt.j1 - pt.j0),
+                                       psv + G * pt.j0, sts, sbs, NULL, 0, 0)
                     if m > 0 and pt.j1 > pt.j0:
                         # R = h_{t-1} W_hhᵀ (+ b_hh) for this part's units' gates, then the cell
                         kernels.input_step(ks, m, H_out, G * pt.j0, G * pt.j1, hprev, pw, pb,
@@ -225,8 +277,10 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
             free(srow)
             free(rrow)
             free(hrow)
+            free(xrows)
     free(pw)
     free(pwr)
+    free(pwi)
     free(r_rows)
     if failed[0]:
         raise MemoryError("could not allocate per-thread scratch for the recurrence")

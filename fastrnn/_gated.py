@@ -2,7 +2,8 @@
 ``_rnn.cell_forward`` / ``_rnn.cell_backward``; validation and the layer loop are _engine's.
 
 Per layer and direction, forward: the gates' input projection ``P = X W_ihᵀ + b`` as one GEMM
-over all L·N rows, then the recurrence (per step ``h_{t-1} W_hhᵀ`` and the cell's
+over all L·N rows (with bfloat16 products and a batch of 8 rows per thread, step by step
+inside the recurrence instead), then the recurrence (per step ``h_{t-1} W_hhᵀ`` and the cell's
 epilogue, which saves the gate activations and c for BPTT). Backward: the recurrence of the
 epilogue's derivative (dA, and for a GRU dR, the recurrent side's), then the weight
 gradients as GEMMs over all rows (``dW_ih = dAᵀX``, ``dW_hh = dRᵀH_prev`` on the outputs
@@ -64,6 +65,13 @@ def _cell_weights(cell, params, k, sizes):
     return w_ih, b, w_hh, b_hh, w_hr
 
 
+def _per_step(L, N, input_size, threads, bf16):
+    """The input projection inside the recurrence, step by step (``_rnn.projection_per_step``)
+    rather than one GEMM first? With bfloat16 products only, whose faster products make P's
+    round trip through memory a larger share (docs/performance.md)."""
+    return bf16 and _rnn.projection_per_step(L, N, input_size, threads)
+
+
 def _save_width(cell, sizes):
     """Columns of a step's saved row: the gates, c (LSTM) or W_hn h + b_hn (GRU), and m."""
     H = sizes.hidden_size
@@ -99,12 +107,16 @@ def _forward(cell, x, params, states, num_layers, bidirectional, batch_first, le
             i = layer * D + d
             w_ih, b, w_hh, b_hh, w_hr = _cell_weights(cell, params, k, sizes)
             save = np.empty((L, N, W), dtype=dtype)  # cell_forward zeroes the rows past a length
-            _rnn.gemm(inp.reshape(L * N, inp.shape[2]), w_ih.T, save.reshape(L * N, W)[:, :G * H],
-                      b, False, threads, bf16=bf16)
+            projection = {}
+            if _per_step(L, N, inp.shape[2], threads, bf16):
+                projection = dict(x=inp, w_ih=w_ih, bias=b)
+            else:
+                _rnn.gemm(inp.reshape(L * N, inp.shape[2]), w_ih.T,
+                          save.reshape(L * N, W)[:, :G * H], b, False, threads, bf16=bf16)
             _rnn.cell_forward(_KERNEL[cell.name], save, out[:, :, d * H_out:(d + 1) * H_out],
                               states[0][i], states[1][i] if lstm else None, w_hh, b_hh, w_hr,
                               lengths, d == 1, finals[0][i], finals[1][i] if lstm else None,
-                              threads, bf16)
+                              threads, bf16=bf16, **projection)
             layer_saves.append(save)
         if keep_cache:
             saves.append(layer_saves)
@@ -227,7 +239,7 @@ def _backward(cell, cache, grad_output, grad_states):
                                states[0][i], states[1][i] if lstm else None, grad_states[0][i],
                                grad_states[1][i] if lstm else None, w_hh, w_hr, lengths, d == 1,
                                da[:, :, gcols], None, dh, grad_states0[0][i],
-                               grad_states0[1][i] if lstm else None, threads, bf16)
+                               grad_states0[1][i] if lstm else None, threads, bf16=bf16)
             # dW_ih = dAᵀX and db_ih = ΣdA from one reading of its rows
             da_d = da[:, :, gcols]
             dw_ih = np.empty((G * H, inp.shape[2]), dtype=dtype)
