@@ -484,3 +484,60 @@ def test_gru_backward_without_grad_r_matches_and_gives_it_from_grad_a():
     _gru_recurrent_side(dr, kept["save"], H)
     assert np.array_equal(dr, kept["grad_r"])
     assert not np.array_equal(dr, kept["grad_a"])
+
+
+def _projection(kind, I=5):
+    """x, w_ih (gate-interleaved rows: any order serves the test) and bias of a cell_forward
+    with its input projection step by step."""
+    rng = _rng()
+    G = 4 if kind == "lstm" else 3
+    return dict(x=rng.standard_normal((L, N, I)).astype(F),
+                w_ih=rng.standard_normal((G * H, I)).astype(F),
+                bias=rng.standard_normal(G * H).astype(F))
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("build", CELL_BUILDS.values(), ids=CELL_BUILDS.keys())
+def test_cell_forward_projection_per_step_is_the_gemms(build, bf16):
+    """P_t computed step by step (x, w_ih, bias) is bitwise the GEMM over all rows first."""
+    kind = build.get("kind", "lstm")
+    proj = _projection(kind)
+    G = 4 if kind == "lstm" else 3
+    W = cell_forward_args(**build)["save"].shape[2]
+    for threads in (1, 2):
+        step = cell_forward_args(**build, num_threads=threads,
+                                 lengths=np.resize(np.array([L, 0, L - 1], np.int64), N))
+        gemm_args = cell_forward_args(**build, num_threads=threads,
+                                      lengths=step["lengths"])
+        _rnn.gemm(proj["x"].reshape(L * N, -1), proj["w_ih"].T,
+                  gemm_args["save"].reshape(L * N, W)[:, :G * H], proj["bias"], False, 2,
+                  bf16=bf16)
+        _rnn.cell_forward(*gemm_args.values(), bf16=bf16)
+        step["save"][...] = np.nan  # P is not read from save: written there per step
+        _rnn.cell_forward(*step.values(), **proj, bf16=bf16)
+        for name in ("save", "out", "h_n"):
+            assert np.array_equal(step[name], gemm_args[name]), (name, threads)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(w_ih=None), "x, w_ih and bias"),
+    (dict(w_ih=np.zeros((7, 5), F)), "x, w_ih and bias"),
+    (dict(x=np.zeros((L, N + 1, 5), F)), "x, w_ih and bias"),
+    (dict(bias=np.zeros(3, F)), "x, w_ih and bias"),
+    (dict(x=np.zeros((L, N, 0), F), w_ih=np.zeros((4 * H, 0), F)), "steps and inputs"),
+    (dict(x=_strided((L, N, 5))), "contiguous rows"),
+])
+def test_cell_forward_projection_refusals(change, message):
+    args = {**_projection("lstm"), **change}
+    with pytest.raises(ValueError, match=message):
+        _rnn.cell_forward(*cell_forward_args().values(), **args)
+
+
+def test_entry_points_refuse_bf16_for_float64():
+    a = np.zeros((4, 4))
+    with pytest.raises(TypeError, match="float32"):
+        _rnn.gemm(a, a, a.copy(), bf16=True)
+    args = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) and v.dtype == F else v)
+            for k, v in cell_forward_args().items()}
+    with pytest.raises(TypeError, match="float32"):
+        _rnn.cell_forward(*args.values(), bf16=True)
