@@ -461,3 +461,32 @@ def test_invalid_inputs_raise_like_torch(x_shape, hx_shape, x_dtype):
     with pytest.raises(expected.type) as got:
         module(x, hx)
     assert str(got.value) == str(expected.value)
+
+
+@pytest.mark.parametrize("cls", [ft.RNN, ft.LSTM, ft.GRU], ids=["rnn", "lstm", "gru"])
+def test_precision_bfloat16_runs_fastrnns_bf16_products(cls):
+    """module.precision = "bfloat16": the forward and every gradient are fastrnn's functional
+    bf16 results on the same weights (not float32's), on float32 tensors."""
+    torch.manual_seed(0)
+    module = cls(I, H, num_layers=2, bidirectional=True)
+    module.precision = "bfloat16"
+    x = torch.randn(L, N, I, requires_grad=True)
+    out, _ = module(x)
+    g = torch.randn_like(out)
+    out.backward(g)
+    params = {k: v.detach().numpy() for k, v in module.state_dict().items()}
+    forward = getattr(fastrnn.functional, f"{cls.__name__.lower()}_forward")
+    backward = getattr(fastrnn.functional, f"{cls.__name__.lower()}_backward")
+    want, _, cache = forward(x.detach().numpy(), params, num_layers=2, bidirectional=True,
+                             precision="bfloat16")
+    grad_x, _, grads = backward(cache, g.numpy())
+    assert out.dtype == torch.float32 and np.array_equal(out.detach().numpy(), want)
+    assert np.array_equal(x.grad.numpy(), grad_x)
+    for name, p in module.named_parameters():
+        assert np.array_equal(p.grad.numpy(), grads[name]), name
+    float32, _, _ = forward(x.detach().numpy(), params, num_layers=2, bidirectional=True,
+                            precision="float32")
+    assert not np.array_equal(want, float32)
+    module.precision = "half"
+    with pytest.raises(ValueError, match="matmul precision"):
+        module(x)
