@@ -17,14 +17,61 @@ the final states are those at the sequence's own last step, and the reverse dire
 starts from that step; a length of 0 leaves the initial state).
 
 Parameters are a dict with torch's names (``weight_ih_l0``, ``bias_hh_l1_reverse``, ...).
+
+Precision of the matrix products (``precision=``; None: :func:`fastrnn.get_matmul_precision`
+when the forward runs; backward uses the forward's). With ``"bfloat16"`` (float32 arrays
+only) every ``@`` below goes through :meth:`_Cell.matmul`, which rounds BOTH operands with
+:func:`round_to_bfloat16` (to nearest, ties to even) and multiplies in float32, where
+bf16×bf16 products are exact and only the sums round. Those products are, per step,
+
+    forward    x_t W_ihᵀ,  h_{t-1} W_hhᵀ,  and with proj_size m_t W_hrᵀ
+    backward   dA W_ih (→ dx),  dAᵀ x_t (→ dW_ih),  dRᵀ h_{t-1} (→ dW_hh),
+               dR W_hh (→ dh_{t-1}),  and with proj_size dh W_hr (→ dm), dhᵀ m_t (→ dW_hr)
+
+(dA, dR: the gradients of a and r; x_t is the layer's input after dropout, h_{t-1} the
+float32 state, h0 at a sequence's first step). Nothing else is rounded: biases, the gates'
+activations and products (⊙), the LSTM's c, h as kept between steps and used in the GRU's
+``z ⊙ h_{t-1}``, every gradient and the parameters stay float32. The compiled kernels sum in
+an order of their own, so they agree with this model within a small tolerance, not bitwise.
 """
 
 import numpy as np
 
 from ._layout import directions, from_time_major, layer_keys, param_names, to_time_major
+from .precision import resolve
 
 __all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward",
-           "gru_backward", "param_names"]
+           "gru_backward", "param_names", "round_to_bfloat16"]
+
+
+def round_to_bfloat16(a):
+    """``a`` rounded to the nearest bfloat16 value, ties to even, as a float32 array.
+
+    bfloat16 is float32's upper 16 bits (same exponent range, 8 significand bits instead of
+    24), so rounding is integer arithmetic on the bit pattern. Infinities stay, finite values
+    beyond bfloat16's largest round to ±inf, subnormals round like any other value (no
+    flush to zero), and NaN stays NaN.
+
+    Parameters
+    ----------
+    a : array_like of float32
+
+    Returns
+    -------
+    ndarray of float32, the shape of ``a``; every value but NaN (returned as given) is
+    representable in bfloat16.
+    """
+    a = np.asarray(a)
+    if a.dtype != np.float32:
+        raise TypeError(f"round_to_bfloat16 takes float32 values, got {a.dtype}")
+    bits = a.view(np.uint32).astype(np.uint64)  # 64 bits: the carry below never wraps
+    # add just under half of the dropped 16 bits' range, plus 1 if the kept part is odd
+    # (so a tie carries into an even kept part), and drop them; a carry out of the
+    # significand raises the exponent, up to inf
+    odd = (bits >> 16) & 1
+    rounded = ((bits + 0x7FFF + odd) & 0xFFFF0000).astype(np.uint32).view(np.float32)
+    # a NaN's payload could carry it to the other sign's zero, or vanish and leave inf
+    return np.where(np.isnan(a), a, rounded)
 
 
 def _sigmoid(a):
@@ -34,10 +81,21 @@ def _sigmoid(a):
 # ---------------------------------------------------------------------------------------
 # Cells. forward(a, r, states, w) -> (new states, what backward needs), a and r without
 # biases; backward(dh, dc, saved, w) -> (d of a + b_ih, d of r + b_hh, d of the previous
-# states but through r, gradients of the cell's own weights).
+# states but through r, gradients of the cell's own weights). A cell also carries the
+# precision of the products, its own and its layer's.
 # ---------------------------------------------------------------------------------------
 
-class _Elman:
+class _Cell:
+    bf16 = False  # bfloat16 products? Set by _forward, from its precision and dtype
+
+    def matmul(self, a, b):
+        """a @ b: with bfloat16 products, of both operands rounded to bfloat16 (float32 sums)."""
+        if self.bf16:
+            a, b = round_to_bfloat16(a), round_to_bfloat16(b)
+        return a @ b
+
+
+class _Elman(_Cell):
     gates, has_c = 1, False
 
     def __init__(self, nonlinearity="tanh"):
@@ -56,7 +114,7 @@ class _Elman:
         return da, da, (0,), {}
 
 
-class _LSTM:
+class _LSTM(_Cell):
     gates, has_c = 4, True
 
     def forward(self, a, r, states, w):
@@ -65,15 +123,15 @@ class _LSTM:
         i, f, g, o = _sigmoid(i), _sigmoid(f), np.tanh(g), _sigmoid(o)
         c = f * c_prev + i * g
         m = o * np.tanh(c)
-        h = m @ w["hr"].T if "hr" in w else m
+        h = self.matmul(m, w["hr"].T) if "hr" in w else m
         return (h, c), (i, f, g, o, c, c_prev, m)
 
     def backward(self, dh, dc, saved, w):
         i, f, g, o, c, c_prev, m = saved
         grads = {}
         if "hr" in w:  # h = m W_hrᵀ
-            grads["hr"] = dh.T @ m
-            dh = dh @ w["hr"]
+            grads["hr"] = self.matmul(dh.T, m)
+            dh = self.matmul(dh, w["hr"])
         tanh_c = np.tanh(c)
         # dc_t gathers the carried gradient and h_t's: h = o ⊙ tanh(c)
         dc = dc + dh * o * (1 - tanh_c * tanh_c)
@@ -83,7 +141,7 @@ class _LSTM:
         return dz, dz, (0, dc * f), grads
 
 
-class _GRU:
+class _GRU(_Cell):
     gates, has_c = 3, False
 
     def forward(self, a, r, states, w):
@@ -128,8 +186,8 @@ def _direction_forward(cell, x, states0, w, lengths, reverse):
         rows = np.nonzero(running)[0]
         t = t[rows]
         h_prev = states[0][rows]
-        a = x[t, rows] @ w["ih"].T   # the input part
-        r = h_prev @ w["hh"].T       # the recurrent part
+        a = cell.matmul(x[t, rows], w["ih"].T)  # the input part
+        r = cell.matmul(h_prev, w["hh"].T)      # the recurrent part
         new, saved = cell.forward(a, r, [s[rows] for s in states], w)
         for s, v in zip(states, new):
             s[rows] = v
@@ -149,12 +207,12 @@ def _direction_backward(cell, x, steps, w, d_out, d_states_n):
         dc = d_states[1][rows] if cell.has_c else None
         da, dr, d_prev, cell_grads = cell.backward(dh, dc, saved, w)
         # a + b_ih = x W_ihᵀ + b_ih ;  r + b_hh = h_prev W_hhᵀ + b_hh
-        dx[t, rows] = da @ w["ih"]
-        grads["ih"] += da.T @ x[t, rows]
+        dx[t, rows] = cell.matmul(da, w["ih"])
+        grads["ih"] += cell.matmul(da.T, x[t, rows])
         grads["b_ih"] += da.sum(axis=0)
-        grads["hh"] += dr.T @ h_prev
+        grads["hh"] += cell.matmul(dr.T, h_prev)
         grads["b_hh"] += dr.sum(axis=0)
-        d_states[0][rows] = dr @ w["hh"] + d_prev[0]
+        d_states[0][rows] = cell.matmul(dr, w["hh"]) + d_prev[0]
         if cell.has_c:
             d_states[1][rows] = d_prev[1]
         for k, g in cell_grads.items():
@@ -180,10 +238,12 @@ def _weights(params, k, bias, dtype):
 
 
 def _forward(cell, x, params, states0, num_layers, bidirectional, batch_first, lengths,
-             dropout_masks):
+             dropout_masks, precision):
     """The multi-layer forward for any cell; states0 is a list of (D·layers, N, ·) arrays or
-    None entries (zeros). Returns output, final states and the cache."""
+    None entries (zeros). Returns output, final states and the cache (whose cell keeps the
+    precision for backward)."""
     x, unbatched = to_time_major(np.asarray(x), batch_first)
+    cell.bf16 = resolve(precision, x.dtype)  # the process default as it is now
     L, N = x.shape[:2]
     D = directions(bidirectional)
     w_hh = params["weight_hh_l0"]
@@ -264,7 +324,7 @@ def _backward(cache, grad_output, grad_states):
 # ---------------------------------------------------------------------------------------
 
 def rnn_forward(x, params, h0=None, *, num_layers=1, nonlinearity="tanh", bidirectional=False,
-                batch_first=False, lengths=None, dropout_masks=None):
+                batch_first=False, lengths=None, dropout_masks=None, precision=None):
     """Forward pass of a multi-layer, optionally bidirectional Elman RNN.
 
     Parameters
@@ -275,6 +335,10 @@ def rnn_forward(x, params, h0=None, *, num_layers=1, nonlinearity="tanh", bidire
     lengths : array of int, shape (N,), optional. Valid steps per batch element.
     dropout_masks : list of ``num_layers - 1`` arrays of shape (L, N, D·H), optional.
         Multiplied into each layer's output before it feeds the next layer.
+    precision : {None, 'float32', 'bfloat16'}
+        Of the matrix products (see the module's docstring); None follows
+        :func:`fastrnn.get_matmul_precision` for float32 arrays (float64 computes in float64).
+        'bfloat16' with float64 arrays raises ValueError. Backward uses the forward's.
 
     Returns
     -------
@@ -282,7 +346,8 @@ def rnn_forward(x, params, h0=None, *, num_layers=1, nonlinearity="tanh", bidire
         ``cache`` holds what :func:`rnn_backward` needs.
     """
     output, (h_n,), cache = _forward(_Elman(nonlinearity), x, params, [h0], num_layers,
-                                     bidirectional, batch_first, lengths, dropout_masks)
+                                     bidirectional, batch_first, lengths, dropout_masks,
+                                     precision)
     return output, h_n, cache
 
 
@@ -299,16 +364,18 @@ def rnn_backward(cache, grad_output, grad_h_n=None):
 
 
 def lstm_forward(x, params, hx=None, *, num_layers=1, bidirectional=False, batch_first=False,
-                 lengths=None, dropout_masks=None):
+                 lengths=None, dropout_masks=None, precision=None):
     """Forward pass of a multi-layer, optionally bidirectional LSTM (torch.nn.LSTM).
 
     ``hx`` is None or a pair (h0, c0), either None for zeros: h0 (D·num_layers, N, H_out),
     c0 (D·num_layers, N, H) (2-D unbatched). With ``weight_hr_l0`` in ``params`` (proj_size
-    P > 0) h is projected to H_out = P. Returns ``output, (h_n, c_n), cache``.
+    P > 0) h is projected to H_out = P. ``precision`` as in :func:`rnn_forward`. Returns
+    ``output, (h_n, c_n), cache``.
     """
     h0, c0 = (None, None) if hx is None else hx
     output, (h_n, c_n), cache = _forward(_LSTM(), x, params, [h0, c0], num_layers,
-                                         bidirectional, batch_first, lengths, dropout_masks)
+                                         bidirectional, batch_first, lengths, dropout_masks,
+                                         precision)
     return output, (h_n, c_n), cache
 
 
@@ -321,11 +388,11 @@ def lstm_backward(cache, grad_output, grad_hx=None):
 
 
 def gru_forward(x, params, h0=None, *, num_layers=1, bidirectional=False, batch_first=False,
-                lengths=None, dropout_masks=None):
+                lengths=None, dropout_masks=None, precision=None):
     """Forward pass of a multi-layer, optionally bidirectional GRU (torch.nn.GRU).
-    Returns ``output, h_n, cache``."""
+    ``precision`` as in :func:`rnn_forward`. Returns ``output, h_n, cache``."""
     output, (h_n,), cache = _forward(_GRU(), x, params, [h0], num_layers, bidirectional,
-                                     batch_first, lengths, dropout_masks)
+                                     batch_first, lengths, dropout_masks, precision)
     return output, h_n, cache
 
 
