@@ -40,10 +40,13 @@ cdef inline int _gather_cell(fr_index s, fr_index b0, fr_index b1, const int64_t
                              floating *psv, fr_index sts, fr_index sbs, const floating *ph0,
                              int H_out, const floating *pc0, int H, int G, int cslot,
                              const floating **hprev, floating **orow, floating **srow,
-                             const floating **cprev, floating *pr, floating **rrow) noexcept nogil:
+                             const floating **cprev, floating *pr, floating **rrow,
+                             const floating *px, fr_index xts, fr_index xbs,
+                             const floating **xrows) noexcept nogil:
     """Row pointers of the sequences running at step s: h_{t-1}, h_t (output), the step's
-    saved row, (cslot > 0) c_{t-1}, the c slot of the step before or c0, and the row's own
-    scratch row of pr (G·H wide: the same row whatever the split)."""
+    saved row, (cslot > 0) c_{t-1}, the c slot of the step before or c0, the row's own
+    scratch row of pr (G·H wide: the same row whatever the split) and, if px is not NULL,
+    x_t."""
     cdef int m = 0
     cdef fr_index b, t
     for b in range(b0, b1):
@@ -53,6 +56,8 @@ cdef inline int _gather_cell(fr_index s, fr_index b0, fr_index b1, const int64_t
             srow[m] = psv + t * sts + b * sbs
             if pr != NULL:
                 rrow[m] = pr + b * G * H
+            if px != NULL:
+                xrows[m] = px + t * xts + b * xbs
             if s == 0:
                 hprev[m] = ph0 + b * H_out
                 if cslot:
@@ -63,19 +68,6 @@ cdef inline int _gather_cell(fr_index s, fr_index b0, fr_index b1, const int64_t
                     cprev[m] = srow[m] + (sts if reverse else -sts) + cslot
             m += 1
     return m
-
-
-cdef inline void _x_rows(fr_index s, fr_index b0, fr_index b1, const int64_t *plen,
-                         bint reverse, const floating *px, fr_index xts, fr_index xbs,
-                         const floating **xrows) noexcept nogil:
-    """x_t of the sequences running at step s, in _gather_cell's order."""
-    cdef int m = 0
-    cdef fr_index b, t
-    for b in range(b0, b1):
-        if s < plen[b]:
-            t = plen[b] - 1 - s if reverse else s
-            xrows[m] = px + t * xts + b * xbs
-            m += 1
 
 
 cdef int _check_cell(int cell, Py_ssize_t *save_shape, Py_ssize_t *save_strides,
@@ -238,14 +230,13 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
                 for s in range(max_len):
                     m = _gather_cell(s, pt.b0, pt.b1, plen, reverse, po, ts, bs, psv, sts, sbs,
                                      ph0, H_out, pc0, H, G, cslot, hprev, orow, srow,
-                                     cprev, r_rows, rrow) if ok else 0
+                                     cprev, r_rows, rrow, px, xts, xbs, xrows) if ok else 0
                     if m == 0 and not sp.by_columns:
                         break  # the slice's sequences have all ended
                     for i in range(m):
                         hrow[i] = srow[i] + mslot if proj else orow[i]
                     if px != NULL:
                         if m > 0 and pt.j1 > pt.j0:  # P_t of this part's gates, in place
-                            _x_rows(s, pt.b0, pt.b1, plen, reverse, px, xts, xbs, xrows)
                             kernels.input_step(ks, m, I, G * pt.j0, G * pt.j1, xrows, pwi,
                                                pbias, srow)
                     else:  # this step's P (read by the epilogue) arrives while the product runs
@@ -457,7 +448,7 @@ def cell_backward(int cell, const floating[:, :, :] save not None,
                 for s in range(max_len - 1, -1, -1):
                     m = _gather_cell(s, pt.b0, pt.b1, plen, reverse, po, ts, bs, psv, sts, sbs,
                                      ph0, H_out, pc0, H, G, cslot, hprev, orow, srow,
-                                     cprev, NULL, unused) if ok else 0
+                                     cprev, NULL, unused, NULL, 0, 0, NULL) if ok else 0
                     if m == 0 and not sp.by_columns:
                         continue  # no sequence of the slice has reached step s yet
                     b = 0

@@ -29,10 +29,19 @@ from fastrnn._kernels cimport (FASTRNN_COLUMN_GRANULE, FR_COMPILER, FR_OPENMP_EN
                                fr_spin_barrier, fr_spin_wait, fr_team_barrier, fr_team_size)
 from fastrnn cimport _kernels as kernels
 
-cdef const fastrnn_kernels *_selected = fastrnn_kernels_available()[0]
+cdef const fastrnn_kernels *_selected
 # The selected build with its bf16 table as f32: the loops' kernels for bfloat16 products
-cdef fastrnn_kernels _selected_bf16 = _selected[0]
-_selected_bf16.f32 = _selected.bf16
+cdef fastrnn_kernels _selected_bf16
+
+
+cdef void _select(const fastrnn_kernels *build) noexcept:
+    global _selected, _selected_bf16
+    _selected = build
+    _selected_bf16 = build[0]
+    _selected_bf16.f32 = build.bf16
+
+
+_select(fastrnn_kernels_available()[0])
 
 
 cdef const fastrnn_kernels *_kernels_for(bint bf16, size_t itemsize) except NULL:
@@ -76,14 +85,11 @@ def available_kernels():
 
 def select_kernels(str name):
     """Use the kernel build called ``name`` (one of :func:`available_kernels`)."""
-    global _selected, _selected_bf16
     cdef const fastrnn_kernels **table = fastrnn_kernels_available()
     cdef int i = 0
     while table[i] != NULL:
         if table[i].name.decode() == name:
-            _selected = table[i]
-            _selected_bf16 = _selected[0]
-            _selected_bf16.f32 = _selected.bf16
+            _select(table[i])
             return
         i += 1
     raise ValueError(f"kernel {name!r} is not available on this CPU; "
@@ -93,12 +99,6 @@ def select_kernels(str name):
 def selected_kernels():
     """Name of the kernel build in use."""
     return _selected.name.decode()
-
-
-def native_bfloat16():
-    """True if the kernel build in use multiplies bfloat16 with the CPU's own instruction
-    (AVX512_BF16); otherwise bfloat16 products round their operands for float32 kernels."""
-    return _selected.name.decode().endswith("_bf16")
 
 
 include "_checks.pxi"

@@ -244,16 +244,23 @@ static void FR_P(block)(int M, int ncols, fr_index kb, fr_index kc, FR_P(asrc) a
         const int mr = M - i0 < FR_MR ? M - i0 : FR_MR;
         const int np = mr == FR_MR ? 1 : FR_P(panels_for_rows)(mr);
         FR_P(asrc) at = {NULL, apack + i0 / FR_MR * astride, FR_MR};
+        /* row-major A as the tile reads it: in place, or (bf16) this row block's K block
+         * converted, once for all the panels */
+        FR_P(asrc) ar = a;
+        int ai0 = i0;
+        fr_index akb = kb;
 #if FR_BF16
-        /* row-major A: this row block's K block converted, once for all the panels */
         REAL converted[FR_MR][KSTEP(KC) + 64 / sizeof(REAL)];
         const REAL *crows[FR_MR];
-        FR_P(asrc) ar = {crows, converted[0], 0}; /* (at unread: GCC's bounds check) */
-        if (a.rows)
+        if (a.rows) {
             for (int r = 0; r < mr; r++) {
                 FR_P(bf16_row)(a.rows[i0 + r] + kb, (int)kc, converted[r]);
                 crows[r] = converted[r];
             }
+            ar = (FR_P(asrc)){crows, converted[0], 0}; /* (at unread: GCC's bounds check) */
+            ai0 = 0;
+            akb = 0;
+        }
 #endif
         for (int q = 0; q < npanels;) {
             /* the widest tile left (np, or a power of two below it: the tiles that exist) */
@@ -261,15 +268,9 @@ static void FR_P(block)(int M, int ncols, fr_index kb, fr_index kc, FR_P(asrc) a
             while (n > npanels - q) n /= 2;
             int cols = ncols - q * NR < n * NR ? ncols - q * NR : n * NR;
             if (a.rows)
-#if FR_BF16
-                FR_P(tile_dispatch)(mr, n, ar, 0, 0, kc, bp + q * panel_stride, panel_stride,
+                FR_P(tile_dispatch)(mr, n, ar, ai0, akb, kc, bp + q * panel_stride, panel_stride,
                                     cin ? cin + i0 : NULL, cout + i0, c_off + q * NR, cols,
                                     init, fin, bias ? bias + q * NR : NULL);
-#else
-                FR_P(tile_dispatch)(mr, n, a, i0, kb, kc, bp + q * panel_stride, panel_stride,
-                                    cin ? cin + i0 : NULL, cout + i0, c_off + q * NR, cols,
-                                    init, fin, bias ? bias + q * NR : NULL);
-#endif
             else
                 FR_P(tile_dispatch)(mr, n, at, 0, 0, kc, bp + q * panel_stride, panel_stride,
                                     cin ? cin + i0 : NULL, cout + i0, c_off + q * NR, cols,
