@@ -111,8 +111,10 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
     elsewhere); ``w_hr`` (H_out, H) is the LSTM's projection or None. ``c0``, ``c_n`` are
     None for a GRU. Given ``x`` (L, N, I) and ``w_ih`` (G·H, I) gate-interleaved (and
     ``bias`` (G·H,) or None), P_t is computed step by step into ``save`` instead, bitwise
-    as ``gemm`` would, just before the step reads it (``save`` need not hold it). The split is
-    recurrence_forward's; ``bf16`` as there.
+    as ``gemm`` would, just before the step reads it (``save`` need not hold it). Then
+    ``save`` may also have a time stride of 0 (one row per sequence, every step's in place:
+    nothing is kept for BPTT, and the rows stay in cache). The split is recurrence_forward's;
+    ``bf16`` as there.
     """
     _check_num_threads(num_threads)
     cdef const fastrnn_kernels *ks = _kernels_for(bf16, sizeof(floating))
@@ -155,11 +157,14 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
         xbs = x.strides[1] // sizeof(floating)
         px = &x[0, 0, 0]
         pbias = &bias[0] if bias is not None else NULL
-    if N == 0:
-        return
-    cdef fr_index ts = out.strides[0] // sizeof(floating), bs = out.strides[1] // sizeof(floating)
     cdef fr_index sts = save.strides[0] // sizeof(floating)
     cdef fr_index sbs = save.strides[1] // sizeof(floating)
+    if N == 0:
+        return
+    if sts == 0 and L > 1 and px == NULL:
+        raise ValueError("save with a time stride of 0 (a row per sequence, reused every step) "
+                         "needs x, w_ih: P would have nowhere to wait for its step")
+    cdef fr_index ts = out.strides[0] // sizeof(floating), bs = out.strides[1] // sizeof(floating)
     cdef floating *po = &out[0, 0, 0] if L > 0 else NULL
     cdef floating *psv = &save[0, 0, 0] if L > 0 else NULL
     cdef const floating *ph0 = &h0[0, 0]

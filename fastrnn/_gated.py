@@ -2,9 +2,10 @@
 ``_rnn.cell_forward`` / ``_rnn.cell_backward``; validation and the layer loop are _engine's.
 
 Per layer and direction, forward: the gates' input projection ``P = X W_ihᵀ + b`` as one GEMM
-over all L·N rows (with bfloat16 products and a batch of 8 rows per thread, step by step
-inside the recurrence instead), then the recurrence (per step ``h_{t-1} W_hhᵀ`` and the cell's
-epilogue, which saves the gate activations and c for BPTT). Backward: the recurrence of the
+over all L·N rows (with a batch of 8 rows per thread and bfloat16 products or no cache for
+BPTT, step by step inside the recurrence instead), then the recurrence (per step
+``h_{t-1} W_hhᵀ`` and the cell's epilogue, which saves the gate activations and c for BPTT;
+without a cache, into one row per sequence that every step reuses). Backward: the recurrence of the
 epilogue's derivative (dA, and for a GRU dR, the recurrent side's), then the weight
 gradients as GEMMs over all rows (``dW_ih = dAᵀX``, ``dW_hh = dRᵀH_prev`` on the outputs
 shifted in time, the biases' sums
@@ -65,11 +66,21 @@ def _cell_weights(cell, params, k, sizes):
     return w_ih, b, w_hh, b_hh, w_hr
 
 
-def _per_step(L, N, input_size, threads, bf16):
+def _per_step(L, N, input_size, threads, bf16, keep_cache):
     """The input projection inside the recurrence, step by step (``_rnn.projection_per_step``)
-    rather than one GEMM first? With bfloat16 products only, whose faster products make P's
-    round trip through memory a larger share (docs/performance.md)."""
-    return bf16 and _rnn.projection_per_step(L, N, input_size, threads)
+    rather than one GEMM first? With bfloat16 products, whose faster products make P's round
+    trip through memory a larger share, and without a cache for BPTT, where the saved rows
+    then shrink to one per sequence (docs/performance.md)."""
+    return (bf16 or not keep_cache) and _rnn.projection_per_step(L, N, input_size, threads)
+
+
+def _save_rows(L, N, W, dtype, step_rows):
+    """The rows cell_forward saves a step in: (L, N, W), or with ``step_rows`` one row per
+    sequence that every step reuses (a view of time stride 0; nothing is read after the call)."""
+    if not step_rows:
+        return np.empty((L, N, W), dtype=dtype)  # cell_forward zeroes the rows past a length
+    rows = np.empty((1, N, W), dtype=dtype)
+    return np.lib.stride_tricks.as_strided(rows, (L, N, W), (0,) + rows.strides[1:])
 
 
 def _save_width(cell, sizes):
@@ -106,9 +117,10 @@ def _forward(cell, x, params, states, num_layers, bidirectional, batch_first, le
         for d, k in enumerate(layer_keys(layer, bidirectional)):
             i = layer * D + d
             w_ih, b, w_hh, b_hh, w_hr = _cell_weights(cell, params, k, sizes)
-            save = np.empty((L, N, W), dtype=dtype)  # cell_forward zeroes the rows past a length
+            per_step = _per_step(L, N, inp.shape[2], threads, bf16, keep_cache)
+            save = _save_rows(L, N, W, dtype, per_step and not keep_cache)
             projection = {}
-            if _per_step(L, N, inp.shape[2], threads, bf16):
+            if per_step:
                 projection = dict(x=inp, w_ih=w_ih, bias=b)
             else:
                 _rnn.gemm(inp.reshape(L * N, inp.shape[2]), w_ih.T,

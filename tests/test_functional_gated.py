@@ -270,3 +270,71 @@ def test_gated_empty_batch(rng, cell_proj):
     assert out.shape == gy.shape and grad_x.shape == x.shape
     assert [f.shape for f in finals] == [s.shape for s in states]
     assert not any(g.any() for g in grads.values())
+
+
+@pytest.mark.parametrize("cell_proj", [pytest.param(("lstm", 0), id="lstm"),
+                                       pytest.param(("lstm", 40), id="lstm-proj"),
+                                       pytest.param(("gru", 0), id="gru")])
+@pytest.mark.parametrize("lengths_kind", [None, "ragged"], ids=["full", "ragged"])
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_gated_forward_without_cache_is_bitwise_the_cached_one(rng, kernel, cell_proj,
+                                                               lengths_kind, precision):
+    """Without a cache (eval), every step saves into one row per sequence and projects its
+    input step by step: the outputs and final states are bitwise those of the cached forward
+    (all L rows saved, the projection as one GEMM), for 1, 2 and 3 threads. 27 rows: 9 or
+    more per thread, so the eval forward takes that path on every thread count."""
+    cell, proj = cell_proj
+    dtype = np.float32
+    params = random_gated_params(rng, cell, 5, 48, 2, True, True, dtype, proj)
+    x, states, lengths, _, _ = _inputs(rng, cell, "time", lengths_kind, True, 2, True, dtype,
+                                       proj, seq_len=12, batch=27, input_size=5, hidden_size=48)
+    fwd = functional.lstm_forward if cell == "lstm" else functional.gru_forward
+    hx = tuple(states) if cell == "lstm" else states[0]
+    kwargs = dict(num_layers=2, bidirectional=True, lengths=lengths, precision=precision)
+    previous = fastrnn.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            fastrnn.set_num_threads(threads)
+            cached = fwd(x, params, hx, **kwargs)
+            uncached = fwd(x, params, hx, keep_cache=False, **kwargs)
+            assert cached[2] is not None and uncached[2] is None
+            for a, b in zip(_flat_forward(cached), _flat_forward(uncached)):
+                assert np.array_equal(a, b)
+    finally:
+        fastrnn.set_num_threads(previous)
+
+
+def _flat_forward(result):
+    out, finals, _ = result
+    return [out, *(finals if isinstance(finals, tuple) else (finals,))]
+
+
+@pytest.mark.parametrize("with_x", [False, True], ids=["P-given", "x-given"])
+def test_cell_forward_one_saved_row_needs_x(rng, with_x):
+    """A save of time stride 0 (one row per sequence, reused every step) cannot hold every
+    step's P: cell_forward refuses it unless it projects x itself."""
+    from fastrnn import _rnn
+    T, B, In, Hd, G = 4, 3, 5, 6, 4
+    rows = np.zeros((1, B, G * Hd + Hd), np.float32)
+    save = np.lib.stride_tricks.as_strided(rows, (T, B, rows.shape[2]), (0,) + rows.strides[1:])
+    out = np.zeros((T, B, Hd), np.float32)
+    h0, c0 = np.zeros((B, Hd), np.float32), np.zeros((B, Hd), np.float32)
+    h_n, c_n = np.zeros_like(h0), np.zeros_like(c0)
+    w_hh = rng.standard_normal((G * Hd, Hd)).astype(np.float32)
+    x = rng.standard_normal((T, B, In)).astype(np.float32)
+    w_ih = rng.standard_normal((G * Hd, In)).astype(np.float32)
+    lengths = np.full(B, T, np.int64)
+    projection = dict(x=x, w_ih=w_ih) if with_x else {}
+    call = lambda: _rnn.cell_forward(_rnn.LSTM, save, out, h0, c0, w_hh, None, None,  # noqa: E731
+                                     lengths, False, h_n, c_n, 1, **projection)
+    if not with_x:
+        with pytest.raises(ValueError, match="time stride of 0.*needs x"):
+            call()
+        return
+    call()
+    full = np.zeros((T, B, G * Hd + Hd), np.float32)
+    out_full, h_full, c_full = np.zeros_like(out), np.zeros_like(h0), np.zeros_like(c0)
+    _rnn.cell_forward(_rnn.LSTM, full, out_full, h0, c0, w_hh, None, None, lengths, False,
+                      h_full, c_full, 1, **projection)
+    assert np.array_equal(out, out_full) and np.array_equal(h_n, h_full)
+    assert np.array_equal(c_n, c_full)

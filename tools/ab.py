@@ -3,9 +3,10 @@ short blocks.
 
     git worktree add /tmp/before <rev> && (cd /tmp/before && python setup.py build_ext --inplace)
     python tools/ab.py /tmp/before [--cells rnn,lstm,gru] [--rounds 21] [--sizes M1,M2,L,M2-2L-bi]
+                       [--passes fwd,fwd+bwd] [--precision float32|bfloat16]
 
 Times the eval-mode forward and the training-mode forward + backward of the bench sizes
-(2 threads, float32) with the other build's package and this checkout's, alternating blocks
+(2 threads, float32 arrays, the products in --precision) with the other build's package and this checkout's, alternating blocks
 of about 0.08 s (their order swapped every round), and prints per row both medians and the
 median of the per-round ratios. One process, because the machine's speed differs between
 processes (the same build's M1 forward + backward measured 0.8 or 1.15 ms depending on the
@@ -59,7 +60,7 @@ def block_median(call, seconds):
     return float(np.median(times))
 
 
-def passes(package, cell, size):
+def passes(package, cell, size, precision):
     """{'fwd': call, 'fwd+bwd': call} of ``package``'s ``cell`` at ``size``, warmed up."""
     T, N, I, H, layers, bidirectional = SIZES[size]
     x = np.random.default_rng(0).standard_normal((T, N, I)).astype(np.float32)
@@ -67,6 +68,8 @@ def passes(package, cell, size):
     module = getattr(package, CELLS[cell])
     evaluating = module(I, H, layers, bidirectional=bidirectional, seed=0).eval()
     training = module(I, H, layers, bidirectional=bidirectional, seed=0)
+    if precision != "float32":  # (builds from before the precision= argument: float32 only)
+        evaluating.precision = training.precision = precision
 
     def fwd_bwd():
         training(x)
@@ -84,6 +87,9 @@ def main(argv=None):
     parser.add_argument("--cells", default="rnn")
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--sizes", default="M1,M2,L,M2-2L-bi")
+    parser.add_argument("--passes", default="fwd,fwd+bwd")
+    parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
+                        help="of the matrix products")
     parser.add_argument("--seconds", type=float, default=0.08, help="per block")
     args = parser.parse_args(argv)
     builds = dict(zip(("before", "after"), import_both(args.before)))
@@ -91,8 +97,9 @@ def main(argv=None):
         package.set_num_threads(2)
     print(f"before: {builds['before'].__file__}\nafter:  {builds['after'].__file__}")
     for cell, size in itertools.product(args.cells.split(","), args.sizes.split(",")):
-        calls = {tag: passes(package, cell, size) for tag, package in builds.items()}
-        for name in ("fwd", "fwd+bwd"):
+        calls = {tag: passes(package, cell, size, args.precision)
+                 for tag, package in builds.items()}
+        for name in args.passes.split(","):
             medians = {"before": [], "after": []}
             for r in range(args.rounds):
                 for tag in (("before", "after") if r % 2 == 0 else ("after", "before")):
