@@ -127,23 +127,9 @@ class _RecurrentFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, options, lengths, masks, x, h0, c0, *weights):
-        mode, names, num_layers, nonlinearity, bidirectional, batch_first, precision = options
-        params = {name: _numpy(w) for name, w in zip(names, weights)}
-        h0n, c0n = (None if s is None else _numpy(s) for s in (h0, c0))
-        kw = dict(num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
-                  lengths=lengths, dropout_masks=masks, precision=precision)
-        if mode == "LSTM":
-            output, states, cache = functional.lstm_forward(_numpy(x), params, (h0n, c0n), **kw)
-        elif mode == "GRU":
-            output, h_n, cache = functional.gru_forward(_numpy(x), params, h0n, **kw)
-            states = (h_n,)
-        else:
-            output, h_n, cache = functional.rnn_forward(_numpy(x), params, h0n,
-                                                        nonlinearity=nonlinearity, **kw)
-            states = (h_n,)
-        # functional returns the output read-only; torch's version counter guards it instead
-        output.flags.writeable = True
-        output = torch.from_numpy(output)
+        mode, names = options[:2]
+        output, states, cache = _recurrent_forward(options, lengths, masks, x, h0, c0, weights,
+                                                   keep_cache=True)
         ctx.mode, ctx.names = mode, names
         ctx.has_state = (h0 is not None, c0 is not None)
         ctx.set_materialize_grads(False)  # a None gradient (h_n unused, say) is not zeros to build
@@ -165,6 +151,28 @@ class _RecurrentFunction(torch.autograd.Function):
             f"that".encode(), len(tensors))
         delayed = iter(error(*(g.detach().requires_grad_() for g in tensors)))
         return tuple(None if g is None else next(delayed) for g in grads)
+
+
+def _recurrent_forward(options, lengths, masks, x, h0, c0, weights, keep_cache):
+    """The functional forward of ``_RecurrentFunction.apply``'s arguments: the output (a
+    tensor), the final states (arrays) and the cache (None without ``keep_cache``)."""
+    mode, names, num_layers, nonlinearity, bidirectional, batch_first, precision = options
+    params = {name: _numpy(w) for name, w in zip(names, weights)}
+    h0n, c0n = (None if s is None else _numpy(s) for s in (h0, c0))
+    kw = dict(num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
+              lengths=lengths, dropout_masks=masks, keep_cache=keep_cache, precision=precision)
+    if mode == "LSTM":
+        output, states, cache = functional.lstm_forward(_numpy(x), params, (h0n, c0n), **kw)
+    elif mode == "GRU":
+        output, h_n, cache = functional.gru_forward(_numpy(x), params, h0n, **kw)
+        states = (h_n,)
+    else:
+        output, h_n, cache = functional.rnn_forward(_numpy(x), params, h0n,
+                                                    nonlinearity=nonlinearity, **kw)
+        states = (h_n,)
+    # functional returns the output read-only; torch's version counter guards it instead
+    output.flags.writeable = True
+    return torch.from_numpy(output), states, cache
 
 
 def _module_name(mode):
@@ -329,9 +337,16 @@ class _Recurrent:
         options = (self.mode, tuple(self._flat_weights_names), self.num_layers,
                    getattr(self, "nonlinearity", "tanh"), self.bidirectional, batch_first,
                    check_precision(self.precision))
-        return _RecurrentFunction.apply(options, lengths,
-                                        self._dropout_masks(seq_len, batch, weights[0]), x, h0,
-                                        c0, *weights)
+        masks = self._dropout_masks(seq_len, batch, weights[0])
+        tensors = (x, h0, c0, *weights)
+        if not (torch.is_grad_enabled()
+                and any(t is not None and t.requires_grad for t in tensors)):
+            # nothing to differentiate (no_grad, inference_mode, frozen weights and input):
+            # no cache for BPTT, so no copies of the arguments and no saved gates
+            output, states, _ = _recurrent_forward(options, lengths, masks, x, h0, c0, weights,
+                                                   keep_cache=False)
+            return (output, *(torch.from_numpy(s) for s in states))
+        return _RecurrentFunction.apply(options, lengths, masks, *tensors)
 
     def _forward_packed(self, input, hx, states, weights):
         """PackedSequence in and out, through padded time-major tensors and lengths."""

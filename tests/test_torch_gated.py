@@ -275,3 +275,42 @@ def test_from_torch_converts_lstm_and_gru_with_the_same_results():
     assert type(model.lstm) is ft.LSTM and type(model.gru) is ft.GRU
     assert_tensors_close(model.gru(model.lstm(x)[0])[0], before, torch.float32, "output")
     assert np.isfinite(before.numpy()).all()
+
+
+@pytest.mark.parametrize("cell", WITH_RNN)
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode", "frozen"])
+def test_forward_without_autograd_keeps_no_cache(cell, context, monkeypatch):
+    """With nothing to differentiate (torch.no_grad, inference_mode, or neither the input nor
+    any weight requiring a gradient) the forward keeps no BPTT cache, and its results are
+    bitwise those of the forward autograd records; 27 rows, ragged, 2 layers, bidirectional
+    (for the gated cells the uncached forward saves one row per sequence)."""
+    from fastrnn import functional
+    name, proj = cell
+    kwargs = dict(proj_size=proj) if proj else {}
+    module = getattr(ft, name)(I, H, num_layers=2, bidirectional=True, **kwargs)
+    x = torch.randn(L, 27, I)
+    lengths = torch.randint(1, L + 1, (27,))
+    lengths[0] = L
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+    recorded = module(packed)
+    keep = []
+    forward = getattr(functional, f"{name.lower()}_forward")
+
+    def spy(*args, **kw):
+        keep.append(kw.get("keep_cache", True))
+        return forward(*args, **kw)
+
+    monkeypatch.setattr(functional, f"{name.lower()}_forward", spy)
+    if context == "frozen":
+        for p in module.parameters():
+            p.requires_grad_(False)
+        got = module(packed)
+    else:
+        with getattr(torch, context)():
+            got = module(packed)
+    assert keep == [False]
+    out, finals = got[0].data, state_tensors(got[1])
+    assert out.grad_fn is None and not out.requires_grad
+    assert torch.equal(out, recorded[0].data)
+    for a, b in zip(finals, state_tensors(recorded[1])):
+        assert torch.equal(a, b)
