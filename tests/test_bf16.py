@@ -9,7 +9,7 @@ import pytest
 from _gated import gated_inputs, random_gated_params, run_gated
 from _helpers import make_inputs, random_params
 import fastrnn
-from fastrnn import functional, reference
+from fastrnn import _rnn, functional, reference
 
 CELLS = ["tanh", "relu", "lstm", "lstm-proj", "gru"]
 PROJ = 3
@@ -357,3 +357,19 @@ def test_bf16_stream_equals_the_bf16_forward(rng, default_precision, module_name
     fastrnn.set_matmul_precision("float32")
     assert made_under_bf16.precision == "bfloat16"
     assert np.array_equal(made_under_bf16(x), expected)
+
+
+def test_bf16_subnormals_are_zero_on_the_native_build_only(kernel):
+    """vdpbf16ps (the avx512_bf16 build) treats subnormal operands as zero and flushes
+    subnormal products; the rounding builds keep both, as the reference model does. float32
+    subnormals lie below 1.2e-38, far under anything an RNN's weights and states hold."""
+    tiny = np.full((8, 32), 1e-39, np.float32)   # subnormal operands (float32 and bf16)
+    small = np.full((8, 32), 1e-20, np.float32)  # normal operands, subnormal products 1e-39
+    ones, smaller = np.ones((32, 32), np.float32), np.full((32, 32), 1e-19, np.float32)
+    for a, b in ((tiny, ones), (small, smaller)):
+        c = np.zeros((8, 32), np.float32)
+        _rnn.gemm(a, b, c, None, False, 1, bf16=True)
+        if kernel == "avx512_bf16":
+            assert not c.any()
+        else:  # 32 products of about 1e-39: a normal sum near 3.2e-38
+            assert np.allclose(c, 3.2e-38, rtol=0.02, atol=0)
