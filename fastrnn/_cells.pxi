@@ -533,3 +533,37 @@ def cell_backward(int cell, const floating[:, :, :] save not None,
             memset(pdh + t * hts + b * hbs, 0, H_out * sizeof(floating))
             if pdr != NULL:
                 memset(pdr + t * rts + b * rbs, 0, G * H * sizeof(floating))
+
+
+def gru_recurrent_side(floating[:, :, :] grad_a not None, const floating[:, :, :] save not None,
+                       int num_threads=1):
+    """A GRU's dR (the gradient of h W_hhᵀ + b_hh) from its dA, in place in ``grad_a``
+    (L, N, 3H, gate-interleaved): they differ only in the n gate, where dR_n = dA_n ⊙ r, r
+    from ``save`` (L, N, ≥ 3H) as cell_forward left it; the product cell_backward forms for
+    ``grad_r``. For BPTT without an (L, N, 3H) array of dR: after dX has read dA."""
+    _check_num_threads(num_threads)
+    cdef fr_index L = grad_a.shape[0], N = grad_a.shape[1]
+    cdef int H = <int> (grad_a.shape[2] // 3)
+    if (grad_a.shape[2] != 3 * H or save.shape[0] != L or save.shape[1] != N
+            or save.shape[2] < 3 * H):
+        raise ValueError(f"grad_a must be (L, N, 3H) and save (L, N, >= 3H), got "
+                         f"{tuple(grad_a.shape[i] for i in range(3))} and "
+                         f"{tuple(save.shape[i] for i in range(3))}")
+    _check_strides("grad_a", grad_a.shape, grad_a.strides, 3, sizeof(floating), 2)
+    _check_strides("save", save.shape, save.strides, 3, sizeof(floating), 2)
+    if L == 0 or N == 0 or H == 0:
+        return
+    cdef fr_index row, jb
+    cdef int w, u
+    cdef floating *dn
+    cdef const floating *r
+    num_threads = threads_for(<double> L * N * H, num_threads)
+    for row in prange(L * N, nogil=True, num_threads=num_threads, schedule="static"):
+        jb = 0
+        while jb < H:  # each block of units: r at 3·jb, n at 3·jb + 2w
+            w = min(FASTRNN_COLUMN_GRANULE, H - jb)
+            dn = &grad_a[row // N, row % N, 3 * jb + 2 * w]
+            r = &save[row // N, row % N, 3 * jb]
+            for u in range(w):
+                dn[u] = dn[u] * r[u]
+            jb = jb + FASTRNN_COLUMN_GRANULE

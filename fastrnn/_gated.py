@@ -172,20 +172,6 @@ def _check_gated_cache(cache, cell):
     return check_cache(cache, _CACHE_KEYS, cell, layer_arrays)
 
 
-def _gru_recurrent_side(da, save, H):
-    """A GRU's dR (the gradient of h W_hhᵀ + b_hh) from its dA (L, N, 3H, gate-interleaved),
-    in place: they differ only in the n gate, where dR_n = dA_n ⊙ r (r saved by the forward);
-    the same products cell_backward forms. Strided views of the layout's blocks, no copies."""
-    L, N = da.shape[:2]
-    whole = H // GRANULE * GRANULE  # units in whole blocks of GRANULE: (r, z, n) each
-    blocks = (L, N, whole // GRANULE, 3, GRANULE)
-    da[:, :, :3 * whole].reshape(blocks)[..., 2, :] *= \
-        save[:, :, :3 * whole].reshape(blocks)[..., 0, :]
-    w = H - whole  # a last, partial block: r, z, n of w units each
-    if w:
-        da[:, :, 3 * whole + 2 * w:3 * H] *= save[:, :, 3 * whole:3 * whole + w]
-
-
 def _recurrent_weight_grads(dr, out, h0, lengths, reverse, dw_hh, db_hh, threads, bf16):
     """dW_hh = Σ dRᵀ H_prev and (db_hh not None) db_hh = Σ dR, with no array of H_prev.
 
@@ -279,7 +265,7 @@ def _backward(cell, cache, grad_output, grad_states):
         # from dA in place, now that dX has read it (no (L, N, D·3H) array of its own)
         for k, da_d, out_d, h0, reverse, save in recurrent:
             if not lstm:
-                _gru_recurrent_side(da_d, save, H)
+                _rnn.gru_recurrent_side(da_d, save, threads)
             dw_hh = np.empty((G * H, H_out), dtype=dtype)
             db_hh = np.empty(G * H, dtype=dtype) if sizes.bias and not lstm else None
             _recurrent_weight_grads(da_d, out_d, h0, lengths, reverse, dw_hh, db_hh, threads,

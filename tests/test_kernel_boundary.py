@@ -468,9 +468,8 @@ def test_cell_entry_points_refuse_projection_on_gru_and_grad_r_on_lstm():
 
 def test_gru_backward_without_grad_r_matches_and_gives_it_from_grad_a():
     """A GRU's grad_r=None keeps dR in scratch: every output is bitwise the same, and the
-    caller's dR from grad_a (n gate times the saved r) is the kernel's grad_r."""
-    from fastrnn._gated import _gru_recurrent_side
-
+    caller's dR from grad_a (n gate times the saved r: gru_recurrent_side, 1 or 2 threads)
+    is the kernel's grad_r."""
     kept = cell_backward_args("gru")
     scratch = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in kept.items()}
     scratch["grad_r"] = None
@@ -480,10 +479,22 @@ def test_gru_backward_without_grad_r_matches_and_gives_it_from_grad_a():
     _call_cell_backward(scratch)
     for name in ("grad_a", "grad_h", "grad_h0"):
         assert np.array_equal(scratch[name], kept[name]), name
-    dr = scratch["grad_a"].copy()
-    _gru_recurrent_side(dr, kept["save"], H)
-    assert np.array_equal(dr, kept["grad_r"])
-    assert not np.array_equal(dr, kept["grad_a"])
+    for threads in (1, 2):
+        dr = scratch["grad_a"].copy()
+        _rnn.gru_recurrent_side(dr, kept["save"], threads)
+        assert np.array_equal(dr, kept["grad_r"])
+        assert not np.array_equal(dr, kept["grad_a"])
+
+
+@pytest.mark.parametrize("grad_a,save", [
+    pytest.param((L, N, 3 * H + 1), (L, N, 4 * H), id="grad_a-not-3H"),
+    pytest.param((L, N, 3 * H), (L, N, 3 * H - 1), id="save-too-narrow"),
+    pytest.param((L, N, 3 * H), (L - 1, N, 4 * H), id="save-too-few-steps"),
+    pytest.param((L, N, 3 * H), (L, N + 1, 4 * H), id="save-too-many-rows"),
+])
+def test_gru_recurrent_side_refuses_mismatched_arrays(grad_a, save):
+    with pytest.raises(ValueError, match="grad_a must be"):
+        _rnn.gru_recurrent_side(np.zeros(grad_a, F), np.zeros(save, F))
 
 
 def _projection(kind, I=5):
