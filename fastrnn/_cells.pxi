@@ -311,7 +311,8 @@ def cell_backward(int cell, const floating[:, :, :] save not None,
     h W_hhᵀ + b_hh (None for an LSTM: it equals grad_a; None for a GRU too keeps it in two
     rows of scratch, one per step parity: it differs from grad_a only in the n gate, by the
     factor r, which the caller may apply to grad_a later); ``grad_h`` (L, N, H_out), dLoss/dh_t
-    (for the projection's gradient); ``grad_h0``, ``grad_c0`` the initial states'. The split
+    (for the projection's gradient; without one it may have a time stride of 0, a row per
+    sequence that every step reuses, as nothing reads it after its step); ``grad_h0``, ``grad_c0`` the initial states'. The split
     is cell_forward's; each row's arithmetic is the same for any split. ``bf16`` as there.
     """
     _check_num_threads(num_threads)

@@ -74,11 +74,11 @@ def _per_step(L, N, input_size, threads, bf16, keep_cache):
     return (bf16 or not keep_cache) and _rnn.projection_per_step(L, N, input_size, threads)
 
 
-def _save_rows(L, N, W, dtype, step_rows):
-    """The rows cell_forward saves a step in: (L, N, W), or with ``step_rows`` one row per
-    sequence that every step reuses (a view of time stride 0; nothing is read after the call)."""
-    if not step_rows:
-        return np.empty((L, N, W), dtype=dtype)  # cell_forward zeroes the rows past a length
+def _step_rows(L, N, W, dtype, reused):
+    """Rows a recurrence writes a step in: (L, N, W), or if ``reused`` one row per sequence
+    that every step reuses (a view of time stride 0: for what nothing reads after its step)."""
+    if not reused:
+        return np.empty((L, N, W), dtype=dtype)  # the kernels zero the rows past a length
     rows = np.empty((1, N, W), dtype=dtype)
     return np.lib.stride_tricks.as_strided(rows, (L, N, W), (0,) + rows.strides[1:])
 
@@ -118,7 +118,7 @@ def _forward(cell, x, params, states, num_layers, bidirectional, batch_first, le
             i = layer * D + d
             w_ih, b, w_hh, b_hh, w_hr = _cell_weights(cell, params, k, sizes)
             per_step = _per_step(L, N, inp.shape[2], threads, bf16, keep_cache)
-            save = _save_rows(L, N, W, dtype, per_step and not keep_cache)
+            save = _step_rows(L, N, W, dtype, per_step and not keep_cache)
             projection = {}
             if per_step:
                 projection = dict(x=inp, w_ih=w_ih, bias=b)
@@ -232,7 +232,8 @@ def _backward(cell, cache, grad_output, grad_states):
             w_ih, _, w_hh, _, w_hr = _cell_weights(cell, params, k, sizes)
             w_ihs.append(w_ih)
             save = cache["saves"][layer][d]
-            dh = np.empty((L, N, H_out), dtype=dtype)
+            # dLoss/dh_t: read after its step only by the projection's gradient
+            dh = _step_rows(L, N, H_out, dtype, not sizes.proj_size)
             _rnn.cell_backward(_KERNEL[cell.name], save, out[:, :, cols], d_out[:, :, cols],
                                states[0][i], states[1][i] if lstm else None, grad_states[0][i],
                                grad_states[1][i] if lstm else None, w_hh, w_hr, lengths, d == 1,
