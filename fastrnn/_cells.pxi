@@ -312,8 +312,9 @@ def cell_backward(int cell, const floating[:, :, :] save not None,
     rows of scratch, one per step parity: it differs from grad_a only in the n gate, by the
     factor r, which the caller may apply to grad_a later); ``grad_h`` (L, N, H_out), dLoss/dh_t
     (for the projection's gradient; without one it may have a time stride of 0, a row per
-    sequence that every step reuses, as nothing reads it after its step); ``grad_h0``, ``grad_c0`` the initial states'. The split
-    is cell_forward's; each row's arithmetic is the same for any split. ``bf16`` as there.
+    sequence that every step reuses, as nothing reads it after its step); ``grad_h0``,
+    ``grad_c0`` the initial states'. The split is cell_forward's; each row's arithmetic is
+    the same for any split. ``bf16`` as there.
     """
     _check_num_threads(num_threads)
     cdef const fastrnn_kernels *ks = _kernels_for(bf16, sizeof(floating))
