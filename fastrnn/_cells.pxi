@@ -555,17 +555,19 @@ def gru_recurrent_side(floating[:, :, :] grad_a not None, const floating[:, :, :
     _check_strides("save", save.shape, save.strides, 3, sizeof(floating), 2)
     if L == 0 or N == 0 or H == 0:
         return
-    cdef fr_index row, jb
-    cdef int w, u
+    cdef fr_index row
+    cdef int jb, w, u
     cdef floating *dn
     cdef const floating *r
     num_threads = threads_for(<double> L * N * H, num_threads)
     for row in prange(L * N, nogil=True, num_threads=num_threads, schedule="static"):
+        dn = &grad_a[row // N, row % N, 0]
+        r = &save[row // N, row % N, 0]
         jb = 0
         while jb < H:  # each block of units: r at 3·jb, n at 3·jb + 2w
             w = min(FASTRNN_COLUMN_GRANULE, H - jb)
-            dn = &grad_a[row // N, row % N, 3 * jb + 2 * w]
-            r = &save[row // N, row % N, 3 * jb]
             for u in range(w):
-                dn[u] = dn[u] * r[u]
+                dn[2 * w + u] = dn[2 * w + u] * r[u]
+            dn = dn + 3 * w
+            r = r + 3 * w
             jb = jb + FASTRNN_COLUMN_GRANULE

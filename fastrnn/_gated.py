@@ -5,11 +5,11 @@ Per layer and direction, forward: the gates' input projection ``P = X W_ihᵀ + 
 over all L·N rows (with a batch of 8 rows per thread and bfloat16 products or no cache for
 BPTT, step by step inside the recurrence instead), then the recurrence (per step
 ``h_{t-1} W_hhᵀ`` and the cell's epilogue, which saves the gate activations and c for BPTT;
-without a cache, into one row per sequence that every step reuses). Backward: the recurrence of the
-epilogue's derivative (dA, and for a GRU dR, the recurrent side's), then the weight
-gradients as GEMMs over all rows (``dW_ih = dAᵀX``, ``dW_hh = dRᵀH_prev`` on the outputs
-shifted in time, the biases' sums
-from the same reading, ``dW_hr = dhᵀM``) and ``dX = dA W_ih``.
+without a cache, into one row per sequence that every step reuses). Backward: the
+recurrence of the epilogue's derivative (dA, and for a GRU dR, the recurrent side's), then
+the weight gradients as GEMMs over all rows (``dW_ih = dAᵀX``, ``dW_hh = dRᵀH_prev`` on the
+outputs shifted in time, the biases' sums from the same reading, ``dW_hr = dhᵀM``) and
+``dX = dA W_ih``.
 
 The kernels take W_ih's and W_hh's rows gate-interleaved (src_c/cell_steps.h): permuted once
 per call here, and the gradients' rows permuted back to torch's order.

@@ -8,9 +8,10 @@ short blocks.
 Times the eval-mode forward and the training-mode forward + backward of the bench sizes
 (2 threads, float32 arrays, the products in --precision) with the other build's package and
 this checkout's, alternating blocks of about 0.08 s (their order swapped every round), and
-prints per row both medians and the median of the per-round ratios. One process, because the machine's speed differs between
-processes (the same build's M1 forward + backward measured 0.8 or 1.15 ms depending on the
-process) and over minutes: pairs of adjacent blocks cancel both.
+prints per row both medians and the median of the per-round ratios. One process, because
+the machine's speed differs between processes (the same build's M1 forward + backward
+measured 0.8 or 1.15 ms depending on the process) and over minutes: pairs of adjacent
+blocks cancel both.
 
 The other build is imported as the package ``fastrnn_before`` (a copy of its ``fastrnn/``
 in a temporary directory); its compiled modules register themselves in sys.modules under
