@@ -195,52 +195,70 @@ static inline fr_index FR_P(apack_stride)(fr_index kc) {
     return KSTEP(kc) * FR_MR + 64 / (fr_index)sizeof(REAL);
 }
 
+/* Rows g0 .. g1 of A transposed's K block (kb, kc) copied into apack (kc x FR_MR per row
+ * block, apack_stride apart): read in place, a row block's values sit one per row of the
+ * stored matrix (often a power of two apart), each k a cache and TLB miss; copied, they
+ * are read row by row, contiguously. While copying, the rows of op(A) are summed into
+ * a_sums (if not NULL), each sum in k order. */
+static void FR_P(copy_at)(int g0, int g1, fr_index kb, fr_index kc, FR_P(asrc) a,
+                          REAL *apack, REAL *a_sums) {
+    const fr_index astride = FR_P(apack_stride)(kc);
+    for (fr_index k = 0; k < kc; k += KUNIT) {
+        const REAL *src = a.at + (kb + k) * a.ldat;
+        if (k + 16 < kc) /* rows ahead: the hardware prefetchers miss this pattern */
+            for (int i = g0; i < g1; i += 64 / (int)sizeof(REAL))
+                for (int u = 0; u < KUNIT; u++) __builtin_prefetch(src + (16 + u) * a.ldat + i);
+#if FR_BF16
+        /* row k (and k + 1: a pair) converted a chunk at a time, then as below */
+        const REAL *next = KUNIT == 2 && k + 1 < kc ? src + a.ldat : NULL;
+        REAL chunk[CHUNK];
+        for (int c0 = g0; c0 < g1; c0 += CHUNK) {
+            const int n = g1 - c0 < CHUNK ? g1 - c0 : CHUNK;
+            FR_P(bf16_convert)(src + c0, next ? next + c0 : NULL, n, chunk);
+            REAL *dst = apack + c0 / FR_MR * astride + KSTEP(k) * FR_MR;
+            int i = 0;
+            for (; i + FR_MR <= n; i += FR_MR, dst += astride) /* constant: a register move */
+                memcpy(dst, chunk + i, FR_MR * sizeof(REAL));
+            if (i < n) memcpy(dst, chunk + i, (size_t)(n - i) * sizeof(REAL));
+        }
+        for (int u = 0; a_sums && u < KUNIT && k + u < kc; u++) /* k order, as below */
+            for (int i = g0; i < g1; i++) a_sums[i] += src[u * a.ldat + i];
+#else
+        int i0 = g0;
+        for (; i0 + FR_MR <= g1; i0 += FR_MR) /* a constant size: a register move */
+            memcpy(apack + i0 / FR_MR * astride + k * FR_MR, src + i0, FR_MR * sizeof(REAL));
+        if (i0 < g1)
+            memcpy(apack + i0 / FR_MR * astride + k * FR_MR, src + i0,
+                   (size_t)(g1 - i0) * sizeof(REAL));
+        if (a_sums) /* the row just read, in k order: each sum's order is fixed */
+            for (int i = g0; i < g1; i++) a_sums[i] += src[i];
+#endif
+    }
+}
+
+/* Rows of A transposed copied at a time: a group's copy (about 128 KiB) is read by its
+ * tiles while it is still in L2, where a whole K block's (1 MiB at M = 512) was not */
+static inline int FR_P(copy_group)(fr_index kc) {
+    const int rows = kc > 0 ? (int)((128 << 10) / ((size_t)KSTEP(kc) * KUNIT * sizeof(REAL)))
+                            : FR_MR; /* (kc <= KC: rows fits; kc = 0 copies nothing) */
+    return rows > FR_MR ? rows / FR_MR * FR_MR : FR_MR;
+}
+
 /* One K block (kb, kc) of one column block (ncols, packed panels at bp) for all M rows,
- * row block by row block, each swept across the panels. A transposed is first copied
- * into apack (kc x FR_MR per row block, apack_stride apart): read in place, a row block's
- * values sit one per row of the stored matrix (often a power of two apart), each k a
- * cache and TLB miss; copied, they are read row by row, contiguously. copy_a says whether
- * to copy (or apack holds this K block already); while copying, the rows of op(A) are
- * summed into a_sums if not NULL. */
+ * row block by row block, each swept across the panels. A transposed is read from apack;
+ * copy_a says whether to copy it there first (group by group, see copy_group) or apack
+ * holds this K block already; while copying, the rows of op(A) are summed into a_sums if
+ * not NULL. */
 static void FR_P(block)(int M, int ncols, fr_index kb, fr_index kc, FR_P(asrc) a,
                         REAL *apack, const REAL *bp, fr_index panel_stride,
                         const REAL *const *cin, REAL *const *cout, fr_index c_off, int init,
                         int fin, const REAL *bias, int copy_a, REAL *a_sums) {
     const int npanels = (ncols + NR - 1) / NR;
     const fr_index astride = FR_P(apack_stride)(kc);
-    if (copy_a)
-        for (fr_index k = 0; k < kc; k += KUNIT) {
-            const REAL *src = a.at + (kb + k) * a.ldat;
-            if (k + 16 < kc) /* rows ahead: the hardware prefetchers miss this pattern */
-                for (int i = 0; i < M; i += 64 / (int)sizeof(REAL))
-                    for (int u = 0; u < KUNIT; u++) __builtin_prefetch(src + (16 + u) * a.ldat + i);
-#if FR_BF16
-            /* row k (and k + 1: a pair) converted a chunk at a time, then as below */
-            const REAL *next = KUNIT == 2 && k + 1 < kc ? src + a.ldat : NULL;
-            REAL chunk[CHUNK];
-            for (int c0 = 0; c0 < M; c0 += CHUNK) {
-                const int n = M - c0 < CHUNK ? M - c0 : CHUNK;
-                FR_P(bf16_convert)(src + c0, next ? next + c0 : NULL, n, chunk);
-                REAL *dst = apack + c0 / FR_MR * astride + KSTEP(k) * FR_MR;
-                int i = 0;
-                for (; i + FR_MR <= n; i += FR_MR, dst += astride) /* constant: a register move */
-                    memcpy(dst, chunk + i, FR_MR * sizeof(REAL));
-                if (i < n) memcpy(dst, chunk + i, (size_t)(n - i) * sizeof(REAL));
-            }
-            for (int u = 0; a_sums && u < KUNIT && k + u < kc; u++) /* k order, as below */
-                for (int i = 0; i < M; i++) a_sums[i] += src[u * a.ldat + i];
-#else
-            int i0 = 0;
-            for (; i0 + FR_MR <= M; i0 += FR_MR) /* a constant size: a register move */
-                memcpy(apack + i0 / FR_MR * astride + k * FR_MR, src + i0, FR_MR * sizeof(REAL));
-            if (i0 < M)
-                memcpy(apack + i0 / FR_MR * astride + k * FR_MR, src + i0,
-                       (size_t)(M - i0) * sizeof(REAL));
-            if (a_sums) /* the row just read, in k order: each sum's order is fixed */
-                for (int i = 0; i < M; i++) a_sums[i] += src[i];
-#endif
-        }
+    const int group = copy_a ? FR_P(copy_group)(kc) : M;
     for (int i0 = 0; i0 < M; i0 += FR_MR) {
+        if (copy_a && i0 % group == 0)
+            FR_P(copy_at)(i0, M - i0 < group ? M : i0 + group, kb, kc, a, apack, a_sums);
         const int mr = M - i0 < FR_MR ? M - i0 : FR_MR;
         const int np = mr == FR_MR ? 1 : FR_P(panels_for_rows)(mr);
         FR_P(asrc) at = {NULL, apack + i0 / FR_MR * astride, FR_MR};
