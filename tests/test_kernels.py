@@ -16,13 +16,15 @@ from _helpers import DTYPES, assert_close_rel
 @pytest.mark.parametrize("a_trans", [False, True], ids=["a", "aT"])
 @pytest.mark.parametrize("b_layout", ["rows", "transposed-view"])
 @pytest.mark.parametrize("M,N,K", [(3, 5, 7), (17, 70, 600), (9, 530, 33), (40, 75, 1100),
-                                   (1, 300, 1000)],
-                         ids=["tiny", "k-blocks", "column-blocks", "long-reduction", "one-row"])
+                                   (1, 300, 1000), (150, 530, 1100)],
+                         ids=["tiny", "k-blocks", "column-blocks", "long-reduction", "one-row",
+                              "row-groups"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_compiled_gemm_matches_numpy(kernel, M, N, K, a_trans, b_layout, dtype):
     """The GEMM under every pass: op(a) either way, b row-major or a transposed view (packed
     from its rows), sizes past the K blocks (256, or 512 for float AVX-512), the column
-    blocks and ragged panels, one row for two threads; 2 threads give bitwise the result of
+    blocks and ragged panels, one row for two threads, aᵀ copied in several groups of rows
+    (64 at a 512-deep K block) with a partial last one; 2 threads give bitwise the result of
     one (with op(a) = aᵀ, they share the packing of b)."""
     from fastrnn import _rnn
 
@@ -41,8 +43,9 @@ def test_compiled_gemm_matches_numpy(kernel, M, N, K, a_trans, b_layout, dtype):
     assert np.array_equal(c, c1)
 
 
-@pytest.mark.parametrize("M,N,K", [(17, 70, 600), (9, 530, 33), (5, 0, 40), (6, 3, 0)],
-                         ids=["k-blocks", "column-blocks", "no-columns", "no-rows"])
+@pytest.mark.parametrize("M,N,K", [(17, 70, 600), (9, 530, 33), (5, 0, 40), (6, 3, 0),
+                                   (150, 530, 1100)],
+                         ids=["k-blocks", "column-blocks", "no-columns", "no-rows", "row-groups"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_compiled_gemm_sums_the_rows_of_op_a(kernel, M, N, K, dtype):
     """With op(a) = aᵀ, the GEMM also returns aᵀ's row sums (the bias gradient): each row
@@ -64,6 +67,34 @@ def test_compiled_gemm_sums_the_rows_of_op_a(kernel, M, N, K, dtype):
     with pytest.raises(ValueError, match="a_sums needs a_trans"):
         _rnn.gemm(np.ascontiguousarray(a.T), b, np.empty((M, N), dtype), None, False, 1, False,
                   np.empty(M, dtype))
+
+
+@pytest.mark.parametrize("a_trans", [False, True], ids=["a", "aT"])
+def test_compiled_bf16_gemm_is_the_product_of_rounded_operands(kernel, a_trans):
+    """bfloat16 products: op(a) @ b of the operands rounded to bfloat16, summed in float32
+    (within float32 rounding of the exact sum), past the K blocks, the column blocks and the
+    groups of aᵀ's rows copied at a time (with the pairs of k vdpbf16ps takes); aᵀ's row
+    sums stay the float32 sums of the unrounded values; 2 threads bitwise 1."""
+    from fastrnn import _rnn, reference
+
+    M, N, K = 150, 530, 1101
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((K, M) if a_trans else (M, K)).astype(np.float32)
+    b = rng.standard_normal((K, N)).astype(np.float32)
+    op_a = reference.round_to_bfloat16(a.T if a_trans else a).astype(np.float64)
+    expected = op_a @ reference.round_to_bfloat16(b).astype(np.float64)
+    results = []
+    for threads in (1, 2):
+        c = np.empty((M, N), np.float32)
+        sums = np.full(M, np.nan, np.float32) if a_trans else None
+        _rnn.gemm(a, b, c, None, False, threads, a_trans, sums, bf16=True)
+        assert_close_rel(c, expected, np.float32, name="bf16 gemm")
+        if a_trans:
+            assert_close_rel(sums, a.astype(np.float64).sum(axis=0), np.float32, name="sums")
+        results.append((c, sums))
+    assert np.array_equal(results[0][0], results[1][0])
+    if a_trans:
+        assert np.array_equal(results[0][1], results[1][1])
 
 
 @pytest.mark.parametrize("L,N,I,H,D", [(5, 7, 13, 40, 2), (40, 16, 9, 24, 2), (2, 3, 5, 530, 1),
