@@ -74,7 +74,7 @@ extensions = [
     # errno, so that loops calling it vectorise
     extension("fastrnn._ops", ["fastrnn/_ops.pyx"], ["-O3", "-fno-math-errno"]),
     # NumPy's allocator hook (NEP 49) is part of the 1.22+ C API
-    extension("fastrnn._memory", ["fastrnn/_memory.pyx"], ["-O2"],
+    extension("fastrnn._memory", ["fastrnn/_memory.pyx"], ["-O2"], include_dirs=["src_c"],
               macros=[("NPY_TARGET_VERSION", "NPY_1_23_API_VERSION")]),
 ]
 

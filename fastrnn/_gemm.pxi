@@ -56,7 +56,8 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
     cdef int team
     if a_trans and num_threads > 1:
         team_barrier.count = team_barrier.generation = 0
-        shared = <floating *> malloc(kernels.gemm_team_size(ks, K, N, pc) * sizeof(floating))
+        shared = <floating *> fr_aligned_alloc(
+            kernels.gemm_team_size(ks, K, N, pc) * sizeof(floating))
         if shared == NULL:
             raise MemoryError("could not allocate GEMM scratch")
         with nogil, parallel(num_threads=num_threads):
@@ -65,7 +66,7 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
                                     accumulate, psums, threadid(), team, shared,
                                     fr_team_barrier, &team_barrier) != 0:
                 failed[0] = 1
-        free(shared)
+        fr_aligned_free(shared)
         if failed[0]:
             raise MemoryError("could not allocate GEMM scratch")
         return
@@ -146,7 +147,7 @@ def weight_grads(const floating[:, ::1] da, const floating[:, :] x,
                 else:
                     hprev[K + t * N + n] = po + (t + 1 if t + 1 < ln else t) * ts + n * bs + H
     num_threads = threads_for(<double> K * M * (I + H), num_threads)
-    cdef floating *shared = <floating *> malloc(
+    cdef floating *shared = <floating *> fr_aligned_alloc(
         (kernels.gemm_team_size(ks, K, I, pdw_ih) + kernels.gemm_team_size(ks, K, H, pdw_ih))
         * sizeof(floating))
     if shared == NULL:
@@ -163,7 +164,7 @@ def weight_grads(const floating[:, ::1] da, const floating[:, :] x,
                                         &dw_hh[0, 0], pdb, threadid(), team, shared,
                                         fr_team_barrier, &team_barrier) != 0:
             failed[0] = 1
-    free(shared)
+    fr_aligned_free(shared)
     free(hprev)
     if failed[0]:
         raise MemoryError("could not allocate weight-gradient scratch")
@@ -171,9 +172,9 @@ def weight_grads(const floating[:, ::1] da, const floating[:, :] x,
 
 cdef floating *_packed_buffer(const fastrnn_kernels *ks, fr_index K, fr_index N,
                              floating *like) noexcept nogil:
-    """Room for a K×N matrix packed for the step kernels (free it); NULL if out of memory.
-    ``like`` only selects the type."""
-    return <floating *> malloc(kernels.packed_size(ks, K, N, like) * sizeof(floating))
+    """Room for a K×N matrix packed for the step kernels (fr_aligned_free it); NULL if out of
+    memory. ``like`` only selects the type."""
+    return <floating *> fr_aligned_alloc(kernels.packed_size(ks, K, N, like) * sizeof(floating))
 
 
 cdef void _pack_part(const fastrnn_kernels *ks, const floating *w, fr_index ld, fr_index K,

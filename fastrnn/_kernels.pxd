@@ -93,6 +93,10 @@ cdef extern from "kernels.h" nogil:
     const fastrnn_kernels **fastrnn_kernels_available()
     const fastrnn_kernels **fastrnn_kernels_compiled()
 
+cdef extern from "aligned_memory.h" nogil:
+    void *fr_aligned_alloc(size_t bytes) noexcept nogil
+    void fr_aligned_free(void *p) noexcept nogil
+
 cdef extern from "team.h" nogil:
     ctypedef struct fr_spin_barrier:
         int count

@@ -1,5 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""A cache of large freed NumPy data blocks, reused by later allocations of the same size.
+"""A cache of large freed NumPy data blocks, reused by later allocations of the same size,
+and every block aligned to a cache line (src_c/aligned_memory.h says why).
 
 A training step allocates the same large arrays every time (layer outputs, dA, gradients).
 Memory fresh from the operating system costs a page fault per page and the kernel's zeroing
@@ -19,12 +20,16 @@ import os
 from cpython.pycapsule cimport PyCapsule_New
 from cpython.pythread cimport (PyThread_acquire_lock, PyThread_allocate_lock,
                                PyThread_release_lock, PyThread_type_lock, WAIT_LOCK)
-from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memset, strncpy
 
 cimport numpy as cnp
 
 cnp.import_array()
+
+cdef extern from "aligned_memory.h" nogil:
+    void *fr_aligned_alloc(size_t bytes)
+    void *fr_aligned_realloc(void *p, size_t bytes)
+    void fr_aligned_free(void *p)
 
 cdef extern from *:
     """
@@ -43,7 +48,7 @@ cdef extern from *:
     void fr_advise_huge(void *p, size_t size) noexcept nogil
 
 cdef enum:
-    # blocks below this go straight to malloc/free (glibc keeps small blocks in its heap)
+    # blocks below this are not cached (glibc keeps small blocks in its heap)
     MIN_BLOCK = 1 << 18
     MAX_BLOCKS = 64
     # a block not taken back while this many others were cached is released: a training
@@ -104,10 +109,10 @@ cdef void *_count_live(void *p, size_t size) noexcept nogil:
 
 cdef void *_malloc(void *ctx, size_t size) noexcept nogil:
     if size < MIN_BLOCK:
-        return malloc(size)
+        return fr_aligned_alloc(size)
     cdef void *p = _take(size)
     if p == NULL:
-        p = malloc(size)
+        p = fr_aligned_alloc(size)
         if p != NULL:
             fr_advise_huge(p, size)
     return _count_live(p, size)
@@ -117,21 +122,18 @@ cdef void *_calloc(void *ctx, size_t nelem, size_t elsize) noexcept nogil:
     if elsize != 0 and nelem > (<size_t> -1) // elsize:
         return NULL
     cdef size_t size = nelem * elsize
-    if size < MIN_BLOCK:
-        return calloc(nelem, elsize)
-    # clearing a cached block is cheaper than faulting in fresh zero pages as they are written
-    cdef void *p = _take(size)
-    if p != NULL:
-        memset(p, 0, size)
-    else:
-        p = calloc(nelem, elsize)
-        if p != NULL:
+    cdef void *p = _take(size) if size >= MIN_BLOCK else NULL
+    if p == NULL:
+        p = fr_aligned_alloc(size)
+        if p != NULL and size >= MIN_BLOCK:
             fr_advise_huge(p, size)
-    return _count_live(p, size)
+    if p != NULL:
+        memset(p, 0, size)  # (no aligned calloc: as a cached block is cleared)
+    return _count_live(p, size) if size >= MIN_BLOCK else p
 
 
 cdef void *_realloc(void *ctx, void *ptr, size_t new_size) noexcept nogil:
-    return realloc(ptr, new_size)
+    return fr_aligned_realloc(ptr, new_size)
 
 
 cdef void _free(void *ctx, void *ptr, size_t size) noexcept nogil:
@@ -139,7 +141,7 @@ cdef void _free(void *ctx, void *ptr, size_t size) noexcept nogil:
     if ptr == NULL:
         return
     if size < MIN_BLOCK:
-        free(ptr)
+        fr_aligned_free(ptr)
         return
     cdef void *evicted[MAX_BLOCKS + 1]
     cdef int nevicted = 0, i
@@ -166,7 +168,7 @@ cdef void _free(void *ctx, void *ptr, size_t size) noexcept nogil:
         cached_bytes += size
     PyThread_release_lock(lock)
     for i in range(nevicted):  # outside the lock: returning memory to the system is slow
-        free(evicted[i])
+        fr_aligned_free(evicted[i])
 
 
 cdef cnp.PyDataMem_Handler handler
@@ -215,7 +217,7 @@ def empty_cache():
         peak_live_bytes = live_bytes
         PyThread_release_lock(lock)
         for i in range(n):
-            free(ptrs[i])
+            fr_aligned_free(ptrs[i])
     return released
 
 

@@ -12,6 +12,8 @@
 cimport numpy as cnp
 import numpy as np
 
+from fastrnn._memory import cached_allocation
+
 cnp.import_array()
 
 cdef enum:
@@ -239,13 +241,13 @@ cdef class StreamCore:
         cdef int l
         for l in range(self.plan.layers):
             if self.plan.w_ih != NULL:
-                free(self.plan.w_ih[l])
+                fr_aligned_free(self.plan.w_ih[l])
                 self.plan.w_ih[l] = NULL
             if self.plan.w_hh != NULL:
-                free(self.plan.w_hh[l])
+                fr_aligned_free(self.plan.w_hh[l])
                 self.plan.w_hh[l] = NULL
             if self.plan.w_hr != NULL:
-                free(self.plan.w_hr[l])
+                fr_aligned_free(self.plan.w_hr[l])
                 self.plan.w_hr[l] = NULL
 
     def _setup(self, int cell, int num_layers, int batch_size, int input_size,
@@ -276,11 +278,13 @@ cdef class StreamCore:
         self.plan.width = (0 if cell == STREAM_ELMAN else
                            G * hidden_size + hidden_size + (hidden_size if proj_size else 0))
         self.batch_first = batch_first
-        self._h = np.zeros((2, num_layers, batch_size, H_out), dtype=self.dtype)
-        self._save = np.zeros((2, num_layers, batch_size, self.plan.width), dtype=self.dtype)
-        self._r = np.zeros((batch_size, G * hidden_size if cell != STREAM_ELMAN else 0),
-                           dtype=self.dtype)
-        self._xstage = np.empty((batch_size, input_size), dtype=self.dtype)
+        with cached_allocation():  # cache-line aligned: a column split's threads share rows
+            self._h = np.zeros((2, num_layers, batch_size, H_out), dtype=self.dtype)
+            self._save = np.zeros((2, num_layers, batch_size, self.plan.width),
+                                  dtype=self.dtype)
+            self._r = np.zeros((batch_size, G * hidden_size if cell != STREAM_ELMAN else 0),
+                               dtype=self.dtype)
+            self._xstage = np.empty((batch_size, input_size), dtype=self.dtype)
         self._chunk = np.empty((0, batch_size, H_out), dtype=self.dtype)
         views = []
         for half in range(2):
@@ -305,19 +309,19 @@ cdef class StreamCore:
             raise MemoryError("could not allocate a stream")
 
     cdef void *_packed(self, w, fr_index K, fr_index N) except NULL:
-        """op(W)ᵀ of a row-major (N, K) ``w`` packed for the step kernels (malloc'd)."""
+        """op(W)ᵀ of a row-major (N, K) ``w`` packed for the step kernels (fr_aligned_free it)."""
         cdef cnp.ndarray a = np.ascontiguousarray(w, dtype=self.dtype)
         if a.ndim != 2 or a.shape[0] != N or a.shape[1] != K:
             raise ValueError(f"a stream's weight must have shape {(N, K)}, got "
                              f"{np.shape(w)}")
         cdef void *out
         if self.itemsize == 4:
-            out = malloc(kernels.packed_size(self.plan.ks, K, N, <float *> NULL) * 4)
+            out = fr_aligned_alloc(kernels.packed_size(self.plan.ks, K, N, <float *> NULL) * 4)
             if out != NULL:
                 kernels.pack(self.plan.ks, K, N, <const float *> cnp.PyArray_DATA(a), K, True,
                              <float *> out)
         else:
-            out = malloc(kernels.packed_size(self.plan.ks, K, N, <double *> NULL) * 8)
+            out = fr_aligned_alloc(kernels.packed_size(self.plan.ks, K, N, <double *> NULL) * 8)
             if out != NULL:
                 kernels.pack(self.plan.ks, K, N, <const double *> cnp.PyArray_DATA(a), K,
                              True, <double *> out)
@@ -359,13 +363,13 @@ cdef class StreamCore:
             self.plan.bias[layer] = self._vector(bias, GH, 2 * layer)
             self.plan.b_hh[layer] = self._vector(b_hh, GH, 2 * layer + 1)
         except BaseException:
-            free(wi)
-            free(wh)
-            free(wr)
+            fr_aligned_free(wi)
+            fr_aligned_free(wh)
+            fr_aligned_free(wr)
             raise
-        free(self.plan.w_ih[layer])
-        free(self.plan.w_hh[layer])
-        free(self.plan.w_hr[layer])
+        fr_aligned_free(self.plan.w_ih[layer])
+        fr_aligned_free(self.plan.w_hh[layer])
+        fr_aligned_free(self.plan.w_hr[layer])
         self.plan.w_ih[layer] = wi
         self.plan.w_hh[layer] = wh
         self.plan.w_hr[layer] = wr

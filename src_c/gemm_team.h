@@ -52,8 +52,8 @@ static int FR_P(gemm_at_team)(fr_index M, fr_index N, fr_index K, const REAL *A,
     const fr_index kc_max = K < KC ? (K > 0 ? K : 1) : KC;
     const fr_index half = FR_P(gemm_team_size)(K, N) / 2;
     REAL **crows = malloc((size_t)(rows > 0 ? rows : 1) * sizeof(REAL *));
-    REAL *apack = malloc((size_t)(FR_P(apack_stride)(kc_max) * ((rows + FR_MR - 1) / FR_MR) + 1) *
-                         sizeof(REAL));
+    REAL *apack = fr_aligned_alloc(
+        (size_t)(FR_P(apack_stride)(kc_max) * ((rows + FR_MR - 1) / FR_MR) + 1) * sizeof(REAL));
     /* out of memory: still pack and meet the others at every barrier, compute nothing */
     const int ok = crows && apack;
     for (fr_index i = 0; ok && i < rows; i++) crows[i] = C + (i0 + i) * ldc;
@@ -76,7 +76,7 @@ static int FR_P(gemm_at_team)(fr_index M, fr_index N, fr_index K, const REAL *A,
                         jc == 0 && a_sums ? a_sums + i0 : NULL);
     }
     free(crows);
-    free(apack);
+    fr_aligned_free(apack);
     return ok ? 0 : -1;
 }
 
@@ -126,8 +126,9 @@ static int FR_P(weight_grads_at_team)(fr_index M, fr_index K, fr_index H, const 
     fr_index ablocks = 0;
     for (int g = 0; g < nseg; g++) ablocks += (seg[g + 1] - seg[g] + FR_MR - 1) / FR_MR;
     REAL **crows = malloc((size_t)(2 * rows + 1) * sizeof(REAL *));
-    REAL *apack = malloc((size_t)(astride_rows * ablocks + 1) * sizeof(REAL));
-    REAL *hpack = malloc((size_t)FR_P(packed_size)(kc_max, H < NC ? H : NC) * sizeof(REAL));
+    REAL *apack = fr_aligned_alloc((size_t)(astride_rows * ablocks + 1) * sizeof(REAL));
+    REAL *hpack =
+        fr_aligned_alloc((size_t)FR_P(packed_size)(kc_max, H < NC ? H : NC) * sizeof(REAL));
     /* out of memory: still pack and meet the others at every barrier, compute nothing */
     const int ok = crows && apack && hpack && seg[nseg] == i0 + rows;
     for (fr_index i = 0; ok && i < rows; i++) {
@@ -188,7 +189,7 @@ static int FR_P(weight_grads_at_team)(fr_index M, fr_index K, fr_index H, const 
         }
     }
     free(crows);
-    free(apack);
-    free(hpack);
+    fr_aligned_free(apack);
+    fr_aligned_free(hpack);
     return ok ? 0 : -1;
 }

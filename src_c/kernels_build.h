@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "aligned_memory.h"
 #include "kernels.h"
 
 #define FR_CAT_(a, b) a##_##b

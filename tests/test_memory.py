@@ -54,6 +54,22 @@ def test_zeros_from_a_reused_block_are_zero():
         assert not z.any()
 
 
+@pytest.mark.parametrize("n", [1, 3, 1000, BIG - 1, BIG])
+def test_blocks_are_cache_line_aligned_and_zeros_zero(n):
+    # every block starts a cache line (fresh, cached or small), calloc's as well, and a
+    # resized array keeps its values
+    with _memory.cached_allocation():
+        for reuse in range(2):
+            e, z = np.empty(n), np.zeros(n)
+            assert e.ctypes.data % 64 == 0 and z.ctypes.data % 64 == 0, reuse
+            assert not z.any()
+            e.fill(5.0)
+            del e, z
+        grown = np.arange(n, dtype=np.float64)
+        grown.resize(n + 7, refcheck=False)  # the handler's realloc
+        np.testing.assert_array_equal(grown[:n], np.arange(n))
+
+
 def test_small_arrays_are_not_cached():
     with _memory.cached_allocation():
         a = np.empty(1000)
