@@ -3,7 +3,7 @@
 The grid (seq_len T × batch N × input I × hidden H, float32):
 
 ====  ===================  ==========================================
-S     512 × 1 × 64 × 128   inference latency: forward only, eval mode
+S     512 × 1 × 64 × 128   batch 1, a long sequence: latency-bound
 M1    50 × 32 × 64 × 128
 M2    100 × 64 × 128 × 256
 L     200 × 16 × 256 × 512
@@ -28,7 +28,7 @@ __all__ = ["Size", "GRID", "DEFAULT_SIZES", "PASSES", "CELLS", "parse_sizes", "p
 
 # name -> (T, N, I, H, passes)
 GRID = {
-    "S": (512, 1, 64, 128, ("fwd",)),  # inference latency: batch 1, long sequence
+    "S": (512, 1, 64, 128, ("fwd", "fwd+bwd")),  # batch 1, a long sequence: latency-bound
     "M1": (50, 32, 64, 128, ("fwd", "fwd+bwd")),
     "M2": (100, 64, 128, 256, ("fwd", "fwd+bwd")),
     "L": (200, 16, 256, 512, ("fwd", "fwd+bwd")),
