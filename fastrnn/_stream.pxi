@@ -12,8 +12,6 @@
 cimport numpy as cnp
 import numpy as np
 
-from fastrnn._memory import cached_allocation
-
 cnp.import_array()
 
 cdef enum:
@@ -278,13 +276,11 @@ cdef class StreamCore:
         self.plan.width = (0 if cell == STREAM_ELMAN else
                            G * hidden_size + hidden_size + (hidden_size if proj_size else 0))
         self.batch_first = batch_first
-        with cached_allocation():  # cache-line aligned: a column split's threads share rows
-            self._h = np.zeros((2, num_layers, batch_size, H_out), dtype=self.dtype)
-            self._save = np.zeros((2, num_layers, batch_size, self.plan.width),
-                                  dtype=self.dtype)
-            self._r = np.zeros((batch_size, G * hidden_size if cell != STREAM_ELMAN else 0),
-                               dtype=self.dtype)
-            self._xstage = np.empty((batch_size, input_size), dtype=self.dtype)
+        self._h = np.zeros((2, num_layers, batch_size, H_out), dtype=self.dtype)
+        self._save = np.zeros((2, num_layers, batch_size, self.plan.width), dtype=self.dtype)
+        self._r = np.zeros((batch_size, G * hidden_size if cell != STREAM_ELMAN else 0),
+                           dtype=self.dtype)
+        self._xstage = np.empty((batch_size, input_size), dtype=self.dtype)
         self._chunk = np.empty((0, batch_size, H_out), dtype=self.dtype)
         views = []
         for half in range(2):

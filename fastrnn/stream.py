@@ -19,6 +19,7 @@ from ._engine import CELLS, ELMAN, LSTM, check_float_array, check_params
 from ._gated import _KERNEL as _GATED_KERNEL, _cell_weights
 from .functional import _stacked_input_weights
 from ._layout import layer_keys
+from ._memory import cached_allocation
 from .precision import PRECISIONS, resolve
 from ._validate import _check_size
 
@@ -69,10 +70,11 @@ class Stream(_rnn.StreamCore):
         bf16 = resolve(module.precision if precision is None else precision, module.dtype)
         self._cell = CELLS[module._cell]
         self.module = module
-        self._setup(_KERNEL[self._cell.name], module.num_layers, batch_size, module.input_size,
-                    module.hidden_size, module.proj_size, module.dtype,
-                    getattr(module, "nonlinearity", "") == "relu",
-                    module.batch_first and not _time_major, bf16)
+        with cached_allocation():  # its buffers cache-line aligned: the threads share rows
+            self._setup(_KERNEL[self._cell.name], module.num_layers, batch_size,
+                        module.input_size, module.hidden_size, module.proj_size, module.dtype,
+                        getattr(module, "nonlinearity", "") == "relu",
+                        module.batch_first and not _time_major, bf16)
         self._versions = None
         self.refresh()
         self.reset(h0)
