@@ -1,9 +1,10 @@
 # The gated cells' recurrences (included by _rnn.pyx): LSTM and GRU on the engine's parts.
-# Per step, for the rows still running: R = h_{t-1} W_hhᵀ (input_step on W_hh packed with
-# gate-interleaved rows, see src_c/cell_steps.h), the cell's epilogue (gates, c, h), and with
-# a projection h = m W_hrᵀ; backward the epilogue's derivative and g = dR · W_hh. The split
-# (batch slices, or hidden units with a barrier per step) and the gathering by lengths and
-# direction are _policy.pxi's; what a cell adds is its gates and its two kernels.
+# Per step, for the rows still running: R = h_{t-1} W_hhᵀ (input_step on W_hh packed from
+# torch's gate order into gate-interleaved columns, see src_c/cell_steps.h), the cell's
+# epilogue (gates, c, h), and with a projection h = m W_hrᵀ; backward the epilogue's
+# derivative and g = dR · W_hh. The split (batch slices, or hidden units with a barrier per
+# step) and the gathering by lengths and direction are _policy.pxi's; what a cell adds is
+# its gates and its two kernels.
 
 cdef enum:
     CELL_LSTM = 0
@@ -18,6 +19,32 @@ def cell_gates(int cell):
 
 
 LSTM, GRU = CELL_LSTM, CELL_GRU
+
+
+def gate_rows(int gates, int hidden_size):
+    """The kernels' gate-interleaved order of a gated cell's G·H weight rows or bias entries
+    (src_c/cell_steps.h): an index array ``rows``, torch's row ``rows[c]`` at position c."""
+    if gates < 1 or hidden_size < 0:
+        raise ValueError(f"gates must be positive and hidden_size not negative, got {gates} "
+                         f"and {hidden_size}")
+    cdef fr_index *order = _gate_rows(gates, hidden_size)
+    if order == NULL:
+        raise MemoryError("could not allocate the gate order")
+    rows = np.empty(gates * hidden_size, dtype=np.intp)
+    cdef Py_ssize_t c
+    for c in range(gates * hidden_size):
+        rows[c] = order[c]
+    free(order)
+    return rows
+
+
+cdef fr_index *_gate_rows(int G, int H) noexcept nogil:
+    """fr_gate_rows' order of G·H rows (free it), NULL if out of memory: the kernels read a
+    cell's weights in torch's row order through it."""
+    cdef fr_index *rows = <fr_index *> malloc(max(1, G * H) * sizeof(fr_index))
+    if rows != NULL:
+        fr_gate_rows(G, H, rows)
+    return rows
 
 
 cdef _Split _split_cell(fr_index L, fr_index N, int H, int G, int H_out,
@@ -106,11 +133,12 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
     then c (LSTM) or W_hn h + b_hn (GRU), then (with ``w_hr``) m = o⊙tanh(c): what BPTT
     reads. ``out`` (L, N, H_out) receives h (zero past each length), ``h_n`` (N, H_out) and,
     for an LSTM, ``c_n`` (N, H) the states at each sequence's last step (h0, c0 for a length
-    of 0); past each length ``save``'s rows are zeroed. ``w_hh`` (G·H, H_out) is
-    gate-interleaved; ``b_hh`` (G·H,) or None is added to h W_hhᵀ (the GRU's b_hn; zero
-    elsewhere); ``w_hr`` (H_out, H) is the LSTM's projection or None. ``c0``, ``c_n`` are
-    None for a GRU. Given ``x`` (L, N, I) and ``w_ih`` (G·H, I) gate-interleaved (and
-    ``bias`` (G·H,) or None), P_t is computed step by step into ``save`` instead, bitwise
+    of 0); past each length ``save``'s rows are zeroed. ``w_hh`` (G·H, H_out) is in
+    torch's gate order (packed gate-interleaved: ``gate_rows``); ``b_hh`` (G·H,) or None,
+    gate-interleaved, is added to h W_hhᵀ (the GRU's b_hn; zero elsewhere); ``w_hr``
+    (H_out, H) is the LSTM's projection or None. ``c0``, ``c_n`` are None for a GRU. Given
+    ``x`` (L, N, I) and ``w_ih`` (G·H, I) in torch's gate order (and ``bias`` (G·H,),
+    gate-interleaved, or None), P_t is computed step by step into ``save`` instead, bitwise
     as ``gemm`` would, just before the step reads it (``save`` need not hold it). Then
     ``save`` may also have a time stride of 0 (one row per sequence, every step's in place:
     nothing is kept for BPTT, and the rows stay in cache). The split is recurrence_forward's;
@@ -199,20 +227,23 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
     cdef floating *r_rows = <floating *> fr_aligned_alloc(N * G * H * sizeof(floating))
     cdef const floating *pw_ih = &w_ih[0, 0] if px != NULL else NULL
     cdef floating *pwi = _packed_buffer(ks, I, G * H, po) if px != NULL else NULL
-    if pw == NULL or (proj and pwr == NULL) or r_rows == NULL or (px != NULL and pwi == NULL):
+    cdef fr_index *gate_rows = _gate_rows(G, H)
+    if (pw == NULL or (proj and pwr == NULL) or r_rows == NULL or (px != NULL and pwi == NULL)
+            or gate_rows == NULL):
         fr_aligned_free(pw)
         fr_aligned_free(pwr)
         fr_aligned_free(pwi)
         fr_aligned_free(r_rows)
+        free(gate_rows)
         raise MemoryError("could not allocate the packed weights of the recurrence")
     with nogil, parallel(num_threads=sp.nthreads):
         team = fr_team_size()
         tid = threadid()
-        _pack_part(ks, pw_hh, H_out, H_out, G * H, True, pw, tid, team)
+        _pack_part(ks, pw_hh, H_out, H_out, G * H, True, gate_rows, pw, tid, team)
         if proj:
-            _pack_part(ks, pw_hr, H, H, H_out, True, pwr, tid, team)
+            _pack_part(ks, pw_hr, H, H, H_out, True, NULL, pwr, tid, team)
         if px != NULL:
-            _pack_part(ks, pw_ih, I, I, G * H, True, pwi, tid, team)
+            _pack_part(ks, pw_ih, I, I, G * H, True, gate_rows, pwi, tid, team)
         fr_spin_wait(&pack_barrier, team)
         hprev = <const floating **> malloc(sp.slice_rows * sizeof(floating *))
         cprev = <const floating **> malloc(sp.slice_rows * sizeof(floating *))
@@ -278,6 +309,7 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
     fr_aligned_free(pwr)
     fr_aligned_free(pwi)
     fr_aligned_free(r_rows)
+    free(gate_rows)
     if failed[0]:
         raise MemoryError("could not allocate per-thread scratch for the recurrence")
     for b in range(N):
@@ -305,15 +337,16 @@ def cell_backward(int cell, const floating[:, :, :] save not None,
     """BPTT of :func:`cell_forward` over one direction, backwards in time.
 
     Reads what the forward saved (``save``, ``out``) and its ``h0``, ``c0``; ``grad_out``
-    (L, N, H_out) is dLoss/dh_t, ``grad_h_n``, ``grad_c_n`` those of the final states.
-    Receives, zero past each length: ``grad_a`` (L, N, G·H), the gradient of the gates'
-    input pre-activations x W_ihᵀ + b_ih (gate-interleaved); for a GRU ``grad_r``, that of
-    h W_hhᵀ + b_hh (None for an LSTM: it equals grad_a; None for a GRU too keeps it in two
-    rows of scratch, one per step parity: it differs from grad_a only in the n gate, by the
-    factor r, which the caller may apply to grad_a later); ``grad_h`` (L, N, H_out), dLoss/dh_t
-    (for the projection's gradient; without one it may have a time stride of 0, a row per
-    sequence that every step reuses, as nothing reads it after its step); ``grad_h0``,
-    ``grad_c0`` the initial states'. The split is cell_forward's; each row's arithmetic is
+    (L, N, H_out) is dLoss/dh_t, ``grad_h_n``, ``grad_c_n`` those of the final states;
+    ``w_hh``, ``w_hr`` are cell_forward's (W_hh in torch's gate order). Receives, zero past
+    each length: ``grad_a`` (L, N, G·H), the gradient of the gates' input pre-activations
+    x W_ihᵀ + b_ih (gate-interleaved); for a GRU ``grad_r``, that of h W_hhᵀ + b_hh (None for
+    an LSTM: it equals grad_a; None for a GRU too keeps it in two rows of scratch, one per
+    step parity: it differs from grad_a only in the n gate, by the factor r, which the
+    caller may apply to grad_a later); ``grad_h`` (L, N, H_out), dLoss/dh_t (for the
+    projection's gradient; without one it may have a time stride of 0, a row per sequence
+    that every step reuses, as nothing reads it after its step); ``grad_h0``, ``grad_c0``
+    the initial states'. The split is cell_forward's; each row's arithmetic is
     the same for any split. ``bf16`` as there.
     """
     _check_num_threads(num_threads)
@@ -410,14 +443,16 @@ def cell_backward(int cell, const floating[:, :, :] save not None,
     cdef bint dr_scratch = not lstm and grad_r is None
     cdef floating *drs = (<floating *> fr_aligned_alloc(2 * N * G * H * sizeof(floating))
                           if dr_scratch else NULL)
+    cdef fr_index *gate_rows = _gate_rows(G, H)
     if (pw == NULL or (proj and pwr == NULL) or g == NULL or dcs == NULL or dms == NULL
-            or (dr_scratch and drs == NULL)):
+            or (dr_scratch and drs == NULL) or gate_rows == NULL):
         fr_aligned_free(pw)
         fr_aligned_free(pwr)
         fr_aligned_free(g)
         fr_aligned_free(dcs)
         fr_aligned_free(dms)
         fr_aligned_free(drs)
+        free(gate_rows)
         raise MemoryError("could not allocate BPTT scratch")
     memcpy(g, &grad_h_n[0, 0], N * H_out * sizeof(floating))
     if lstm:
@@ -425,9 +460,9 @@ def cell_backward(int cell, const floating[:, :, :] save not None,
     with nogil, parallel(num_threads=sp.nthreads):
         team = fr_team_size()
         tid = threadid()
-        _pack_part(ks, pw_hh, H_out, G * H, H_out, False, pw, tid, team)
+        _pack_part(ks, pw_hh, H_out, G * H, H_out, False, gate_rows, pw, tid, team)
         if proj:
-            _pack_part(ks, pw_hr, H, H_out, H, False, pwr, tid, team)
+            _pack_part(ks, pw_hr, H, H_out, H, False, NULL, pwr, tid, team)
         fr_spin_wait(&pack_barrier, team)
         hprev = <const floating **> malloc(sp.slice_rows * sizeof(floating *))
         cprev = <const floating **> malloc(sp.slice_rows * sizeof(floating *))
@@ -519,6 +554,7 @@ def cell_backward(int cell, const floating[:, :, :] save not None,
             free(dm)
     fr_aligned_free(pw)
     fr_aligned_free(pwr)
+    free(gate_rows)
     if not failed[0]:
         memcpy(&grad_h0[0, 0], g, N * H_out * sizeof(floating))
         if lstm:

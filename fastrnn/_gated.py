@@ -11,8 +11,9 @@ the weight gradients as GEMMs over all rows (``dW_ih = dAᵀX``, ``dW_hh = dRᵀ
 outputs shifted in time, the biases' sums from the same reading, ``dW_hr = dhᵀM``) and
 ``dX = dA W_ih``.
 
-The kernels take W_ih's and W_hh's rows gate-interleaved (src_c/cell_steps.h): permuted once
-per call here, and the gradients' rows permuted back to torch's order.
+The kernels compute the gates gate-interleaved (src_c/cell_steps.h): they pack W_hh (and
+W_ih, for a projection step by step) from torch's order themselves; here the biases, and
+W_ih for the GEMMs of P and dX, are permuted, and the gradients' rows permuted back.
 """
 
 import functools
@@ -28,32 +29,33 @@ from ._memory import cached_allocation
 from .parallel import get_num_threads
 from .precision import resolve
 
-GRANULE = 32  # FASTRNN_COLUMN_GRANULE: the kernels' blocks of hidden units
 _KERNEL = {"LSTM": _rnn.LSTM, "GRU": _rnn.GRU}
 
 
 @functools.lru_cache(maxsize=64)
 def _interleave(gates, hidden_size):
     """(perm, inverse): row perm[c] of a torch-ordered (G·H, ·) weight is row c of the
-    gate-interleaved one; inverse undoes it."""
-    perm = []
-    for jb in range(0, hidden_size, GRANULE):
-        w = min(GRANULE, hidden_size - jb)
-        for q in range(gates):
-            perm.extend(range(q * hidden_size + jb, q * hidden_size + jb + w))
-    perm = np.array(perm, dtype=np.intp)
+    gate-interleaved one (the kernels' order, ``_rnn.gate_rows``); inverse undoes it."""
+    perm = _rnn.gate_rows(gates, hidden_size)
     inverse = np.argsort(perm)
     perm.flags.writeable = inverse.flags.writeable = False  # cached: shared by every call
     return perm, inverse
 
 
+def _interleaved(w, cell, sizes):
+    """A torch-ordered (G·H, ·) weight's rows gate-interleaved: W_ih for the GEMMs of P and
+    dX, which read it as it is stored."""
+    return np.ascontiguousarray(w[_interleave(cell.gates, sizes.hidden_size)[0]])
+
+
 def _cell_weights(cell, params, k, sizes):
-    """A direction's weights for the kernels, gate-interleaved: W_ih, b (P's bias or None),
-    W_hh, b_hh (added to h W_hhᵀ: the GRU's b_hn, else None), W_hr or None."""
+    """A direction's weights for the kernels: W_ih and W_hh (contiguous, torch's order), b
+    (P's bias, gate-interleaved, or None), b_hh (added to h W_hhᵀ: the GRU's b_hn,
+    gate-interleaved, else None), W_hr or None."""
     H = sizes.hidden_size
     perm = _interleave(cell.gates, H)[0]
-    w_ih = np.ascontiguousarray(np.asarray(params[f"weight_ih_{k}"])[perm])
-    w_hh = np.ascontiguousarray(np.asarray(params[f"weight_hh_{k}"])[perm])
+    w_ih = np.ascontiguousarray(params[f"weight_ih_{k}"])
+    w_hh = np.ascontiguousarray(params[f"weight_hh_{k}"])
     b = b_hh = None
     if sizes.bias:
         b_i, b_h = np.asarray(params[f"bias_ih_{k}"]), np.asarray(params[f"bias_hh_{k}"])
@@ -123,7 +125,7 @@ def _forward(cell, x, params, states, num_layers, bidirectional, batch_first, le
             if per_step:
                 projection = dict(x=inp, w_ih=w_ih, bias=b)
             else:
-                _rnn.gemm(inp.reshape(L * N, inp.shape[2]), w_ih.T,
+                _rnn.gemm(inp.reshape(L * N, inp.shape[2]), _interleaved(w_ih, cell, sizes).T,
                           save.reshape(L * N, W)[:, :G * H], b, False, threads, bf16=bf16)
             _rnn.cell_forward(_KERNEL[cell.name], save, out[:, :, d * H_out:(d + 1) * H_out],
                               states[0][i], states[1][i] if lstm else None, w_hh, b_hh, w_hr,
@@ -230,7 +232,7 @@ def _backward(cell, cache, grad_output, grad_states):
             i, cols, gcols = layer * D + d, slice(d * H_out, (d + 1) * H_out), \
                 slice(d * G * H, (d + 1) * G * H)
             w_ih, _, w_hh, _, w_hr = _cell_weights(cell, params, k, sizes)
-            w_ihs.append(w_ih)
+            w_ihs.append(_interleaved(w_ih, cell, sizes))
             save = cache["saves"][layer][d]
             # dLoss/dh_t: read after its step only by the projection's gradient
             dh = _step_rows(L, N, H_out, dtype, not sizes.proj_size)

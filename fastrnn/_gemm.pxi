@@ -178,12 +178,13 @@ cdef floating *_packed_buffer(const fastrnn_kernels *ks, fr_index K, fr_index N,
 
 
 cdef void _pack_part(const fastrnn_kernels *ks, const floating *w, fr_index ld, fr_index K,
-                     fr_index N, bint transpose, floating *packed, int part,
-                     int parts) noexcept nogil:
+                     fr_index N, bint transpose, const fr_index *rows, floating *packed,
+                     int part, int parts) noexcept nogil:
     """Share ``part`` of ``parts`` of packing op(W) (K×N) into ``packed``: a contiguous run
     of its panels, so that the threads of a region pack the weights together, each its own
     share, before a barrier (one thread alone would leave the others idle meanwhile).
-    W is row-major with row stride ld: K×N, or N×K read transposed if transpose."""
+    W is row-major with row stride ld: K×N, or N×K read transposed if transpose; ``rows``
+    (or NULL) reorders its stored rows as kernels.pack does."""
     cdef fr_index panel = kernels.packed_size(ks, 1, 1, packed)
     cdef fr_index panels = (N + panel - 1) // panel
     cdef fr_index j0 = panels * part // parts * panel
@@ -191,5 +192,12 @@ cdef void _pack_part(const fastrnn_kernels *ks, const floating *w, fr_index ld, 
     if j1 <= j0:
         return
     # columns j0 .. start where j0's columns of K take in the layout (bf16 packs pairs of K)
-    kernels.pack(ks, K, j1 - j0, w + (j0 * ld if transpose else j0), ld, transpose,
+    if transpose:  # columns j0 .. of op(W): W's (stored) rows j0 ..
+        if rows != NULL:
+            rows = rows + j0
+        else:
+            w = w + j0 * ld
+    else:
+        w = w + j0
+    kernels.pack(ks, K, j1 - j0, w, ld, transpose, rows,
                  packed + kernels.packed_size(ks, K, j0, packed))

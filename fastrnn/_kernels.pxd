@@ -26,7 +26,8 @@ cdef extern from "kernels.h" nogil:
                                     float *, float *, float *, int, int, float *,
                                     fr_barrier_fn, void *) noexcept nogil
         fr_index (*packed_size)(fr_index, fr_index) noexcept nogil
-        void (*pack)(fr_index, fr_index, const float *, fr_index, int, float *) noexcept nogil
+        void (*pack)(fr_index, fr_index, const float *, fr_index, int, const fr_index *,
+                     float *) noexcept nogil
         void (*rnn_step)(int, int, int, int, const float **, const float **, float **,
                          const float *, int) noexcept nogil
         void (*rnn_input_step)(int, int, int, int, int, const float **, const float *,
@@ -61,7 +62,7 @@ cdef extern from "kernels.h" nogil:
                                     double *, double *, double *, int, int, double *,
                                     fr_barrier_fn, void *) noexcept nogil
         fr_index (*packed_size)(fr_index, fr_index) noexcept nogil
-        void (*pack)(fr_index, fr_index, const double *, fr_index, int,
+        void (*pack)(fr_index, fr_index, const double *, fr_index, int, const fr_index *,
                      double *) noexcept nogil
         void (*rnn_step)(int, int, int, int, const double **, const double **, double **,
                          const double *, int) noexcept nogil
@@ -90,6 +91,7 @@ cdef extern from "kernels.h" nogil:
         fr_kernels_float bf16
 
     int FASTRNN_COLUMN_GRANULE
+    void fr_gate_rows(int G, int H, fr_index *rows) noexcept nogil
     const fastrnn_kernels **fastrnn_kernels_available()
     const fastrnn_kernels **fastrnn_kernels_compiled()
 
@@ -178,11 +180,12 @@ cdef inline fr_index packed_size(const fastrnn_kernels *ks, fr_index K, fr_index
 
 
 cdef inline void pack(const fastrnn_kernels *ks, fr_index K, fr_index N, const floating *B,
-                      fr_index ldb, int b_trans, floating *packed) noexcept nogil:
+                      fr_index ldb, int b_trans, const fr_index *rows,
+                      floating *packed) noexcept nogil:
     if floating is float:
-        ks.f32.pack(K, N, B, ldb, b_trans, packed)
+        ks.f32.pack(K, N, B, ldb, b_trans, rows, packed)
     else:
-        ks.f64.pack(K, N, B, ldb, b_trans, packed)
+        ks.f64.pack(K, N, B, ldb, b_trans, rows, packed)
 
 
 cdef inline void rnn_step(const fastrnn_kernels *ks, int M, int H, int j0, int j1,

@@ -171,9 +171,9 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
     with nogil, parallel(num_threads=sp.nthreads):
         team = fr_team_size()
         tid = threadid()
-        _pack_part(ks, pw_hh, H, H, H, True, pw, tid, team)
+        _pack_part(ks, pw_hh, H, H, H, True, NULL, pw, tid, team)
         if pwi != NULL:
-            _pack_part(ks, pw_ih, I, I, H, True, pwi, tid, team)
+            _pack_part(ks, pw_ih, I, I, H, True, NULL, pwi, tid, team)
         fr_spin_wait(&pack_barrier, team)
         hprev = <const floating **> malloc(sp.slice_rows * sizeof(floating *))
         rows = <floating **> malloc(sp.slice_rows * sizeof(floating *))
@@ -331,9 +331,9 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
     with nogil, parallel(num_threads=sp.nthreads):
         team = fr_team_size()
         tid = threadid()
-        _pack_part(ks, pw_hh, H, H, H, False, pw, tid, team)
+        _pack_part(ks, pw_hh, H, H, H, False, NULL, pw, tid, team)
         if pwo != NULL:
-            _pack_part(ks, pw_out_src, ld_out, K, H, False, pwo, tid, team)
+            _pack_part(ks, pw_out_src, ld_out, K, H, False, NULL, pwo, tid, team)
         fr_spin_wait(&pack_barrier, team)
         g = g_shared if sp.by_columns else <floating *> fr_aligned_alloc(
             sp.slice_rows * H * sizeof(floating) + 1)

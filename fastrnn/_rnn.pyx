@@ -26,8 +26,8 @@ from libc.string cimport memcmp, memcpy, memset
 from fastrnn._kernels cimport (FASTRNN_COLUMN_GRANULE, FR_COMPILER, FR_OPENMP_ENABLED,
                                FR_OPENMP_VERSION, fastrnn_kernels, fastrnn_kernels_available,
                                fastrnn_kernels_compiled, floating, fr_aligned_alloc,
-                               fr_aligned_free, fr_index, fr_prefetch, fr_spin_barrier,
-                               fr_spin_wait, fr_team_barrier, fr_team_size)
+                               fr_aligned_free, fr_gate_rows, fr_index, fr_prefetch,
+                               fr_spin_barrier, fr_spin_wait, fr_team_barrier, fr_team_size)
 from fastrnn cimport _kernels as kernels
 
 cdef const fastrnn_kernels *_selected

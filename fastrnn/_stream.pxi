@@ -304,23 +304,29 @@ cdef class StreamCore:
                 or self.plan.bias == NULL or self.plan.b_hh == NULL or self.plan.rows == NULL):
             raise MemoryError("could not allocate a stream")
 
-    cdef void *_packed(self, w, fr_index K, fr_index N) except NULL:
-        """op(W)ᵀ of a row-major (N, K) ``w`` packed for the step kernels (fr_aligned_free it)."""
+    cdef void *_packed(self, w, fr_index K, fr_index N, bint gated) except NULL:
+        """op(W)ᵀ of a row-major (N, K) ``w`` packed for the step kernels (fr_aligned_free
+        it); ``gated``: a gated cell's weight, its rows in torch's gate order."""
         cdef cnp.ndarray a = np.ascontiguousarray(w, dtype=self.dtype)
         if a.ndim != 2 or a.shape[0] != N or a.shape[1] != K:
             raise ValueError(f"a stream's weight must have shape {(N, K)}, got "
                              f"{np.shape(w)}")
-        cdef void *out
-        if self.itemsize == 4:
-            out = fr_aligned_alloc(kernels.packed_size(self.plan.ks, K, N, <float *> NULL) * 4)
-            if out != NULL:
-                kernels.pack(self.plan.ks, K, N, <const float *> cnp.PyArray_DATA(a), K, True,
-                             <float *> out)
-        else:
-            out = fr_aligned_alloc(kernels.packed_size(self.plan.ks, K, N, <double *> NULL) * 8)
-            if out != NULL:
-                kernels.pack(self.plan.ks, K, N, <const double *> cnp.PyArray_DATA(a), K,
-                             True, <double *> out)
+        cdef fr_index *rows = _gate_rows(self.plan.G, self.plan.H) if gated else NULL
+        cdef void *out = NULL
+        if rows != NULL or not gated:
+            if self.itemsize == 4:
+                out = fr_aligned_alloc(kernels.packed_size(self.plan.ks, K, N, <float *> NULL)
+                                       * 4)
+                if out != NULL:
+                    kernels.pack(self.plan.ks, K, N, <const float *> cnp.PyArray_DATA(a), K,
+                                 True, rows, <float *> out)
+            else:
+                out = fr_aligned_alloc(kernels.packed_size(self.plan.ks, K, N, <double *> NULL)
+                                       * 8)
+                if out != NULL:
+                    kernels.pack(self.plan.ks, K, N, <const double *> cnp.PyArray_DATA(a), K,
+                                 True, rows, <double *> out)
+        free(rows)
         if out == NULL:
             raise MemoryError("could not allocate a stream's packed weights")
         return out
@@ -337,9 +343,9 @@ cdef class StreamCore:
         return cnp.PyArray_DATA(a)
 
     def _load(self, int layer, w_ih, bias, w_hh, b_hh, w_hr):
-        """Pack one layer's weights, in the kernels' layout (gate-interleaved rows for a gated
-        cell): W_ih (G·H, K), P's bias (G·H,) or None, W_hh (G·H, H_out), R's bias or None,
-        W_hr (H_out, H) or None."""
+        """Pack one layer's weights: W_ih (G·H, K) and W_hh (G·H, H_out) in torch's gate
+        order, P's bias (G·H,) or None and R's bias or None gate-interleaved (as
+        ``cell_forward``'s), W_hr (H_out, H) or None."""
         if self.running:
             raise RuntimeError("this stream is running a step in another thread")
         if not 0 <= layer < self.plan.layers:
@@ -349,13 +355,14 @@ cdef class StreamCore:
         if (w_hr is not None) != self.plan.proj:
             raise ValueError("w_hr must be given exactly for a projected LSTM")
         # every array checked and packed before the layer's old weights are replaced
-        cdef void *wi = self._packed(w_ih, K, GH)
+        cdef bint gated = self.plan.cell != STREAM_ELMAN
+        cdef void *wi = self._packed(w_ih, K, GH, gated)
         cdef void *wh = NULL
         cdef void *wr = NULL
         try:
-            wh = self._packed(w_hh, self.plan.H_out, GH)
+            wh = self._packed(w_hh, self.plan.H_out, GH, gated)
             if w_hr is not None:
-                wr = self._packed(w_hr, self.plan.H, self.plan.H_out)
+                wr = self._packed(w_hr, self.plan.H, self.plan.H_out, False)
             self.plan.bias[layer] = self._vector(bias, GH, 2 * layer)
             self.plan.b_hh[layer] = self._vector(b_hh, GH, 2 * layer + 1)
         except BaseException:

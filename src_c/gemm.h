@@ -325,16 +325,18 @@ static inline void FR_P(pack_rows)(const REAL *row, const REAL *next, fr_index N
 }
 
 /* op(B) into panels of NR columns, k-major within a panel, zero-padded: op(B) = B[K, N]
- * (element (k, j) at B[k·ldb + j]) or, if b_trans, Bᵀ of B stored [N, K] (at B[j·ldb + k]). */
+ * (element (k, j) at B[k·ldb + j]) or, if b_trans, Bᵀ of B stored [N, K] (at B[j·ldb + k]);
+ * B's stored row r is B + rows[r]·ldb if rows is not NULL (kernels.h). */
 static void FR_P(pack)(fr_index K, fr_index N, const REAL *B, fr_index ldb, int b_trans,
-                       REAL *packed) {
+                       const fr_index *rows, REAL *packed) {
+#define FR_BROW(r) (B + (rows ? rows[r] : (r)) * ldb)
     if (b_trans) {
         for (fr_index j0 = 0; j0 < N; j0 += NR) {
             fr_index n = N - j0 < NR ? N - j0 : NR;
             REAL *dst = packed + j0 * KSTEP(K);
             /* read each of B's rows (a column of op(B)) once, contiguously */
             for (fr_index j = 0; j < n; j++) {
-                const REAL *col = B + (j0 + j) * ldb;
+                const REAL *col = FR_BROW(j0 + j);
 #if FR_BF16 /* converted a chunk at a time (in mode 2 the pairs are consecutive k) */
                 REAL chunk[CHUNK];
                 for (fr_index k0 = 0; k0 < K; k0 += CHUNK) {
@@ -353,12 +355,13 @@ static void FR_P(pack)(fr_index K, fr_index N, const REAL *B, fr_index ldb, int 
     }
     /* row by row (B read contiguously) */
     for (fr_index k = 0; k < K; k += KUNIT) {
-        const REAL *row = B + k * ldb;
-        if (k + 8 < K) /* rows ahead, as the prefetchers miss rows far apart */
+        if (k + 8 + KUNIT <= K) /* rows ahead, as the prefetchers miss rows far apart */
             for (fr_index j = 0; j < N; j += 64 / (fr_index)sizeof(REAL))
-                for (int u = 0; u < KUNIT; u++) __builtin_prefetch(row + (8 + u) * ldb + j);
-        FR_P(pack_rows)(row, KUNIT == 2 && k + 1 < K ? row + ldb : NULL, N, K, k, packed);
+                for (int u = 0; u < KUNIT; u++) __builtin_prefetch(FR_BROW(k + 8 + u) + j);
+        FR_P(pack_rows)(FR_BROW(k), KUNIT == 2 && k + 1 < K ? FR_BROW(k + 1) : NULL, N, K, k,
+                        packed);
     }
+#undef FR_BROW
 }
 
 /* C[:, c0 .. c0+N] from A and B, over K blocks and column blocks. B is either pre-packed
@@ -387,7 +390,7 @@ static void FR_P(drive)(int M, fr_index c0, fr_index N, fr_index K, FR_P(asrc) a
                 stride = KSTEP(K) * NR;
             } else {
                 FR_P(pack)(kc, nc, b_trans ? B + jc * ldb + kb : B + kb * ldb + jc, ldb,
-                           b_trans, scratch);
+                           b_trans, NULL, scratch);
                 bp = scratch;
                 stride = KSTEP(kc) * NR;
             }

@@ -21,7 +21,7 @@ static void FR_P(pack_share)(fr_index kb, fr_index kc, fr_index jc, fr_index nc,
     const fr_index n = FR_P(panel_share)(nc, thread, nthreads, &j);
     if (n > 0)
         FR_P(pack)(kc, n, b_trans ? B + (jc + j) * ldb + kb : B + kb * ldb + jc + j, ldb,
-                   b_trans, bp + j * KSTEP(kc));
+                   b_trans, NULL, bp + j * KSTEP(kc));
 }
 
 /* Elements of the buffer a team shares in gemm_at_team: two packed KC x NC blocks of B. */

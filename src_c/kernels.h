@@ -58,10 +58,12 @@ typedef void (*fr_barrier_fn)(void *barrier_arg);
                                     REAL *a_sums, int thread, int nthreads, REAL *shared,     \
                                     fr_barrier_fn barrier, void *barrier_arg);                \
         /* Elements needed to pack a K×N matrix for the step kernels; pack op(B) (B[K,N], or  \
-         * Bᵀ of B stored [N,K] if b_trans; row stride ldb) into that layout. */              \
+         * Bᵀ of B stored [N,K] if b_trans; row stride ldb) into that layout. rows, if not    \
+         * NULL, reorders B's stored rows: op(B)'s column j (b_trans) or row k is B's row     \
+         * rows[j] or rows[k] (fr_gate_rows: a gated cell's weights in torch's order). */     \
         fr_index (*packed_size)(fr_index K, fr_index N);                                      \
         void (*pack)(fr_index K, fr_index N, const REAL *B, fr_index ldb, int b_trans,        \
-                     REAL *packed);                                                           \
+                     const fr_index *rows, REAL *packed);                                     \
         /* Columns j0 .. j1 of the step kernels below; j0 must be a multiple of               \
          * FASTRNN_COLUMN_GRANULE (the widest panel of any build), so threads can split H.    \
          * out_r = act(p_r + hprev_r · W_hhᵀ) for r < M; wt_packed is W_hhᵀ packed.           \
@@ -102,6 +104,18 @@ typedef void (*fr_barrier_fn)(void *barrier_arg);
     } fr_kernels_##REAL;
 
 #define FASTRNN_COLUMN_GRANULE 32
+
+/* The gated cells' gate-interleaved order (cell_steps.h) of a weight's or bias's G·H rows
+ * stored in torch's order (gate q's H rows at q·H): rows[c] is the torch row at position c
+ * (c < G·H). */
+static inline void fr_gate_rows(int G, int H, fr_index *rows) {
+    fr_index c = 0;
+    for (int jb = 0; jb < H; jb += FASTRNN_COLUMN_GRANULE) {
+        const int w = H - jb < FASTRNN_COLUMN_GRANULE ? H - jb : FASTRNN_COLUMN_GRANULE;
+        for (int q = 0; q < G; q++)
+            for (int u = 0; u < w; u++) rows[c++] = (fr_index)q * H + jb + u;
+    }
+}
 
 FASTRNN_DECLARE_KERNELS(float)
 FASTRNN_DECLARE_KERNELS(double)

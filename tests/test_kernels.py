@@ -235,6 +235,23 @@ def test_bptt_output_gradient_per_step_is_bitwise_the_gemm(kernel, L, N, K, H, r
                                  h0, 1, w[:, H:])
 
 
+@pytest.mark.parametrize("gates", [3, 4])
+@pytest.mark.parametrize("hidden", [1, 31, 32, 33, 70, 130])
+def test_gate_rows_follow_the_documented_layout(gates, hidden):
+    # src_c/cell_steps.h: blocks of 32 units, block jb .. jb+w at column G·jb, gate q of
+    # unit jb + u at G·jb + q·w + u; torch keeps gate q's rows at q·H ..
+    from fastrnn import _rnn
+
+    want = np.empty(gates * hidden, dtype=np.intp)
+    for jb in range(0, hidden, 32):
+        w = min(32, hidden - jb)
+        for q, u in itertools.product(range(gates), range(w)):
+            want[gates * jb + q * w + u] = q * hidden + jb + u
+    np.testing.assert_array_equal(_rnn.gate_rows(gates, hidden), want)
+    with pytest.raises(ValueError, match="gates must be positive"):
+        _rnn.gate_rows(0, hidden)
+
+
 def test_projection_per_step_refuses_mismatched_shapes():
     from fastrnn import _rnn
 
