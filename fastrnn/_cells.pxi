@@ -24,9 +24,9 @@ LSTM, GRU = CELL_LSTM, CELL_GRU
 def gate_rows(int gates, int hidden_size):
     """The kernels' gate-interleaved order of a gated cell's G·H weight rows or bias entries
     (src_c/cell_steps.h): an index array ``rows``, torch's row ``rows[c]`` at position c."""
-    if gates < 1 or hidden_size < 0:
-        raise ValueError(f"gates must be positive and hidden_size not negative, got {gates} "
-                         f"and {hidden_size}")
+    if gates < 1 or hidden_size < 0 or <fr_index> gates * hidden_size > INT_MAX:
+        raise ValueError(f"gates must be positive, hidden_size not negative and their "
+                         f"product at most {INT_MAX}, got {gates} and {hidden_size}")
     cdef fr_index *order = _gate_rows(gates, hidden_size)
     if order == NULL:
         raise MemoryError("could not allocate the gate order")
@@ -41,7 +41,7 @@ def gate_rows(int gates, int hidden_size):
 cdef fr_index *_gate_rows(int G, int H) noexcept nogil:
     """fr_gate_rows' order of G·H rows (free it), NULL if out of memory: the kernels read a
     cell's weights in torch's row order through it."""
-    cdef fr_index *rows = <fr_index *> malloc(max(1, G * H) * sizeof(fr_index))
+    cdef fr_index *rows = <fr_index *> malloc(max(1, <fr_index> G * H) * sizeof(fr_index))
     if rows != NULL:
         fr_gate_rows(G, H, rows)
     return rows

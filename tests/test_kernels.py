@@ -248,8 +248,9 @@ def test_gate_rows_follow_the_documented_layout(gates, hidden):
         for q, u in itertools.product(range(gates), range(w)):
             want[gates * jb + q * w + u] = q * hidden + jb + u
     np.testing.assert_array_equal(_rnn.gate_rows(gates, hidden), want)
-    with pytest.raises(ValueError, match="gates must be positive"):
-        _rnn.gate_rows(0, hidden)
+    for bad in ((0, hidden), (gates, -1), (gates, 2**31 // gates + 1)):
+        with pytest.raises(ValueError, match="gates must be positive"):
+            _rnn.gate_rows(*bad)
 
 
 def test_projection_per_step_refuses_mismatched_shapes():
