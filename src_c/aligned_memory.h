@@ -3,45 +3,59 @@
  * a call allocates. malloc's 16-byte alignment makes every 64-byte load of such a buffer
  * straddle two cache lines, and makes the threads of a column-split step, each writing its
  * own hidden units of one row, share the cache line at the boundary between their units.
- * Free with fr_aligned_free (on Windows, _aligned_malloc's memory needs _aligned_free). */
+ *
+ * A block is malloc's, a cache line larger, with the aligned start inside it and, just below
+ * that start, the block's own address and the size asked for. posix_memalign would do
+ * without the header, but glibc then maps every large block afresh (its larger request
+ * defeats the adaptive threshold that lets malloc reuse a freed block of the same size), and
+ * each call's scratch would fault its pages in again. Free with fr_aligned_free. */
 #ifndef FASTRNN_ALIGNED_MEMORY_H
 #define FASTRNN_ALIGNED_MEMORY_H
 
+#include <stdint.h>
 #include <stdlib.h>
-#ifdef _WIN32
-#include <malloc.h>
-#endif
+#include <string.h>
 
 #define FR_CACHE_LINE 64
 
-/* `bytes` (at least 1) aligned to a cache line; NULL if out of memory */
+typedef struct {
+    void *block; /* what malloc returned */
+    size_t bytes; /* what was asked for */
+} fr_aligned_header;
+
+/* `bytes` aligned to a cache line (at least 1 byte); NULL if out of memory */
 static inline void *fr_aligned_alloc(size_t bytes) {
-    if (bytes == 0) bytes = 1; /* a NULL result means out of memory, never "nothing" */
-#ifdef _WIN32
-    return _aligned_malloc(bytes, FR_CACHE_LINE);
-#else
-    void *p;
-    return posix_memalign(&p, FR_CACHE_LINE, bytes) == 0 ? p : NULL;
-#endif
+    if (bytes > SIZE_MAX - FR_CACHE_LINE - sizeof(fr_aligned_header)) return NULL;
+    /* malloc's blocks are aligned for the header: the start is at most a cache line past it */
+    char *block = malloc(bytes + FR_CACHE_LINE + sizeof(fr_aligned_header));
+    if (!block) return NULL;
+    uintptr_t start = ((uintptr_t)block + sizeof(fr_aligned_header) + FR_CACHE_LINE - 1) &
+                      ~(uintptr_t)(FR_CACHE_LINE - 1);
+    fr_aligned_header header = {block, bytes};
+    memcpy((char *)start - sizeof header, &header, sizeof header);
+    return (void *)start;
 }
 
-/* p's block resized to `bytes` (contents kept up to the smaller size; the alignment may be
- * lost off Windows, where realloc serves: only a speed matter for the caller) */
-static inline void *fr_aligned_realloc(void *p, size_t bytes) {
-    if (bytes == 0) bytes = 1;
-#ifdef _WIN32
-    return _aligned_realloc(p, bytes, FR_CACHE_LINE);
-#else
-    return realloc(p, bytes);
-#endif
+static inline fr_aligned_header fr_aligned_header_of(const void *p) {
+    fr_aligned_header header;
+    memcpy(&header, (const char *)p - sizeof header, sizeof header);
+    return header;
 }
 
 static inline void fr_aligned_free(void *p) {
-#ifdef _WIN32
-    _aligned_free(p);
-#else
-    free(p);
-#endif
+    if (p) free(fr_aligned_header_of(p).block);
+}
+
+/* p's contents (up to the smaller size) in a new aligned block of `bytes`, p freed; on
+ * failure NULL, p untouched (realloc's contract) */
+static inline void *fr_aligned_realloc(void *p, size_t bytes) {
+    void *q = fr_aligned_alloc(bytes);
+    if (q && p) {
+        const size_t old = fr_aligned_header_of(p).bytes;
+        memcpy(q, p, old < bytes ? old : bytes);
+        fr_aligned_free(p);
+    }
+    return q;
 }
 
 #endif
