@@ -10,11 +10,24 @@
  * is then the contiguous columns G·j0 .. G·j1, so threads may split the units.
  */
 
+#if FR_IS_FLOAT
+/* σ(x) = e^x / (e^x + 1) = (m + 1)/(m + 2) for x >= 0, 1/(m + 2) below, m = expm1(|x|): on
+ * the tanh kernel's expm1, a few ulps everywhere, tiny σ(x) of x << 0 included (the form
+ * (1 + tanh(x/2))/2 gave 0 there, from x = -17 down); for x >= 88 m stops growing,
+ * where σ is 1 and σ(-x) below the smallest normal float. NaN passes through. */
 static inline VEC FR_P(vsigmoid)(VEC x) {
-    /* σ(x) = (1 + tanh(x/2)) / 2: accurate where 1/(1 + e^-x) is, on the tanh kernel */
-    const REAL half = (REAL)0.5;
-    return half + half * FR_P(vtanh)(half * x);
+    const IVEC sign_mask = (IVEC){0} + INT32_MIN;
+    VEC y = (VEC)((IVEC)x & ~sign_mask);
+    y = FR_P(select)(y > FR_P(splat)(88.0f), FR_P(splat)(88.0f), y);
+    VEC m = FR_P(vexpm1)(y);
+    return FR_P(select)(x >= FR_P(splat)(0), m + 1.0f, FR_P(splat)(1)) / (m + 2.0f);
 }
+#else
+static inline VEC FR_P(vsigmoid)(VEC x) {
+    for (int i = 0; i < VL; i++) x[i] = 1 / (1 + exp(-x[i]));
+    return x;
+}
+#endif
 
 #define FR_CELL_BLOCKS(j0, j1, H)                                                            \
     for (int jb = (j0); jb < (j1); jb += FASTRNN_COLUMN_GRANULE)                             \

@@ -166,6 +166,36 @@ def test_compiled_tanh_within_three_ulp(kernel):
     assert np.array_equal(np.signbit(out.ravel()[nonzero]), np.signbit(x[nonzero]))
 
 
+def test_compiled_sigmoid_within_two_ulp(kernel):
+    """The float32 sigmoid of the gated cells' epilogue against 1/(1 + e^-x) in float64, on 1
+    of every 4099 floats from the smallest normal to past 96 and their negatives (tiny
+    results for x << 0 included, where (1 + tanh(x/2))/2 gave 0), ±0 and subnormal inputs;
+    results below the smallest normal float within one of its steps; NaN stays NaN."""
+    from fastrnn import _rnn
+
+    bits = np.arange(0x00800000, 0x42C00000, 4099, dtype=np.uint32)
+    x = np.concatenate([bits.view(np.float32), [0.0, 1e-45, 1e-40, 17.0, 88.0, 89.0, 1e30]])
+    x = np.concatenate([x, -x, [np.nan]]).astype(np.float32)
+    n = x.size
+    # one LSTM step of H = 1, h0 = c0 = 0 and W_hh = 0: the saved gates are σ(P_i), σ(P_f),
+    # tanh(P_g), σ(P_o); P_i = x
+    save = np.zeros((1, n, 5), np.float32)
+    save[0, :, 0] = x
+    _rnn.cell_forward(_rnn.LSTM, save, np.empty((1, n, 1), np.float32),
+                      np.zeros((n, 1), np.float32), np.zeros((n, 1), np.float32),
+                      np.zeros((4, 1), np.float32), None, None, np.ones(n, np.int64), False,
+                      np.empty((n, 1), np.float32), np.empty((n, 1), np.float32), 2)
+    got = save[0, :, 0]
+    assert np.isnan(got[-1])
+    with np.errstate(over="ignore"):
+        expected = 1 / (1 + np.exp(-x[:-1].astype(np.float64)))
+    tiny = np.finfo(np.float32).tiny
+    step = np.where(expected < tiny, tiny,
+                    np.spacing(expected.astype(np.float32)).astype(np.float64))
+    error = np.abs(got[:-1] - expected) / step
+    assert error.max() <= 2, f"{error.max():.2f} ulp at x = {x[error.argmax()]!r}"
+
+
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("L,N,I,H", [(7, 37, 13, 64), (4, 29, 20, 72), (5, 1, 9, 256),
                                      (6, 3, 600, 40)],
