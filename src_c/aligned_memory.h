@@ -26,7 +26,7 @@ typedef struct {
 /* `bytes` aligned to a cache line (at least 1 byte); NULL if out of memory */
 static inline void *fr_aligned_alloc(size_t bytes) {
     if (bytes > SIZE_MAX - FR_CACHE_LINE - sizeof(fr_aligned_header)) return NULL;
-    /* malloc's blocks are aligned for the header: the start is at most a cache line past it */
+    /* room for the header, then the next cache line: at most a cache line further on */
     char *block = malloc(bytes + FR_CACHE_LINE + sizeof(fr_aligned_header));
     if (!block) return NULL;
     uintptr_t start = ((uintptr_t)block + sizeof(fr_aligned_header) + FR_CACHE_LINE - 1) &
