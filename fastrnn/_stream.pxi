@@ -312,20 +312,17 @@ cdef class StreamCore:
             raise ValueError(f"a stream's weight must have shape {(N, K)}, got "
                              f"{np.shape(w)}")
         cdef fr_index *rows = _gate_rows(self.plan.G, self.plan.H) if gated else NULL
-        cdef void *out = NULL
-        if rows != NULL or not gated:
-            if self.itemsize == 4:
-                out = fr_aligned_alloc(kernels.packed_size(self.plan.ks, K, N, <float *> NULL)
-                                       * 4)
-                if out != NULL:
-                    kernels.pack(self.plan.ks, K, N, <const float *> cnp.PyArray_DATA(a), K,
-                                 True, rows, <float *> out)
-            else:
-                out = fr_aligned_alloc(kernels.packed_size(self.plan.ks, K, N, <double *> NULL)
-                                       * 8)
-                if out != NULL:
-                    kernels.pack(self.plan.ks, K, N, <const double *> cnp.PyArray_DATA(a), K,
-                                 True, rows, <double *> out)
+        # (the layouts differ by dtype: panels of as many values as two vectors hold)
+        cdef fr_index size = (kernels.packed_size(self.plan.ks, K, N, <float *> NULL) * 4
+                              if self.itemsize == 4 else
+                              kernels.packed_size(self.plan.ks, K, N, <double *> NULL) * 8)
+        cdef void *out = fr_aligned_alloc(size) if rows != NULL or not gated else NULL
+        if out != NULL and self.itemsize == 4:
+            kernels.pack(self.plan.ks, K, N, <const float *> cnp.PyArray_DATA(a), K, True, rows,
+                         <float *> out)
+        elif out != NULL:
+            kernels.pack(self.plan.ks, K, N, <const double *> cnp.PyArray_DATA(a), K, True, rows,
+                         <double *> out)
         free(rows)
         if out == NULL:
             raise MemoryError("could not allocate a stream's packed weights")
