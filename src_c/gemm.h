@@ -244,6 +244,17 @@ static inline int FR_P(copy_group)(fr_index kc) {
     return rows > FR_MR ? rows / FR_MR * FR_MR : FR_MR;
 }
 
+#if FR_BF16
+/* Parts q0 .. q1 of `parts` of the cache lines of rows[0 .. m][kb .. kb+kc], prefetched:
+ * spread over the parts, the requests never fill the core's queue of misses at once */
+static inline void FR_P(prefetch_part)(const REAL *const *rows, int m, fr_index kb,
+                                       fr_index kc, int q0, int q1, int parts) {
+    const fr_index per_row = (kc * (fr_index)sizeof(REAL) + 63) / 64, lines = m * per_row;
+    for (fr_index l = q0 * lines / parts; l < q1 * lines / parts; l++)
+        __builtin_prefetch(rows[l / per_row] + kb + l % per_row * (64 / (fr_index)sizeof(REAL)));
+}
+#endif
+
 /* One K block (kb, kc) of one column block (ncols, packed panels at bp) for all M rows,
  * row block by row block, each swept across the panels. A transposed is read from apack;
  * copy_a says whether to copy it there first (group by group, see copy_group) or apack
@@ -284,6 +295,13 @@ static void FR_P(block)(int M, int ncols, fr_index kb, fr_index kc, FR_P(asrc) a
             /* the widest tile left (np, or a power of two below it: the tiles that exist) */
             int n = np;
             while (n > npanels - q) n /= 2;
+#if FR_BF16
+            /* the next row block's K block of A, fetched while these tiles run: converting
+             * it (a tight loop of loads) would otherwise wait on every line */
+            if (a.rows && i0 + FR_MR < M)
+                FR_P(prefetch_part)(a.rows + i0 + FR_MR, M - i0 - FR_MR < FR_MR ? M - i0 - FR_MR
+                                    : FR_MR, kb, kc, q, q + n, npanels);
+#endif
             int cols = ncols - q * NR < n * NR ? ncols - q * NR : n * NR;
             if (a.rows)
                 FR_P(tile_dispatch)(mr, n, ar, ai0, akb, kc, bp + q * panel_stride, panel_stride,
