@@ -29,35 +29,106 @@ static inline VEC FR_P(vsigmoid)(VEC x) {
 }
 #endif
 
-#define FR_CELL_BLOCKS(j0, j1, H)                                                            \
-    for (int jb = (j0); jb < (j1); jb += FASTRNN_COLUMN_GRANULE)                             \
-        for (int w = (H) - jb < FASTRNN_COLUMN_GRANULE ? (H) - jb : FASTRNN_COLUMN_GRANULE,  \
-                 u = 0; u < w; u += VL)
+/* The unit vectors of rows 0 .. M, units j0 .. j1, computed FR_SLOTS at a time. A vector's
+ * activations are chains of some 25 dependent operations; one vector at a time, the core's
+ * scheduler fills with them and stalls, while the chains of several vectors side by side
+ * (each step of the arithmetic for every slot before the next) keep its units busy. Every
+ * vector gets the same operations wherever it falls, so results do not depend on the
+ * grouping, hence not on the threads' split either. */
+#define FR_SLOTS 4
+
+/* One vector of units: its row, the column of its first gate (gate q at col + q·w, w the
+ * units of its block of the layout), and its first unit j */
+typedef struct {
+    int row, col, j, w;
+} FR_P(slot);
+
+/* body(count, n, slots, args...) for every unit vector: whole ones in groups of FR_SLOTS
+ * (count and n constants, so that the body's loops over the slots unroll into registers),
+ * the rest one at a time */
+#define FR_CELL_SLOTS(body, G, M, H, j0, j1, ...)                                            \
+    do {                                                                                     \
+        FR_P(slot) group_[FR_SLOTS];                                                         \
+        int m_ = 0;                                                                          \
+        for (int row = 0; row < (M); row++)                                                  \
+            for (int jb = (j0); jb < (j1); jb += FASTRNN_COLUMN_GRANULE)                     \
+                for (int w = (H) - jb < FASTRNN_COLUMN_GRANULE ? (H) - jb                    \
+                                                                : FASTRNN_COLUMN_GRANULE,    \
+                         u = 0; u < w; u += VL) {                                            \
+                    const FR_P(slot) one_ = {row, (G) * jb + u, jb + u, w};                  \
+                    if (w - u < VL) {                                                        \
+                        body(1, w - u, &one_, __VA_ARGS__);                                  \
+                        continue;                                                            \
+                    }                                                                        \
+                    group_[m_++] = one_;                                                     \
+                    if (m_ == FR_SLOTS) {                                                    \
+                        body(FR_SLOTS, VL, group_, __VA_ARGS__);                             \
+                        m_ = 0;                                                              \
+                    }                                                                        \
+                }                                                                            \
+        for (int q_ = 0; q_ < m_; q_++) body(1, VL, group_ + q_, __VA_ARGS__);              \
+    } while (0)
+
+/* for (q < count) stmt: the step `stmt` of the arithmetic for every slot */
+#define FR_EACH(q) for (int q = 0; q < count; q++)
+#define FR_BODY static inline __attribute__((always_inline)) void
+
+/* LSTM forward of the slots' vectors: see lstm_cell */
+FR_BODY FR_P(lstm_vectors)(const int count, const int n, const FR_P(slot) *sl, int H,
+                           REAL *const *save, const REAL *const *r, const REAL *const *cprev,
+                           REAL *const *h) {
+    VEC i[FR_SLOTS], f[FR_SLOTS], g[FR_SLOTS], o[FR_SLOTS], c[FR_SLOTS];
+#define FR_GATE(q, k) (FR_P(vload_n)(save[sl[q].row] + sl[q].col + (k) * sl[q].w, n) +      \
+                       FR_P(vload_n)(r[sl[q].row] + sl[q].col + (k) * sl[q].w, n))
+    FR_EACH(q) i[q] = FR_P(vsigmoid)(FR_GATE(q, 0));
+    FR_EACH(q) f[q] = FR_P(vsigmoid)(FR_GATE(q, 1));
+    FR_EACH(q) g[q] = FR_P(vtanh)(FR_GATE(q, 2));
+    FR_EACH(q) o[q] = FR_P(vsigmoid)(FR_GATE(q, 3));
+#undef FR_GATE
+    FR_EACH(q) /* c_t = f⊙c_{t-1} + i⊙g */
+        c[q] = f[q] * FR_P(vload_n)(cprev[sl[q].row] + sl[q].j, n) + i[q] * g[q];
+    FR_EACH(q) {
+        REAL *s = save[sl[q].row] + sl[q].col;
+        FR_P(vstore_n)(s, i[q], n);
+        FR_P(vstore_n)(s + sl[q].w, f[q], n);
+        FR_P(vstore_n)(s + 2 * sl[q].w, g[q], n);
+        FR_P(vstore_n)(s + 3 * sl[q].w, o[q], n);
+        FR_P(vstore_n)(save[sl[q].row] + 4 * H + sl[q].j, c[q], n);
+    }
+    FR_EACH(q) c[q] = FR_P(vtanh)(c[q]);
+    FR_EACH(q) FR_P(vstore_n)(h[sl[q].row] + sl[q].j, o[q] * c[q], n); /* h_t = o⊙tanh(c_t) */
+}
 
 /* LSTM forward, units j0 .. j1 of M rows. save_r: the 4H gate columns (P on entry; i, f, g, o
  * on return) then c (H). r_r: h_{t-1} W_hhᵀ (4H); cprev_r: c_{t-1}; h_r receives o⊙tanh(c)
  * (the output, or m before a projection). */
 static void FR_P(lstm_cell)(int M, int H, int j0, int j1, REAL *const *save,
                             const REAL *const *r, const REAL *const *cprev, REAL *const *h) {
-    for (int row = 0; row < M; row++) {
-        REAL *s = save[row], *hr = h[row];
-        const REAL *rr = r[row], *cp = cprev[row];
-        FR_CELL_BLOCKS(j0, j1, H) {
-            const int n = w - u, col = 4 * jb + u, j = jb + u;
-            VEC i = FR_P(vsigmoid)(FR_P(vload_n)(s + col, n) + FR_P(vload_n)(rr + col, n));
-            VEC f = FR_P(vsigmoid)(FR_P(vload_n)(s + col + w, n) + FR_P(vload_n)(rr + col + w, n));
-            VEC g = FR_P(vtanh)(FR_P(vload_n)(s + col + 2 * w, n) +
-                                FR_P(vload_n)(rr + col + 2 * w, n));
-            VEC o = FR_P(vsigmoid)(FR_P(vload_n)(s + col + 3 * w, n) +
-                                   FR_P(vload_n)(rr + col + 3 * w, n));
-            VEC c = f * FR_P(vload_n)(cp + j, n) + i * g; /* c_t = f⊙c_{t-1} + i⊙g */
-            FR_P(vstore_n)(s + col, i, n);
-            FR_P(vstore_n)(s + col + w, f, n);
-            FR_P(vstore_n)(s + col + 2 * w, g, n);
-            FR_P(vstore_n)(s + col + 3 * w, o, n);
-            FR_P(vstore_n)(s + 4 * H + j, c, n);
-            FR_P(vstore_n)(hr + j, o * FR_P(vtanh)(c), n); /* h_t = o⊙tanh(c_t) */
-        }
+    FR_CELL_SLOTS(FR_P(lstm_vectors), 4, M, H, j0, j1, H, save, r, cprev, h);
+}
+
+/* LSTM derivative of the slots' vectors: see lstm_cell_grad */
+FR_BODY FR_P(lstm_grad_vectors)(const int count, const int n, const FR_P(slot) *sl, int H,
+                                const REAL *const *dm, const REAL *const *save,
+                                const REAL *const *cprev, REAL *const *dc, REAL *const *da) {
+    const VEC one = FR_P(splat)(1);
+    VEC tc[FR_SLOTS];
+    FR_EACH(q) /* tanh(c_t) as the forward computed it */
+        tc[q] = FR_P(vtanh)(FR_P(vload_n)(save[sl[q].row] + 4 * H + sl[q].j, n));
+    FR_EACH(q) {
+        const REAL *s = save[sl[q].row] + sl[q].col;
+        const int w = sl[q].w, j = sl[q].j;
+        REAL *dar = da[sl[q].row] + sl[q].col, *dcr = dc[sl[q].row] + j;
+        VEC i = FR_P(vload_n)(s, n), f = FR_P(vload_n)(s + w, n);
+        VEC g = FR_P(vload_n)(s + 2 * w, n), o = FR_P(vload_n)(s + 3 * w, n);
+        VEC d = FR_P(vload_n)(dm[sl[q].row] + j, n);
+        VEC c = FR_P(vload_n)(dcr, n) + d * o * (one - tc[q] * tc[q]);
+        VEC cp = FR_P(vload_n)(cprev[sl[q].row] + j, n);
+        FR_P(vstore_n)(dar, c * g * i * (one - i), n);             /* di */
+        FR_P(vstore_n)(dar + w, c * cp * f * (one - f), n);        /* df */
+        FR_P(vstore_n)(dar + 2 * w, c * i * (one - g * g), n);     /* dg */
+        FR_P(vstore_n)(dar + 3 * w, d * tc[q] * o * (one - o), n); /* do */
+        FR_P(vstore_n)(dcr, c * f, n); /* dc_{t-1} = dc_t ⊙ f */
     }
 }
 
@@ -67,23 +138,32 @@ static void FR_P(lstm_cell)(int M, int H, int j0, int j1, REAL *const *save,
 static void FR_P(lstm_cell_grad)(int M, int H, int j0, int j1, const REAL *const *dm,
                                  const REAL *const *save, const REAL *const *cprev,
                                  REAL *const *dc, REAL *const *da) {
-    const VEC one = FR_P(splat)(1);
-    for (int row = 0; row < M; row++) {
-        const REAL *s = save[row], *cp = cprev[row], *dmr = dm[row];
-        REAL *dcr = dc[row], *dar = da[row];
-        FR_CELL_BLOCKS(j0, j1, H) {
-            const int n = w - u, col = 4 * jb + u, j = jb + u;
-            VEC i = FR_P(vload_n)(s + col, n), f = FR_P(vload_n)(s + col + w, n);
-            VEC g = FR_P(vload_n)(s + col + 2 * w, n), o = FR_P(vload_n)(s + col + 3 * w, n);
-            VEC tc = FR_P(vtanh)(FR_P(vload_n)(s + 4 * H + j, n)); /* as the forward's */
-            VEC d = FR_P(vload_n)(dmr + j, n);
-            VEC c = FR_P(vload_n)(dcr + j, n) + d * o * (one - tc * tc);
-            FR_P(vstore_n)(dar + col, c * g * i * (one - i), n);                      /* di */
-            FR_P(vstore_n)(dar + col + w, c * FR_P(vload_n)(cp + j, n) * f * (one - f), n); /* df */
-            FR_P(vstore_n)(dar + col + 2 * w, c * i * (one - g * g), n);              /* dg */
-            FR_P(vstore_n)(dar + col + 3 * w, d * tc * o * (one - o), n);             /* do */
-            FR_P(vstore_n)(dcr + j, c * f, n); /* dc_{t-1} = dc_t ⊙ f */
-        }
+    FR_CELL_SLOTS(FR_P(lstm_grad_vectors), 4, M, H, j0, j1, H, dm, save, cprev, dc, da);
+}
+
+/* GRU forward of the slots' vectors: see gru_cell */
+FR_BODY FR_P(gru_vectors)(const int count, const int n, const FR_P(slot) *sl, int H,
+                          REAL *const *save, const REAL *const *r, const REAL *const *hprev,
+                          REAL *const *h) {
+    VEC rg[FR_SLOTS], z[FR_SLOTS], rn[FR_SLOTS], nn[FR_SLOTS];
+#define FR_GATE(q, k) (FR_P(vload_n)(save[sl[q].row] + sl[q].col + (k) * sl[q].w, n) +      \
+                       FR_P(vload_n)(r[sl[q].row] + sl[q].col + (k) * sl[q].w, n))
+    FR_EACH(q) rg[q] = FR_P(vsigmoid)(FR_GATE(q, 0));
+    FR_EACH(q) z[q] = FR_P(vsigmoid)(FR_GATE(q, 1));
+#undef FR_GATE
+    FR_EACH(q) rn[q] = FR_P(vload_n)(r[sl[q].row] + sl[q].col + 2 * sl[q].w, n);
+    FR_EACH(q) nn[q] = FR_P(vtanh)(FR_P(vload_n)(save[sl[q].row] + sl[q].col + 2 * sl[q].w, n) +
+                                   rg[q] * rn[q]);
+    FR_EACH(q) {
+        REAL *s = save[sl[q].row] + sl[q].col;
+        const int j = sl[q].j;
+        FR_P(vstore_n)(s, rg[q], n);
+        FR_P(vstore_n)(s + sl[q].w, z[q], n);
+        FR_P(vstore_n)(s + 2 * sl[q].w, nn[q], n);
+        FR_P(vstore_n)(save[sl[q].row] + 3 * H + j, rn[q], n);
+        /* h_t = (1 - z)⊙n + z⊙h_{t-1} */
+        FR_P(vstore_n)(h[sl[q].row] + j,
+                       (1 - z[q]) * nn[q] + z[q] * FR_P(vload_n)(hprev[sl[q].row] + j, n), n);
     }
 }
 
@@ -92,22 +172,32 @@ static void FR_P(lstm_cell_grad)(int M, int H, int j0, int j1, const REAL *const
  * b_hn) (3H); hprev_r: h_{t-1}; h_r receives h_t. */
 static void FR_P(gru_cell)(int M, int H, int j0, int j1, REAL *const *save,
                            const REAL *const *r, const REAL *const *hprev, REAL *const *h) {
-    for (int row = 0; row < M; row++) {
-        REAL *s = save[row], *hr = h[row];
-        const REAL *rr = r[row], *hp = hprev[row];
-        FR_CELL_BLOCKS(j0, j1, H) {
-            const int n = w - u, col = 3 * jb + u, j = jb + u;
-            VEC rg = FR_P(vsigmoid)(FR_P(vload_n)(s + col, n) + FR_P(vload_n)(rr + col, n));
-            VEC z = FR_P(vsigmoid)(FR_P(vload_n)(s + col + w, n) + FR_P(vload_n)(rr + col + w, n));
-            VEC rn = FR_P(vload_n)(rr + col + 2 * w, n);
-            VEC nn = FR_P(vtanh)(FR_P(vload_n)(s + col + 2 * w, n) + rg * rn);
-            FR_P(vstore_n)(s + col, rg, n);
-            FR_P(vstore_n)(s + col + w, z, n);
-            FR_P(vstore_n)(s + col + 2 * w, nn, n);
-            FR_P(vstore_n)(s + 3 * H + j, rn, n);
-            /* h_t = (1 - z)⊙n + z⊙h_{t-1} */
-            FR_P(vstore_n)(hr + j, (1 - z) * nn + z * FR_P(vload_n)(hp + j, n), n);
-        }
+    FR_CELL_SLOTS(FR_P(gru_vectors), 3, M, H, j0, j1, H, save, r, hprev, h);
+}
+
+/* GRU derivative of the slots' vectors: see gru_cell_grad */
+FR_BODY FR_P(gru_grad_vectors)(const int count, const int n, const FR_P(slot) *sl, int H,
+                               REAL *const *dh, const REAL *const *save,
+                               const REAL *const *hprev, REAL *const *da, REAL *const *dr) {
+    const VEC one = FR_P(splat)(1);
+    FR_EACH(q) {
+        const REAL *s = save[sl[q].row] + sl[q].col;
+        const int w = sl[q].w, j = sl[q].j;
+        REAL *dhr = dh[sl[q].row] + j, *dar = da[sl[q].row] + sl[q].col;
+        REAL *drr = dr[sl[q].row] + sl[q].col;
+        VEC rg = FR_P(vload_n)(s, n), z = FR_P(vload_n)(s + w, n);
+        VEC nn = FR_P(vload_n)(s + 2 * w, n), rn = FR_P(vload_n)(save[sl[q].row] + 3 * H + j, n);
+        VEC d = FR_P(vload_n)(dhr, n);
+        VEC dan = d * (one - z) * (one - nn * nn);      /* through n = tanh(·) */
+        VEC dar_ = dan * rn * rg * (one - rg);           /* through r */
+        VEC daz = d * (FR_P(vload_n)(hprev[sl[q].row] + j, n) - nn) * z * (one - z);
+        FR_P(vstore_n)(dar, dar_, n);
+        FR_P(vstore_n)(dar + w, daz, n);
+        FR_P(vstore_n)(dar + 2 * w, dan, n);
+        FR_P(vstore_n)(drr, dar_, n);
+        FR_P(vstore_n)(drr + w, daz, n);
+        FR_P(vstore_n)(drr + 2 * w, dan * rg, n);
+        FR_P(vstore_n)(dhr, d * z, n);
     }
 }
 
@@ -117,27 +207,10 @@ static void FR_P(gru_cell)(int M, int H, int j0, int j1, REAL *const *save,
 static void FR_P(gru_cell_grad)(int M, int H, int j0, int j1, REAL *const *dh,
                                 const REAL *const *save, const REAL *const *hprev,
                                 REAL *const *da, REAL *const *dr) {
-    const VEC one = FR_P(splat)(1);
-    for (int row = 0; row < M; row++) {
-        const REAL *s = save[row], *hp = hprev[row];
-        REAL *dhr = dh[row], *dar = da[row], *drr = dr[row];
-        FR_CELL_BLOCKS(j0, j1, H) {
-            const int n = w - u, col = 3 * jb + u, j = jb + u;
-            VEC rg = FR_P(vload_n)(s + col, n), z = FR_P(vload_n)(s + col + w, n);
-            VEC nn = FR_P(vload_n)(s + col + 2 * w, n), rn = FR_P(vload_n)(s + 3 * H + j, n);
-            VEC d = FR_P(vload_n)(dhr + j, n);
-            VEC dan = d * (one - z) * (one - nn * nn);      /* through n = tanh(·) */
-            VEC dar_ = dan * rn * rg * (one - rg);           /* through r */
-            VEC daz = d * (FR_P(vload_n)(hp + j, n) - nn) * z * (one - z);
-            FR_P(vstore_n)(dar + col, dar_, n);
-            FR_P(vstore_n)(dar + col + w, daz, n);
-            FR_P(vstore_n)(dar + col + 2 * w, dan, n);
-            FR_P(vstore_n)(drr + col, dar_, n);
-            FR_P(vstore_n)(drr + col + w, daz, n);
-            FR_P(vstore_n)(drr + col + 2 * w, dan * rg, n);
-            FR_P(vstore_n)(dhr + j, d * z, n);
-        }
-    }
+    FR_CELL_SLOTS(FR_P(gru_grad_vectors), 3, M, H, j0, j1, H, dh, save, hprev, da, dr);
 }
 
-#undef FR_CELL_BLOCKS
+#undef FR_SLOTS
+#undef FR_CELL_SLOTS
+#undef FR_EACH
+#undef FR_BODY
