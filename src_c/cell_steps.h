@@ -72,19 +72,19 @@ typedef struct {
 /* for (q < count) stmt: the step `stmt` of the arithmetic for every slot */
 #define FR_EACH(q) for (int q = 0; q < count; q++)
 #define FR_BODY static inline __attribute__((always_inline)) void
+/* slot q's pre-activation of gate k in a forward: P (in the saved row) + R */
+#define FR_GATE(q, k) (FR_P(vload_n)(save[sl[q].row] + sl[q].col + (k) * sl[q].w, n) +      \
+                       FR_P(vload_n)(r[sl[q].row] + sl[q].col + (k) * sl[q].w, n))
 
 /* LSTM forward of the slots' vectors: see lstm_cell */
 FR_BODY FR_P(lstm_vectors)(const int count, const int n, const FR_P(slot) *sl, int H,
                            REAL *const *save, const REAL *const *r, const REAL *const *cprev,
                            REAL *const *h) {
     VEC i[FR_SLOTS], f[FR_SLOTS], g[FR_SLOTS], o[FR_SLOTS], c[FR_SLOTS];
-#define FR_GATE(q, k) (FR_P(vload_n)(save[sl[q].row] + sl[q].col + (k) * sl[q].w, n) +      \
-                       FR_P(vload_n)(r[sl[q].row] + sl[q].col + (k) * sl[q].w, n))
     FR_EACH(q) i[q] = FR_P(vsigmoid)(FR_GATE(q, 0));
     FR_EACH(q) f[q] = FR_P(vsigmoid)(FR_GATE(q, 1));
     FR_EACH(q) g[q] = FR_P(vtanh)(FR_GATE(q, 2));
     FR_EACH(q) o[q] = FR_P(vsigmoid)(FR_GATE(q, 3));
-#undef FR_GATE
     FR_EACH(q) /* c_t = f⊙c_{t-1} + i⊙g */
         c[q] = f[q] * FR_P(vload_n)(cprev[sl[q].row] + sl[q].j, n) + i[q] * g[q];
     FR_EACH(q) {
@@ -146,11 +146,8 @@ FR_BODY FR_P(gru_vectors)(const int count, const int n, const FR_P(slot) *sl, in
                           REAL *const *save, const REAL *const *r, const REAL *const *hprev,
                           REAL *const *h) {
     VEC rg[FR_SLOTS], z[FR_SLOTS], rn[FR_SLOTS], nn[FR_SLOTS];
-#define FR_GATE(q, k) (FR_P(vload_n)(save[sl[q].row] + sl[q].col + (k) * sl[q].w, n) +      \
-                       FR_P(vload_n)(r[sl[q].row] + sl[q].col + (k) * sl[q].w, n))
     FR_EACH(q) rg[q] = FR_P(vsigmoid)(FR_GATE(q, 0));
     FR_EACH(q) z[q] = FR_P(vsigmoid)(FR_GATE(q, 1));
-#undef FR_GATE
     FR_EACH(q) rn[q] = FR_P(vload_n)(r[sl[q].row] + sl[q].col + 2 * sl[q].w, n);
     FR_EACH(q) nn[q] = FR_P(vtanh)(FR_P(vload_n)(save[sl[q].row] + sl[q].col + 2 * sl[q].w, n) +
                                    rg[q] * rn[q]);
@@ -214,3 +211,4 @@ static void FR_P(gru_cell_grad)(int M, int H, int j0, int j1, REAL *const *dh,
 #undef FR_CELL_SLOTS
 #undef FR_EACH
 #undef FR_BODY
+#undef FR_GATE
