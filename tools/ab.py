@@ -3,15 +3,15 @@ short blocks.
 
     git worktree add /tmp/before <rev> && (cd /tmp/before && python setup.py build_ext --inplace)
     python tools/ab.py /tmp/before [--cells rnn,lstm,gru] [--rounds 21] [--sizes M1,M2,L,M2-2L-bi]
-                       [--passes fwd,fwd+bwd] [--precision float32|bfloat16]
+                       [--passes fwd,fwd+bwd] [--precision float32|bfloat16] [--threads 2]
 
 Times the eval-mode forward and the training-mode forward + backward of the bench sizes
-(2 threads, float32 arrays, the products in --precision) with the other build's package and
-this checkout's, alternating blocks of about 0.08 s (their order swapped every round), and
-prints per row both medians and the median of the per-round ratios. One process, because
-the machine's speed differs between processes (the same build's M1 forward + backward
-measured 0.8 or 1.15 ms depending on the process) and over minutes: pairs of adjacent
-blocks cancel both.
+(--threads, 2 by default; float32 arrays, the products in --precision) with the other
+build's package and this checkout's, alternating blocks of about 0.08 s (their order swapped
+every round), and prints per row both medians and the median of the per-round ratios. One
+process, because the machine's speed differs between processes (the same build's M1
+forward + backward measured 0.8 or 1.15 ms depending on the process) and over minutes:
+pairs of adjacent blocks cancel both.
 
 The other build is imported as the package ``fastrnn_before`` (a copy of its ``fastrnn/``
 in a temporary directory); its compiled modules register themselves in sys.modules under
@@ -92,10 +92,13 @@ def main(argv=None):
     parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
                         help="of the matrix products")
     parser.add_argument("--seconds", type=float, default=0.08, help="per block")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="fastrnn's threads (1: a kernel's own change, without the other "
+                             "core's interference on a shared host)")
     args = parser.parse_args(argv)
     builds = dict(zip(("before", "after"), import_both(args.before)))
     for package in builds.values():
-        package.set_num_threads(2)
+        package.set_num_threads(args.threads)
     print(f"before: {builds['before'].__file__}\nafter:  {builds['after'].__file__}")
     for cell, size in itertools.product(args.cells.split(","), args.sizes.split(",")):
         calls = {tag: passes(package, cell, size, args.precision)
