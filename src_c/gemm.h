@@ -250,8 +250,16 @@ static inline int FR_P(copy_group)(fr_index kc) {
 static inline void FR_P(prefetch_part)(const REAL *const *rows, int m, fr_index kb,
                                        fr_index kc, int q0, int q1, int parts) {
     const fr_index per_row = (kc * (fr_index)sizeof(REAL) + 63) / 64, lines = m * per_row;
-    for (fr_index l = q0 * lines / parts; l < q1 * lines / parts; l++)
-        __builtin_prefetch(rows[l / per_row] + kb + l % per_row * (64 / (fr_index)sizeof(REAL)));
+    const fr_index l0 = q0 * lines / parts, l1 = q1 * lines / parts;
+    /* line l is line `col` of row `row`: stepped along, not divided out per line */
+    fr_index row = l0 / per_row, col = l0 % per_row;
+    for (fr_index l = l0; l < l1; l++) {
+        __builtin_prefetch(rows[row] + kb + col * (64 / (fr_index)sizeof(REAL)));
+        if (++col == per_row) {
+            col = 0;
+            row++;
+        }
+    }
 }
 #endif
 
