@@ -30,7 +30,39 @@
 #define KSTEP(k) (k)
 #endif
 
-#if FR_BF16
+#if FR_BF16 == 2
+/* vcvtneps2bf16 rounds as bf16_round below does (to nearest, ties to even; NaN made quiet)
+ * in one instruction, except that a subnormal float becomes a zero of its sign: an operand
+ * vdpbf16ps counts as zero anyway. */
+
+/* n values of k0 as the tile reads an operand: 32-bit words pairing k0[i] (low half) with
+ * k1[i] (zero if k1 is NULL). */
+static inline void FR_P(bf16_convert)(const REAL *k0, const REAL *k1, int n, REAL *dst) {
+    /* words 0..15 of the conversion hold k0's lanes, 16..31 k1's: this interleaves them */
+    const __m512i pairs = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25,
+                                           9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2,
+                                           17, 1, 16, 0);
+    for (int i = 0; i < n; i += VL) {
+        const VEC hi = k1 ? FR_P(vload_n)(k1 + i, n - i) : FR_P(splat)(0);
+        const __m512i both = (__m512i)_mm512_cvtne2ps_pbh((__m512)hi,
+                                                           (__m512)FR_P(vload_n)(k0 + i, n - i));
+        FR_P(vstore_n)(dst + i, (VEC)_mm512_permutexvar_epi16(pairs, both), n - i);
+    }
+}
+
+/* n consecutive values of one row (k = 0 .. n) as the tile reads them: pairs of consecutive
+ * k in KSTEP(n) words (an odd n padded with 0). */
+static inline void FR_P(bf16_row)(const REAL *src, int n, REAL *dst) {
+    const int npad = 2 * KSTEP(n);
+    for (int k = 0; k < npad; k += VL) {
+        const __m256bh h = _mm512_cvtneps_pbh((__m512)FR_P(vload_n)(src + k, n - k));
+        if (npad - k >= VL) /* a constant size: one store */
+            memcpy((uint16_t *)dst + k, &h, sizeof h);
+        else
+            memcpy((uint16_t *)dst + k, &h, (size_t)(npad - k) * 2);
+    }
+}
+#elif FR_BF16
 typedef uint32_t FR_P(uvec) __attribute__((vector_size(FR_VBYTES)));
 
 /* The lanes of x rounded to the nearest bfloat16, ties to even (NaN stays NaN, made quiet):
@@ -41,39 +73,18 @@ static inline FR_P(uvec) FR_P(bf16_round)(VEC x) {
     return ((u + 0x7fffu + ((u >> 16) & 1u)) & ~nan) | ((u | 0x400000u) & nan);
 }
 
-/* n values of k0 as the tile reads an operand: mode 1, floats rounded to bf16; mode 2,
- * 32-bit words pairing k0[i] (low half) with k1[i] (zero if k1 is NULL). */
+/* n values of k0 as the tile reads an operand: floats rounded to bf16 (k1 unused: mode 1
+ * multiplies one k at a time). */
 static inline void FR_P(bf16_convert)(const REAL *k0, const REAL *k1, int n, REAL *dst) {
-    for (int i = 0; i < n; i += VL) {
-        FR_P(uvec) w = FR_P(bf16_round)(FR_P(vload_n)(k0 + i, n - i));
-#if FR_BF16 == 2
-        if (k1) w = (w >> 16) | (FR_P(bf16_round)(FR_P(vload_n)(k1 + i, n - i)) & 0xffff0000u);
-        else w >>= 16;
-#else
-        (void)k1;
-        w &= 0xffff0000u;
-#endif
-        FR_P(vstore_n)(dst + i, (VEC)w, n - i);
-    }
+    (void)k1;
+    for (int i = 0; i < n; i += VL)
+        FR_P(vstore_n)(dst + i, (VEC)(FR_P(bf16_round)(FR_P(vload_n)(k0 + i, n - i))
+                                      & 0xffff0000u), n - i);
 }
 
-/* n consecutive values of one row (k = 0 .. n) as the tile reads them: rounded floats
- * (mode 1), or pairs of consecutive k in KSTEP(n) words (mode 2; an odd n padded with 0). */
+/* n consecutive values of one row as the tile reads them: rounded floats */
 static inline void FR_P(bf16_row)(const REAL *src, int n, REAL *dst) {
-#if FR_BF16 == 2
-    typedef uint16_t FR_P(hvec) __attribute__((vector_size(FR_VBYTES / 2)));
-    const int npad = 2 * KSTEP(n);
-    for (int k = 0; k < npad; k += VL) {
-        FR_P(hvec) h = __builtin_convertvector(FR_P(bf16_round)(FR_P(vload_n)(src + k, n - k))
-                                               >> 16, FR_P(hvec));
-        if (npad - k >= VL) /* a constant size: one store */
-            memcpy((uint16_t *)dst + k, &h, sizeof h);
-        else
-            memcpy((uint16_t *)dst + k, &h, (size_t)(npad - k) * 2);
-    }
-#else
     FR_P(bf16_convert)(src, NULL, n, dst);
-#endif
 }
 #endif
 
