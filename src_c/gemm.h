@@ -411,12 +411,18 @@ static void FR_P(drive)(int M, fr_index c0, fr_index N, fr_index K, FR_P(asrc) a
                         const REAL *bias, REAL *a_sums) {
     /* A transposed is copied once per K block: then the column blocks go inside the K
      * blocks, so that one copy serves them all (row-major A is read in place) */
-    const fr_index ncb = (N + NC - 1) / NC, nkb = K > 0 ? (K + KC - 1) / KC : 1;
     const int k_outer = !a.rows;
+    /* Columns per block. B packed beforehand and small enough to stay in L2 whatever the
+     * blocks (a recurrence's weights): one block of all the columns, so that bf16 A is
+     * converted once per row block rather than once per block */
+    const fr_index nc_max = FR_BF16 && packed && a.rows && N > NC &&
+                                    KSTEP(K) * N * (fr_index)sizeof(REAL) <= (512 << 10) ? N : NC;
+    const fr_index ncb = (N + nc_max - 1) / nc_max, nkb = K > 0 ? (K + KC - 1) / KC : 1;
     for (fr_index outer = 0; outer < (k_outer ? nkb : ncb); outer++)
         for (fr_index inner = 0; inner < (k_outer ? ncb : nkb); inner++) {
-            const fr_index jc = (k_outer ? inner : outer) * NC, kb = (k_outer ? outer : inner) * KC;
-            int nc = (int)(N - jc < NC ? N - jc : NC);
+            const fr_index jc = (k_outer ? inner : outer) * nc_max,
+                           kb = (k_outer ? outer : inner) * KC;
+            int nc = (int)(N - jc < nc_max ? N - jc : nc_max);
             fr_index kc = K - kb < KC ? K - kb : KC;
             int last = kb + kc >= K;
             int init = kb > 0 ? FR_P(INIT_OUT) : load_first ? FR_P(INIT_IN) : FR_P(INIT_ZERO);
