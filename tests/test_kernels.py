@@ -97,6 +97,64 @@ def test_compiled_bf16_gemm_is_the_product_of_rounded_operands(kernel, a_trans):
         assert np.array_equal(results[0][1], results[1][1])
 
 
+def _bf16_rounding_cases():
+    """float32 values whose rounding to bfloat16 is worth checking one by one: ties (the
+    dropped half exactly 0x8000) with even and odd kept parts, one bit either side of a tie,
+    values that round up across a power of two and past the largest bfloat16 to inf,
+    infinities, NaN and random bit patterns of both signs. No subnormal: on the avx512_bf16
+    build they count as zero (test_bf16.py, test_bf16_subnormals_are_zero_...)."""
+    rng = np.random.default_rng(20261206)
+    sign = rng.integers(0, 2, 2000, dtype=np.uint32) << 15
+    kept = rng.integers(0x0080, 0x7F80, 2000, dtype=np.uint32) | sign  # normal, finite
+    low = np.array([0x8000, 0x7FFF, 0x8001, 0x0000, 0xFFFF], np.uint32)
+    bits = (kept[:, None] << 16 | low).ravel()
+    special = np.array([0x3F80_8000, 0x3F81_8000, 0x3FFF_FFFF, 0x7F7F_7FFF, 0x7F7F_8000,
+                        0x7F7F_FFFF, 0xFF7F_FFFF, 0x7F80_0000, 0xFF80_0000, 0x7FC0_0000,
+                        0x7F80_0001, 0x0080_0000, 0x8080_0000], np.uint32)
+    random = rng.integers(0, 2 ** 32, 3001, dtype=np.uint64).astype(np.uint32)
+    values = np.concatenate([bits, special, random]).view(np.float32)
+    return values[~((np.abs(values) < np.finfo(np.float32).tiny) & (values != 0))]
+
+
+def test_compiled_bf16_operands_round_like_the_model(kernel):
+    """Every operand of a bfloat16 product is rounded as reference.round_to_bfloat16 rounds
+    it (to nearest, ties to even; inf, NaN kept; past the largest bf16, inf), in every path
+    that converts one: row-major A one k or a pair of k a row, Aᵀ's pairs of rows (either
+    half of a 32-bit word), B's rows and pairs of rows, B from a transposed view. Each value
+    meets an exact 1 (and its partner in a pair an exact 0), so the product is the rounded
+    value itself."""
+    from fastrnn import _rnn, reference
+
+    v = _bf16_rounding_cases()
+    n = v.size
+    expected = reference.round_to_bfloat16(v)
+    partner = np.random.default_rng(1).standard_normal(n).astype(np.float32)  # finite: 0·it = 0
+    one, zero = np.float32(1), np.float32(0)
+    low, high = np.array([[one], [zero]]), np.array([[zero], [one]])  # pick a pair's half
+
+    def product(a, b, a_trans=False):
+        c = np.empty(((a.T if a_trans else a).shape[0], b.shape[1]), np.float32)
+        _rnn.gemm(a, b, c, None, False, 2, a_trans, None, True)
+        return c
+
+    results = {
+        "A, one k": product(v[:, None], np.array([[one]]))[:, 0],
+        "A, k pair, low half": product(np.stack([v, partner], 1), low)[:, 0],
+        "A, k pair, high half": product(np.stack([partner, v], 1), high)[:, 0],
+        "A^T, low half": product(np.stack([v, partner]), low, True)[:, 0],
+        "A^T, high half": product(np.stack([partner, v]), high, True)[:, 0],
+        "B, one k": product(np.array([[one]]), v[None, :])[0],
+        "B, low half": product(low.T, np.stack([v, partner]))[0],
+        "B, high half": product(high.T, np.stack([partner, v]))[0],
+        "B transposed view": product(low.T, np.stack([v, partner], 1).T)[0],
+    }
+    for path, got in results.items():
+        wrong = ~((got == expected) | (np.isnan(got) & np.isnan(expected)))
+        assert not wrong.any(), (f"{path}: {wrong.sum()} values rounded differently, e.g. "
+                                 f"{v[wrong][:3].view(np.uint32)} -> {got[wrong][:3]}, "
+                                 f"expected {expected[wrong][:3]}")
+
+
 @pytest.mark.parametrize("L,N,I,H,D", [(5, 7, 13, 40, 2), (40, 16, 9, 24, 2), (2, 3, 5, 530, 1),
                                        (2, 3, 530, 8, 2), (4, 3, 0, 16, 2)],
                          ids=["ragged", "k-blocks", "hidden-blocks", "input-blocks", "no-input"])
