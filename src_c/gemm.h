@@ -412,9 +412,9 @@ static void FR_P(drive)(int M, fr_index c0, fr_index N, fr_index K, FR_P(asrc) a
     /* A transposed is copied once per K block: then the column blocks go inside the K
      * blocks, so that one copy serves them all (row-major A is read in place) */
     const int k_outer = !a.rows;
-    /* Columns per block. B packed beforehand and small enough to stay in L2 whatever the
-     * blocks (a recurrence's weights): one block of all the columns, so that bf16 A is
-     * converted once per row block rather than once per block */
+    /* Columns per block. B packed beforehand and at most half a Zen 4 core's L2 (a
+     * recurrence's weights) stays there whatever the blocks: then one block of all the
+     * columns, so that bf16 A is converted once per row block rather than once per block */
     const fr_index nc_max = FR_BF16 && packed && a.rows && N > NC &&
                                     KSTEP(K) * N * (fr_index)sizeof(REAL) <= (512 << 10) ? N : NC;
     const fr_index ncb = (N + nc_max - 1) / nc_max, nkb = K > 0 ? (K + KC - 1) / KC : 1;
