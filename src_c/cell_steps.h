@@ -43,7 +43,7 @@ typedef struct {
     int row, col, j, w;
 } FR_P(slot);
 
-/* body(count, n, slots, args...) for every unit vector: whole ones in groups of FR_SLOTS
+/* body(count, n, slots, H, args...) for every unit vector: whole ones in groups of FR_SLOTS
  * (count and n constants, so that the body's loops over the slots unroll into registers),
  * the rest one at a time */
 #define FR_CELL_SLOTS(body, G, M, H, j0, j1, ...)                                            \
@@ -57,16 +57,16 @@ typedef struct {
                          u = 0; u < w; u += VL) {                                            \
                     const FR_P(slot) one_ = {row, (G) * jb + u, jb + u, w};                  \
                     if (w - u < VL) {                                                        \
-                        body(1, w - u, &one_, __VA_ARGS__);                                  \
+                        body(1, w - u, &one_, (H), __VA_ARGS__);                             \
                         continue;                                                            \
                     }                                                                        \
                     group_[m_++] = one_;                                                     \
                     if (m_ == FR_SLOTS) {                                                    \
-                        body(FR_SLOTS, VL, group_, __VA_ARGS__);                             \
+                        body(FR_SLOTS, VL, group_, (H), __VA_ARGS__);                        \
                         m_ = 0;                                                              \
                     }                                                                        \
                 }                                                                            \
-        for (int q_ = 0; q_ < m_; q_++) body(1, VL, group_ + q_, __VA_ARGS__);              \
+        for (int q_ = 0; q_ < m_; q_++) body(1, VL, group_ + q_, (H), __VA_ARGS__);          \
     } while (0)
 
 /* for (q < count) stmt: the step `stmt` of the arithmetic for every slot */
@@ -104,7 +104,7 @@ FR_BODY FR_P(lstm_vectors)(const int count, const int n, const FR_P(slot) *sl, i
  * (the output, or m before a projection). */
 static void FR_P(lstm_cell)(int M, int H, int j0, int j1, REAL *const *save,
                             const REAL *const *r, const REAL *const *cprev, REAL *const *h) {
-    FR_CELL_SLOTS(FR_P(lstm_vectors), 4, M, H, j0, j1, H, save, r, cprev, h);
+    FR_CELL_SLOTS(FR_P(lstm_vectors), 4, M, H, j0, j1, save, r, cprev, h);
 }
 
 /* LSTM derivative of the slots' vectors: see lstm_cell_grad */
@@ -138,7 +138,7 @@ FR_BODY FR_P(lstm_grad_vectors)(const int count, const int n, const FR_P(slot) *
 static void FR_P(lstm_cell_grad)(int M, int H, int j0, int j1, const REAL *const *dm,
                                  const REAL *const *save, const REAL *const *cprev,
                                  REAL *const *dc, REAL *const *da) {
-    FR_CELL_SLOTS(FR_P(lstm_grad_vectors), 4, M, H, j0, j1, H, dm, save, cprev, dc, da);
+    FR_CELL_SLOTS(FR_P(lstm_grad_vectors), 4, M, H, j0, j1, dm, save, cprev, dc, da);
 }
 
 /* GRU forward of the slots' vectors: see gru_cell */
@@ -169,7 +169,7 @@ FR_BODY FR_P(gru_vectors)(const int count, const int n, const FR_P(slot) *sl, in
  * b_hn) (3H); hprev_r: h_{t-1}; h_r receives h_t. */
 static void FR_P(gru_cell)(int M, int H, int j0, int j1, REAL *const *save,
                            const REAL *const *r, const REAL *const *hprev, REAL *const *h) {
-    FR_CELL_SLOTS(FR_P(gru_vectors), 3, M, H, j0, j1, H, save, r, hprev, h);
+    FR_CELL_SLOTS(FR_P(gru_vectors), 3, M, H, j0, j1, save, r, hprev, h);
 }
 
 /* GRU derivative of the slots' vectors: see gru_cell_grad */
@@ -204,7 +204,7 @@ FR_BODY FR_P(gru_grad_vectors)(const int count, const int n, const FR_P(slot) *s
 static void FR_P(gru_cell_grad)(int M, int H, int j0, int j1, REAL *const *dh,
                                 const REAL *const *save, const REAL *const *hprev,
                                 REAL *const *da, REAL *const *dr) {
-    FR_CELL_SLOTS(FR_P(gru_grad_vectors), 3, M, H, j0, j1, H, dh, save, hprev, da, dr);
+    FR_CELL_SLOTS(FR_P(gru_grad_vectors), 3, M, H, j0, j1, dh, save, hprev, da, dr);
 }
 
 #undef FR_SLOTS
