@@ -277,7 +277,7 @@ def gated_parallel_cases(draw):
     cell = draw(st.sampled_from(["lstm", "gru"]))
     if draw(st.booleans()):  # batch slices, with and without the projection per step
         batch, hidden = draw(st.integers(8, 40)), draw(st.integers(8, 90))
-    else:  # hidden units, from the fourth 32-unit block on
+    else:  # hidden units: H >= 128, four of the split's blocks of 32 units or more
         batch, hidden = draw(st.integers(1, 7)), draw(st.integers(128, 170))
     proj = draw(st.sampled_from([0, 0, hidden // 3])) if cell == "lstm" else 0
     G, out = {"lstm": 4, "gru": 3}[cell], proj or hidden
