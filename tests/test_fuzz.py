@@ -55,6 +55,26 @@ def relayout(a, how):
     return a
 
 
+def draw_stack(draw, steps, batches, inputs):
+    """What every cell's case draws alike, in this order: num_layers, bidirectional, bias,
+    layout ('time', 'batch' or 'unbatched'), seq_len, batch, input_size."""
+    num_layers = draw(st.integers(1, 3))
+    bidirectional = draw(st.booleans())
+    bias = draw(st.booleans())
+    layout = draw(st.sampled_from(["time", "batch", "unbatched"]))
+    seq_len = draw(st.integers(0, steps))
+    batch = 1 if layout == "unbatched" else draw(st.integers(0, batches))
+    return num_layers, bidirectional, bias, layout, seq_len, batch, draw(st.integers(0, inputs))
+
+
+def draw_lengths(draw, layout, seq_len, batch):
+    """None, or a length in [0, seq_len] per sequence (batched layouts only)."""
+    if layout == "unbatched" or not draw(st.booleans()):
+        return None
+    return np.array(draw(st.lists(st.integers(0, seq_len), min_size=batch, max_size=batch)),
+                    dtype=np.int64)
+
+
 @st.composite
 def rnn_cases(draw):
     """Options, sizes and arrays for one forward + backward."""
@@ -64,19 +84,11 @@ def rnn_cases(draw):
     # where that needs a value within 1e-16 of 0
     dtype = np.float64 if nonlinearity == "relu" else draw(st.sampled_from([np.float32,
                                                                             np.float64]))
-    num_layers = draw(st.integers(1, 3))
-    bidirectional = draw(st.booleans())
-    bias = draw(st.booleans())
-    layout = draw(st.sampled_from(["time", "batch", "unbatched"]))
-    seq_len = draw(st.integers(0, 7))
-    batch = 1 if layout == "unbatched" else draw(st.integers(0, 6))
-    input_size = draw(st.integers(0, 6))
+    num_layers, bidirectional, bias, layout, seq_len, batch, input_size = draw_stack(
+        draw, steps=7, batches=6, inputs=6)
     # across SIMD widths (4, 8, 16 lanes) and the 32-column panels of the step kernels
     hidden_size = draw(st.integers(1, 40))
-    lengths = None
-    if layout != "unbatched" and draw(st.booleans()):
-        lengths = np.array(draw(st.lists(st.integers(0, seq_len), min_size=batch,
-                                         max_size=batch)), dtype=np.int64)
+    lengths = draw_lengths(draw, layout, seq_len, batch)
     D = 2 if bidirectional else 1
     p = draw(st.sampled_from([None, 0.0, 0.5, 1.0])) if num_layers > 1 else None
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
@@ -199,22 +211,14 @@ def gated_cases(draw):
     """Options, sizes and arrays for one LSTM or GRU forward + backward."""
     cell = draw(st.sampled_from(["lstm", "gru"]))
     dtype = draw(st.sampled_from([np.float32, np.float64]))
-    num_layers = draw(st.integers(1, 3))
-    bidirectional = draw(st.booleans())
-    bias = draw(st.booleans())
-    layout = draw(st.sampled_from(["time", "batch", "unbatched"]))
-    seq_len = draw(st.integers(0, 6))
-    batch = 1 if layout == "unbatched" else draw(st.integers(0, 5))
-    input_size = draw(st.integers(0, 5))
+    num_layers, bidirectional, bias, layout, seq_len, batch, input_size = draw_stack(
+        draw, steps=6, batches=5, inputs=5)
     # partial vectors of 16 units, the epilogue's groups of four vectors (64 units and more)
     # and more than one of the gate-interleaved packing's blocks of 32 units
     hidden_size = draw(st.integers(1, 80))
     proj_size = (draw(st.integers(0, hidden_size - 1)) if cell == "lstm" and hidden_size > 1
                  else 0)
-    lengths = None
-    if layout != "unbatched" and draw(st.booleans()):
-        lengths = np.array(draw(st.lists(st.integers(0, seq_len), min_size=batch,
-                                         max_size=batch)), dtype=np.int64)
+    lengths = draw_lengths(draw, layout, seq_len, batch)
     D = 2 if bidirectional else 1
     out = proj_size or hidden_size
     p = draw(st.sampled_from([None, 0.0, 0.5, 1.0])) if num_layers > 1 else None
