@@ -271,6 +271,10 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
                         break  # the slice's sequences have all ended
                     for i in range(m):
                         hrow[i] = srow[i] + mslot if proj else orow[i]
+                        if sp.by_columns:
+                            # the other threads just wrote the rest of h_{t-1}: fetch all its
+                            # lines at once, not one by one as the product reaches them
+                            fr_prefetch(hprev[i], H_out * sizeof(floating))
                     if px != NULL:
                         if m > 0 and pt.j1 > pt.j0:  # P_t of this part's gates, in place
                             kernels.input_step(ks, m, I, G * pt.j0, G * pt.j1, xrows, pwi,
