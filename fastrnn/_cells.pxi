@@ -534,6 +534,9 @@ def cell_backward(int cell, const floating[:, :, :] save not None,
                                                   <const floating **> srow, hprev, da, dr)
                     if sp.by_columns:
                         fr_spin_wait(&step_barrier, team)  # g = dR W_hh reads all of dR
+                        # the other threads just wrote the rest of dR: all its lines at once
+                        for i in range(m):
+                            fr_prefetch(dr[i], G * H * sizeof(floating))
                     if m > 0 and p1 > p0:
                         kernels.input_step(ks, m, G * H, p0, p1, <const floating **> dr, pw,
                                            NULL, gr)

@@ -375,6 +375,9 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
                                         da, relu)
                     if sp.by_columns:
                         fr_spin_wait(&step_barrier, team)  # g = dA_t W_hh reads all of dA_t
+                        # the other threads just wrote the rest of dA_t: all its lines at once
+                        for b in range(m):
+                            fr_prefetch(da[b], H * sizeof(floating))
                     if m > 0 and pt.j1 > pt.j0:
                         kernels.bptt_g(ks, m, H, pt.j0, pt.j1, <const floating **> da, gr, pw)
                 if ok and not sp.by_columns:
