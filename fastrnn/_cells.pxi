@@ -271,10 +271,8 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
                         break  # the slice's sequences have all ended
                     for i in range(m):
                         hrow[i] = srow[i] + mslot if proj else orow[i]
-                        if sp.by_columns:
-                            # the other threads just wrote the rest of h_{t-1}: fetch all its
-                            # lines at once, not one by one as the product reaches them
-                            fr_prefetch(hprev[i], H_out * sizeof(floating))
+                    if sp.by_columns:
+                        _prefetch_shared_rows(hprev, m, H_out)
                     if px != NULL:
                         if m > 0 and pt.j1 > pt.j0:  # P_t of this part's gates, in place
                             kernels.input_step(ks, m, I, G * pt.j0, G * pt.j1, xrows, pwi,
@@ -534,9 +532,7 @@ def cell_backward(int cell, const floating[:, :, :] save not None,
                                                   <const floating **> srow, hprev, da, dr)
                     if sp.by_columns:
                         fr_spin_wait(&step_barrier, team)  # g = dR W_hh reads all of dR
-                        # the other threads just wrote the rest of dR: all its lines at once
-                        for i in range(m):
-                            fr_prefetch(dr[i], G * H * sizeof(floating))
+                        _prefetch_shared_rows(<const floating **> dr, m, G * H)
                     if m > 0 and p1 > p0:
                         kernels.input_step(ks, m, G * H, p0, p1, <const floating **> dr, pw,
                                            NULL, gr)

@@ -53,6 +53,16 @@ cdef inline void _prefetch_step(fr_index s, fr_index b0, fr_index b1, const int6
                 fr_prefetch(p2 + t * ts2 + b * bs2, H * sizeof(floating))
 
 
+cdef inline void _prefetch_shared_rows(const floating **rows, int m,
+                                       fr_index width) noexcept nogil:
+    """Prefetch rows[0 .. m] (``width`` values each), which the other threads of a column
+    split have just written in part: after the step barrier, all their lines at once, not
+    one by one as the product reaches them."""
+    cdef int i
+    for i in range(m):
+        fr_prefetch(rows[i], width * sizeof(floating))
+
+
 cdef inline int _gather_backward(fr_index s, fr_index b0, fr_index b1, const int64_t *plen,
                                  bint reverse, int H, const floating *po, fr_index ts,
                                  fr_index bs, const floating *pgo, fr_index gts, fr_index gbs,
@@ -192,10 +202,7 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
                     if m == 0 and not sp.by_columns:
                         break  # the slice's sequences have all ended
                     if sp.by_columns:
-                        # half of h_{t-1} was just written on the other core: fetch all its
-                        # lines at once, not one by one as the product reaches them
-                        for b in range(m):
-                            fr_prefetch(hprev[b], H * sizeof(floating))
+                        _prefetch_shared_rows(hprev, m, H)
                     elif pwi == NULL:
                         _prefetch_step(s + 1, pt.b0, pt.b1, plen, reverse, H, po, ts, bs, NULL,
                                        0, 0)
@@ -375,9 +382,7 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
                                         da, relu)
                     if sp.by_columns:
                         fr_spin_wait(&step_barrier, team)  # g = dA_t W_hh reads all of dA_t
-                        # the other threads just wrote the rest of dA_t: all its lines at once
-                        for b in range(m):
-                            fr_prefetch(da[b], H * sizeof(floating))
+                        _prefetch_shared_rows(<const floating **> da, m, H)
                     if m > 0 and pt.j1 > pt.j0:
                         kernels.bptt_g(ks, m, H, pt.j0, pt.j1, <const floating **> da, gr, pw)
                 if ok and not sp.by_columns:
