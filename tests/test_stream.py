@@ -949,3 +949,40 @@ def test_repr_and_reset_all(rng):
     stream.reset()
     assert_state_equal(stream.state, np.zeros((1, 2, H), np.float32))
     assert np.array_equal(stream(x[2:]), whole(module, x[2:])[0])
+
+
+# 11. the module's eval forward on a stream of its own -------------------------------------
+# (steps, batch) on both sides of the rule: a call of up to 8 steps, or of up to 32 (Elman)
+# or 64 (gated cells) rows, runs on the module's stream; a longer one packs the weights itself
+SHORT_CALLS = [(8, 9), (9, 1), (32, 1), (33, 1), (16, 2), (17, 2), (21, 3), (64, 1), (65, 1)]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("steps, batch", SHORT_CALLS)
+def test_module_eval_forward_sees_a_hand_write(cell, steps, batch, rng):
+    """The module's eval forward is bitwise the functional one on either path, and sees a
+    write into ``p.data`` by hand at once (a user's stream does not): its stream compares
+    the weights it packed with the parameters on every call."""
+    module = build(cell, num_layers=2, rng=rng)
+    x = inputs(rng, module, steps, batch)
+    state = random_state(rng, module, batch)
+    before = whole(module, x, state)
+    on_stream = steps <= 8 or steps * batch <= fastrnn.rnn.SHORT_FORWARD_ROWS[module._cell]
+    assert (module._inference is not None) == on_stream  # the case covers the path it names
+    module.weight_hh_l1.data[...] *= -1
+    after = whole(module, x, state)
+    assert not np.array_equal(after[0], before[0])
+
+
+@pytest.mark.parametrize("cell", ["rnn-tanh", "lstm-proj", "gru"])
+@pytest.mark.parametrize("layout", ["batch_first", "unbatched"])
+def test_module_eval_forward_on_its_stream_in_every_layout(cell, layout, rng):
+    module = build(cell, num_layers=2, rng=rng, batch_first=layout == "batch_first")
+    batch = 2 if layout == "batch_first" else 1
+    x = inputs(rng, module, 16, batch)
+    state = random_state(rng, module, batch)
+    if layout == "unbatched":
+        x = x[:, 0]
+        state = tuple(s[:, 0] for s in state) if is_lstm(module) else state[:, 0]
+    whole(module, x, state)
+    assert module._inference is not None
