@@ -47,6 +47,24 @@ cdef fr_index *_gate_rows(int G, int H) noexcept nogil:
     return rows
 
 
+cdef fr_index *_blocked_gate_rows(int G, int H, fr_index count) except NULL:
+    """_gate_rows' order within each block of G·H of ``count`` rows (free it): a gated
+    cell's weights for one direction or several, stacked."""
+    if G < 1 or H < 1 or <fr_index> G * H > INT_MAX or count % (<fr_index> G * H) != 0:
+        raise ValueError(f"a gate layout of {G} gates and {H} hidden units needs a multiple "
+                         f"of {G}·{H} rows, got {count}")
+    cdef fr_index *rows = <fr_index *> malloc(max(1, count) * sizeof(fr_index))
+    if rows == NULL:
+        raise MemoryError("could not allocate the gate order")
+    cdef fr_index block = <fr_index> G * H, start, i
+    if count:
+        fr_gate_rows(G, H, rows)
+    for start in range(block, count, block):
+        for i in range(block):
+            rows[start + i] = rows[i] + start
+    return rows
+
+
 cdef _Split _split_cell(fr_index L, fr_index N, int H, int G, int H_out,
                         int num_threads) noexcept nogil:
     """The split of a gated recurrence: as the Elman one's, for G·H·H_out multiply-adds a

@@ -42,12 +42,6 @@ def _interleave(gates, hidden_size):
     return perm, inverse
 
 
-def _interleaved(w, cell, sizes):
-    """A torch-ordered (G·H, ·) weight's rows gate-interleaved: W_ih for the GEMMs of P and
-    dX, which read it as it is stored."""
-    return np.ascontiguousarray(w[_interleave(cell.gates, sizes.hidden_size)[0]])
-
-
 def _cell_weights(cell, params, k, sizes):
     """A direction's weights for the kernels: W_ih and W_hh (contiguous, torch's order), b
     (P's bias, gate-interleaved, or None), b_hh (added to h W_hhᵀ: the GRU's b_hn,
@@ -125,8 +119,9 @@ def _forward(cell, x, params, states, num_layers, bidirectional, batch_first, le
             if per_step:
                 projection = dict(x=inp, w_ih=w_ih, bias=b)
             else:
-                _rnn.gemm(inp.reshape(L * N, inp.shape[2]), _interleaved(w_ih, cell, sizes).T,
-                          save.reshape(L * N, W)[:, :G * H], b, False, threads, bf16=bf16)
+                _rnn.gemm(inp.reshape(L * N, inp.shape[2]), w_ih.T,
+                          save.reshape(L * N, W)[:, :G * H], b, False, threads, bf16=bf16,
+                          gate_layout=(G, H, 1))
             _rnn.cell_forward(_KERNEL[cell.name], save, out[:, :, d * H_out:(d + 1) * H_out],
                               states[0][i], states[1][i] if lstm else None, w_hh, b_hh, w_hr,
                               lengths, d == 1, finals[0][i], finals[1][i] if lstm else None,
@@ -232,7 +227,7 @@ def _backward(cell, cache, grad_output, grad_states):
             i, cols, gcols = layer * D + d, slice(d * H_out, (d + 1) * H_out), \
                 slice(d * G * H, (d + 1) * G * H)
             w_ih, _, w_hh, _, w_hr = _cell_weights(cell, params, k, sizes)
-            w_ihs.append(_interleaved(w_ih, cell, sizes))
+            w_ihs.append(w_ih)
             save = cache["saves"][layer][d]
             # dLoss/dh_t: read after its step only by the projection's gradient
             dh = _step_rows(L, N, H_out, dtype, not sizes.proj_size)
@@ -263,7 +258,7 @@ def _backward(cell, cache, grad_output, grad_states):
         w_ih = w_ihs[0] if D == 1 else np.concatenate(w_ihs)
         d_in = np.empty_like(inp)
         _rnn.gemm(da.reshape(L * N, D * G * H), w_ih, d_in.reshape(L * N, inp.shape[2]), None,
-                  False, threads, bf16=bf16)
+                  False, threads, bf16=bf16, gate_layout=(G, H, 0))
         # dW_hh = dRᵀH_prev and (GRU) db_hh = ΣdR. An LSTM's dR is its dA; a GRU's is made
         # from dA in place, now that dX has read it (no (L, N, D·3H) array of its own)
         for k, da_d, out_d, h0, reverse, save in recurrent:

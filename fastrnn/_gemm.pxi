@@ -2,7 +2,7 @@
 
 def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
          const floating[::1] bias=None, bint accumulate=False, int num_threads=1,
-         bint a_trans=False, floating[::1] a_sums=None, bint bf16=False):
+         bint a_trans=False, floating[::1] a_sums=None, bint bf16=False, gate_layout=None):
     """c = (c if accumulate else 0) + op(a) @ b + bias, op(a) = a.T if a_trans else a.
 
     ``b`` may be a transposed view (``w.T`` of a row-major ``w``): it is packed from there,
@@ -12,7 +12,11 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
     packing, meeting once per block. With ``a_trans``, ``a_sums`` (if given) receives
     op(a).sum(axis=1), each sum in row order of ``a``, from the one reading of ``a`` (a
     bias gradient next to a weight gradient). ``bf16``: the product's operands are rounded
-    to bfloat16 (float32 arrays; a_sums, bias and the sums stay float32).
+    to bfloat16 (float32 arrays; a_sums, bias and the sums stay float32). ``gate_layout``
+    (gates, hidden_size), not with ``a_trans``: the rows of the array ``b`` views (``w``
+    of ``w.T``, else b's own) are blocks of gates·hidden_size rows in torch's gate order,
+    a gated cell's weights, and are read gate-interleaved (``gate_rows``) within each
+    block, as the kernels lay out the gates: no reordered copy of the weights.
     """
     _check_num_threads(num_threads)
     cdef fr_index M = a.shape[1] if a_trans else a.shape[0]
@@ -32,9 +36,20 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
     if M == 0:
         return
     cdef fr_index lda = _row_stride(a.shape, a.strides, sizeof(floating), "a")
-    # b's columns contiguous (b_trans) and its rows not: read it as bᵀ stored row-major
-    cdef bint b_trans = (b.shape[1] > 1 and b.strides[1] != sizeof(floating)
-                         and (b.shape[0] <= 1 or b.strides[0] == sizeof(floating)))
+    cdef int gates = 0, hidden = 0, gate_axis = 0
+    cdef bint b_trans
+    if gate_layout is not None:
+        if a_trans:
+            raise ValueError("gate_layout is not supported with a_trans")
+        gates, hidden, gate_axis = gate_layout
+        if gate_axis not in (0, 1):
+            raise ValueError(f"gate_layout's axis must be 0 or 1, got {gate_axis}")
+        # the gates' axis is the one along b's stored rows, which pack reorders
+        b_trans = gate_axis == 1
+    else:
+        # b's columns contiguous (b_trans) and its rows not: read it as bᵀ stored row-major
+        b_trans = (b.shape[1] > 1 and b.strides[1] != sizeof(floating)
+                   and (b.shape[0] <= 1 or b.strides[0] == sizeof(floating)))
     if b_trans:
         _check_strides("b", b.shape, b.strides, 2, sizeof(floating), 0)
     cdef fr_index ldb = (b.strides[1] // sizeof(floating) if b_trans
@@ -70,13 +85,16 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
         if failed[0]:
             raise MemoryError("could not allocate GEMM scratch")
         return
+    cdef fr_index *b_rows = (_blocked_gate_rows(gates, hidden, N if b_trans else K)
+                             if gate_layout is not None else NULL)
     for tile in prange(ntiles, nogil=True, num_threads=num_threads, schedule="static"):
         i0 = tile * tile_rows
         rows = min(tile_rows, M - i0)
         if kernels.gemm(ks, rows, N, K, pa + i0 * a_step, lda, a_trans, pb, ldb, b_trans,
-                        pc + i0 * ldc, ldc, pbias, accumulate,
+                        b_rows, pc + i0 * ldc, ldc, pbias, accumulate,
                         psums + i0 if psums != NULL else NULL) != 0:
             failed[0] = 1
+    free(b_rows)
     if failed[0]:
         raise MemoryError("could not allocate GEMM scratch")
 

@@ -15,7 +15,7 @@ cdef extern from "kernels.h" nogil:
 
     ctypedef struct fr_kernels_float:
         int (*gemm)(fr_index, fr_index, fr_index, const float *, fr_index, int, const float *,
-                    fr_index, int, float *, fr_index, const float *, int,
+                    fr_index, int, const fr_index *, float *, fr_index, const float *, int,
                     float *) noexcept nogil
         fr_index (*gemm_team_size)(fr_index, fr_index) noexcept nogil
         int (*gemm_at_team)(fr_index, fr_index, fr_index, const float *, fr_index,
@@ -50,8 +50,8 @@ cdef extern from "kernels.h" nogil:
 
     ctypedef struct fr_kernels_double:
         int (*gemm)(fr_index, fr_index, fr_index, const double *, fr_index, int,
-                    const double *, fr_index, int, double *, fr_index, const double *, int,
-                    double *) noexcept nogil
+                    const double *, fr_index, int, const fr_index *, double *, fr_index,
+                    const double *, int, double *) noexcept nogil
         fr_index (*gemm_team_size)(fr_index, fr_index) noexcept nogil
         int (*gemm_at_team)(fr_index, fr_index, fr_index, const double *, fr_index,
                             const double *, fr_index, int, double *, fr_index, const double *,
@@ -122,13 +122,14 @@ ctypedef fused floating:
 
 cdef inline int gemm(const fastrnn_kernels *ks, fr_index M, fr_index N, fr_index K,
                      const floating *A, fr_index lda, int a_trans, const floating *B,
-                     fr_index ldb, int b_trans, floating *C, fr_index ldc,
-                     const floating *bias, int accumulate, floating *a_sums) noexcept nogil:
+                     fr_index ldb, int b_trans, const fr_index *b_rows, floating *C,
+                     fr_index ldc, const floating *bias, int accumulate,
+                     floating *a_sums) noexcept nogil:
     if floating is float:
-        return ks.f32.gemm(M, N, K, A, lda, a_trans, B, ldb, b_trans, C, ldc, bias,
+        return ks.f32.gemm(M, N, K, A, lda, a_trans, B, ldb, b_trans, b_rows, C, ldc, bias,
                            accumulate, a_sums)
     else:
-        return ks.f64.gemm(M, N, K, A, lda, a_trans, B, ldb, b_trans, C, ldc, bias,
+        return ks.f64.gemm(M, N, K, A, lda, a_trans, B, ldb, b_trans, b_rows, C, ldc, bias,
                            accumulate, a_sums)
 
 

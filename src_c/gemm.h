@@ -403,10 +403,11 @@ static void FR_P(pack)(fr_index K, fr_index N, const REAL *B, fr_index ldb, int 
 
 /* C[:, c0 .. c0+N] from A and B, over K blocks and column blocks. B is either pre-packed
  * whole (packed: all columns, panel stride K·NR; c0 selects where to start) or packed here
- * block by block from B/ldb/b_trans into scratch (c0 = 0). a_sums: see block. */
+ * block by block from B/ldb/b_trans (B's stored rows reordered by b_rows if not NULL, as
+ * pack's rows) into scratch (c0 = 0). a_sums: see block. */
 static void FR_P(drive)(int M, fr_index c0, fr_index N, fr_index K, FR_P(asrc) a,
                         const REAL *packed, const REAL *B, fr_index ldb, int b_trans,
-                        REAL *scratch, REAL *apack,
+                        const fr_index *b_rows, REAL *scratch, REAL *apack,
                         const REAL *const *cin, REAL *const *cout, int load_first, int fin,
                         const REAL *bias, REAL *a_sums) {
     /* A transposed is copied once per K block: then the column blocks go inside the K
@@ -432,8 +433,10 @@ static void FR_P(drive)(int M, fr_index c0, fr_index N, fr_index K, FR_P(asrc) a
                 bp = packed + (c0 + jc) * KSTEP(K) + KSTEP(kb) * NR;
                 stride = KSTEP(K) * NR;
             } else {
-                FR_P(pack)(kc, nc, b_trans ? B + jc * ldb + kb : B + kb * ldb + jc, ldb,
-                           b_trans, NULL, scratch);
+                /* the block's first stored row of B, or through b_rows its first column */
+                const fr_index first = b_trans ? jc : kb;
+                FR_P(pack)(kc, nc, (b_rows ? B : B + first * ldb) + (b_trans ? kb : jc), ldb,
+                           b_trans, b_rows ? b_rows + first : NULL, scratch);
                 bp = scratch;
                 stride = KSTEP(kc) * NR;
             }
@@ -444,8 +447,9 @@ static void FR_P(drive)(int M, fr_index c0, fr_index N, fr_index K, FR_P(asrc) a
 }
 
 static int FR_P(gemm)(fr_index M, fr_index N, fr_index K, const REAL *A, fr_index lda,
-                      int a_trans, const REAL *B, fr_index ldb, int b_trans, REAL *C,
-                      fr_index ldc, const REAL *bias, int accumulate, REAL *a_sums) {
+                      int a_trans, const REAL *B, fr_index ldb, int b_trans,
+                      const fr_index *b_rows, REAL *C, fr_index ldc, const REAL *bias,
+                      int accumulate, REAL *a_sums) {
     if (M <= 0) return 0;
     if (a_sums && a_trans) {
         memset(a_sums, 0, (size_t)M * sizeof(REAL));
@@ -472,7 +476,7 @@ static int FR_P(gemm)(fr_index M, fr_index N, fr_index K, const REAL *A, fr_inde
         crows[i] = C + i * ldc;
     }
     FR_P(asrc) a = {a_trans ? NULL : rows, A, lda};
-    FR_P(drive)((int)M, 0, N, K, a, NULL, B, ldb, b_trans, scratch, scratch + bsize,
+    FR_P(drive)((int)M, 0, N, K, a, NULL, B, ldb, b_trans, b_rows, scratch, scratch + bsize,
                 (const REAL *const *)crows, crows, accumulate,
                 bias ? FR_P(FIN_BIAS) : FR_P(FIN_NONE), bias, a_trans ? a_sums : NULL);
     free(rows);

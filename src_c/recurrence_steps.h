@@ -9,7 +9,7 @@ static void FR_P(rnn_step)(int M, int H, int j0, int j1, const REAL *const *hpre
                            int relu) {
     /* h_t = act(P_t + h_{t-1} W_hhᵀ) for columns j0 .. j1: P is the accumulator's start */
     FR_P(asrc) a = {hprev, NULL, 0};
-    FR_P(drive)(M, j0, j1 - j0, H, a, wt_packed, NULL, 0, 0, NULL, NULL, p, out, 1,
+    FR_P(drive)(M, j0, j1 - j0, H, a, wt_packed, NULL, 0, 0, NULL, NULL, NULL, p, out, 1,
                 relu ? FR_P(FIN_RELU) : FR_P(FIN_TANH), NULL, NULL);
 }
 
@@ -17,7 +17,7 @@ static void FR_P(input_step)(int M, int I, int j0, int j1, const REAL *const *x,
                              const REAL *wit_packed, const REAL *bias, REAL *const *out) {
     /* the input projection of one step's rows, as the GEMM computes it (zero start, bias last) */
     FR_P(asrc) a = {x, NULL, 0};
-    FR_P(drive)(M, j0, j1 - j0, I, a, wit_packed, NULL, 0, 0, NULL, NULL, NULL, out, 0,
+    FR_P(drive)(M, j0, j1 - j0, I, a, wit_packed, NULL, 0, 0, NULL, NULL, NULL, NULL, out, 0,
                 bias ? FR_P(FIN_BIAS) : FR_P(FIN_NONE), bias ? bias + j0 : NULL, NULL);
 }
 
@@ -107,6 +107,6 @@ static void FR_P(bptt_g)(int M, int H, int j0, int j1, const REAL *const *da, RE
                          const REAL *w_packed) {
     /* g = dA_t W_hh for columns j0 .. j1 */
     FR_P(asrc) a = {da, NULL, 0};
-    FR_P(drive)(M, j0, j1 - j0, H, a, w_packed, NULL, 0, 0, NULL, NULL, NULL, g, 0, FR_P(FIN_NONE),
-                NULL, NULL);
+    FR_P(drive)(M, j0, j1 - j0, H, a, w_packed, NULL, 0, 0, NULL, NULL, NULL, NULL, g, 0,
+                FR_P(FIN_NONE), NULL, NULL);
 }

@@ -43,6 +43,58 @@ def test_compiled_gemm_matches_numpy(kernel, M, N, K, a_trans, b_layout, dtype):
     assert np.array_equal(c, c1)
 
 
+@pytest.mark.parametrize("gates,hidden,blocks,M,K", [(4, 5, 1, 7, 3), (3, 40, 2, 20, 600),
+                                                     (4, 150, 1, 9, 1), (3, 33, 2, 1, 70)],
+                         ids=["tiny", "k-blocks-two-directions", "one-input", "one-row"])
+@pytest.mark.parametrize("dtype,bf16", [(np.float32, False), (np.float64, False),
+                                        (np.float32, True)], ids=["float32", "float64", "bf16"])
+def test_compiled_gemm_reads_weights_in_gate_layout(kernel, gates, hidden, blocks, M, K, dtype,
+                                                    bf16):
+    """``gate_layout``: a gated cell's weights in torch's row order (a block of G·H rows per
+    direction) read gate-interleaved, bitwise what the GEMM gives on a reordered copy, as
+    the forward's x W_ihᵀ (the gates along op(b)'s columns) and the backward's dA W_ih
+    (along its rows), with 1 and 2 threads."""
+    from fastrnn import _rnn
+
+    rng = np.random.default_rng(gates * hidden + M + K)
+    GH = gates * hidden
+    w = rng.standard_normal((blocks * GH, K)).astype(dtype)  # torch's order, stacked
+    order = np.concatenate([_rnn.gate_rows(gates, hidden) + i * GH for i in range(blocks)])
+    x = rng.standard_normal((M, K)).astype(dtype)
+    da = rng.standard_normal((M, blocks * GH)).astype(dtype)
+    bias = rng.standard_normal(blocks * GH).astype(dtype)
+    expected_p, expected_dx = np.empty((M, blocks * GH), dtype), np.empty((M, K), dtype)
+    _rnn.gemm(x, np.ascontiguousarray(w[order]).T, expected_p, bias, False, 1, bf16=bf16)
+    _rnn.gemm(da, np.ascontiguousarray(w[order]), expected_dx, None, False, 1, bf16=bf16)
+    assert_close_rel(expected_p, x.astype(np.float64) @ w[order].T + bias, dtype,
+                     tol=1e-2 if bf16 else None, name="reference")
+    for threads in (1, 2):
+        p, dx = np.empty_like(expected_p), np.empty_like(expected_dx)
+        _rnn.gemm(x, w.T, p, bias, False, threads, bf16=bf16, gate_layout=(gates, hidden, 1))
+        _rnn.gemm(da, w, dx, None, False, threads, bf16=bf16, gate_layout=(gates, hidden, 0))
+        assert np.array_equal(p, expected_p)
+        assert np.array_equal(dx, expected_dx)
+
+
+def test_compiled_gemm_refuses_a_bad_gate_layout():
+    from fastrnn import _rnn
+
+    w, x = np.zeros((12, 5), np.float32), np.zeros((2, 5), np.float32)
+    c = np.zeros((2, 12), np.float32)
+    with pytest.raises(ValueError, match="not supported with a_trans"):
+        _rnn.gemm(np.zeros((5, 2), np.float32), w.T, c, None, False, 1, True,
+                  gate_layout=(4, 3, 1))
+    with pytest.raises(ValueError, match="axis must be 0 or 1, got 2"):
+        _rnn.gemm(x, w.T, c, gate_layout=(4, 3, 2))
+    with pytest.raises(ValueError, match=r"multiple of 4·2 rows, got 12"):
+        _rnn.gemm(x, w.T, c, gate_layout=(4, 2, 1))
+    with pytest.raises(ValueError, match="3 gates and 0 hidden units"):
+        _rnn.gemm(x, w.T, c, gate_layout=(3, 0, 1))
+    with pytest.raises(ValueError, match="contiguous rows"):  # rows along axis 0 must be rows
+        _rnn.gemm(np.zeros((2, 12), np.float32), w, np.zeros((2, 5), np.float32),
+                  gate_layout=(4, 3, 1))
+
+
 @pytest.mark.parametrize("M,N,K", [(17, 70, 600), (9, 530, 33), (5, 0, 40), (6, 3, 0),
                                    (150, 530, 1100)],
                          ids=["k-blocks", "column-blocks", "no-columns", "no-rows", "row-groups"])

@@ -5,6 +5,9 @@ short blocks.
     python tools/ab.py /tmp/before [--cells rnn,lstm,gru] [--rounds 21] [--sizes M1,M2,L,M2-2L-bi]
                        [--passes fwd,fwd+bwd] [--precision float32|bfloat16] [--threads 2]
 
+A size is a bench size's name or T×N×I×H with optional layers and direction, written
+``TxNxIxH[xLAYERS][-bi]`` (``32x1x256x256-bi``: 32 steps of one sequence, bidirectional).
+
 Times the eval-mode forward and the training-mode forward + backward of the bench sizes
 (--threads, 2 by default; float32 arrays, the products in --precision) with the other
 build's package and this checkout's, alternating blocks of about 0.08 s (their order swapped
@@ -61,9 +64,23 @@ def block_median(call, seconds):
     return float(np.median(times))
 
 
+def parse_size(size):
+    """(T, N, I, H, layers, bidirectional) of a bench size's name or ``TxNxIxH[xLAYERS][-bi]``."""
+    if size in SIZES:
+        return SIZES[size]
+    dims, bidirectional = (size[:-3], True) if size.endswith("-bi") else (size, False)
+    try:
+        values = [int(v) for v in dims.split("x")]
+    except ValueError:
+        values = []
+    if len(values) not in (4, 5):
+        raise SystemExit(f"unknown size {size!r}: one of {sorted(SIZES)} or TxNxIxH[xLAYERS][-bi]")
+    return (*values[:4], values[4] if len(values) == 5 else 1, bidirectional)
+
+
 def passes(package, cell, size, precision):
     """{'fwd': call, 'fwd+bwd': call} of ``package``'s ``cell`` at ``size``, warmed up."""
-    T, N, I, H, layers, bidirectional = SIZES[size]
+    T, N, I, H, layers, bidirectional = parse_size(size)
     x = np.random.default_rng(0).standard_normal((T, N, I)).astype(np.float32)
     grad = np.ones((T, N, (2 if bidirectional else 1) * H), np.float32)
     module = getattr(package, CELLS[cell])
