@@ -63,7 +63,7 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
     num_threads = threads_for(<double> M * N * K, num_threads)
     cdef fr_index tile_rows = _slice_rows(M, num_threads)
     cdef fr_index ntiles = (M + tile_rows - 1) // tile_rows
-    cdef fr_index tile, i0, rows, a_step = 1 if a_trans else lda
+    cdef fr_index i0, rows, a_step = 1 if a_trans else lda
     cdef int failed[1]
     failed[0] = 0
     cdef fr_spin_barrier team_barrier
@@ -87,13 +87,33 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
         return
     cdef fr_index *b_rows = (_blocked_gate_rows(gates, hidden, N if b_trans else K)
                              if gate_layout is not None else NULL)
-    for tile in prange(ntiles, nogil=True, num_threads=num_threads, schedule="static"):
-        i0 = tile * tile_rows
-        rows = min(tile_rows, M - i0)
-        if kernels.gemm(ks, rows, N, K, pa + i0 * a_step, lda, a_trans, pb, ldb, b_trans,
-                        b_rows, pc + i0 * ldc, ldc, pbias, accumulate,
-                        psums + i0 if psums != NULL else NULL) != 0:
-            failed[0] = 1
+    # a few rows each of a large b: split c's columns instead, so that each thread packs only
+    # its part of b (a column's sums are the same wherever the split falls)
+    cdef bint by_columns = (not a_trans and num_threads > 1
+                            and tile_rows < MIN_ROWS_GEMM_ROW_SPLIT
+                            and <double> K * N >= MIN_ELEMENTS_GEMM_COLUMN_SPLIT
+                            and N >= num_threads * FASTRNN_COLUMN_GRANULE)
+    cdef fr_index columns = _column_start(1, num_threads, <int> N) if by_columns else N
+    cdef fr_index part, j0, b_offset
+    for part in prange(num_threads if by_columns else ntiles, nogil=True,
+                       num_threads=num_threads, schedule="static"):
+        if by_columns:
+            j0 = part * columns
+            # column j0 of op(b): b's stored row j0 (or b_rows[j0]) if b_trans, else column j0
+            b_offset = 0 if K == 0 or (b_trans and b_rows != NULL) else (
+                j0 * ldb if b_trans else j0)
+            if j0 < N and kernels.gemm(
+                    ks, M, min(columns, N - j0), K, pa, lda, False, pb + b_offset, ldb,
+                    b_trans, b_rows + j0 if b_trans and b_rows != NULL else b_rows, pc + j0,
+                    ldc, pbias + j0 if pbias != NULL else NULL, accumulate, NULL) != 0:
+                failed[0] = 1
+        else:
+            i0 = part * tile_rows
+            rows = min(tile_rows, M - i0)
+            if kernels.gemm(ks, rows, N, K, pa + i0 * a_step, lda, a_trans, pb, ldb, b_trans,
+                            b_rows, pc + i0 * ldc, ldc, pbias, accumulate,
+                            psums + i0 if psums != NULL else NULL) != 0:
+                failed[0] = 1
     free(b_rows)
     if failed[0]:
         raise MemoryError("could not allocate GEMM scratch")

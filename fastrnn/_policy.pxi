@@ -15,6 +15,12 @@ cdef enum:
     MIN_ROWS_PER_SLICE = 4
     # Column panels from which a column split pays for its barrier per step.
     MIN_PANELS_COLUMN_SPLIT = 4
+    # Rows per thread below which a GEMM (op(a) = a) of a large b splits the columns of c
+    # across the threads rather than its rows: with a slice of rows each thread would pack
+    # all of b, and from this many elements (2 MiB of float32, past a Zen 4 core's L2) it
+    # streams from L3. Smaller b: not consistently faster (docs/performance.md).
+    MIN_ROWS_GEMM_ROW_SPLIT = 64
+    MIN_ELEMENTS_GEMM_COLUMN_SPLIT = 1 << 19
 
 
 cpdef int threads_for(double work, int num_threads) noexcept nogil:
