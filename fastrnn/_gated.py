@@ -169,8 +169,10 @@ def _check_gated_cache(cache, cell):
     return check_cache(cache, _CACHE_KEYS, cell, layer_arrays)
 
 
-def _recurrent_weight_grads(dr, out, h0, lengths, reverse, dw_hh, db_hh, threads, bf16):
-    """dW_hh = Σ dRᵀ H_prev and (db_hh not None) db_hh = Σ dR, with no array of H_prev.
+def _recurrent_weight_grads(dr, out, h0, lengths, reverse, dw_hh, db_hh, threads, bf16,
+                            gates_hidden):
+    """dW_hh = Σ dRᵀ H_prev (its rows in torch's gate order: ``gates_hidden`` is (G, H))
+    and (db_hh not None) db_hh = Σ dR (gate-interleaved), with no array of H_prev.
 
     The state a step read is the output one step earlier (in reverse: one step later), so
     all rows but each sequence's first step are one GEMM on the outputs shifted in time
@@ -183,14 +185,15 @@ def _recurrent_weight_grads(dr, out, h0, lengths, reverse, dw_hh, db_hh, threads
     if L > 1:
         shifted = (dr[:-1], out[1:]) if reverse else (dr[1:], out[:-1])
         _rnn.gemm(rows(shifted[0]), rows(shifted[1]), dw_hh, None, False, threads, True, db_hh,
-                  bf16)
+                  bf16, c_gate_layout=gates_hidden)
     else:
         dw_hh[:] = 0
         if db_hh is not None:
             db_hh[:] = 0
     running = np.nonzero(lengths > 0)[0]
     first = dr[lengths[running] - 1 if reverse else np.zeros_like(running), running]
-    _rnn.gemm(first, h0[running], dw_hh, None, True, threads, True, None, bf16)
+    _rnn.gemm(first, h0[running], dw_hh, None, True, threads, True, None, bf16,
+              c_gate_layout=gates_hidden)
     if db_hh is not None:
         # the bias sums every row once: the shifted GEMM summed all steps but the last
         # (reverse) or the first (forward), so add the first steps it left out
@@ -241,8 +244,8 @@ def _backward(cell, cache, grad_output, grad_states):
             dw_ih = np.empty((G * H, inp.shape[2]), dtype=dtype)
             db_ih = np.empty(G * H, dtype=dtype) if sizes.bias else None
             _rnn.gemm(da_d.reshape(L * N, G * H), inp2d, dw_ih, None, False, threads, True,
-                      db_ih, bf16)
-            grads[f"weight_ih_{k}"] = dw_ih[inverse]
+                      db_ih, bf16, c_gate_layout=(G, H))
+            grads[f"weight_ih_{k}"] = dw_ih
             if sizes.bias:
                 grads[f"bias_ih_{k}"] = db_ih[inverse]
                 if lstm:
@@ -267,8 +270,8 @@ def _backward(cell, cache, grad_output, grad_states):
             dw_hh = np.empty((G * H, H_out), dtype=dtype)
             db_hh = np.empty(G * H, dtype=dtype) if sizes.bias and not lstm else None
             _recurrent_weight_grads(da_d, out_d, h0, lengths, reverse, dw_hh, db_hh, threads,
-                                    bf16)
-            grads[f"weight_hh_{k}"] = dw_hh[inverse]
+                                    bf16, (G, H))
+            grads[f"weight_hh_{k}"] = dw_hh
             if db_hh is not None:
                 grads[f"bias_hh_{k}"] = db_hh[inverse]
         return d_in

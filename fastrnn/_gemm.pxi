@@ -2,7 +2,8 @@
 
 def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
          const floating[::1] bias=None, bint accumulate=False, int num_threads=1,
-         bint a_trans=False, floating[::1] a_sums=None, bint bf16=False, gate_layout=None):
+         bint a_trans=False, floating[::1] a_sums=None, bint bf16=False, gate_layout=None,
+         c_gate_layout=None):
     """c = (c if accumulate else 0) + op(a) @ b + bias, op(a) = a.T if a_trans else a.
 
     ``b`` may be a transposed view (``w.T`` of a row-major ``w``): it is packed from there,
@@ -12,11 +13,15 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
     packing, meeting once per block. With ``a_trans``, ``a_sums`` (if given) receives
     op(a).sum(axis=1), each sum in row order of ``a``, from the one reading of ``a`` (a
     bias gradient next to a weight gradient). ``bf16``: the product's operands are rounded
-    to bfloat16 (float32 arrays; a_sums, bias and the sums stay float32). ``gate_layout``
-    (gates, hidden_size), not with ``a_trans``: the rows of the array ``b`` views (``w``
-    of ``w.T``, else b's own) are blocks of gates·hidden_size rows in torch's gate order,
-    a gated cell's weights, and are read gate-interleaved (``gate_rows``) within each
-    block, as the kernels lay out the gates: no reordered copy of the weights.
+    to bfloat16 (float32 arrays; a_sums, bias and the sums stay float32).
+
+    A gated cell's weights in torch's gate order, without a reordered copy (the kernels lay
+    the gates out interleaved, ``gate_rows``): ``gate_layout`` (gates, hidden_size, axis),
+    not with ``a_trans``: b's axis ``axis`` (0: its rows, as of ``w``; 1: its columns, as of
+    ``w.T``) runs over blocks of gates·hidden_size in torch's order, read gate-interleaved
+    within each block. ``c_gate_layout`` (gates, hidden_size): the product's rows, blocks
+    of gates·hidden_size gate-interleaved (a weight gradient dAᵀX), are written to c's rows
+    in torch's order (a_sums stays in the product's order).
     """
     _check_num_threads(num_threads)
     cdef fr_index M = a.shape[1] if a_trans else a.shape[0]
@@ -69,24 +74,34 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
     cdef fr_spin_barrier team_barrier
     cdef floating *shared
     cdef int team
+    cdef fr_index *c_rows = NULL
+    cdef fr_index *b_rows = NULL
+    if c_gate_layout is not None:
+        c_rows = _blocked_gate_rows(c_gate_layout[0], c_gate_layout[1], M)
+    if gate_layout is not None:
+        try:
+            b_rows = _blocked_gate_rows(gates, hidden, N if b_trans else K)
+        except BaseException:
+            free(c_rows)
+            raise
     if a_trans and num_threads > 1:
         team_barrier.count = team_barrier.generation = 0
         shared = <floating *> fr_aligned_alloc(
             kernels.gemm_team_size(ks, K, N, pc) * sizeof(floating))
         if shared == NULL:
+            free(c_rows)
             raise MemoryError("could not allocate GEMM scratch")
         with nogil, parallel(num_threads=num_threads):
             team = fr_team_size()
-            if kernels.gemm_at_team(ks, M, N, K, pa, lda, pb, ldb, b_trans, pc, ldc, pbias,
-                                    accumulate, psums, threadid(), team, shared,
+            if kernels.gemm_at_team(ks, M, N, K, pa, lda, pb, ldb, b_trans, pc, ldc, c_rows,
+                                    pbias, accumulate, psums, threadid(), team, shared,
                                     fr_team_barrier, &team_barrier) != 0:
                 failed[0] = 1
         fr_aligned_free(shared)
+        free(c_rows)
         if failed[0]:
             raise MemoryError("could not allocate GEMM scratch")
         return
-    cdef fr_index *b_rows = (_blocked_gate_rows(gates, hidden, N if b_trans else K)
-                             if gate_layout is not None else NULL)
     # a few rows each of a large b: split c's columns instead, so that each thread packs only
     # its part of b (a column's sums are the same wherever the split falls)
     cdef bint by_columns = (not a_trans and num_threads > 1
@@ -105,16 +120,19 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
             if j0 < N and kernels.gemm(
                     ks, M, min(columns, N - j0), K, pa, lda, False, pb + b_offset, ldb,
                     b_trans, b_rows + j0 if b_trans and b_rows != NULL else b_rows, pc + j0,
-                    ldc, pbias + j0 if pbias != NULL else NULL, accumulate, NULL) != 0:
+                    ldc, c_rows, pbias + j0 if pbias != NULL else NULL, accumulate,
+                    NULL) != 0:
                 failed[0] = 1
         else:
             i0 = part * tile_rows
             rows = min(tile_rows, M - i0)
             if kernels.gemm(ks, rows, N, K, pa + i0 * a_step, lda, a_trans, pb, ldb, b_trans,
-                            b_rows, pc + i0 * ldc, ldc, pbias, accumulate,
+                            b_rows, pc if c_rows != NULL else pc + i0 * ldc, ldc,
+                            c_rows + i0 if c_rows != NULL else NULL, pbias, accumulate,
                             psums + i0 if psums != NULL else NULL) != 0:
                 failed[0] = 1
     free(b_rows)
+    free(c_rows)
     if failed[0]:
         raise MemoryError("could not allocate GEMM scratch")
 

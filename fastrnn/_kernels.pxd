@@ -15,12 +15,13 @@ cdef extern from "kernels.h" nogil:
 
     ctypedef struct fr_kernels_float:
         int (*gemm)(fr_index, fr_index, fr_index, const float *, fr_index, int, const float *,
-                    fr_index, int, const fr_index *, float *, fr_index, const float *, int,
-                    float *) noexcept nogil
+                    fr_index, int, const fr_index *, float *, fr_index, const fr_index *,
+                    const float *, int, float *) noexcept nogil
         fr_index (*gemm_team_size)(fr_index, fr_index) noexcept nogil
         int (*gemm_at_team)(fr_index, fr_index, fr_index, const float *, fr_index,
-                            const float *, fr_index, int, float *, fr_index, const float *, int,
-                            float *, int, int, float *, fr_barrier_fn, void *) noexcept nogil
+                            const float *, fr_index, int, float *, fr_index, const fr_index *,
+                            const float *, int, float *, int, int, float *, fr_barrier_fn,
+                            void *) noexcept nogil
         int (*weight_grads_at_team)(fr_index, fr_index, fr_index, const float *, fr_index,
                                     const float *, fr_index, fr_index, const float **,
                                     float *, float *, float *, int, int, float *,
@@ -51,12 +52,12 @@ cdef extern from "kernels.h" nogil:
     ctypedef struct fr_kernels_double:
         int (*gemm)(fr_index, fr_index, fr_index, const double *, fr_index, int,
                     const double *, fr_index, int, const fr_index *, double *, fr_index,
-                    const double *, int, double *) noexcept nogil
+                    const fr_index *, const double *, int, double *) noexcept nogil
         fr_index (*gemm_team_size)(fr_index, fr_index) noexcept nogil
         int (*gemm_at_team)(fr_index, fr_index, fr_index, const double *, fr_index,
-                            const double *, fr_index, int, double *, fr_index, const double *,
-                            int, double *, int, int, double *, fr_barrier_fn,
-                            void *) noexcept nogil
+                            const double *, fr_index, int, double *, fr_index,
+                            const fr_index *, const double *, int, double *, int, int,
+                            double *, fr_barrier_fn, void *) noexcept nogil
         int (*weight_grads_at_team)(fr_index, fr_index, fr_index, const double *, fr_index,
                                     const double *, fr_index, fr_index, const double **,
                                     double *, double *, double *, int, int, double *,
@@ -123,14 +124,14 @@ ctypedef fused floating:
 cdef inline int gemm(const fastrnn_kernels *ks, fr_index M, fr_index N, fr_index K,
                      const floating *A, fr_index lda, int a_trans, const floating *B,
                      fr_index ldb, int b_trans, const fr_index *b_rows, floating *C,
-                     fr_index ldc, const floating *bias, int accumulate,
-                     floating *a_sums) noexcept nogil:
+                     fr_index ldc, const fr_index *c_rows, const floating *bias,
+                     int accumulate, floating *a_sums) noexcept nogil:
     if floating is float:
-        return ks.f32.gemm(M, N, K, A, lda, a_trans, B, ldb, b_trans, b_rows, C, ldc, bias,
-                           accumulate, a_sums)
+        return ks.f32.gemm(M, N, K, A, lda, a_trans, B, ldb, b_trans, b_rows, C, ldc, c_rows,
+                           bias, accumulate, a_sums)
     else:
-        return ks.f64.gemm(M, N, K, A, lda, a_trans, B, ldb, b_trans, b_rows, C, ldc, bias,
-                           accumulate, a_sums)
+        return ks.f64.gemm(M, N, K, A, lda, a_trans, B, ldb, b_trans, b_rows, C, ldc, c_rows,
+                           bias, accumulate, a_sums)
 
 
 cdef inline fr_index gemm_team_size(const fastrnn_kernels *ks, fr_index K, fr_index N,
@@ -143,16 +144,18 @@ cdef inline fr_index gemm_team_size(const fastrnn_kernels *ks, fr_index K, fr_in
 
 cdef inline int gemm_at_team(const fastrnn_kernels *ks, fr_index M, fr_index N, fr_index K,
                              const floating *A, fr_index lda, const floating *B, fr_index ldb,
-                             int b_trans, floating *C, fr_index ldc, const floating *bias,
-                             int accumulate, floating *a_sums, int thread, int nthreads,
-                             floating *shared, fr_barrier_fn barrier,
-                             void *barrier_arg) noexcept nogil:
+                             int b_trans, floating *C, fr_index ldc, const fr_index *c_rows,
+                             const floating *bias, int accumulate, floating *a_sums,
+                             int thread, int nthreads, floating *shared,
+                             fr_barrier_fn barrier, void *barrier_arg) noexcept nogil:
     if floating is float:
-        return ks.f32.gemm_at_team(M, N, K, A, lda, B, ldb, b_trans, C, ldc, bias, accumulate,
-                                   a_sums, thread, nthreads, shared, barrier, barrier_arg)
+        return ks.f32.gemm_at_team(M, N, K, A, lda, B, ldb, b_trans, C, ldc, c_rows, bias,
+                                   accumulate, a_sums, thread, nthreads, shared, barrier,
+                                   barrier_arg)
     else:
-        return ks.f64.gemm_at_team(M, N, K, A, lda, B, ldb, b_trans, C, ldc, bias, accumulate,
-                                   a_sums, thread, nthreads, shared, barrier, barrier_arg)
+        return ks.f64.gemm_at_team(M, N, K, A, lda, B, ldb, b_trans, C, ldc, c_rows, bias,
+                                   accumulate, a_sums, thread, nthreads, shared, barrier,
+                                   barrier_arg)
 
 
 cdef inline int weight_grads_at_team(const fastrnn_kernels *ks, fr_index M, fr_index K,

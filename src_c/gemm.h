@@ -448,8 +448,8 @@ static void FR_P(drive)(int M, fr_index c0, fr_index N, fr_index K, FR_P(asrc) a
 
 static int FR_P(gemm)(fr_index M, fr_index N, fr_index K, const REAL *A, fr_index lda,
                       int a_trans, const REAL *B, fr_index ldb, int b_trans,
-                      const fr_index *b_rows, REAL *C, fr_index ldc, const REAL *bias,
-                      int accumulate, REAL *a_sums) {
+                      const fr_index *b_rows, REAL *C, fr_index ldc, const fr_index *c_rows,
+                      const REAL *bias, int accumulate, REAL *a_sums) {
     if (M <= 0) return 0;
     if (a_sums && a_trans) {
         memset(a_sums, 0, (size_t)M * sizeof(REAL));
@@ -473,7 +473,7 @@ static int FR_P(gemm)(fr_index M, fr_index N, fr_index K, const REAL *A, fr_inde
     REAL **crows = (REAL **)(rows + M);
     for (fr_index i = 0; i < M; i++) {
         rows[i] = A + i * lda;
-        crows[i] = C + i * ldc;
+        crows[i] = C + (c_rows ? c_rows[i] : i) * ldc;
     }
     FR_P(asrc) a = {a_trans ? NULL : rows, A, lda};
     FR_P(drive)((int)M, 0, N, K, a, NULL, B, ldb, b_trans, b_rows, scratch, scratch + bsize,

@@ -39,9 +39,9 @@ static fr_index FR_P(gemm_team_size)(fr_index K, fr_index N) {
  * which every thread reaches after its work on block s. Bitwise the result of gemm. */
 static int FR_P(gemm_at_team)(fr_index M, fr_index N, fr_index K, const REAL *A, fr_index lda,
                               const REAL *B, fr_index ldb, int b_trans, REAL *C, fr_index ldc,
-                              const REAL *bias, int accumulate, REAL *a_sums, int thread,
-                              int nthreads, REAL *shared, void (*barrier)(void *),
-                              void *barrier_arg) {
+                              const fr_index *c_rows, const REAL *bias, int accumulate,
+                              REAL *a_sums, int thread, int nthreads, REAL *shared,
+                              void (*barrier)(void *), void *barrier_arg) {
     const fr_index i0 = M * thread / nthreads, rows = M * (thread + 1) / nthreads - i0;
     if (a_sums) memset(a_sums + i0, 0, (size_t)rows * sizeof(REAL));
     if (N <= 0) { /* no product to read A with: every thread returns here, none waits */
@@ -56,7 +56,8 @@ static int FR_P(gemm_at_team)(fr_index M, fr_index N, fr_index K, const REAL *A,
         (size_t)(FR_P(apack_stride)(kc_max) * ((rows + FR_MR - 1) / FR_MR) + 1) * sizeof(REAL));
     /* out of memory: still pack and meet the others at every barrier, compute nothing */
     const int ok = crows && apack;
-    for (fr_index i = 0; ok && i < rows; i++) crows[i] = C + (i0 + i) * ldc;
+    for (fr_index i = 0; ok && i < rows; i++)
+        crows[i] = C + (c_rows ? c_rows[i0 + i] : i0 + i) * ldc;
     const FR_P(asrc) a = {NULL, A + i0, lda};
     const fr_index nkb = K > 0 ? (K + KC - 1) / KC : 1, ncb = (N + NC - 1) / NC;
     for (fr_index s = 0; s < nkb * ncb; s++) {

@@ -31,13 +31,13 @@ typedef void (*fr_barrier_fn)(void *barrier_arg);
         /* C[M,N] = (accumulate ? C : 0) + op(A)·op(B) + bias[N]  (bias may be NULL), where  \
          * op(A) = A[M,K], or Aᵀ of A stored [K,M] if a_trans; op(B) = B[K,N], or Bᵀ of B     \
          * stored [N,K] if b_trans; b_rows, if not NULL, reorders B's stored rows as pack's   \
-         * rows do. If a_trans and a_sums is not NULL, also a_sums[i] = Σ_k op(A)[i,k] in k   \
-         * order (a bias gradient, from the A read anyway). Returns 0, or -1 if scratch       \
-         * memory could not be allocated. */                                                  \
+         * rows do, and c_rows C's: row i of the product is C's row c_rows[i]. If a_trans and \
+         * a_sums is not NULL, also a_sums[i] = Σ_k op(A)[i,k] in k order (a bias gradient,   \
+         * from the A read anyway). Returns 0, or -1 if scratch could not be allocated. */    \
         int (*gemm)(fr_index M, fr_index N, fr_index K, const REAL *A, fr_index lda,          \
                     int a_trans, const REAL *B, fr_index ldb, int b_trans,                    \
-                    const fr_index *b_rows, REAL *C, fr_index ldc, const REAL *bias,          \
-                    int accumulate, REAL *a_sums);                                            \
+                    const fr_index *b_rows, REAL *C, fr_index ldc, const fr_index *c_rows,    \
+                    const REAL *bias, int accumulate, REAL *a_sums);                          \
         /* gemm with A transposed (a_trans), called by every thread of a team with its       \
          * index: each computes a slice of C's rows and packs a share of op(B) into `shared`  \
          * (gemm_team_size(K, N) elements) for all, meeting at barrier(barrier_arg) once per  \
@@ -45,9 +45,9 @@ typedef void (*fr_barrier_fn)(void *barrier_arg);
         fr_index (*gemm_team_size)(fr_index K, fr_index N);                                   \
         int (*gemm_at_team)(fr_index M, fr_index N, fr_index K, const REAL *A, fr_index lda,  \
                             const REAL *B, fr_index ldb, int b_trans, REAL *C, fr_index ldc,  \
-                            const REAL *bias, int accumulate, REAL *a_sums, int thread,       \
-                            int nthreads, REAL *shared, fr_barrier_fn barrier,                \
-                            void *barrier_arg);                                               \
+                            const fr_index *c_rows, const REAL *bias, int accumulate,         \
+                            REAL *a_sums, int thread, int nthreads, REAL *shared,             \
+                            fr_barrier_fn barrier, void *barrier_arg);                        \
         /* A layer's weight gradients, called by every thread of a team as gemm_at_team:     \
          * from dA (K x M, M = D·H, lda), dW_ih = dAᵀ X (M x I), dW_hh = dA_dᵀ Hprev_d for    \
          * each direction d (stacked, M x H; hprev[d·K + k] points to row k of Hprev_d) and,  \

@@ -80,6 +80,41 @@ def test_compiled_gemm_reads_weights_in_gate_layout(kernel, gates, hidden, block
         assert np.array_equal(dx, expected_dx)
 
 
+@pytest.mark.parametrize("gates,hidden,blocks,K,N", [(4, 5, 1, 7, 3), (3, 40, 2, 600, 70),
+                                                     (4, 33, 1, 1, 300)],
+                         ids=["tiny", "k-blocks-two-directions", "one-step"])
+@pytest.mark.parametrize("accumulate", [False, True], ids=["", "accumulate"])
+@pytest.mark.parametrize("dtype,bf16", [(np.float32, False), (np.float64, False),
+                                        (np.float32, True)], ids=["float32", "float64", "bf16"])
+def test_compiled_gemm_writes_weight_gradients_in_gate_layout(kernel, gates, hidden, blocks, K,
+                                                              N, accumulate, dtype, bf16):
+    """``c_gate_layout``: a weight gradient dAᵀX whose rows the product yields gate-interleaved
+    written straight to torch's row order, bitwise the reordered rows of the plain product
+    (added to c's own rows with ``accumulate``); the row sums stay in the product's order;
+    1 and 2 threads (a team sharing b's packing)."""
+    from fastrnn import _rnn
+
+    rng = np.random.default_rng(gates * hidden + K + N)
+    M = blocks * gates * hidden
+    order = np.concatenate([_rnn.gate_rows(gates, hidden) + i * gates * hidden
+                            for i in range(blocks)])
+    da = rng.standard_normal((K, M)).astype(dtype)
+    x = rng.standard_normal((K, N)).astype(dtype)
+    c0 = rng.standard_normal((M, N)).astype(dtype)  # in torch's order
+    plain, plain_sums = c0[order].copy(), np.empty(M, dtype)
+    _rnn.gemm(da, x, plain, None, accumulate, 1, True, plain_sums, bf16=bf16)
+    expected = np.empty_like(plain)
+    expected[order] = plain
+    assert_close_rel(expected, (c0 if accumulate else 0) + da.T.astype(np.float64)[np.argsort(
+        order)] @ x, dtype, tol=1e-2 if bf16 else None, name="reference")
+    for threads in (1, 2):
+        c, sums = c0.copy(), np.empty(M, dtype)
+        _rnn.gemm(da, x, c, None, accumulate, threads, True, sums, bf16=bf16,
+                  c_gate_layout=(gates, hidden))
+        assert np.array_equal(c, expected)
+        assert np.array_equal(sums, plain_sums)
+
+
 def test_compiled_gemm_refuses_a_bad_gate_layout():
     from fastrnn import _rnn
 
@@ -94,6 +129,8 @@ def test_compiled_gemm_refuses_a_bad_gate_layout():
         _rnn.gemm(x, w.T, c, gate_layout=(4, 2, 1))
     with pytest.raises(ValueError, match="3 gates and 0 hidden units"):
         _rnn.gemm(x, w.T, c, gate_layout=(3, 0, 1))
+    with pytest.raises(ValueError, match=r"multiple of 4·2 rows, got 2"):
+        _rnn.gemm(x, w.T, c, c_gate_layout=(4, 2))
     with pytest.raises(ValueError, match="contiguous rows"):  # rows along axis 0 must be rows
         _rnn.gemm(np.zeros((2, 12), np.float32), w, np.zeros((2, 5), np.float32),
                   gate_layout=(4, 3, 1))
