@@ -16,13 +16,14 @@ from .stream import Stream
 
 __all__ = ["RNN", "LSTM", "GRU"]
 
-# Eval-mode forwards of up to this many steps, or of up to a cell's number of rows (steps ×
-# batch), run on a stream kept by the module (weights packed once, checked against a copy
-# each call) rather than packing them per call: up to those rows the packing costs more than
-# the whole-sequence path's one GEMM for the input projection saves over the stream's
-# per-step projection (docs/performance.md)
+# Eval-mode forwards of up to SHORT_FORWARD_STEPS steps, or of up to STREAM_FORWARD_STEPS
+# steps of up to STREAM_FORWARD_BATCH sequences, run on a stream kept by the module (weights
+# packed once, checked against a copy each call) rather than packing them per call: for so
+# few steps the packing costs more than the whole-sequence path's one GEMM for the input
+# projection saves over the stream's projection step by step (docs/performance.md)
 SHORT_FORWARD_STEPS = 8
-SHORT_FORWARD_ROWS = {"rnn": 32, "lstm": 64, "gru": 64}
+STREAM_FORWARD_STEPS = 24
+STREAM_FORWARD_BATCH = 16
 
 
 class _Recurrent(Module):
@@ -133,7 +134,7 @@ class _Recurrent(Module):
         return Stream(self, batch_size, h0)
 
     def _short_forward(self, x, hx):
-        """An eval-mode forward of a few steps or rows on the module's own stream: bitwise
+        """An eval-mode forward of a few steps on the module's own stream: bitwise
         the functional forward, without packing the weights each call. The stream's weights
         are compared with a copy of the parameters each call, so no change to them, however
         made, is missed. None where the call is not one (long sequences; arguments the
@@ -145,8 +146,8 @@ class _Recurrent(Module):
         unbatched = x.ndim == 2
         steps, N = (x.shape[0], 1) if unbatched else (
             x.shape[:2][::-1] if self.batch_first else x.shape[:2])
-        if N == 0 or not (0 < steps <= SHORT_FORWARD_STEPS
-                          or 0 < steps * N <= SHORT_FORWARD_ROWS[self._cell]):
+        if N == 0 or not (0 < steps <= SHORT_FORWARD_STEPS or 0 < steps <= STREAM_FORWARD_STEPS
+                          and N <= STREAM_FORWARD_BATCH):
             return None
         widths = (self.proj_size or self.hidden_size, self.hidden_size)[:2 if self._gates == 4
                                                                         else 1]
