@@ -39,9 +39,10 @@ typedef void (*fr_barrier_fn)(void *barrier_arg);
                     const fr_index *b_rows, REAL *C, fr_index ldc, const fr_index *c_rows,    \
                     const REAL *bias, int accumulate, REAL *a_sums);                          \
         /* gemm with A transposed (a_trans), called by every thread of a team with its       \
-         * index: each computes a slice of C's rows and packs a share of op(B) into `shared`  \
-         * (gemm_team_size(K, N) elements) for all, meeting at barrier(barrier_arg) once per  \
-         * block. Bitwise gemm's result. Returns 0, or -1 if scratch could not be allocated. */\
+         * index: each computes a slice of C's rows (c_rows as gemm's) and packs a share of   \
+         * op(B) into `shared` (gemm_team_size(K, N) elements) for all, meeting at            \
+         * barrier(barrier_arg) once per block. Bitwise gemm's result. Returns 0, or -1 if    \
+         * scratch could not be allocated. */                                                 \
         fr_index (*gemm_team_size)(fr_index K, fr_index N);                                   \
         int (*gemm_at_team)(fr_index M, fr_index N, fr_index K, const REAL *A, fr_index lda,  \
                             const REAL *B, fr_index ldb, int b_trans, REAL *C, fr_index ldc,  \
