@@ -146,8 +146,9 @@ class _Recurrent(Module):
         unbatched = x.ndim == 2
         steps, N = (x.shape[0], 1) if unbatched else (
             x.shape[:2][::-1] if self.batch_first else x.shape[:2])
-        if N == 0 or not (0 < steps <= SHORT_FORWARD_STEPS or 0 < steps <= STREAM_FORWARD_STEPS
-                          and N <= STREAM_FORWARD_BATCH):
+        few_steps = 0 < steps <= SHORT_FORWARD_STEPS
+        short_small_batch = 0 < steps <= STREAM_FORWARD_STEPS and N <= STREAM_FORWARD_BATCH
+        if N == 0 or not (few_steps or short_small_batch):
             return None
         widths = (self.proj_size or self.hidden_size, self.hidden_size)[:2 if self._gates == 4
                                                                         else 1]
