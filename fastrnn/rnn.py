@@ -2,28 +2,19 @@
 
 import math
 import numbers
-import threading
 import warnings
 
 import numpy as np
 
-from . import _rnn, functional
+from . import functional
 from ._layout import directions, param_shapes
 from ._validate import _as_rng, _check_dtype, _check_size
 from .module import Module, new_parameter
-from .precision import PRECISIONS, resolve
-from .stream import Stream
+from .precision import resolve
+from .stream import KeptStream, Stream
 
 __all__ = ["RNN", "LSTM", "GRU"]
 
-# Eval-mode forwards of up to SHORT_FORWARD_STEPS steps, or of up to STREAM_FORWARD_STEPS
-# steps of up to STREAM_FORWARD_BATCH sequences, run on a stream kept by the module (weights
-# packed once, checked against a copy each call) rather than packing them per call: for so
-# few steps the packing costs more than the whole-sequence path's one GEMM for the input
-# projection saves over the stream's projection step by step (docs/performance.md)
-SHORT_FORWARD_STEPS = 8
-STREAM_FORWARD_STEPS = 24
-STREAM_FORWARD_BATCH = 16
 
 
 class _Recurrent(Module):
@@ -59,8 +50,7 @@ class _Recurrent(Module):
         self.proj_size = proj_size
         self._rng = _as_rng(seed)
         self._cache = None
-        self._inference = None  # (stream, copies of the weights it packed) for short forwards
-        self._inference_lock = threading.Lock()
+        self._inference = KeptStream()  # for short eval forwards
         bound = 1 / math.sqrt(self.hidden_size)  # torch: every parameter U(-1/√H, 1/√H)
         for name, shape in param_shapes(self.input_size, self.hidden_size, self.num_layers,
                                         self.bidirectional, self.bias, self._gates,
@@ -85,7 +75,7 @@ class _Recurrent(Module):
 
     def train(self, mode=True):
         if mode:
-            self._inference = None  # short eval forwards' weights: not kept while training
+            self._inference.clear()  # short eval forwards' weights: not kept while training
         return super().train(mode)
 
     def _cell_options(self):
@@ -134,21 +124,18 @@ class _Recurrent(Module):
         return Stream(self, batch_size, h0)
 
     def _short_forward(self, x, hx):
-        """An eval-mode forward of a few steps on the module's own stream: bitwise
-        the functional forward, without packing the weights each call. The stream's weights
-        are compared with a copy of the parameters each call, so no change to them, however
-        made, is missed. None where the call is not one (long sequences; arguments the
-        functional forward must check and report on, as any other thread's call while the
-        stream is in use): then that forward runs."""
+        """An eval-mode forward of a few steps (:meth:`KeptStream.fits`) on the module's kept
+        stream: bitwise the functional forward, without packing the weights each call. None
+        where the call is not one (long sequences; arguments the functional forward must
+        check and report on; another thread's call holding the stream): then that forward
+        runs."""
         if (type(x) is not np.ndarray or x.dtype != self.dtype or x.ndim not in (2, 3)
                 or x.shape[-1] != self.input_size):
             return None
         unbatched = x.ndim == 2
         steps, N = (x.shape[0], 1) if unbatched else (
             x.shape[:2][::-1] if self.batch_first else x.shape[:2])
-        few_steps = 0 < steps <= SHORT_FORWARD_STEPS
-        short_small_batch = 0 < steps <= STREAM_FORWARD_STEPS and N <= STREAM_FORWARD_BATCH
-        if N == 0 or not (few_steps or short_small_batch):
+        if not KeptStream.fits(steps, N):
             return None
         widths = (self.proj_size or self.hidden_size, self.hidden_size)[:2 if self._gates == 4
                                                                         else 1]
@@ -157,7 +144,7 @@ class _Recurrent(Module):
         elif hx is None:
             given = (None, None)
         elif isinstance(hx, (tuple, list)) and len(hx) == 2:
-            given = hx
+            given = tuple(hx)
         else:
             return None
         for s, width in zip(given, widths):
@@ -166,36 +153,23 @@ class _Recurrent(Module):
                     and s.shape == ((self.num_layers, width) if unbatched
                                     else (self.num_layers, N, width))):
                 return None
-        if not self._inference_lock.acquire(blocking=False):
+        if unbatched:  # one sequence: a batch of one, in the stream's layout
+            x = x[None] if self.batch_first else x[:, None]
+            given = tuple(None if s is None else s[:, None] for s in given)
+        options = (self._cell, self.num_layers, self.input_size, self.hidden_size,
+                   self.proj_size, self.dtype, getattr(self, "nonlinearity", "") == "relu",
+                   self.batch_first, resolve(self.precision, self.dtype))
+        result = self._inference.run(options, {name: p.data for name, p in self._params.items()},
+                                     x, given)
+        if result is None:
             return None
-        try:
-            arrays = [p.data for p in self._params.values()]
-            bf16 = resolve(self.precision, self.dtype)  # (the process default may change)
-            if (self._inference is None or self._inference[0].batch_size != N
-                    or self._inference[0].bf16 != bf16):
-                self._inference = None  # (the old stream's memory first)
-                self._inference = (Stream(self, N, precision=PRECISIONS[bf16]),
-                                   [a.copy() for a in arrays])
-            stream, copies = self._inference
-            if not _rnn.same_contents(arrays, copies):
-                for a, c in zip(arrays, copies):
-                    c[...] = a
-                stream.refresh()
-            if unbatched:  # one sequence: a batch of one, in the stream's layout
-                x = x[None] if self.batch_first else x[:, None]
-            buffers = stream._state_buffers()
-            for buf, s in zip(buffers, given):
-                buf[...] = 0 if s is None else (s[:, None] if unbatched else s)
-            out = np.empty(x.shape[:2] + (widths[0],), dtype=self.dtype)
-            stream(x, out=out)
-            finals = tuple(b[:, 0].copy() if unbatched else b.copy()
-                           for b in stream._state_buffers()[:len(widths)])
-        finally:
-            self._inference_lock.release()
+        out, finals = result
         if self._cache is not None:
             self._cache = None
-        output = (out[0] if self.batch_first else out[:, 0]) if unbatched else out
-        return output, (finals if len(widths) == 2 else finals[0])
+        if unbatched:
+            out = out[0] if self.batch_first else out[:, 0]
+            finals = tuple(f[:, 0] for f in finals)
+        return out, (finals if len(widths) == 2 else finals[0])
 
     def _backward(self, grad_output, grad_state):
         if self._cache is None:

@@ -12,6 +12,8 @@ the whole sequence through the module at once (``module(x, h0)``), however the s
 cut into calls and whatever the thread count.
 """
 
+import threading
+
 import numpy as np
 
 from . import _rnn
@@ -28,7 +30,47 @@ __all__ = ["Stream"]
 _KERNEL = {"RNN": _rnn.ELMAN, **_GATED_KERNEL}  # the compiled core's cell numbers
 
 
-class Stream(_rnn.StreamCore):
+# Eval-mode forwards of up to SHORT_FORWARD_STEPS steps, or of up to STREAM_FORWARD_STEPS
+# steps of up to STREAM_FORWARD_BATCH sequences, run on a stream kept by the module (weights
+# packed once, checked against a copy each call) rather than packing them per call: for so
+# few steps the packing costs more than the whole-sequence path's one GEMM for the input
+# projection saves over the stream's projection step by step (docs/performance.md)
+SHORT_FORWARD_STEPS = 8
+STREAM_FORWARD_STEPS = 24
+STREAM_FORWARD_BATCH = 16
+
+
+class _PackedStream(_rnn.StreamCore):
+    """Steps on weights packed from a dict of parameter arrays: what :class:`Stream` and the
+    streams of short forwards (:class:`KeptStream`) share."""
+
+    def _start(self, cell, num_layers, batch_size, input_size, hidden_size, proj_size, dtype,
+               relu, batch_first, bf16):
+        """Allocate the stream: ``cell`` 'rnn', 'lstm' or 'gru', the rest as the module's."""
+        self._cell = CELLS[cell]
+        self._num_layers = num_layers
+        with cached_allocation():  # its buffers cache-line aligned: the threads share rows
+            self._setup(_KERNEL[self._cell.name], num_layers, batch_size, input_size,
+                        hidden_size, proj_size, dtype, relu, batch_first, bf16)
+
+    def _pack(self, params):
+        """Pack ``params`` (parameter arrays by torch's names) as the stream's weights."""
+        sizes = check_params(params, self._num_layers, False, self._cell)
+        for layer in range(self._num_layers):
+            (k,) = layer_keys(layer, False)
+            if self._cell is ELMAN:
+                w_ih, b = _stacked_input_weights(params, (k,), sizes.bias)
+                self._load(layer, w_ih, b, params[f"weight_hh_{k}"], None, None)
+            else:
+                self._load(layer, *_cell_weights(self._cell, params, k, sizes))
+        self._checked()
+
+    def _refresh_if_stale(self):
+        # a parameter changed somewhere; a kept stream compares its weights itself
+        self._checked()
+
+
+class Stream(_PackedStream):
     """A unidirectional :class:`~fastrnn.RNN`, :class:`~fastrnn.LSTM` or :class:`~fastrnn.GRU`
     run step by step (``module.stream(batch_size)``).
 
@@ -68,13 +110,11 @@ class Stream(_rnn.StreamCore):
                              "output; run the module on the whole sequence instead")
         batch_size = _check_size(batch_size, "batch_size")
         bf16 = resolve(module.precision if precision is None else precision, module.dtype)
-        self._cell = CELLS[module._cell]
         self.module = module
-        with cached_allocation():  # its buffers cache-line aligned: the threads share rows
-            self._setup(_KERNEL[self._cell.name], module.num_layers, batch_size,
-                        module.input_size, module.hidden_size, module.proj_size, module.dtype,
-                        getattr(module, "nonlinearity", "") == "relu",
-                        module.batch_first and not _time_major, bf16)
+        self._start(module._cell, module.num_layers, batch_size, module.input_size,
+                    module.hidden_size, module.proj_size, module.dtype,
+                    getattr(module, "nonlinearity", "") == "relu",
+                    module.batch_first and not _time_major, bf16)
         self._versions = None
         self.refresh()
         self.reset(h0)
@@ -101,18 +141,8 @@ class Stream(_rnn.StreamCore):
             self._release()
 
     def _repack(self):
-        module = self.module
-        params = {name: p.data for name, p in module._params.items()}
-        sizes = check_params(params, module.num_layers, False, self._cell)
-        for layer in range(module.num_layers):
-            (k,) = layer_keys(layer, False)
-            if self._cell is ELMAN:
-                w_ih, b = _stacked_input_weights(params, (k,), sizes.bias)
-                self._load(layer, w_ih, b, params[f"weight_hh_{k}"], None, None)
-            else:
-                self._load(layer, *_cell_weights(self._cell, params, k, sizes))
+        self._pack({name: p.data for name, p in self.module._params.items()})
         self._versions = self._parameter_versions()
-        self._checked()
 
     def _refresh_if_stale(self):
         # some parameter changed somewhere: repack if it was one of this module's
@@ -189,3 +219,65 @@ class Stream(_rnn.StreamCore):
             checked.append(s)
         for buf, s in zip((h, c), checked):  # everything checked before anything changes
             buf[:, index] = 0 if s is None else s
+
+
+class KeptStream:
+    """The stream a module keeps for its short eval forwards (:meth:`fits`): the weights
+    packed once and compared with a copy of the parameters on every call, so that no change
+    to them, however made (a write into an array by hand included), is missed. Results are
+    bitwise the functional forward's. One call at a time: :meth:`run` returns None while
+    another thread's call holds the stream, and that caller packs its own weights."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._kept = None  # (key, stream, copies of the weights it packed)
+
+    @staticmethod
+    def fits(steps, batch):
+        """Whether a forward of ``steps`` steps of ``batch`` sequences is a short one."""
+        few_steps = 0 < steps <= SHORT_FORWARD_STEPS
+        short_small_batch = 0 < steps <= STREAM_FORWARD_STEPS and batch <= STREAM_FORWARD_BATCH
+        return batch > 0 and (few_steps or short_small_batch)
+
+    def clear(self):
+        """Free the stream and its copies (until the next call)."""
+        self._kept = None
+
+    def run(self, options, params, x, states):
+        """The output and final states of a unidirectional forward on the kept stream.
+
+        ``options``: (cell, num_layers, input_size, hidden_size, proj_size, dtype, relu,
+        batch_first, bf16) as :meth:`_PackedStream._start` takes them; ``params`` the
+        parameter arrays by name; ``x`` (T, N, I), (N, T, I) if batch_first; ``states`` (h0,)
+        or, for an LSTM, (h0, c0), each None (zeros) or (num_layers, N, width). Returns
+        (output, finals) with finals shaped as ``states``, or None if the stream is busy.
+        """
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            batch_first = options[7]
+            N = x.shape[0] if batch_first else x.shape[1]
+            arrays = list(params.values())
+            key = (options, N, tuple(params))
+            if self._kept is None or self._kept[0] != key:
+                self._kept = None  # (the old stream's memory first)
+                stream = _PackedStream()
+                stream._start(*options[:2], N, *options[2:])
+                copies = [a.copy() for a in arrays]
+                stream._pack(dict(zip(params, copies)))
+                self._kept = (key, stream, copies)
+            _, stream, copies = self._kept
+            if not _rnn.same_contents(arrays, copies):
+                for a, c in zip(arrays, copies):
+                    c[...] = a
+                stream._pack(dict(zip(params, copies)))
+            buffers = stream._state_buffers()
+            for buf, s in zip(buffers, states):
+                buf[...] = 0 if s is None else s
+            width = options[4] or options[3]
+            out = np.empty(x.shape[:2] + (width,), dtype=options[5])
+            stream(x, out=out)
+            finals = tuple(b.copy() for b in stream._state_buffers()[:len(states)])
+        finally:
+            self._lock.release()
+        return out, finals
