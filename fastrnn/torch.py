@@ -307,7 +307,7 @@ class _Recurrent:
         self._check_args(input, states, None, weights)
         seq_len, batch = ((input.size(1), input.size(0)) if self.batch_first
                           else (input.size(0), input.size(1)))
-        output, *finals = self._apply(self.batch_first, None, seq_len, batch, input, states,
+        output, *finals = self._run(self.batch_first, None, seq_len, batch, input, states,
                                       weights)
         if not batched:
             output, finals = output.squeeze(batch_dim), [f.squeeze(1) for f in finals]
@@ -332,7 +332,7 @@ class _Recurrent:
         """h_n, or (h_n, c_n) for an LSTM, as torch returns them."""
         return tuple(finals) if self.mode == "LSTM" else finals[0]
 
-    def _apply(self, batch_first, lengths, seq_len, batch, x, states, weights):
+    def _run(self, batch_first, lengths, seq_len, batch, x, states, weights):
         h0, c0 = (tuple(states) + (None,))[:2]
         options = (self.mode, tuple(self._flat_weights_names), self.num_layers,
                    getattr(self, "nonlinearity", "tanh"), self.bidirectional, batch_first,
@@ -361,7 +361,7 @@ class _Recurrent:
         # unpack into (L, N, I) in the caller's batch order, where hx and h_n also live
         padded = data.new_zeros((seq_len, batch, data.size(1))).index_put((t_index, b_index),
                                                                            data)
-        output, *finals = self._apply(False, lengths, seq_len, batch, padded, states, weights)
+        output, *finals = self._run(False, lengths, seq_len, batch, padded, states, weights)
         return (PackedSequence(output[t_index, b_index], batch_sizes, sorted_indices,
                                unsorted_indices), self._state_result(finals))
 

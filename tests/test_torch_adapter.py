@@ -33,6 +33,12 @@ def assert_tensors_close(a, b, dtype, name):
     assert_close_rel(a.detach().numpy(), b.detach().numpy(), NP_DTYPE[dtype], name=name)
 
 
+def flat_results(result):
+    """(output, h_n) or, for an LSTM, (output, h_n, c_n) of a module's call."""
+    output, state = result
+    return (output, *state) if isinstance(state, tuple) else (output, state)
+
+
 def make_pair(*args, **kwargs):
     """torch.nn.RNN and fastrnn.torch.RNN built the same way, with the same weights."""
     reference = torch.nn.RNN(*args, **kwargs)
@@ -179,6 +185,29 @@ def test_deepcopy_keeps_class_and_results():
     assert type(clone) is ft.RNN
     x = torch.randn(L, N, I)
     assert torch.equal(clone(x)[0], module(x)[0])
+
+
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("convert", ["double", "to_float64", "type_float64", "float", "cpu",
+                                     "to_cpu", "share_memory"])
+def test_module_conversions_are_torchs(name, convert):
+    """torch's Module methods built on Module._apply (dtype and device conversions,
+    share_memory) work on the adapter's modules as on torch's own, same results after."""
+    torch.manual_seed(7)
+    reference = getattr(torch.nn, name)(I, H, num_layers=2)
+    module = getattr(ft, name)(I, H, num_layers=2)
+    module.load_state_dict(reference.state_dict())
+    how = {"double": lambda m: m.double(), "to_float64": lambda m: m.to(torch.float64),
+           "type_float64": lambda m: m.type(torch.float64), "float": lambda m: m.float(),
+           "cpu": lambda m: m.cpu(), "to_cpu": lambda m: m.to("cpu"),
+           "share_memory": lambda m: m.share_memory()}[convert]
+    assert how(module) is module
+    how(reference)
+    dtype = reference.weight_ih_l0.dtype
+    assert all(p.dtype == dtype for p in module.parameters())
+    x = torch.randn(L, N, I, dtype=dtype)
+    for got, want in zip(flat_results(module(x)), flat_results(reference(x))):
+        assert_tensors_close(got, want, dtype, convert)
 
 
 # ---------------------------------------------------------------------------- conformance
