@@ -19,6 +19,14 @@ hooks ``DistributedDataParallel`` averages gradients with.
 >>> output.shape, h_n.shape, c_n.shape
 (torch.Size([5, 3, 4]), torch.Size([1, 3, 4]), torch.Size([1, 3, 16]))
 
+Calls autograd does not record (``torch.no_grad``, ``inference_mode``, frozen weights and
+input) of a unidirectional module without dropout masks and of a few steps (up to 8, or up
+to 24 of up to 16 sequences; a step-by-step decoder's calls) run on a stream the module
+keeps: its weights packed once and compared byte for byte with the parameters on every
+call, so any change to them (an optimizer's step, ``load_state_dict``, a write into
+``p.data``, ``torch.func.functional_call``) is used at once. Results are bitwise those of
+any other path.
+
 PyTorch stays optional: ``pip install "fastrnn[torch]"``; ``import fastrnn`` never imports
 this module.
 """
@@ -34,7 +42,8 @@ import numpy as np
 
 from . import functional
 from ._layout import directions
-from .precision import check_precision
+from .precision import check_precision, resolve
+from .stream import KeptStream
 
 __all__ = ["RNN", "LSTM", "GRU", "from_torch"]
 
@@ -343,10 +352,43 @@ class _Recurrent:
                 and any(t is not None and t.requires_grad for t in tensors)):
             # nothing to differentiate (no_grad, inference_mode, frozen weights and input):
             # no cache for BPTT, so no copies of the arguments and no saved gates
+            if (lengths is None and masks is None and not self.bidirectional
+                    and KeptStream.fits(seq_len, batch)):
+                result = self._short_forward(options, x, states, weights)
+                if result is not None:
+                    return result
             output, states, _ = _recurrent_forward(options, lengths, masks, x, h0, c0, weights,
                                                    keep_cache=False)
             return (output, *(torch.from_numpy(s) for s in states))
         return _RecurrentFunction.apply(options, lengths, masks, *tensors)
+
+    def _short_forward(self, options, x, states, weights):
+        """A forward of a few steps without autograd on a stream the module keeps, as
+        :class:`fastrnn.RNN` does in eval mode: bitwise the functional forward, its weights
+        compared with the parameters on every call instead of packed. None if another
+        thread's call holds the stream."""
+        mode, names, num_layers, nonlinearity, _, batch_first, precision = options
+        params = {name: _numpy(w) for name, w in zip(names, weights)}
+        dtype = params[names[0]].dtype
+        cell = {"LSTM": "lstm", "GRU": "gru"}.get(mode, "rnn")
+        stream_options = (cell, num_layers, self.input_size, self.hidden_size,
+                          getattr(self, "proj_size", 0), dtype, nonlinearity == "relu",
+                          batch_first, resolve(precision, dtype))
+        # created on first use: from_torch gives existing modules this class
+        kept = self.__dict__.get("_kept_stream") or self.__dict__.setdefault("_kept_stream",
+                                                                              KeptStream())
+        result = kept.run(stream_options, params, _numpy(x),
+                          tuple(None if s is None else _numpy(s) for s in states))
+        if result is None:
+            return None
+        output, finals = result
+        return (torch.from_numpy(output), *(torch.from_numpy(f) for f in finals))
+
+    def __getstate__(self):
+        # pickling and deepcopy: the kept stream (packed weights, a lock) is not state
+        state = super().__getstate__()  # (torch's RNNBase drops its weak references)
+        state.pop("_kept_stream", None)
+        return state
 
     def _forward_packed(self, input, hx, states, weights):
         """PackedSequence in and out, through padded time-major tensors and lengths."""
