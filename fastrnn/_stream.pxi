@@ -40,23 +40,69 @@ def note_weights_changed():
     _weights_generation += 1
 
 
+cdef enum:
+    # Bytes of parameters from which a second thread compares half of them: the comparison
+    # reads the parameters and their copies at about 80 GB/s per core (docs/performance.md)
+    MIN_COMPARE_BYTES_PER_THREAD = 1 << 17
+
+
 def same_contents(list arrays, list copies):
     """Whether every array of ``arrays`` holds the bytes of the C-contiguous array at the same
     place in ``copies`` (False for one not C-contiguous or of another shape or dtype)."""
-    cdef cnp.ndarray a, b
-    cdef bint same = True
-    if len(arrays) != len(copies):
+    cdef Py_ssize_t count = len(arrays), i
+    if len(copies) != count:
         return False
     for x, y in zip(arrays, copies):
         if not (isinstance(x, np.ndarray) and x.flags.c_contiguous and x.dtype == y.dtype
-                and x.shape == y.shape):
+                and x.shape == y.shape and isinstance(y, np.ndarray) and y.flags.c_contiguous):
             return False
-        a, b = x, y
-        with nogil:
-            same = memcmp(cnp.PyArray_DATA(a), cnp.PyArray_DATA(b), cnp.PyArray_NBYTES(a)) == 0
-        if not same:
-            return False
-    return True
+    cdef size_t total = 0
+    for x in arrays:
+        total += cnp.PyArray_NBYTES(<cnp.ndarray> x)
+    global _get_num_threads
+    cdef int threads = 1
+    if total >= 2 * MIN_COMPARE_BYTES_PER_THREAD:
+        if _get_num_threads is None:
+            from fastrnn.parallel import get_num_threads
+            _get_num_threads = get_num_threads
+        threads = <int> min(<size_t> _get_num_threads(), total // MIN_COMPARE_BYTES_PER_THREAD)
+    cdef const char **a = <const char **> malloc(2 * count * sizeof(char *) + 1)
+    cdef size_t *sizes = <size_t *> malloc(count * sizeof(size_t) + 1)
+    cdef int *differs = <int *> calloc(threads, sizeof(int))
+    if a == NULL or sizes == NULL or differs == NULL:
+        free(a)
+        free(sizes)
+        free(differs)
+        raise MemoryError("could not compare the parameters")
+    for i in range(count):
+        a[2 * i] = <const char *> cnp.PyArray_DATA(<cnp.ndarray> arrays[i])
+        a[2 * i + 1] = <const char *> cnp.PyArray_DATA(<cnp.ndarray> copies[i])
+        sizes[i] = cnp.PyArray_NBYTES(<cnp.ndarray> arrays[i])
+    cdef int tid, team
+    cdef size_t lo, hi
+    with nogil:
+        if threads == 1:
+            for i in range(count):
+                if memcmp(a[2 * i], a[2 * i + 1], sizes[i]) != 0:
+                    differs[0] = 1
+                    break
+        else:
+            with parallel(num_threads=threads):
+                # each thread its share of every array: in its core's cache for the next call
+                tid = threadid()
+                team = fr_team_size()
+                for i in range(count):
+                    lo = sizes[i] * tid // team
+                    hi = sizes[i] * (tid + 1) // team
+                    if memcmp(a[2 * i] + lo, a[2 * i + 1] + lo, hi - lo) != 0:
+                        differs[tid] = 1
+    cdef bint same = True
+    for i in range(threads):
+        same = same and not differs[i]
+    free(a)
+    free(sizes)
+    free(differs)
+    return same
 
 
 cdef struct _StreamPlan:

@@ -986,3 +986,40 @@ def test_module_eval_forward_on_its_stream_in_every_layout(cell, layout, rng):
         state = tuple(s[:, 0] for s in state) if is_lstm(module) else state[:, 0]
     whole(module, x, state)
     assert module._inference._kept is not None
+
+
+# sizes in float32 elements: under and over the bytes from which two threads compare, odd
+# ones so that the threads' halves split a float
+COMPARED_SIZES = [[5], [40000, 3], [70001, 65537, 7], [300000]]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("sizes", COMPARED_SIZES, ids=lambda s: f"{sum(s)}")
+def test_same_contents_sees_any_changed_byte(sizes, threads, restore_threads, rng):
+    """The kept streams' comparison of the parameters with their copies, on one thread or
+    split between several: one byte changed anywhere (each array's first, middle and last
+    byte) is a difference."""
+    from fastrnn import _rnn
+    fastrnn.set_num_threads(threads)
+    arrays = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    copies = [a.copy() for a in arrays]
+    assert _rnn.same_contents(arrays, copies)
+    for a in arrays:
+        raw = a.view(np.uint8)
+        for at in (0, raw.size // 2, raw.size // 2 - 1, raw.size - 1):
+            raw[at] ^= 1
+            assert not _rnn.same_contents(arrays, copies), (a.size, at)
+            raw[at] ^= 1
+    assert _rnn.same_contents(arrays, copies)
+
+
+def test_same_contents_refuses_other_layouts(rng):
+    from fastrnn import _rnn
+    a = rng.standard_normal((4, 6)).astype(np.float32)
+    assert _rnn.same_contents([a], [a.copy()])
+    assert not _rnn.same_contents([a, a], [a.copy()])  # another count
+    assert not _rnn.same_contents([a.T], [a.T.copy()])  # not C-contiguous
+    assert not _rnn.same_contents([a], [a.reshape(6, 4).copy()])  # another shape
+    assert not _rnn.same_contents([a], [a.astype(np.float64)])  # another dtype
+    assert not _rnn.same_contents([a.tolist()], [a.copy()])  # not an array
+    assert _rnn.same_contents([], [])
