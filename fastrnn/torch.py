@@ -27,6 +27,9 @@ call, so any change to them (an optimizer's step, ``load_state_dict``, a write i
 ``p.data``, ``torch.func.functional_call``) is used at once. Results are bitwise those of
 any other path.
 
+``torch.compile`` does not trace into a module's forward (a graph break): compiled models
+run it as it is.
+
 PyTorch stays optional: ``pip install "fastrnn[torch]"``; ``import fastrnn`` never imports
 this module.
 """
@@ -274,6 +277,10 @@ class _Recurrent:
     #: :func:`fastrnn.set_matmul_precision`; set 'bfloat16' or 'float32' on a module to fix it
     precision = None
 
+    # torch.compile: a graph break here, the call run as it is. Dynamo would otherwise trace
+    # into the NumPy code around the kernels, rewriting it into torch operations: minutes to
+    # compile, and some of it fails (np.nditer)
+    @torch.compiler.disable
     def forward(self, input, hx=None):
         """Run the module; arguments and results as its torch class's ``forward``."""
         name = type(self).__name__
