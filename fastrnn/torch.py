@@ -28,7 +28,8 @@ call, so any change to them (an optimizer's step, ``load_state_dict``, a write i
 any other path.
 
 ``torch.compile`` does not trace into a module's forward (a graph break): compiled models
-run it as it is.
+run it as it is. ``torch.jit.trace`` and ``torch.export`` cannot record it and raise an error
+that says so (a trace would hold the traced call's results as constants).
 
 PyTorch stays optional: ``pip install "fastrnn[torch]"``; ``import fastrnn`` never imports
 this module.
@@ -284,6 +285,15 @@ class _Recurrent:
     def forward(self, input, hx=None):
         """Run the module; arguments and results as its torch class's ``forward``."""
         name = type(self).__name__
+        if torch.jit.is_tracing() or torch.compiler.is_exporting():
+            # a trace records torch's operators only: fastrnn's results would be constants
+            how = "torch.jit.trace" if torch.jit.is_tracing() else "torch.export"
+            raise RuntimeError(f"{how} cannot record fastrnn.torch.{name}: its kernels run "
+                               f"outside torch's operators, which a recorded graph cannot "
+                               f"hold (it would return this call's results for any input, or "
+                               f"call back into Python). Trace or export a torch.nn.{name} "
+                               f"with the same weights instead "
+                               f"(load_state_dict(module.state_dict()))")
         # by name, not the cached self._flat_weights: parameters swapped in by
         # torch.func.functional_call or reassigned by the user are seen
         weights = [getattr(self, n) for n in self._flat_weights_names]

@@ -369,3 +369,24 @@ def test_torch_compile_of_a_model_around_the_module():
     assert torch.allclose(compiled, eager, rtol=1e-5, atol=1e-6)
     for g, p in zip(grads, model.parameters()):
         assert torch.allclose(p.grad, g, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # (torch.jit.trace's own)
+@pytest.mark.parametrize("cell", WITH_RNN)
+@pytest.mark.parametrize("how", ["trace-no_grad", "trace", "trace-model", "export"])
+def test_trace_and_export_are_refused(cell, how):
+    """A trace records torch's operators only: under no_grad the traced module returned the
+    traced call's output for every input. Tracing and exporting are refused, saying why."""
+    name, proj = cell
+    module = getattr(ft, name)(I, H, **(dict(proj_size=proj) if proj else {})).eval()
+    x = torch.randn(L, N, I)
+    target = torch.nn.Sequential(module) if how == "trace-model" else module
+    recorder = "torch.export" if how == "export" else "torch.jit.trace"
+    with pytest.raises(RuntimeError,
+                       match=rf"{recorder} cannot record fastrnn.torch.{name}.*torch.nn.{name}"):
+        if how == "export":
+            torch.export.export(target, (x,))
+        else:
+            with torch.set_grad_enabled(how != "trace-no_grad"):
+                torch.jit.trace(target, (x,))
+    assert module(x)[0].shape == (L, N, proj or H)  # the module itself still runs
