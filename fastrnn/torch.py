@@ -269,6 +269,17 @@ def _packed_indices(batch_sizes, sorted_indices, unsorted_indices, rows):
     return torch.from_numpy(t_index), torch.from_numpy(order[rank]), lengths
 
 
+def _cast(value, source, target):
+    """``value`` (None, a tensor, a PackedSequence, or a tuple or list of tensors) with what is of
+    dtype ``source`` converted to ``target`` (differentiably)."""
+    if isinstance(value, (torch.Tensor, PackedSequence)):
+        data = value.data if isinstance(value, PackedSequence) else value
+        return value.to(target) if data.dtype == source else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_cast(v, source, target) for v in value)
+    return value
+
+
 class _Recurrent:
     """What :class:`RNN`, :class:`LSTM` and :class:`GRU` add to their torch module: a
     ``forward`` on fastrnn's kernels. Mixed in before the torch class, so everything else
@@ -279,7 +290,7 @@ class _Recurrent:
     precision = None
 
     # torch.compile: a graph break here, the call run as it is. Dynamo would otherwise trace
-    # into the NumPy code around the kernels, rewriting it into torch operations: minutes to
+    # into the NumPy code around the kernels, rewriting it into torch operations: seconds to
     # compile, and some of it fails (np.nditer)
     @torch.compiler.disable
     def forward(self, input, hx=None):
@@ -297,6 +308,36 @@ class _Recurrent:
         # by name, not the cached self._flat_weights: parameters swapped in by
         # torch.func.functional_call or reassigned by the user are seen
         weights = [getattr(self, n) for n in self._flat_weights_names]
+        lower = self._autocast_dtype(input, weights)
+        if lower is None:
+            return self._forward(input, hx, weights, self.precision)
+        # torch.autocast: inputs and states of the autocast dtype computed in float32, with
+        # bfloat16 products under a bfloat16 autocast (unless the module's precision says
+        # otherwise), the results in the autocast dtype
+        precision = self.precision
+        if precision is None and lower == torch.bfloat16:
+            precision = "bfloat16"
+        output, state = self._forward(_cast(input, lower, torch.float32),
+                                      _cast(hx, lower, torch.float32), weights, precision)
+        return _cast(output, torch.float32, lower), _cast(state, torch.float32, lower)
+
+    def _autocast_dtype(self, input, weights):
+        """The lower-precision dtype of an enabled CPU torch.autocast that applies to this
+        call, else None. As torch's modules: a float32 module's RNN and LSTM always, its GRU
+        (which autocast leaves alone) when the input already is of that dtype."""
+        if not torch.is_autocast_enabled("cpu") or weights[0].dtype != torch.float32:
+            return None
+        lower = torch.get_autocast_dtype("cpu")
+        if lower not in (torch.bfloat16, torch.float16):
+            return None
+        data = input.data if isinstance(input, PackedSequence) else input
+        if self.mode == "GRU" and not (isinstance(data, torch.Tensor) and data.dtype == lower):
+            return None
+        return lower
+
+    def _forward(self, input, hx, weights, precision):
+        """forward with the matrix products' ``precision`` given."""
+        name = type(self).__name__
         for n, w in zip(self._flat_weights_names, weights):
             _check_supported(w, f"parameter {n}", name)
         packed = isinstance(input, PackedSequence)
@@ -310,7 +351,7 @@ class _Recurrent:
             if s is not None:
                 _check_supported(s, what, name)
         if packed:
-            return self._forward_packed(input, hx, states, weights)
+            return self._forward_packed(input, hx, states, weights, precision)
 
         if input.dim() not in (2, 3):
             raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D "
@@ -334,7 +375,7 @@ class _Recurrent:
         seq_len, batch = ((input.size(1), input.size(0)) if self.batch_first
                           else (input.size(0), input.size(1)))
         output, *finals = self._run(self.batch_first, None, seq_len, batch, input, states,
-                                      weights)
+                                      weights, precision)
         if not batched:
             output, finals = output.squeeze(batch_dim), [f.squeeze(1) for f in finals]
         return output, self._state_result(finals)
@@ -358,11 +399,11 @@ class _Recurrent:
         """h_n, or (h_n, c_n) for an LSTM, as torch returns them."""
         return tuple(finals) if self.mode == "LSTM" else finals[0]
 
-    def _run(self, batch_first, lengths, seq_len, batch, x, states, weights):
+    def _run(self, batch_first, lengths, seq_len, batch, x, states, weights, precision):
         h0, c0 = (tuple(states) + (None,))[:2]
         options = (self.mode, tuple(self._flat_weights_names), self.num_layers,
                    getattr(self, "nonlinearity", "tanh"), self.bidirectional, batch_first,
-                   check_precision(self.precision))
+                   check_precision(precision))
         masks = self._dropout_masks(seq_len, batch, weights[0])
         tensors = (x, h0, c0, *weights)
         if not (torch.is_grad_enabled()
@@ -407,7 +448,7 @@ class _Recurrent:
         state.pop("_kept_stream", None)
         return state
 
-    def _forward_packed(self, input, hx, states, weights):
+    def _forward_packed(self, input, hx, states, weights, precision):
         """PackedSequence in and out, through padded time-major tensors and lengths."""
         data, batch_sizes, sorted_indices, unsorted_indices = input
         if data.dim() != 2:
@@ -420,7 +461,8 @@ class _Recurrent:
         # unpack into (L, N, I) in the caller's batch order, where hx and h_n also live
         padded = data.new_zeros((seq_len, batch, data.size(1))).index_put((t_index, b_index),
                                                                            data)
-        output, *finals = self._run(False, lengths, seq_len, batch, padded, states, weights)
+        output, *finals = self._run(False, lengths, seq_len, batch, padded, states, weights,
+                                    precision)
         return (PackedSequence(output[t_index, b_index], batch_sizes, sorted_indices,
                                unsorted_indices), self._state_result(finals))
 
@@ -464,9 +506,13 @@ _DOC = r"""``torch.nn.{name}`` whose forward and backward run fastrnn's compiled
     unbatched 2-D tensor or a ``PackedSequence``. ``state_dict``\ s load both ways.
 
     Supported: CPU tensors, float32 and float64; anything else (a CUDA tensor, float16,
-    bfloat16 tensors) raises an error naming this, never a wrong result. For bfloat16
-    products on float32 tensors set ``module.precision = "bfloat16"`` (or
-    :func:`fastrnn.set_matmul_precision`): see :mod:`fastrnn.precision`. Results match
+    bfloat16 tensors outside ``torch.autocast``) raises an error naming this, never a wrong
+    result. For bfloat16 products on float32 tensors set ``module.precision = "bfloat16"``
+    (or :func:`fastrnn.set_matmul_precision`): see :mod:`fastrnn.precision`. Under a CPU
+    ``torch.autocast`` to bfloat16 or float16 a float32 module takes inputs and states of
+    that dtype too and gives its results in it, where torch's module does (RNN and LSTM
+    always, GRU when its input is of that dtype); it computes in float32, with bfloat16
+    products under a bfloat16 autocast unless ``module.precision`` is set. Results match
     ``torch.nn.{name}`` to float rounding. Dropout between layers (training mode) draws its
     masks from torch's generator, so ``torch.manual_seed`` governs it; the masks differ from
     the ones torch.nn.{name} would draw. Not supported: double backward.{extra}

@@ -390,3 +390,98 @@ def test_trace_and_export_are_refused(cell, how):
             with torch.set_grad_enabled(how != "trace-no_grad"):
                 torch.jit.trace(target, (x,))
     assert module(x)[0].shape == (L, N, proj or H)  # the module itself still runs
+
+
+# ---------------------------------------------------------------------------- torch.autocast
+def autocast_inputs(name, proj, dtype):
+    """x and hx (both states for an LSTM) of ``dtype``, leaves requiring gradients."""
+    x = torch.randn(L, N, I).to(dtype).requires_grad_()
+    h0 = torch.randn(1, N, proj or H).to(dtype).requires_grad_()
+    if name != "LSTM":
+        return x, h0
+    return x, (h0, torch.randn(1, N, H).to(dtype).requires_grad_())
+
+
+def results_and_grads(module, x, hx, call):
+    """The results of ``call(module, x, hx)`` and the gradients of a loss of them."""
+    for t in (x, *state_tensors(hx)):
+        t.grad = None
+    module.zero_grad()
+    out, state = call(module, x, hx)
+    results = [out, *state_tensors(state)]
+    sum(t.float().square().sum() for t in results).backward()
+    return ([t.detach() for t in results]
+            + [t.grad for t in (x, *state_tensors(hx))] + [p.grad for p in module.parameters()])
+
+
+@pytest.mark.parametrize("cell", WITH_RNN)
+@pytest.mark.parametrize("lower", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("given", ["float32", "lower"])
+def test_autocast_as_torchs_modules(cell, lower, given):
+    """Under a CPU torch.autocast, results in the dtypes torch's module gives (the RNN and
+    LSTM always in the autocast dtype, the GRU when its input is), values close to torch's,
+    and bitwise what the module computes for float32 copies of the arguments (bfloat16
+    products for a bfloat16 autocast) converted to that dtype, gradients included."""
+    name, proj = cell
+    torch.manual_seed(12)
+    reference, module = make_pair(name, I, H, proj_size=proj)
+    x, hx = autocast_inputs(name, proj, torch.float32 if given == "float32" else lower)
+
+    def autocast(m, x, hx):
+        with torch.autocast("cpu", dtype=lower):
+            return m(x, hx)
+
+    got = results_and_grads(module, x, hx, autocast)
+    try:
+        want = results_and_grads(reference, x, hx, autocast)
+    except RuntimeError:  # oneDNN's LSTM under a float16 autocast refuses float32 input
+        assert name == "LSTM" and not proj and lower == torch.float16 and given == "float32"
+        want = None
+    if want is not None:
+        for k, (a, b) in enumerate(zip(got, want)):
+            if k == 2 and proj and given == "float32":
+                # torch's projected LSTM (not oneDNN's) keeps c_n float32 for float32 input;
+                # fastrnn gives every result in the autocast dtype
+                assert (a.dtype, b.dtype) == (lower, torch.float32)
+                continue
+            assert a.dtype == b.dtype
+        for a, b in zip(got[:3], want[:3]):
+            assert torch.allclose(a.float(), b.float(), atol=0.03)
+    applies = name != "GRU" or given == "lower"
+    out_dtype = lower if applies else torch.float32
+
+    def explicit(m, x, hx):
+        m.precision = "bfloat16" if applies and lower == torch.bfloat16 else None
+        try:
+            out, state = m(x.float(), tuple(s.float() for s in hx) if name == "LSTM"
+                           else hx.float())
+        finally:
+            m.precision = None
+        return out.to(out_dtype), (tuple(s.to(out_dtype) for s in state) if name == "LSTM"
+                                   else state.to(out_dtype))
+
+    expected = results_and_grads(module, x, hx, explicit)
+    for a, b in zip(got, expected):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_autocast_with_packed_sequences_and_float64(cell):
+    name, proj = cell
+    torch.manual_seed(13)
+    _, module = make_pair(name, I, H, proj_size=proj)
+    x = torch.randn(L, N, I)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x.bfloat16(), torch.arange(L, L - N, -1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, state = module(packed)
+    module.precision = "bfloat16"
+    plain_out, plain_state = module(packed.to(torch.float32))
+    assert out.data.dtype == torch.bfloat16
+    assert torch.equal(out.data, plain_out.data.bfloat16())
+    for a, b in zip(state_tensors(state), state_tensors(plain_state)):
+        assert torch.equal(a, b.bfloat16())
+    module.precision = None
+    module.double()  # autocast leaves float64 alone, as torch's modules
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out64 = module(x.double())[0]
+    assert out64.dtype == torch.float64 and torch.equal(out64, module(x.double())[0])
