@@ -46,18 +46,21 @@ cdef enum:
     MIN_COMPARE_BYTES_PER_THREAD = 1 << 17
 
 
-def same_contents(list arrays, list copies):
+def same_contents(arrays, copies):
     """Whether every array of ``arrays`` holds the bytes of the C-contiguous array at the same
     place in ``copies`` (False for one not C-contiguous or of another shape or dtype)."""
-    cdef Py_ssize_t count = len(arrays), i
-    if len(copies) != count:
+    # tuples: the arrays stay alive while compared without the GIL, whatever another thread
+    # does to the lists
+    cdef tuple held = tuple(arrays), held_copies = tuple(copies)
+    cdef Py_ssize_t count = len(held), i
+    if len(held_copies) != count:
         return False
-    for x, y in zip(arrays, copies):
-        if not (isinstance(x, np.ndarray) and x.flags.c_contiguous and x.dtype == y.dtype
-                and x.shape == y.shape and isinstance(y, np.ndarray) and y.flags.c_contiguous):
+    for x, y in zip(held, held_copies):
+        if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray) and x.flags.c_contiguous
+                and y.flags.c_contiguous and x.dtype == y.dtype and x.shape == y.shape):
             return False
     cdef size_t total = 0
-    for x in arrays:
+    for x in held:
         total += cnp.PyArray_NBYTES(<cnp.ndarray> x)
     global _get_num_threads
     cdef int threads = 1
@@ -75,9 +78,9 @@ def same_contents(list arrays, list copies):
         free(differs)
         raise MemoryError("could not compare the parameters")
     for i in range(count):
-        a[2 * i] = <const char *> cnp.PyArray_DATA(<cnp.ndarray> arrays[i])
-        a[2 * i + 1] = <const char *> cnp.PyArray_DATA(<cnp.ndarray> copies[i])
-        sizes[i] = cnp.PyArray_NBYTES(<cnp.ndarray> arrays[i])
+        a[2 * i] = <const char *> cnp.PyArray_DATA(<cnp.ndarray> held[i])
+        a[2 * i + 1] = <const char *> cnp.PyArray_DATA(<cnp.ndarray> held_copies[i])
+        sizes[i] = cnp.PyArray_NBYTES(<cnp.ndarray> held[i])
     cdef int tid, team
     cdef size_t lo, hi
     with nogil:

@@ -1023,3 +1023,4 @@ def test_same_contents_refuses_other_layouts(rng):
     assert not _rnn.same_contents([a], [a.astype(np.float64)])  # another dtype
     assert not _rnn.same_contents([a.tolist()], [a.copy()])  # not an array
     assert _rnn.same_contents([], [])
+    assert _rnn.same_contents((a,), (a.copy(),))  # any sequences
