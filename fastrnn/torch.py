@@ -88,12 +88,6 @@ def _save_arrays(ctx, tensors, cache):
     ctx.save_for_backward(*tensors, *arrays)
 
 
-def _load_arrays(ctx):
-    """The tensors given to :func:`_save_arrays` and the cache with its arrays restored."""
-    saved = ctx.saved_tensors
-    return saved[:ctx.num_tensors], _fill(ctx.cache_skeleton, saved[ctx.num_tensors:])
-
-
 # Module-level recursion, not nested closures: a recursive closure is a reference cycle,
 # which would keep the arrays alive until the garbage collector runs.
 def _strip(value, arrays):
@@ -128,42 +122,86 @@ class _Slot:
         self.index = index
 
 
+class _Box:
+    """A value passed between the steps of an autograd.Function as it is: an object, not a
+    container, so that torch.func does not take it apart."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value=None):
+        self.value = value
+
+
 class _RecurrentFunction(torch.autograd.Function):
     """Time-major or batch-first 3-D input through fastrnn's forward and BPTT of a cell.
 
-    ``apply(options, lengths, masks, x, h0, c0, *weights)``: ``options`` is (mode, parameter
-    names, num_layers, nonlinearity, bidirectional, batch_first, precision), mode torch's
-    "RNN_TANH", "RNN_RELU", "LSTM" or "GRU"; ``lengths`` an int64 array or None; ``masks`` a list of
-    dropout-mask arrays or None; ``h0`` and (LSTM only) ``c0`` may be None (zeros). Returns
-    the output and the final states (h_n; h_n and c_n for an LSTM).
+    ``apply(options, lengths, masks, box, x, h0, c0, *weights)``: ``options`` is (mode,
+    parameter names, num_layers, nonlinearity, bidirectional, batch_first, precision), mode
+    torch's "RNN_TANH", "RNN_RELU", "LSTM" or "GRU"; ``lengths`` an int64 array or None;
+    ``masks`` a list of dropout-mask arrays or None; ``box`` an empty :class:`_Box`, which
+    hands the forward's cache to ``setup_context``; ``h0`` and (LSTM only) ``c0`` may be None
+    (zeros). Returns the output and the final states (h_n; h_n and c_n for an LSTM).
+
+    Written as forward and setup_context, with the backward's work a Function of its own
+    (:class:`_RecurrentBackward`), so that torch.func.grad and vjp can run it: they hand
+    those Functions' forwards plain tensors, which NumPy can read.
     """
 
     @staticmethod
-    def forward(ctx, options, lengths, masks, x, h0, c0, *weights):
-        mode, names = options[:2]
-        output, states, cache = _recurrent_forward(options, lengths, masks, x, h0, c0, weights,
-                                                   keep_cache=True)
-        ctx.mode, ctx.names = mode, names
-        ctx.has_state = (h0 is not None, c0 is not None)
-        ctx.set_materialize_grads(False)  # a None gradient (h_n unused, say) is not zeros to build
-        # output is saved too: BPTT reads it, so modifying it in place must be an error
-        _save_arrays(ctx, (output, x, h0, c0, *weights), cache)
+    def forward(options, lengths, masks, box, x, h0, c0, *weights):
+        output, states, box.value = _recurrent_forward(options, lengths, masks, x, h0, c0,
+                                                       weights, keep_cache=True)
         return (output, *(torch.from_numpy(s) for s in states))
 
     @staticmethod
+    def setup_context(ctx, inputs, outputs):
+        # (torch.func may call this more than once for one forward: the box is not emptied)
+        options, _, _, box, x, h0, c0, *weights = inputs
+        ctx.mode, ctx.names = options[:2]
+        ctx.has_state = (h0 is not None, c0 is not None)
+        ctx.set_materialize_grads(False)  # a None gradient (h_n unused, say) is not zeros to build
+        # output is saved too: BPTT reads it, so modifying it in place must be an error
+        _save_arrays(ctx, (outputs[0], x, h0, c0, *weights), box.value)
+
+    @staticmethod
+    def vmap(info, in_dims, options, *args):
+        name = _module_name(options[0])
+        raise RuntimeError(f"fastrnn.torch.{name} does not support torch.func.vmap: its "
+                           f"kernels take one batch of sequences (the batch dimension is "
+                           f"already vectorised); use torch.nn.{name} under vmap")
+
+    @staticmethod
     def backward(ctx, grad_output, *grad_states):
-        grads = _recurrent_backward(ctx, grad_output, grad_states)
-        if not torch.is_grad_enabled():
-            return grads
-        # create_graph=True: these gradients are constants to autograd (NumPy computed them),
-        # so differentiating them again must fail loudly instead of giving zeros
-        tensors = [g for g in grads if g is not None]
-        error = torch._C._functions.DelayedError(
-            f"fastrnn.torch.{_module_name(ctx.mode)} does not support double backward "
-            f"(gradients of its gradients); use torch.nn.{_module_name(ctx.mode)} for "
-            f"that".encode(), len(tensors))
-        delayed = iter(error(*(g.detach().requires_grad_() for g in tensors)))
-        return tuple(None if g is None else next(delayed) for g in grads)
+        info = _Box((ctx.mode, ctx.names, len(grad_states), ctx.num_tensors, ctx.cache_skeleton))
+        grad_x, grad_h0, grad_c0, *grad_weights = _RecurrentBackward.apply(
+            info, grad_output, *grad_states, *ctx.saved_tensors)
+        has_h0, has_c0 = ctx.has_state
+        return (None, None, None, None, grad_x, grad_h0 if has_h0 else None,
+                grad_c0 if has_c0 else None, *grad_weights)
+
+
+class _RecurrentBackward(torch.autograd.Function):
+    """BPTT of :class:`_RecurrentFunction`: ``apply(info, grad_output, *grad_states,
+    *saved)`` gives the gradients of x, h0, c0 (None but for an LSTM) and each weight.
+    Differentiating it (a double backward) is refused: NumPy computed its results."""
+
+    @staticmethod
+    def forward(info, grad_output, *rest):
+        mode, names, num_states, num_tensors, skeleton = info.value
+        grad_states, saved = rest[:num_states], rest[num_states:]
+        return _recurrent_backward(mode, names, saved[:num_tensors],
+                                   _fill(skeleton, saved[num_tensors:]), grad_output,
+                                   grad_states)
+
+    @staticmethod
+    def setup_context(ctx, inputs, outputs):
+        ctx.mode = inputs[0].value[0]
+
+    @staticmethod
+    def backward(ctx, *grads):
+        name = _module_name(ctx.mode)
+        raise RuntimeError(f"fastrnn.torch.{name} does not support double backward "
+                           f"(gradients of its gradients); use torch.nn.{name} for that")
 
 
 def _recurrent_forward(options, lengths, masks, x, h0, c0, weights, keep_cache):
@@ -193,25 +231,24 @@ def _module_name(mode):
     return "RNN" if mode.startswith("RNN") else mode
 
 
-def _recurrent_backward(ctx, grad_output, grad_states):
-    """BPTT for :class:`_RecurrentFunction`: gradients for each of its ``apply`` arguments."""
-    (output, _x, _h0, _c0, *weights), cache = _load_arrays(ctx)
-    cache["params"] = {name: _numpy(w) for name, w in zip(ctx.names, weights)}
+def _recurrent_backward(mode, names, tensors, cache, grad_output, grad_states):
+    """BPTT from the forward's saved ``tensors`` (output, x, h0, c0, weights) and ``cache``:
+    the gradients of x, h0, c0 (None but for an LSTM) and each weight, as tensors."""
+    output, _x, _h0, _c0, *weights = tensors
+    cache["params"] = {name: _numpy(w) for name, w in zip(names, weights)}
     grad_output = (np.zeros(output.shape, dtype=cache["dtype"]) if grad_output is None
                    else _numpy(grad_output))
     grad_states = [None if g is None else _numpy(g) for g in grad_states]
-    if ctx.mode == "LSTM":
+    if mode == "LSTM":
         grad_x, (grad_h0, grad_c0), grads = functional.lstm_backward(cache, grad_output,
                                                                      tuple(grad_states))
+        grad_c0 = torch.from_numpy(grad_c0)
     else:
-        backward = functional.gru_backward if ctx.mode == "GRU" else functional.rnn_backward
+        backward = functional.gru_backward if mode == "GRU" else functional.rnn_backward
         grad_x, grad_h0, grads = backward(cache, grad_output, grad_states[0])
         grad_c0 = None
-    has_h0, has_c0 = ctx.has_state
-    return (None, None, None, torch.from_numpy(grad_x),
-            torch.from_numpy(grad_h0) if has_h0 else None,
-            torch.from_numpy(grad_c0) if has_c0 else None,
-            *(torch.from_numpy(grads[name]) for name in ctx.names))
+    return (torch.from_numpy(grad_x), torch.from_numpy(grad_h0), grad_c0,
+            *(torch.from_numpy(grads[name]) for name in names))
 
 
 def _index_array(tensor, name):
@@ -418,7 +455,7 @@ class _Recurrent:
             output, states, _ = _recurrent_forward(options, lengths, masks, x, h0, c0, weights,
                                                    keep_cache=False)
             return (output, *(torch.from_numpy(s) for s in states))
-        return _RecurrentFunction.apply(options, lengths, masks, *tensors)
+        return _RecurrentFunction.apply(options, lengths, masks, _Box(), *tensors)
 
     def _short_forward(self, options, x, states, weights):
         """A forward of a few steps without autograd on a stream the module keeps, as
@@ -515,7 +552,8 @@ _DOC = r"""``torch.nn.{name}`` whose forward and backward run fastrnn's compiled
     products under a bfloat16 autocast unless ``module.precision`` is set. Results match
     ``torch.nn.{name}`` to float rounding. Dropout between layers (training mode) draws its
     masks from torch's generator, so ``torch.manual_seed`` governs it; the masks differ from
-    the ones torch.nn.{name} would draw. Not supported: double backward.{extra}
+    the ones torch.nn.{name} would draw. ``torch.func.grad`` and ``vjp`` work; not supported
+    (refused with an error): double backward, ``torch.func.vmap``.{extra}
     """
 
 

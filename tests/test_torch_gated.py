@@ -485,3 +485,50 @@ def test_autocast_with_packed_sequences_and_float64(cell):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out64 = module(x.double())[0]
     assert out64.dtype == torch.float64 and torch.equal(out64, module(x.double())[0])
+
+
+# ---------------------------------------------------------------------------- torch.func
+@pytest.mark.parametrize("cell", WITH_RNN)
+def test_torch_func_grad_and_vjp_as_autograd(cell):
+    """torch.func.grad (of the parameters through functional_call, and of the input) and
+    torch.func.vjp give bitwise the gradients autograd gives; 2 layers, h0 given."""
+    name, proj = cell
+    torch.manual_seed(14)
+    module = getattr(ft, name)(I, H, num_layers=2, **(dict(proj_size=proj) if proj else {}))
+    x = torch.randn(L, N, I)
+    hx = initial_states(name, 0.5 * torch.randn(2, N, H), proj)
+    hx = tuple(s.detach() for s in hx) if name == "LSTM" else hx
+    params = {k: v.detach() for k, v in module.named_parameters()}
+
+    def loss(p, x):
+        out, state = torch.func.functional_call(module, p, (x, hx))
+        return out.square().sum() + sum(s.sum() for s in state_tensors(state))
+
+    grads, grad_x = torch.func.grad(loss, argnums=(0, 1))(params, x)
+    x_leaf = x.clone().requires_grad_()
+    loss(dict(module.named_parameters()), x_leaf).backward()
+    assert torch.equal(grad_x, x_leaf.grad)
+    for k, p in module.named_parameters():
+        assert torch.equal(grads[k], p.grad), k
+    out, vjp = torch.func.vjp(lambda t: torch.func.functional_call(module, params, (t,))[0], x)
+    cotangent = torch.randn_like(out)
+    x_leaf.grad = None
+    torch.func.functional_call(module, params, (x_leaf,))[0].backward(cotangent)
+    assert torch.equal(vjp(cotangent)[0], x_leaf.grad)
+
+
+@pytest.mark.parametrize("cell", WITH_RNN)
+def test_torch_func_vmap_and_second_order_refused(cell):
+    name, proj = cell
+    module = getattr(ft, name)(I, H, **(dict(proj_size=proj) if proj else {}))
+    params = {k: v.detach() for k, v in module.named_parameters()}
+
+    def loss(p, x):
+        return torch.func.functional_call(module, p, (x,))[0].square().sum()
+
+    x = torch.randn(L, N, I)
+    with pytest.raises(RuntimeError, match=f"fastrnn.torch.{name} does not support "
+                                           f"torch.func.vmap.*torch.nn.{name}"):
+        torch.func.vmap(torch.func.grad(loss), in_dims=(None, 1))(params, x[:, :, None])
+    with pytest.raises(RuntimeError, match=f"fastrnn.torch.{name} does not support double"):
+        torch.func.grad(lambda t: torch.func.grad(loss, argnums=1)(params, t).sum())(x)
