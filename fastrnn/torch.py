@@ -173,8 +173,8 @@ class _RecurrentFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output, *grad_states):
         info = _Box((ctx.mode, ctx.names, len(grad_states), ctx.num_tensors, ctx.cache_skeleton))
-        grad_x, grad_h0, grad_c0, *grad_weights = _RecurrentBackward.apply(
-            info, grad_output, *grad_states, *ctx.saved_tensors)
+        grad_x, grad_h0, grad_c0, *grad_weights = _apply(
+            _RecurrentBackward, info, grad_output, *grad_states, *ctx.saved_tensors)
         has_h0, has_c0 = ctx.has_state
         return (None, None, None, None, grad_x, grad_h0 if has_h0 else None,
                 grad_c0 if has_c0 else None, *grad_weights)
@@ -202,6 +202,34 @@ class _RecurrentBackward(torch.autograd.Function):
         name = _module_name(ctx.mode)
         raise RuntimeError(f"fastrnn.torch.{name} does not support double backward "
                            f"(gradients of its gradients); use torch.nn.{name} for that")
+
+
+def _eager(function):
+    """``function`` (an autograd.Function written with setup_context) with a forward that
+    takes ctx: torch.autograd.Function.apply binds the arguments of a setup_context form with
+    inspect.signature on every call (about 50 µs), but torch.func only runs that form."""
+
+    class Eager(function):
+        @staticmethod
+        def forward(ctx, *args):
+            outputs = function.forward(*args)
+            function.setup_context(ctx, args, outputs)
+            return outputs
+
+        setup_context = staticmethod(torch.autograd.Function.setup_context)  # (not defined)
+
+    Eager.__name__ = Eager.__qualname__ = f"{function.__name__}Eager"
+    return Eager
+
+
+_EAGER = {f: _eager(f) for f in (_RecurrentFunction, _RecurrentBackward)}
+# what torch.autograd.Function.apply asks; if torch no longer has it, the setup_context form
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
+
+
+def _apply(function, *args):
+    """``function.apply(*args)``, in its eager form unless torch.func transforms are active."""
+    return (function if _functorch_active() else _EAGER[function]).apply(*args)
 
 
 def _recurrent_forward(options, lengths, masks, x, h0, c0, weights, keep_cache):
@@ -455,7 +483,7 @@ class _Recurrent:
             output, states, _ = _recurrent_forward(options, lengths, masks, x, h0, c0, weights,
                                                    keep_cache=False)
             return (output, *(torch.from_numpy(s) for s in states))
-        return _RecurrentFunction.apply(options, lengths, masks, _Box(), *tensors)
+        return _apply(_RecurrentFunction, options, lengths, masks, _Box(), *tensors)
 
     def _short_forward(self, options, x, states, weights):
         """A forward of a few steps without autograd on a stream the module keeps, as
