@@ -173,8 +173,14 @@ class _RecurrentFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output, *grad_states):
         info = _Box((ctx.mode, ctx.names, len(grad_states), ctx.num_tensors, ctx.cache_skeleton))
-        grad_x, grad_h0, grad_c0, *grad_weights = _apply(
-            _RecurrentBackward, info, grad_output, *grad_states, *ctx.saved_tensors)
+        args = (info, grad_output, *grad_states, *ctx.saved_tensors)
+        # as a Function where the gradients may be differentiated (create_graph, torch.func),
+        # so that doing so is refused; an ordinary backward needs no more autograd work
+        if torch.is_grad_enabled() or _functorch_active():
+            grads = _apply(_RecurrentBackward, *args)
+        else:
+            grads = _RecurrentBackward.forward(*args)
+        grad_x, grad_h0, grad_c0, *grad_weights = grads
         has_h0, has_c0 = ctx.has_state
         return (None, None, None, None, grad_x, grad_h0 if has_h0 else None,
                 grad_c0 if has_c0 else None, *grad_weights)
