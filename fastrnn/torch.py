@@ -513,6 +513,13 @@ class _Recurrent:
         output, finals = result
         return (torch.from_numpy(output), *(torch.from_numpy(f) for f in finals))
 
+    def train(self, mode=True):
+        """torch's ``train``; entering training mode also frees the short calls' stream (its
+        packed weights and copy of the parameters), as fastrnn's own modules do."""
+        if mode:
+            self.__dict__.pop("_kept_stream", None)
+        return super().train(mode)
+
     def __getstate__(self):
         # pickling and deepcopy: the kept stream (packed weights, a lock) is not state
         state = super().__getstate__()  # (torch's RNNBase drops its weak references)

@@ -266,3 +266,17 @@ def test_kept_stream_memory_follows_the_batch():
         x = torch.randn(2, batch, I)
         assert_bitwise(without_grad(module, x), recorded(module, x))
         assert module._kept_stream._kept[1].batch_size == batch
+
+
+def test_training_mode_frees_the_kept_stream():
+    """model.train() frees the stream (its packed weights and the parameters' copy) of every
+    adapter module inside; the next short call without autograd builds it again."""
+    model = torch.nn.Sequential(build(CELLS[1].values[0]), torch.nn.Identity()).eval()
+    x = torch.randn(3, 2, I)
+    with torch.no_grad():
+        model[0](x)
+    assert on_stream(model[0])
+    assert model.train() is model and not on_stream(model[0])
+    model.eval()
+    assert_bitwise(without_grad(model[0], x), recorded(model[0], x))
+    assert on_stream(model[0])
