@@ -222,7 +222,8 @@ def _eager(function):
             function.setup_context(ctx, args, outputs)
             return outputs
 
-        setup_context = staticmethod(torch.autograd.Function.setup_context)  # (not defined)
+        # torch's own placeholder: as if not defined, so that apply passes ctx to forward
+        setup_context = staticmethod(torch.autograd.Function.setup_context)
 
     Eager.__name__ = Eager.__qualname__ = f"{function.__name__}Eager"
     return Eager
@@ -446,7 +447,7 @@ class _Recurrent:
         seq_len, batch = ((input.size(1), input.size(0)) if self.batch_first
                           else (input.size(0), input.size(1)))
         output, *finals = self._run(self.batch_first, None, seq_len, batch, input, states,
-                                      weights, precision)
+                                    weights, precision)
         if not batched:
             output, finals = output.squeeze(batch_dim), [f.squeeze(1) for f in finals]
         return output, self._state_result(finals)
