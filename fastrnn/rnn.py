@@ -95,7 +95,7 @@ class _Recurrent(Module):
                 for _ in range(self.num_layers - 1)]
 
     def _forward(self, x, hx, lengths):
-        if not self.training and lengths is None and not self.bidirectional:
+        if not self.training and lengths is None:
             result = self._short_forward(x, hx)
             if result is not None:
                 return result
@@ -147,18 +147,18 @@ class _Recurrent(Module):
             given = tuple(hx)
         else:
             return None
+        layers = directions(self.bidirectional) * self.num_layers
         for s, width in zip(given, widths):
             if s is not None and not (
                     type(s) is np.ndarray and s.dtype == self.dtype
-                    and s.shape == ((self.num_layers, width) if unbatched
-                                    else (self.num_layers, N, width))):
+                    and s.shape == ((layers, width) if unbatched else (layers, N, width))):
                 return None
         if unbatched:  # one sequence: a batch of one, in the stream's layout
             x = x[None] if self.batch_first else x[:, None]
             given = tuple(None if s is None else s[:, None] for s in given)
         options = (self._cell, self.num_layers, self.input_size, self.hidden_size,
                    self.proj_size, self.dtype, getattr(self, "nonlinearity", "") == "relu",
-                   self.batch_first, resolve(self.precision, self.dtype))
+                   self.batch_first, resolve(self.precision, self.dtype), self.bidirectional)
         result = self._inference.run(options, {name: p.data for name, p in self._params.items()},
                                      x, given)
         if result is None:

@@ -222,15 +222,19 @@ class Stream(_PackedStream):
 
 
 class KeptStream:
-    """The stream a module keeps for its short eval forwards (:meth:`fits`): the weights
+    """The streams a module keeps for its short eval forwards (:meth:`fits`): the weights
     packed once and compared with a copy of the parameters on every call, so that no change
     to them, however made (a write into an array by hand included), is missed. Results are
     bitwise the functional forward's. One call at a time: :meth:`run` returns None while
-    another thread's call holds the stream, and that caller packs its own weights."""
+    another thread's call holds the streams, and that caller packs its own weights.
+
+    A unidirectional network runs on one stream; a bidirectional one layer by layer, on a
+    one-layer stream per layer and direction, the reverse direction's over the sequence
+    reversed in time."""
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._kept = None  # (key, stream, copies of the weights it packed)
+        self._kept = None  # (key, streams, copies of the weights they packed)
 
     @staticmethod
     def fits(steps, batch):
@@ -240,44 +244,98 @@ class KeptStream:
         return batch > 0 and (few_steps or short_small_batch)
 
     def clear(self):
-        """Free the stream and its copies (until the next call)."""
+        """Free the streams and the copies (until the next call)."""
         self._kept = None
 
     def run(self, options, params, x, states):
-        """The output and final states of a unidirectional forward on the kept stream.
+        """The output and final states of a forward on the kept streams.
 
         ``options``: (cell, num_layers, input_size, hidden_size, proj_size, dtype, relu,
-        batch_first, bf16) as :meth:`_PackedStream._start` takes them; ``params`` the
-        parameter arrays by name; ``x`` (T, N, I), (N, T, I) if batch_first; ``states`` (h0,)
-        or, for an LSTM, (h0, c0), each None (zeros) or (num_layers, N, width). Returns
-        (output, finals) with finals shaped as ``states``, or None if the stream is busy.
+        batch_first, bf16, bidirectional), the first nine as :meth:`_PackedStream._start`
+        takes them; ``params`` the parameter arrays by name; ``x`` (T, N, I), (N, T, I) if
+        batch_first; ``states`` (h0,) or, for an LSTM, (h0, c0), each None (zeros) or
+        (D·num_layers, N, width). Returns (output, finals) with finals shaped as ``states``,
+        or None if the streams are busy.
         """
         if not self._lock.acquire(blocking=False):
             return None
         try:
-            batch_first = options[7]
-            N = x.shape[0] if batch_first else x.shape[1]
-            arrays = list(params.values())
-            key = (options, N, tuple(params))
-            if self._kept is None or self._kept[0] != key:
-                self._kept = None  # (the old stream's memory first)
-                stream = _PackedStream()
-                stream._start(*options[:2], N, *options[2:])
-                copies = [a.copy() for a in arrays]
-                stream._pack(dict(zip(params, copies)))
-                self._kept = (key, stream, copies)
-            _, stream, copies = self._kept
-            if not _rnn.same_contents(arrays, copies):
-                for a, c in zip(arrays, copies):
-                    c[...] = a
-                stream._pack(dict(zip(params, copies)))
-            buffers = stream._state_buffers()
-            for buf, s in zip(buffers, states):
-                buf[...] = 0 if s is None else s
-            width = options[4] or options[3]
-            out = np.empty(x.shape[:2] + (width,), dtype=options[5])
-            stream(x, out=out)
-            finals = tuple(b.copy() for b in stream._state_buffers()[:len(states)])
+            return self._run(options, params, x, states)
         finally:
             self._lock.release()
+
+    def _run(self, options, params, x, states):
+        num_layers, hidden_size, proj_size, dtype = (options[1], *options[3:6])
+        batch_first, bidirectional = options[7], options[9]
+        N = x.shape[0] if batch_first else x.shape[1]
+        arrays = list(params.values())
+        key = (options, N, tuple(params))
+        if self._kept is None or self._kept[0] != key:
+            self._kept = None  # (the old streams' memory first)
+            streams, copies = _new_streams(options, N), [a.copy() for a in arrays]
+            _pack_streams(streams, dict(zip(params, copies)))
+            self._kept = (key, streams, copies)
+        _, streams, copies = self._kept
+        if not _rnn.same_contents(arrays, copies):
+            for a, c in zip(arrays, copies):
+                c[...] = a
+            _pack_streams(streams, dict(zip(params, copies)))
+        width = proj_size or hidden_size
+        out = np.empty(x.shape[:2] + ((2 if bidirectional else 1) * width,), dtype=dtype)
+        if not bidirectional:
+            (stream,) = streams
+            for buf, s in zip(stream._state_buffers(), states):
+                buf[...] = 0 if s is None else s
+            stream(x, out=out)
+            return out, tuple(b.copy() for b in stream._state_buffers()[:len(states)])
+        finals = tuple(np.empty((2 * num_layers, N, w), dtype=dtype)
+                       for w in (width, hidden_size)[:len(states)])
+        inp = x.transpose(1, 0, 2) if batch_first else x  # time-major views
+        for layer in range(num_layers):
+            y = ((out.transpose(1, 0, 2) if batch_first else out) if layer == num_layers - 1
+                 else np.empty((x.shape[1 if batch_first else 0], N, 2 * width), dtype=dtype))
+            for d in (0, 1):
+                i = 2 * layer + d
+                stream = streams[i]
+                for buf, s in zip(stream._state_buffers(), states):
+                    buf[0] = 0 if s is None else s[i]
+                y_d = y[:, :, d * width:(d + 1) * width]
+                stream(inp[::-1] if d else inp, out=y_d[::-1] if d else y_d)
+                for final, buf in zip(finals, stream._state_buffers()):
+                    final[i] = buf[0]
+            inp = y
         return out, finals
+
+
+_PARAM_BASES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+
+
+def _new_streams(options, N):
+    """The streams of :meth:`KeptStream.run`'s ``options`` for a batch of N."""
+    (cell, num_layers, input_size, hidden_size, proj_size, dtype, relu, batch_first, bf16,
+     bidirectional) = options
+    if not bidirectional:
+        stream = _PackedStream()
+        stream._start(cell, num_layers, N, input_size, hidden_size, proj_size, dtype, relu,
+                      batch_first, bf16)
+        return [stream]
+    streams = []
+    for layer in range(num_layers):
+        for _ in range(2):
+            stream = _PackedStream()
+            stream._start(cell, 1, N, input_size if layer == 0 else 2 * (proj_size or hidden_size),
+                          hidden_size, proj_size, dtype, relu, False, bf16)
+            streams.append(stream)
+    return streams
+
+
+def _pack_streams(streams, params):
+    """Pack ``params`` into :func:`_new_streams`' streams: all of them into the one of a
+    unidirectional network, each layer and direction's into its own otherwise."""
+    if len(streams) == 1:
+        streams[0]._pack(params)
+        return
+    for i, stream in enumerate(streams):
+        k = layer_keys(i // 2, True)[i % 2]
+        stream._pack({f"{base}_l0": params[f"{base}_{k}"] for base in _PARAM_BASES
+                      if f"{base}_{k}" in params})

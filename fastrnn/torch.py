@@ -20,12 +20,12 @@ hooks ``DistributedDataParallel`` averages gradients with.
 (torch.Size([5, 3, 4]), torch.Size([1, 3, 4]), torch.Size([1, 3, 16]))
 
 Calls autograd does not record (``torch.no_grad``, ``inference_mode``, frozen weights and
-input) of a unidirectional module without dropout masks and of a few steps (up to 8, or up
-to 24 of up to 16 sequences; a step-by-step decoder's calls) run on a stream the module
-keeps: its weights packed once and compared byte for byte with the parameters on every
-call, so any change to them (an optimizer's step, ``load_state_dict``, a write into
-``p.data``, ``torch.func.functional_call``) is used at once. Results are bitwise those of
-any other path.
+input) without dropout masks and of a few steps (up to 8, or up to 24 of up to 16
+sequences; a step-by-step decoder's calls) run on a stream the module keeps (a
+bidirectional module: one per layer and direction): its weights packed once and compared
+byte for byte with the parameters on every call, so any change to them (an optimizer's
+step, ``load_state_dict``, a write into ``p.data``, ``torch.func.functional_call``) is used
+at once. Results are bitwise those of any other path.
 
 ``torch.compile`` does not trace into a module's forward (a graph break): compiled models
 run it as it is. ``torch.jit.trace`` and ``torch.export`` cannot record it and raise an error
@@ -482,8 +482,7 @@ class _Recurrent:
                 and any(t is not None and t.requires_grad for t in tensors)):
             # nothing to differentiate (no_grad, inference_mode, frozen weights and input):
             # no cache for BPTT, so no copies of the arguments and no saved gates
-            if (lengths is None and masks is None and not self.bidirectional
-                    and KeptStream.fits(seq_len, batch)):
+            if lengths is None and masks is None and KeptStream.fits(seq_len, batch):
                 result = self._short_forward(options, x, states, weights)
                 if result is not None:
                     return result
@@ -497,13 +496,13 @@ class _Recurrent:
         :class:`fastrnn.RNN` does in eval mode: bitwise the functional forward, its weights
         compared with the parameters on every call instead of packed. None if another
         thread's call holds the stream."""
-        mode, names, num_layers, nonlinearity, _, batch_first, precision = options
+        mode, names, num_layers, nonlinearity, bidirectional, batch_first, precision = options
         params = {name: _numpy(w) for name, w in zip(names, weights)}
         dtype = params[names[0]].dtype
         cell = {"LSTM": "lstm", "GRU": "gru"}.get(mode, "rnn")
         stream_options = (cell, num_layers, self.input_size, self.hidden_size,
                           getattr(self, "proj_size", 0), dtype, nonlinearity == "relu",
-                          batch_first, resolve(precision, dtype))
+                          batch_first, resolve(precision, dtype), bidirectional)
         # created on first use: from_torch gives existing modules this class
         kept = self.__dict__.get("_kept_stream") or self.__dict__.setdefault("_kept_stream",
                                                                               KeptStream())

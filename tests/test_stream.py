@@ -33,19 +33,21 @@ def build(cell, input_size=I, hidden_size=H, num_layers=1, *, rng, dtype=np.floa
     """An eval-mode module of ``cell`` with the tests' random weights (loaded through
     load_state_dict, scaled up so that relu stays active)."""
     kind = cell.split("-")[0]
+    bidirectional = options.get("bidirectional", False)
     common = dict(bias=bias, batch_first=batch_first, dtype=dtype, seed=0, **options)
     if kind == "rnn":
         module = fastrnn.RNN(input_size, hidden_size, num_layers,
                              nonlinearity=cell.split("-")[1], **common)
-        params = random_params(rng, input_size, hidden_size, num_layers, False, bias, dtype)
+        params = random_params(rng, input_size, hidden_size, num_layers, bidirectional, bias,
+                               dtype)
     else:
         proj = proj_size if cell == "lstm-proj" else 0
         if kind == "lstm":
             module = fastrnn.LSTM(input_size, hidden_size, num_layers, proj_size=proj, **common)
         else:
             module = fastrnn.GRU(input_size, hidden_size, num_layers, **common)
-        params = random_gated_params(rng, kind, input_size, hidden_size, num_layers, False,
-                                     bias, dtype, proj)
+        params = random_gated_params(rng, kind, input_size, hidden_size, num_layers,
+                                     bidirectional, bias, dtype, proj)
     module.load_state_dict(params)
     return module.eval()
 
@@ -62,10 +64,11 @@ def is_lstm(module):
 def random_state(rng, module, n, which="both"):
     """A random initial state of ``n`` rows as the module and a stream take it: h0, or for an
     LSTM the pair (h0, c0) with ``which`` ("both", "h", "c") saying which are given."""
-    h = (0.5 * rng.standard_normal((module.num_layers, n, width(module)))).astype(module.dtype)
+    layers = (2 if module.bidirectional else 1) * module.num_layers
+    h = (0.5 * rng.standard_normal((layers, n, width(module)))).astype(module.dtype)
     if not is_lstm(module):
         return h
-    c = rng.standard_normal((module.num_layers, n, module.hidden_size)).astype(module.dtype)
+    c = rng.standard_normal((layers, n, module.hidden_size)).astype(module.dtype)
     return (h if which != "c" else None, c if which != "h" else None)
 
 
@@ -87,7 +90,7 @@ def whole(module, x, state=None):
     few steps on a stream of its own, so the functional one is the independent reference)."""
     params = {name: p.data for name, p in module.named_parameters()}
     options = dict(num_layers=module.num_layers, batch_first=module.batch_first,
-                   keep_cache=False)
+                   bidirectional=module.bidirectional, keep_cache=False)
     if isinstance(module, fastrnn.RNN):
         options["nonlinearity"] = module.nonlinearity
     y, final, _ = getattr(functional, f"{module._cell}_forward")(x, params, state, **options)
@@ -959,25 +962,29 @@ SHORT_CALLS = [(8, 20), (9, 17), (9, 16), (24, 1), (25, 1), (24, 16), (17, 3)]
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("steps, batch", SHORT_CALLS)
-def test_module_eval_forward_sees_a_hand_write(cell, steps, batch, rng):
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_module_eval_forward_sees_a_hand_write(cell, steps, batch, bidirectional, rng):
     """The module's eval forward is bitwise the functional one on either path, and sees a
-    write into ``p.data`` by hand at once (a user's stream does not): its stream compares
-    the weights it packed with the parameters on every call."""
-    module = build(cell, num_layers=2, rng=rng)
+    write into ``p.data`` by hand at once (a user's stream does not): its streams compare
+    the weights they packed with the parameters on every call. A bidirectional module runs
+    a one-layer stream per layer and direction (the reverse one's weights written here)."""
+    module = build(cell, num_layers=2, rng=rng, bidirectional=bidirectional)
     x = inputs(rng, module, steps, batch)
     state = random_state(rng, module, batch)
     before = whole(module, x, state)
     on_stream = steps <= 8 or steps <= 24 and batch <= 16
     assert (module._inference._kept is not None) == on_stream  # the case covers the path it names
-    module.weight_hh_l1.data[...] *= -1
+    getattr(module, "weight_hh_l1_reverse" if bidirectional else "weight_hh_l1").data[...] *= -1
     after = whole(module, x, state)
     assert not np.array_equal(after[0], before[0])
 
 
 @pytest.mark.parametrize("cell", ["rnn-tanh", "lstm-proj", "gru"])
 @pytest.mark.parametrize("layout", ["batch_first", "unbatched"])
-def test_module_eval_forward_on_its_stream_in_every_layout(cell, layout, rng):
-    module = build(cell, num_layers=2, rng=rng, batch_first=layout == "batch_first")
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_module_eval_forward_on_its_stream_in_every_layout(cell, layout, bidirectional, rng):
+    module = build(cell, num_layers=2, rng=rng, batch_first=layout == "batch_first",
+                   bidirectional=bidirectional)
     batch = 2 if layout == "batch_first" else 1
     x = inputs(rng, module, 16, batch)
     state = random_state(rng, module, batch)

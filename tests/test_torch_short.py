@@ -34,7 +34,8 @@ def build(cell, **kwargs):
 
 def random_hx(module, batch, dtype=torch.float32):
     """(h0, c0) for an LSTM, h0 otherwise, random; batch None for unbatched."""
-    lead = (module.num_layers,) if batch is None else (module.num_layers, batch)
+    layers = (2 if module.bidirectional else 1) * module.num_layers
+    lead = (layers,) if batch is None else (layers, batch)
     h0 = torch.randn(*lead, getattr(module, "proj_size", 0) or H, dtype=dtype)
     return (h0, torch.randn(*lead, H, dtype=dtype)) if module.mode == "LSTM" else h0
 
@@ -70,8 +71,9 @@ def on_stream(module):
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("steps, batch", SHORT_CALLS)
-def test_short_forward_is_bitwise_the_recorded_one(cell, steps, batch):
-    module = build(cell)
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_short_forward_is_bitwise_the_recorded_one(cell, steps, batch, bidirectional):
+    module = build(cell, bidirectional=bidirectional)
     x, hx = torch.randn(steps, batch, I), random_hx(module, batch)
     got = without_grad(module, x, hx)
     assert on_stream(module) == KeptStream.fits(steps, batch)  # the case covers its path
@@ -80,7 +82,8 @@ def test_short_forward_is_bitwise_the_recorded_one(cell, steps, batch):
 
 # layouts, states, options, dtypes and the ways of running without autograd
 CASES = ["batch_first", "unbatched", "unbatched-hx", "no-hx", "float64", "bfloat16",
-         "inference_mode", "frozen", "train-mode"]
+         "inference_mode", "frozen", "train-mode", "bidirectional-batch_first",
+         "bidirectional-unbatched-hx"]
 
 
 @pytest.mark.parametrize("cell, case", [
@@ -88,7 +91,8 @@ CASES = ["batch_first", "unbatched", "unbatched-hx", "no-hx", "float64", "bfloat
     for cell in CELLS for case in CASES
 ] + [pytest.param(CELLS[0].values[0], "relu", id="rnn-relu")])  # (the Elman RNN's option)
 def test_short_forward_in_every_layout_and_option(cell, case):
-    kwargs = dict(batch_first=case == "batch_first",
+    kwargs = dict(batch_first=case.endswith("batch_first"),
+                  bidirectional=case.startswith("bidirectional"),
                   dtype=torch.float64 if case == "float64" else torch.float32)
     if case == "relu":
         kwargs["nonlinearity"] = "relu"
@@ -97,8 +101,8 @@ def test_short_forward_in_every_layout_and_option(cell, case):
     if case == "bfloat16":
         module.precision = "bfloat16"
     dtype = kwargs["dtype"]
-    unbatched = case.startswith("unbatched")
-    x = torch.randn(*((5,) if unbatched else (3, 5) if case == "batch_first" else (5, 3)), I,
+    unbatched = "unbatched" in case
+    x = torch.randn(*((5,) if unbatched else (3, 5) if kwargs["batch_first"] else (5, 3)), I,
                     dtype=dtype)
     hx = None if case in ("no-hx", "unbatched") else random_hx(module, None if unbatched
                                                               else 3, dtype)
@@ -130,14 +134,12 @@ def test_bfloat16_products_on_the_stream():
 
 
 def test_not_on_the_stream():
-    """Bidirectional modules, dropout masks (training), packed sequences and calls autograd
-    records pack the weights per call, with the same results as before."""
+    """Dropout masks (training), packed sequences and calls autograd records pack the
+    weights per call."""
     x = torch.randn(4, 2, I)
-    cases = [build(CELLS[1].values[0], bidirectional=True).eval(),
-             build(CELLS[3].values[0], dropout=0.5)]
-    for module in cases:
-        without_grad(module, x)
-        assert not on_stream(module)
+    module = build(CELLS[3].values[0], dropout=0.5)
+    without_grad(module, x)
+    assert not on_stream(module)
     module = build(CELLS[0].values[0]).eval()
     packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([4, 2]))
     with torch.no_grad():
@@ -265,7 +267,7 @@ def test_kept_stream_memory_follows_the_batch():
     for batch in (1, 2, 1):
         x = torch.randn(2, batch, I)
         assert_bitwise(without_grad(module, x), recorded(module, x))
-        assert module._kept_stream._kept[1].batch_size == batch
+        assert [s.batch_size for s in module._kept_stream._kept[1]] == [batch]
 
 
 def test_training_mode_frees_the_kept_stream():
