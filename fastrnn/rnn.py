@@ -16,7 +16,6 @@ from .stream import KeptStream, Stream
 __all__ = ["RNN", "LSTM", "GRU"]
 
 
-
 class _Recurrent(Module):
     """What RNN, LSTM and GRU share: options, torch's initialisation, dropout masks, and
     forward/backward through the cell's functional pair. A subclass names its cell

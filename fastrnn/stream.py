@@ -20,7 +20,7 @@ from . import _rnn
 from ._engine import CELLS, ELMAN, LSTM, check_float_array, check_params
 from ._gated import _KERNEL as _GATED_KERNEL, _cell_weights
 from .functional import _stacked_input_weights
-from ._layout import layer_keys
+from ._layout import layer_keys, param_names, state_index, to_time_major
 from ._memory import cached_allocation
 from .precision import PRECISIONS, resolve
 from ._validate import _check_size
@@ -290,12 +290,12 @@ class KeptStream:
             return out, tuple(b.copy() for b in stream._state_buffers()[:len(states)])
         finals = tuple(np.empty((2 * num_layers, N, w), dtype=dtype)
                        for w in (width, hidden_size)[:len(states)])
-        inp = x.transpose(1, 0, 2) if batch_first else x  # time-major views
+        inp = to_time_major(x, batch_first)[0]  # (time-major views)
         for layer in range(num_layers):
-            y = ((out.transpose(1, 0, 2) if batch_first else out) if layer == num_layers - 1
-                 else np.empty((x.shape[1 if batch_first else 0], N, 2 * width), dtype=dtype))
+            y = (to_time_major(out, batch_first)[0] if layer == num_layers - 1
+                 else np.empty((inp.shape[0], N, 2 * width), dtype=dtype))
             for d in (0, 1):
-                i = 2 * layer + d
+                i = state_index(layer, d, True)
                 stream = streams[i]
                 for buf, s in zip(stream._state_buffers(), states):
                     buf[0] = 0 if s is None else s[i]
@@ -305,9 +305,6 @@ class KeptStream:
                     final[i] = buf[0]
             inp = y
         return out, finals
-
-
-_PARAM_BASES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
 
 def _new_streams(options, N):
@@ -335,7 +332,8 @@ def _pack_streams(streams, params):
     if len(streams) == 1:
         streams[0]._pack(params)
         return
+    one_layer = param_names(1, False, True, True)  # every name a one-layer network may have
     for i, stream in enumerate(streams):
-        k = layer_keys(i // 2, True)[i % 2]
-        stream._pack({f"{base}_l0": params[f"{base}_{k}"] for base in _PARAM_BASES
-                      if f"{base}_{k}" in params})
+        k = layer_keys(i // 2, True)[i % 2]  # (streams in state_index order)
+        stream._pack({name: params[name[:-2] + k] for name in one_layer
+                      if name[:-2] + k in params})
