@@ -1,8 +1,8 @@
 """fastrnn.torch's forwards of a few steps without autograd, on a stream the module keeps.
 
-Under torch.no_grad (inference_mode, frozen weights and input) a unidirectional forward of
-a few steps (stream.KeptStream.fits) runs on a stream the module keeps instead of packing
-the weights per call. Its results must be bitwise those of the forward autograd records,
+Under torch.no_grad (inference_mode, frozen weights and input) a forward of a few steps
+(stream.KeptStream.fits) runs on streams the module keeps (one per layer and direction for
+a bidirectional module) instead of packing the weights per call. Its results must be bitwise those of the forward autograd records,
 and no change of the weights, however made, may leave it computing with stale ones.
 """
 
