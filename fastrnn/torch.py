@@ -536,6 +536,10 @@ class _Recurrent:
                                                     unsorted_indices, data.size(0))
         self._check_args(data, states, batch_sizes, weights)
         seq_len, batch = len(batch_sizes), len(lengths)
+        if lengths.min() == seq_len:
+            # every sequence whole (one sequence packed, say): the same results without
+            # lengths, and a short call without autograd then runs on the kept stream
+            lengths = None
         # unpack into (L, N, I) in the caller's batch order, where hx and h_n also live
         padded = data.new_zeros((seq_len, batch, data.size(1))).index_put((t_index, b_index),
                                                                            data)

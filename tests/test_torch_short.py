@@ -133,6 +133,25 @@ def test_bfloat16_products_on_the_stream():
     assert torch.allclose(bf16[0], float32[0], atol=0.05)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_packed_sequences_of_equal_lengths_on_the_stream(cell, bidirectional):
+    """A PackedSequence whose sequences are all whole (one sequence, say) runs as a tensor
+    does: on the kept stream, bitwise the forward autograd records; ragged ones do not."""
+    module = build(cell, bidirectional=bidirectional)
+    pack = torch.nn.utils.rnn.pack_padded_sequence
+    for lengths, whole in (([5], True), ([5, 5, 5], True), ([5, 3, 5], False)):
+        module.__dict__.pop("_kept_stream", None)
+        x = torch.randn(5, len(lengths), I)
+        with torch.no_grad():
+            out, state = module(pack(x, torch.tensor(lengths), enforce_sorted=False))
+        assert on_stream(module) == whole
+        want, want_state = module(pack(x.requires_grad_(), torch.tensor(lengths),
+                                       enforce_sorted=False))
+        assert_bitwise(flat((out.data, state)),
+                       [t.detach() for t in flat((want.data, want_state))])
+
+
 def test_not_on_the_stream():
     """Dropout masks (training), packed sequences and calls autograd records pack the
     weights per call."""
