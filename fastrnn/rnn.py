@@ -11,7 +11,7 @@ from ._layout import directions, param_shapes
 from ._validate import _as_rng, _check_dtype, _check_size
 from .module import Module, new_parameter
 from .precision import resolve
-from .stream import KeptStream, Stream
+from .stream import KeptStream, Stream, StreamOptions
 
 __all__ = ["RNN", "LSTM", "GRU"]
 
@@ -155,9 +155,10 @@ class _Recurrent(Module):
         if unbatched:  # one sequence: a batch of one, in the stream's layout
             x = x[None] if self.batch_first else x[:, None]
             given = tuple(None if s is None else s[:, None] for s in given)
-        options = (self._cell, self.num_layers, self.input_size, self.hidden_size,
-                   self.proj_size, self.dtype, getattr(self, "nonlinearity", "") == "relu",
-                   self.batch_first, resolve(self.precision, self.dtype), self.bidirectional)
+        options = StreamOptions(
+            self._cell, self.num_layers, self.input_size, self.hidden_size, self.proj_size,
+            self.dtype, getattr(self, "nonlinearity", "") == "relu", self.batch_first,
+            resolve(self.precision, self.dtype), self.bidirectional)
         result = self._inference.run(options, {name: p.data for name, p in self._params.items()},
                                      x, given)
         if result is None:

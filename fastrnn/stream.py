@@ -13,6 +13,7 @@ cut into calls and whatever the thread count.
 """
 
 import threading
+from collections import namedtuple
 
 import numpy as np
 
@@ -221,6 +222,12 @@ class Stream(_PackedStream):
             buf[:, index] = 0 if s is None else s
 
 
+#: What a kept stream is built for: the module's options, the dtype, whether the products
+#: take bfloat16 operands; cell is 'rnn', 'lstm' or 'gru'
+StreamOptions = namedtuple("StreamOptions", "cell num_layers input_size hidden_size proj_size "
+                                            "dtype relu batch_first bf16 bidirectional")
+
+
 class KeptStream:
     """The streams a module keeps for its short eval forwards (:meth:`fits`): the weights
     packed once and compared with a copy of the parameters on every call, so that no change
@@ -250,12 +257,10 @@ class KeptStream:
     def run(self, options, params, x, states):
         """The output and final states of a forward on the kept streams.
 
-        ``options``: (cell, num_layers, input_size, hidden_size, proj_size, dtype, relu,
-        batch_first, bf16, bidirectional), the first nine as :meth:`_PackedStream._start`
-        takes them; ``params`` the parameter arrays by name; ``x`` (T, N, I), (N, T, I) if
-        batch_first; ``states`` (h0,) or, for an LSTM, (h0, c0), each None (zeros) or
-        (D·num_layers, N, width). Returns (output, finals) with finals shaped as ``states``,
-        or None if the streams are busy.
+        ``options``: a :class:`StreamOptions`; ``params`` the parameter arrays by name; ``x``
+        (T, N, I), (N, T, I) if batch_first; ``states`` (h0,) or, for an LSTM, (h0, c0), each
+        None (zeros) or (D·num_layers, N, width). Returns (output, finals) with finals shaped
+        as ``states``, or None if the streams are busy.
         """
         if not self._lock.acquire(blocking=False):
             return None
@@ -265,9 +270,7 @@ class KeptStream:
             self._lock.release()
 
     def _run(self, options, params, x, states):
-        num_layers, hidden_size, proj_size, dtype = (options[1], *options[3:6])
-        batch_first, bidirectional = options[7], options[9]
-        N = x.shape[0] if batch_first else x.shape[1]
+        N = x.shape[0] if options.batch_first else x.shape[1]
         arrays = list(params.values())
         key = (options, N, tuple(params))
         if self._kept is None or self._kept[0] != key:
@@ -275,24 +278,26 @@ class KeptStream:
             streams, copies = _new_streams(options, N), [a.copy() for a in arrays]
             _pack_streams(streams, dict(zip(params, copies)))
             self._kept = (key, streams, copies)
-        _, streams, copies = self._kept
-        if not _rnn.same_contents(arrays, copies):
-            for a, c in zip(arrays, copies):
-                c[...] = a
-            _pack_streams(streams, dict(zip(params, copies)))
-        width = proj_size or hidden_size
-        out = np.empty(x.shape[:2] + ((2 if bidirectional else 1) * width,), dtype=dtype)
-        if not bidirectional:
+        else:
+            _, streams, copies = self._kept
+            if not _rnn.same_contents(arrays, copies):
+                for a, c in zip(arrays, copies):
+                    c[...] = a
+                _pack_streams(streams, dict(zip(params, copies)))
+        num_layers, dtype = options.num_layers, options.dtype
+        width = options.proj_size or options.hidden_size
+        out = np.empty(x.shape[:2] + ((2 if options.bidirectional else 1) * width,), dtype=dtype)
+        if not options.bidirectional:
             (stream,) = streams
             for buf, s in zip(stream._state_buffers(), states):
                 buf[...] = 0 if s is None else s
             stream(x, out=out)
             return out, tuple(b.copy() for b in stream._state_buffers()[:len(states)])
         finals = tuple(np.empty((2 * num_layers, N, w), dtype=dtype)
-                       for w in (width, hidden_size)[:len(states)])
-        inp = to_time_major(x, batch_first)[0]  # (time-major views)
+                       for w in (width, options.hidden_size)[:len(states)])
+        inp = to_time_major(x, options.batch_first)[0]  # (time-major views)
         for layer in range(num_layers):
-            y = (to_time_major(out, batch_first)[0] if layer == num_layers - 1
+            y = (to_time_major(out, options.batch_first)[0] if layer == num_layers - 1
                  else np.empty((inp.shape[0], N, 2 * width), dtype=dtype))
             for d in (0, 1):
                 i = state_index(layer, d, True)
@@ -307,21 +312,20 @@ class KeptStream:
         return out, finals
 
 
-def _new_streams(options, N):
-    """The streams of :meth:`KeptStream.run`'s ``options`` for a batch of N."""
-    (cell, num_layers, input_size, hidden_size, proj_size, dtype, relu, batch_first, bf16,
-     bidirectional) = options
-    if not bidirectional:
+def _new_streams(o, N):
+    """The streams of :class:`StreamOptions` ``o`` for a batch of N."""
+    if not o.bidirectional:
         stream = _PackedStream()
-        stream._start(cell, num_layers, N, input_size, hidden_size, proj_size, dtype, relu,
-                      batch_first, bf16)
+        stream._start(o.cell, o.num_layers, N, o.input_size, o.hidden_size, o.proj_size,
+                      o.dtype, o.relu, o.batch_first, o.bf16)
         return [stream]
     streams = []
-    for layer in range(num_layers):
+    for layer in range(o.num_layers):
         for _ in range(2):
             stream = _PackedStream()
-            stream._start(cell, 1, N, input_size if layer == 0 else 2 * (proj_size or hidden_size),
-                          hidden_size, proj_size, dtype, relu, False, bf16)
+            stream._start(o.cell, 1, N,
+                          o.input_size if layer == 0 else 2 * (o.proj_size or o.hidden_size),
+                          o.hidden_size, o.proj_size, o.dtype, o.relu, False, o.bf16)
             streams.append(stream)
     return streams
 

@@ -47,7 +47,7 @@ import numpy as np
 from . import functional
 from ._layout import directions
 from .precision import check_precision, resolve
-from .stream import KeptStream
+from .stream import KeptStream, StreamOptions
 
 __all__ = ["RNN", "LSTM", "GRU", "from_torch"]
 
@@ -499,10 +499,10 @@ class _Recurrent:
         mode, names, num_layers, nonlinearity, bidirectional, batch_first, precision = options
         params = {name: _numpy(w) for name, w in zip(names, weights)}
         dtype = params[names[0]].dtype
-        cell = {"LSTM": "lstm", "GRU": "gru"}.get(mode, "rnn")
-        stream_options = (cell, num_layers, self.input_size, self.hidden_size,
-                          getattr(self, "proj_size", 0), dtype, nonlinearity == "relu",
-                          batch_first, resolve(precision, dtype), bidirectional)
+        stream_options = StreamOptions(
+            _module_name(mode).lower(), num_layers, self.input_size, self.hidden_size,
+            getattr(self, "proj_size", 0), dtype, nonlinearity == "relu", batch_first,
+            resolve(precision, dtype), bidirectional)
         # created on first use: from_torch gives existing modules this class
         kept = self.__dict__.get("_kept_stream") or self.__dict__.setdefault("_kept_stream",
                                                                               KeptStream())
