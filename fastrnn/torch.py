@@ -54,16 +54,24 @@ __all__ = ["RNN", "LSTM", "GRU", "from_torch"]
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 
-def _check_supported(tensor, what, mode="RNN"):
-    """Refuse, with a message naming what is supported, what the kernels cannot run."""
-    if tensor.device.type != "cpu":
-        raise RuntimeError(f"fastrnn.torch.{mode} runs on CPU tensors only, but {what} is on "
-                           f"device '{tensor.device}'; move it with .cpu(), or use "
-                           f"torch.nn.{mode} on {tensor.device.type}")
-    if tensor.layout != torch.strided:
-        raise TypeError(f"fastrnn.torch.{mode} supports dense (strided) tensors only, but "
-                        f"{what} has layout {tensor.layout}; convert it with .to_dense()")
-    if tensor.dtype not in SUPPORTED_DTYPES:
+def _check_supported(tensors, names, mode, prefix=""):
+    """Refuse, with a message naming what is supported, what the kernels cannot run.
+
+    ``tensors`` (None skipped) are called ``prefix + name`` in the message, by their
+    ``names``. All dense float CPU tensors (the common case) cost one cheap test each.
+    """
+    for tensor, name in zip(tensors, names):
+        if tensor is None or (tensor.is_cpu and tensor.layout == torch.strided
+                              and tensor.dtype in SUPPORTED_DTYPES):
+            continue
+        what = prefix + name
+        if tensor.device.type != "cpu":
+            raise RuntimeError(f"fastrnn.torch.{mode} runs on CPU tensors only, but {what} is "
+                               f"on device '{tensor.device}'; move it with .cpu(), or use "
+                               f"torch.nn.{mode} on {tensor.device.type}")
+        if tensor.layout != torch.strided:
+            raise TypeError(f"fastrnn.torch.{mode} supports dense (strided) tensors only, but "
+                            f"{what} has layout {tensor.layout}; convert it with .to_dense()")
         raise TypeError(f"fastrnn.torch.{mode} supports torch.float32 and torch.float64 only, "
                         f"but {what} has dtype {tensor.dtype}; convert the model with .float() "
                         f"or .double() and the input to match")
@@ -71,7 +79,8 @@ def _check_supported(tensor, what, mode="RNN"):
 
 def _numpy(tensor):
     """A NumPy view of ``tensor`` (a copy only if it is not contiguous)."""
-    return tensor.detach().contiguous().numpy()
+    array = tensor.numpy(force=True)  # (force: of a tensor that requires grad too; detached)
+    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
 
 
 def _save_arrays(ctx, tensors, cache):
@@ -378,8 +387,12 @@ class _Recurrent:
                                f"with the same weights instead "
                                f"(load_state_dict(module.state_dict()))")
         # by name, not the cached self._flat_weights: parameters swapped in by
-        # torch.func.functional_call or reassigned by the user are seen
-        weights = [getattr(self, n) for n in self._flat_weights_names]
+        # torch.func.functional_call or reassigned by the user are seen. From _parameters
+        # (getattr goes through Module.__getattr__, in Python) unless a parametrization
+        # (torch.nn.utils.parametrize) made the name a property
+        params = self._parameters
+        weights = [params[n] if n in params else getattr(self, n)
+                   for n in self._flat_weights_names]
         lower = self._autocast_dtype(input, weights)
         if lower is None:
             return self._forward(input, hx, weights, self.precision)
@@ -410,18 +423,14 @@ class _Recurrent:
     def _forward(self, input, hx, weights, precision):
         """forward with the matrix products' ``precision`` given."""
         name = type(self).__name__
-        for n, w in zip(self._flat_weights_names, weights):
-            _check_supported(w, f"parameter {n}", name)
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
         if not isinstance(data, torch.Tensor):
             raise TypeError(f"fastrnn.torch.{name}: the input must be a torch.Tensor or a "
                             f"PackedSequence, got {type(data).__name__}")
-        _check_supported(data, "the input", name)
         states = self._states(hx)
-        for s, what in zip(states, ("hx", "cx")):
-            if s is not None:
-                _check_supported(s, what, name)
+        _check_supported(weights, self._flat_weights_names, name, "parameter ")
+        _check_supported((data, *states), ("the input", "hx", "cx"), name)
         if packed:
             return self._forward_packed(input, hx, states, weights, precision)
 

@@ -210,6 +210,32 @@ def test_module_conversions_are_torchs(name, convert):
         assert_tensors_close(got, want, dtype, convert)
 
 
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
+def test_parametrized_weights_are_used(name, grad):
+    """A weight behind torch.nn.utils.parametrize (weight_norm here: the name becomes a
+    property computed from two parameters) is read as torch reads it, and its gradient
+    reaches the parametrization's own parameters."""
+    torch.manual_seed(11)
+    reference = getattr(torch.nn, name)(I, H)
+    module = getattr(ft, name)(I, H)
+    module.load_state_dict(reference.state_dict())
+    for m in (reference, module):
+        torch.nn.utils.parametrizations.weight_norm(m, "weight_hh_l0")
+        with torch.no_grad():  # a norm unlike the weight's own, so that it matters
+            m.parametrizations.weight_hh_l0.original0.mul_(0.5)
+    x = torch.randn(L, N, I)
+    with torch.set_grad_enabled(grad):
+        results = [flat_results(m(x)) for m in (reference, module)]
+    for got, want in zip(results[1], results[0]):
+        assert_tensors_close(got, want, torch.float32, name)
+    if grad:
+        for results_m in results:
+            sum(r.sum() for r in results_m).backward()
+        for (n, p), q in zip(reference.named_parameters(), module.parameters()):
+            assert_tensors_close(q.grad, p.grad, torch.float32, n)
+
+
 # ---------------------------------------------------------------------------- conformance
 @pytest.mark.parametrize("dtype", TORCH_DTYPES)
 @pytest.mark.parametrize("with_h0", [False, True], ids=["noh0", "h0"])
@@ -448,6 +474,14 @@ def test_non_cpu_tensors_are_refused(what):
     hx = torch.zeros(1, N, H, device="meta" if what == "hx" else "cpu")
     with pytest.raises(RuntimeError, match=r"(?s)CPU tensors only.*meta"):
         module(x, hx)
+
+
+@pytest.mark.parametrize("what", ["hx", "cx"])
+def test_lstm_states_on_other_devices_are_named(what):
+    module = ft.LSTM(I, H)
+    h, c = (torch.zeros(1, N, H, device="meta" if s == what else "cpu") for s in ("hx", "cx"))
+    with pytest.raises(RuntimeError, match=rf"(?s)CPU tensors only, but {what} is on.*meta"):
+        module(torch.randn(L, N, I), (h, c))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
