@@ -46,6 +46,20 @@ cdef enum:
     MIN_COMPARE_BYTES_PER_THREAD = 1 << 17
 
 
+cdef bint _same_layout(cnp.ndarray x, cnp.ndarray y):
+    """Both C-contiguous, of one dtype and shape (NumPy's C API: this runs on every short
+    call, for every parameter)."""
+    cdef int d, ndim = cnp.PyArray_NDIM(x)
+    if not (cnp.PyArray_IS_C_CONTIGUOUS(x) and cnp.PyArray_IS_C_CONTIGUOUS(y)
+            and ndim == cnp.PyArray_NDIM(y)
+            and cnp.PyArray_EquivTypes(x.descr, y.descr)):
+        return False
+    for d in range(ndim):
+        if cnp.PyArray_DIMS(x)[d] != cnp.PyArray_DIMS(y)[d]:
+            return False
+    return True
+
+
 def same_contents(arrays, copies):
     """Whether every array of ``arrays`` holds the bytes of the C-contiguous array at the same
     place in ``copies`` (False for one not C-contiguous or of another shape or dtype)."""
@@ -56,8 +70,8 @@ def same_contents(arrays, copies):
     if len(held_copies) != count:
         return False
     for x, y in zip(held, held_copies):
-        if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray) and x.flags.c_contiguous
-                and y.flags.c_contiguous and x.dtype == y.dtype and x.shape == y.shape):
+        if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray)
+                and _same_layout(<cnp.ndarray> x, <cnp.ndarray> y)):
             return False
     cdef size_t total = 0
     for x in held:

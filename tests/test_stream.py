@@ -1028,6 +1028,10 @@ def test_same_contents_refuses_other_layouts(rng):
     assert not _rnn.same_contents([a.T], [a.T.copy()])  # not C-contiguous
     assert not _rnn.same_contents([a], [a.reshape(6, 4).copy()])  # another shape
     assert not _rnn.same_contents([a], [a.astype(np.float64)])  # another dtype
+    # the same bytes, read in another byte order
+    assert not _rnn.same_contents([a.view(a.dtype.newbyteorder())], [a.copy()])
+    assert not _rnn.same_contents([a], [a.reshape(4, 6, 1).copy()])  # another dimension count
+    assert not _rnn.same_contents([a[:, :0]], [a.copy()[:0, :]])  # empty, another shape
     assert not _rnn.same_contents([a.tolist()], [a.copy()])  # not an array
     assert _rnn.same_contents([], [])
     assert _rnn.same_contents((a,), (a.copy(),))  # any sequences
