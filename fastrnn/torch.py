@@ -303,7 +303,8 @@ def _index_array(tensor, name):
         raise TypeError(f"PackedSequence.{name} must hold integers, got {tensor.dtype}")
     if tensor.dim() != 1:
         raise ValueError(f"PackedSequence.{name} must be 1-D, got shape {tuple(tensor.shape)}")
-    return tensor.detach().cpu().numpy().astype(np.int64)
+    # (read only: no copy of an int64 CPU tensor)
+    return tensor.numpy(force=True).astype(np.int64, copy=False)
 
 
 def _check_permutation(order, batch, name):
@@ -314,17 +315,17 @@ def _check_permutation(order, batch, name):
                          f"(batch_sizes[0] = {batch}), got {order.tolist()[:20]}")
 
 
-def _packed_indices(batch_sizes, sorted_indices, unsorted_indices, rows):
-    """(time, batch) index of every row of a PackedSequence's data, and the batch's lengths.
+def _packed_order(batch_sizes, sorted_indices, unsorted_indices, rows):
+    """The batch sizes of a PackedSequence and its sorted order (None: the batch's own), both
+    validated, as int64 arrays.
 
     Row p of the data is time step t for the j-th longest sequence, j < batch_sizes[t];
-    that sequence is ``sorted_indices[j]`` in the caller's batch order. The PackedSequence
-    is validated first (torch's own RNN checks little of it): ``batch_sizes`` positive,
-    non-increasing and summing to the ``rows`` of data; the indices permutations of the
-    batch and inverses of each other.
+    that sequence is ``sorted_indices[j]`` in the caller's batch order. torch's own RNN
+    checks little of it, so: ``batch_sizes`` positive, non-increasing and summing to the
+    ``rows`` of data; the indices permutations of the batch and inverses of each other.
     """
     sizes = _index_array(batch_sizes, "batch_sizes")
-    if not sizes.size or sizes.min() < 1 or np.any(np.diff(sizes) > 0):
+    if not sizes.size or sizes[-1] < 1 or (sizes[1:] > sizes[:-1]).any():
         raise ValueError("PackedSequence.batch_sizes must be positive and non-increasing, got "
                          f"{sizes.tolist()[:20]}")
     # the sum as Python ints: int64 would overflow silently for absurd sizes
@@ -332,17 +333,26 @@ def _packed_indices(batch_sizes, sorted_indices, unsorted_indices, rows):
         raise ValueError(f"PackedSequence.batch_sizes sum to {sum(sizes.tolist())}, but its "
                          f"data has {rows} rows")
     batch = int(sizes[0])
-    if sorted_indices is None:
-        order = np.arange(batch)
-    else:
+    order = None
+    if sorted_indices is not None:
         order = _index_array(sorted_indices, "sorted_indices")
         _check_permutation(order, batch, "sorted_indices")
     if unsorted_indices is not None:
         inverse = _index_array(unsorted_indices, "unsorted_indices")
         _check_permutation(inverse, batch, "unsorted_indices")
-        if not np.array_equal(order[inverse], np.arange(batch)):
+        if not np.array_equal(inverse if order is None else order[inverse], np.arange(batch)):
             raise ValueError("PackedSequence.unsorted_indices must be the inverse permutation "
                              "of sorted_indices")
+    if order is not None and np.array_equal(order, np.arange(batch)):
+        order = None
+    return sizes, order
+
+
+def _packed_indices(sizes, order, rows):
+    """(time, batch) index of every row of a PackedSequence's data (batch in the caller's
+    order), and the batch's lengths, from :func:`_packed_order`'s results."""
+    batch = int(sizes[0])
+    order = np.arange(batch) if order is None else order
     t_index = np.repeat(np.arange(len(sizes)), sizes)
     rank = np.arange(rows) - np.repeat(np.cumsum(sizes) - sizes, sizes)
     lengths = np.empty(batch, dtype=np.int64)
@@ -483,7 +493,8 @@ class _Recurrent:
     def _run(self, batch_first, lengths, seq_len, batch, x, states, weights, precision):
         h0, c0 = (tuple(states) + (None,))[:2]
         options = (self.mode, tuple(self._flat_weights_names), self.num_layers,
-                   getattr(self, "nonlinearity", "tanh"), self.bidirectional, batch_first,
+                   self.nonlinearity if self.mode.startswith("RNN") else "tanh",
+                   self.bidirectional, batch_first,
                    check_precision(precision))
         masks = self._dropout_masks(seq_len, batch, weights[0])
         tensors = (x, h0, c0, *weights)
@@ -510,7 +521,7 @@ class _Recurrent:
         dtype = params[names[0]].dtype
         stream_options = StreamOptions(
             _module_name(mode).lower(), num_layers, self.input_size, self.hidden_size,
-            getattr(self, "proj_size", 0), dtype, nonlinearity == "relu", batch_first,
+            self.proj_size, dtype, nonlinearity == "relu", batch_first,
             resolve(precision, dtype), bidirectional)
         # created on first use: from_torch gives existing modules this class
         kept = self.__dict__.get("_kept_stream") or self.__dict__.setdefault("_kept_stream",
@@ -541,21 +552,32 @@ class _Recurrent:
         if data.dim() != 2:
             raise ValueError(f"PackedSequence.data must be 2-D (rows, input_size), got "
                              f"{data.dim()}-D")
-        t_index, b_index, lengths = _packed_indices(batch_sizes, sorted_indices,
-                                                    unsorted_indices, data.size(0))
+        sizes, order = _packed_order(batch_sizes, sorted_indices, unsorted_indices,
+                                     data.size(0))
         self._check_args(data, states, batch_sizes, weights)
-        seq_len, batch = len(batch_sizes), len(lengths)
-        if lengths.min() == seq_len:
-            # every sequence whole (one sequence packed, say): the same results without
-            # lengths, and a short call without autograd then runs on the kept stream
-            lengths = None
-        # unpack into (L, N, I) in the caller's batch order, where hx and h_n also live
-        padded = data.new_zeros((seq_len, batch, data.size(1))).index_put((t_index, b_index),
-                                                                           data)
-        output, *finals = self._run(False, lengths, seq_len, batch, padded, states, weights,
-                                    precision)
-        return (PackedSequence(output[t_index, b_index], batch_sizes, sorted_indices,
-                               unsorted_indices), self._state_result(finals))
+        seq_len, batch = len(sizes), int(sizes[0])
+        if sizes[-1] == batch:
+            # every sequence whole (one sequence packed, say): the data is (L, N, I) with the
+            # batch in sorted order, and lengths would change nothing. So views, no lengths,
+            # and a short call without autograd runs on the kept stream
+            padded = data.reshape(seq_len, batch, data.size(1))
+            if order is not None:  # to the caller's batch order, where hx and h_n live
+                padded = padded[:, torch.from_numpy(np.argsort(order))]
+            output, *finals = self._run(False, None, seq_len, batch, padded, states, weights,
+                                        precision)
+            if order is not None:
+                output = output[:, torch.from_numpy(order)]
+            rows = output.reshape(seq_len * batch, output.size(2))
+        else:
+            t_index, b_index, lengths = _packed_indices(sizes, order, data.size(0))
+            # unpack into (L, N, I) in the caller's batch order, where hx and h_n also live
+            padded = data.new_zeros((seq_len, batch, data.size(1))).index_put((t_index, b_index),
+                                                                               data)
+            output, *finals = self._run(False, lengths, seq_len, batch, padded, states,
+                                        weights, precision)
+            rows = output[t_index, b_index]
+        return (PackedSequence(rows, batch_sizes, sorted_indices, unsorted_indices),
+                self._state_result(finals))
 
     def _check_args(self, input, states, batch_sizes, weights):
         """torch's own checks (messages included), plus the states' dtype."""
@@ -576,7 +598,7 @@ class _Recurrent:
         """
         if not (self.training and self.dropout > 0 and self.num_layers > 1):
             return None
-        width = getattr(self, "proj_size", 0) or self.hidden_size
+        width = self.proj_size or self.hidden_size
         shape = (seq_len, batch, directions(self.bidirectional) * width)
         keep = 1.0 - self.dropout
         masks = []

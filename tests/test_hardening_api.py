@@ -485,10 +485,12 @@ def test_sample_tokens_checks_h0_dtype_and_eos():
 
 
 # torch adapter ----------------------------------------------------------------------------
+@pytest.mark.parametrize("whole", [False, True], ids=["ragged", "whole"])
 @pytest.mark.parametrize("case", ["sorted-repeats", "sorted-out-of-range", "unsorted-inverse",
                                   "increasing", "zero-size", "sum", "float-sizes"])
-def test_bad_packed_sequences_are_refused(case):
-    """Before: a sorted_indices that is not a permutation left a length uninitialised."""
+def test_bad_packed_sequences_are_refused(case, whole):
+    """Before: a sorted_indices that is not a permutation left a length uninitialised.
+    Sequences all whole (batch sizes all 3) take another path, checked the same."""
     torch = pytest.importorskip("torch")
     import fastrnn.torch as ft
     from torch.nn.utils.rnn import PackedSequence
@@ -505,11 +507,11 @@ def test_bad_packed_sequences_are_refused(case):
         sizes = torch.tensor([2, 3])
     elif case == "zero-size":
         sizes = torch.tensor([3, 0, 2])
-    elif case == "sum":
-        sizes = torch.tensor([3, 1])
-    rows = 5
+    if whole and case not in ("increasing", "zero-size"):
+        sizes = torch.tensor([3, 3])
+    rows = int(sizes.sum()) - (case == "sum")  # "sum": one row fewer than the sizes say
     if case == "float-sizes":
-        sizes = torch.tensor([3.0, 2.0])
+        sizes = sizes.double()
     packed = PackedSequence(torch.randn(rows, 2), sizes, sorted_idx, unsorted_idx)
     with pytest.raises(TypeError if case == "float-sizes" else ValueError,
                        match="PackedSequence"):

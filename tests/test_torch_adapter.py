@@ -265,6 +265,41 @@ def test_outputs_and_gradients_match_torch(num_layers, bidirectional, nonlineari
         assert_tensors_close(got[4][name], expected[4][name], dtype, f"grad {name}")
 
 
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("order", ["identity", "permuted", "none"])
+def test_packed_whole_sequences_match_torch(name, bidirectional, order):
+    """A PackedSequence whose sequences are all whole runs on views of its data (no
+    unpacking): outputs, states and gradients are torch's for any sorted order, with hx
+    in the caller's batch order."""
+    torch.manual_seed(5)
+    reference = getattr(torch.nn, name)(I, H, num_layers=2, bidirectional=bidirectional)
+    module = getattr(ft, name)(I, H, num_layers=2, bidirectional=bidirectional)
+    module.load_state_dict(reference.state_dict())
+    D = 2 if bidirectional else 1
+    sizes = torch.full((L,), N, dtype=torch.int64)
+    perm = {"identity": torch.arange(N), "permuted": torch.tensor([2, 0, 3, 1]),
+            "none": None}[order]
+    inverse = None if perm is None else torch.argsort(perm)
+    data = torch.randn(L * N, I, requires_grad=True)
+    hx = 0.5 * torch.randn(D * 2, N, H)
+    hx = (hx, torch.randn_like(hx)) if name == "LSTM" else hx
+    results, grads = [], []
+    for m in (reference, module):
+        data.grad = None
+        out, state = m(PackedSequence(data, sizes, perm, inverse), hx)
+        assert torch.equal(out.batch_sizes, sizes)
+        flat = (out.data, *(state if isinstance(state, tuple) else (state,)))
+        sum((r * torch.linspace(-1, 1, r.numel()).view_as(r)).sum() for r in flat).backward()
+        results.append(flat)
+        grads.append([data.grad.clone(), *(p.grad for p in m.parameters())])
+        m.zero_grad()
+    for got, want in zip(results[1], results[0]):
+        assert_tensors_close(got, want, torch.float32, "result")
+    for got, want in zip(grads[1], grads[0]):
+        assert_tensors_close(got, want, torch.float32, "gradient")
+
+
 @pytest.mark.parametrize("used", ["output", "h_n"])
 def test_gradients_when_only_one_result_is_used(used):
     torch.manual_seed(4)
