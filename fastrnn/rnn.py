@@ -157,7 +157,7 @@ class _Recurrent(Module):
             given = tuple(None if s is None else s[:, None] for s in given)
         options = StreamOptions(
             self._cell, self.num_layers, self.input_size, self.hidden_size, self.proj_size,
-            self.dtype, getattr(self, "nonlinearity", "") == "relu", self.batch_first,
+            self.dtype, self._cell_options().get("nonlinearity") == "relu", self.batch_first,
             resolve(self.precision, self.dtype), self.bidirectional)
         result = self._inference.run(options, {name: p.data for name, p in self._params.items()},
                                      x, given)
