@@ -201,7 +201,7 @@ def _recurrent_weight_grads(dr, out, h0, lengths, reverse, dw_hh, db_hh, threads
         db_hh += first[left_out].sum(axis=0)
 
 
-def _backward(cell, cache, grad_output, grad_states):
+def _backward(cell, cache, grad_output, grad_states, input_grad):
     sizes = _check_gated_cache(cache, cell)
     params, states, lengths = cache["params"], cache["states"], cache["lengths"]
     D, unbatched, batch_first = cache["D"], cache["unbatched"], cache["batch_first"]
@@ -257,11 +257,14 @@ def _backward(cell, cache, grad_output, grad_states):
                 _rnn.gemm(dh.reshape(L * N, H_out), save.reshape(L * N, W)[:, G * H + H:],
                           dw_hr, None, False, threads, True, None, bf16)
                 grads[f"weight_hr_{k}"] = dw_hr
-        # dX = dA W_ih, summed over the directions by the reduction over D·G·H
-        w_ih = w_ihs[0] if D == 1 else np.concatenate(w_ihs)
-        d_in = np.empty_like(inp)
-        _rnn.gemm(da.reshape(L * N, D * G * H), w_ih, d_in.reshape(L * N, inp.shape[2]), None,
-                  False, threads, bf16=bf16, gate_layout=(G, H, 0))
+        # dX = dA W_ih, summed over the directions by the reduction over D·G·H (not for the
+        # input when its gradient is not asked for)
+        d_in = None
+        if layer or input_grad:
+            w_ih = w_ihs[0] if D == 1 else np.concatenate(w_ihs)
+            d_in = np.empty_like(inp)
+            _rnn.gemm(da.reshape(L * N, D * G * H), w_ih, d_in.reshape(L * N, inp.shape[2]),
+                      None, False, threads, bf16=bf16, gate_layout=(G, H, 0))
         # dW_hh = dRᵀH_prev and (GRU) db_hh = ΣdR. An LSTM's dR is its dA; a GRU's is made
         # from dA in place, now that dX has read it (no (L, N, D·3H) array of its own)
         for k, da_d, out_d, h0, reverse, save in recurrent:
@@ -279,7 +282,7 @@ def _backward(cell, cache, grad_output, grad_states):
     d_out = backward_layers(np.ascontiguousarray(grad_output), num_layers,
                             cache["dropout_masks"], layer_backward)
     grads = {name: grads[name] for name in params}
-    grad_x = from_time_major(d_out, unbatched, batch_first)
+    grad_x = None if d_out is None else from_time_major(d_out, unbatched, batch_first)
     grad_states0 = [g[:, 0] if unbatched else g for g in grad_states0]
     return grad_x, grad_states0, grads
 
@@ -324,13 +327,15 @@ def lstm_forward(x, params, hx=None, *, num_layers=1, bidirectional=False, batch
     return output, (h_n, c_n), cache
 
 
-def lstm_backward(cache, grad_output, grad_hx=None):
+def lstm_backward(cache, grad_output, grad_hx=None, *, input_grad=True):
     """BPTT for :func:`lstm_forward`. ``grad_hx`` is None or (grad_h_n, grad_c_n), either
-    None for zeros. Returns ``grad_x, (grad_h0, grad_c0), grads`` (every parameter's
-    gradient, freshly allocated, in torch's order)."""
+    None for zeros; ``input_grad`` as :func:`fastrnn.functional.rnn_backward`'s. Returns
+    ``grad_x, (grad_h0, grad_c0), grads`` (every parameter's gradient, freshly allocated, in
+    torch's order)."""
     g_h, g_c = _pair(grad_hx, "grad_hx")
     with cached_allocation():
-        grad_x, (grad_h0, grad_c0), grads = _backward(LSTM, cache, grad_output, [g_h, g_c])
+        grad_x, (grad_h0, grad_c0), grads = _backward(LSTM, cache, grad_output, [g_h, g_c],
+                                                      input_grad)
     return grad_x, (grad_h0, grad_c0), grads
 
 
@@ -348,8 +353,9 @@ def gru_forward(x, params, h0=None, *, num_layers=1, bidirectional=False, batch_
     return output, h_n, cache
 
 
-def gru_backward(cache, grad_output, grad_h_n=None):
-    """BPTT for :func:`gru_forward`. Returns ``grad_x, grad_h0, grads``."""
+def gru_backward(cache, grad_output, grad_h_n=None, *, input_grad=True):
+    """BPTT for :func:`gru_forward` (``input_grad`` as :func:`fastrnn.functional.rnn_backward`'s).
+    Returns ``grad_x, grad_h0, grads``."""
     with cached_allocation():
-        grad_x, (grad_h0,), grads = _backward(GRU, cache, grad_output, [grad_h_n])
+        grad_x, (grad_h0,), grads = _backward(GRU, cache, grad_output, [grad_h_n], input_grad)
     return grad_x, grad_h0, grads

@@ -162,7 +162,7 @@ def _rnn_forward(x, params, h0, num_layers, nonlinearity, bidirectional, batch_f
     return output, h_n, cache
 
 
-def rnn_backward(cache, grad_output, grad_h_n=None):
+def rnn_backward(cache, grad_output, grad_h_n=None, *, input_grad=True):
     """Backpropagation through time for the forward pass that produced ``cache``.
 
     Parameters
@@ -170,15 +170,19 @@ def rnn_backward(cache, grad_output, grad_h_n=None):
     cache : dict from :func:`rnn_forward`.
     grad_output : ndarray shaped like the forward's output.
     grad_h_n : ndarray shaped like h_n, or None for zeros.
+    input_grad : bool, default True
+        Whether to compute ``grad_x``. False skips the first layer's product dA·W_ih (for
+        an input that needs no gradient: features rather than an embedding's output) and
+        returns None for it; every other result is the same, bit for bit.
 
     Returns
     -------
-    grad_x : ndarray shaped like the forward's input.
+    grad_x : ndarray shaped like the forward's input, or None.
     grad_h0 : ndarray shaped like h0.
     grads : dict mapping every parameter name to its gradient (freshly allocated).
     """
     with cached_allocation():
-        return _rnn_backward(cache, grad_output, grad_h_n)
+        return _rnn_backward(cache, grad_output, grad_h_n, input_grad)
 
 
 _CACHE_KEYS = frozenset(("params", "h0", "lengths", "layer_inputs", "layer_outputs",
@@ -193,7 +197,7 @@ def _elman_arrays(cache, layer, L, N, sizes, D):
     return [(cache["h0"], (D * cache["num_layers"], N, sizes.hidden_size), sizes.dtype)]
 
 
-def _rnn_backward(cache, grad_output, grad_h_n):
+def _rnn_backward(cache, grad_output, grad_h_n, input_grad):
     check_cache(cache, _CACHE_KEYS, ELMAN, _elman_arrays)
     params, h0, lengths, dtype = cache["params"], cache["h0"], cache["lengths"], cache["dtype"]
     D, unbatched, batch_first = cache["D"], cache["unbatched"], cache["batch_first"]
@@ -245,6 +249,8 @@ def _rnn_backward(cache, grad_output, grad_h_n):
         # (no dropout between), its BPTT computes dX_t step by step, bitwise as this GEMM,
         # while the rows are in cache: dX never makes a round trip through memory (what is
         # passed down is then this layer's dA, and w_above its W_ih)
+        if not (layer or input_grad):
+            return None
         w_ih = _stacked_input_weights(params, keys, False)[0]
         if (layer > 0 and cache["dropout_masks"] is None
                 and _rnn.projection_per_step(L, N, D * H, threads)):
@@ -259,7 +265,7 @@ def _rnn_backward(cache, grad_output, grad_h_n):
     d_out = backward_layers(np.ascontiguousarray(grad_output), num_layers,
                             cache["dropout_masks"], layer_backward)
     grads = {name: grads[name] for name in params}
-    grad_x = from_time_major(d_out, unbatched, batch_first)
+    grad_x = None if d_out is None else from_time_major(d_out, unbatched, batch_first)
     return grad_x, (grad_h0[:, 0] if unbatched else grad_h0), grads
 
 

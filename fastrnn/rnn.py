@@ -171,12 +171,13 @@ class _Recurrent(Module):
             finals = tuple(f[:, 0] for f in finals)
         return out, (finals if len(widths) == 2 else finals[0])
 
-    def _backward(self, grad_output, grad_state):
+    def _backward(self, grad_output, grad_state, input_grad):
         if self._cache is None:
             raise RuntimeError("backward needs a forward pass in training mode first "
                                f"(call .train() and then the {type(self).__name__} on x)")
         backward = getattr(functional, f"{self._cell}_backward")
-        grad_x, grad_state0, grads = backward(self._cache, grad_output, grad_state)
+        grad_x, grad_state0, grads = backward(self._cache, grad_output, grad_state,
+                                              input_grad=input_grad)
         for name, g in grads.items():
             self._params[name].grad += g
         return grad_x, grad_state0
@@ -250,7 +251,7 @@ class RNN(_Recurrent):
         """
         return self._forward(x, h0, lengths)
 
-    def backward(self, grad_output, grad_h_n=None):
+    def backward(self, grad_output, grad_h_n=None, *, input_grad=True):
         """Backpropagate through the last training-mode forward.
 
         Parameter gradients accumulate into ``p.grad`` (until :meth:`zero_grad`).
@@ -259,13 +260,16 @@ class RNN(_Recurrent):
         ----------
         grad_output : ndarray shaped like that forward's output.
         grad_h_n : ndarray shaped like its h_n, or None for zeros.
+        input_grad : bool, default True
+            False skips the input's gradient (the first layer's product dA·W_ih, for an
+            input that needs none) and returns None for ``grad_x``.
 
         Returns
         -------
-        grad_x : ndarray shaped like the input.
+        grad_x : ndarray shaped like the input, or None.
         grad_h0 : ndarray shaped like h0.
         """
-        return self._backward(grad_output, grad_h_n)
+        return self._backward(grad_output, grad_h_n, input_grad)
 
 
 class LSTM(_Recurrent):
@@ -325,10 +329,11 @@ class LSTM(_Recurrent):
         """
         return self._forward(x, hx, lengths)
 
-    def backward(self, grad_output, grad_hx=None):
+    def backward(self, grad_output, grad_hx=None, *, input_grad=True):
         """Backpropagate through the last training-mode forward; ``grad_hx`` is None or
-        (grad_h_n, grad_c_n), either None for zeros. Returns grad_x, (grad_h0, grad_c0)."""
-        return self._backward(grad_output, grad_hx)
+        (grad_h_n, grad_c_n), either None for zeros; ``input_grad`` as :meth:`RNN.backward`'s.
+        Returns grad_x, (grad_h0, grad_c0)."""
+        return self._backward(grad_output, grad_hx, input_grad)
 
 
 class GRU(_Recurrent):
@@ -366,6 +371,6 @@ class GRU(_Recurrent):
         """Run the GRU over ``x``; as :meth:`RNN.forward`. Returns output, h_n."""
         return self._forward(x, h0, lengths)
 
-    def backward(self, grad_output, grad_h_n=None):
+    def backward(self, grad_output, grad_h_n=None, *, input_grad=True):
         """Backpropagate through the last training-mode forward; as :meth:`RNN.backward`."""
-        return self._backward(grad_output, grad_h_n)
+        return self._backward(grad_output, grad_h_n, input_grad)

@@ -181,11 +181,15 @@ class _RecurrentFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output, *grad_states):
-        info = _Box((ctx.mode, ctx.names, len(grad_states), ctx.num_tensors, ctx.cache_skeleton))
-        args = (info, grad_output, *grad_states, *ctx.saved_tensors)
         # as a Function where the gradients may be differentiated (create_graph, torch.func),
-        # so that doing so is refused; an ordinary backward needs no more autograd work
-        if torch.is_grad_enabled() or _functorch_active():
+        # so that doing so is refused; an ordinary backward needs no more autograd work, and
+        # skips the input's gradient if it is not needed (the first layer's dX product)
+        transformed = torch.is_grad_enabled() or _functorch_active()
+        input_grad = transformed or ctx.needs_input_grad[4]
+        info = _Box((ctx.mode, ctx.names, len(grad_states), ctx.num_tensors, ctx.cache_skeleton,
+                     input_grad))
+        args = (info, grad_output, *grad_states, *ctx.saved_tensors)
+        if transformed:
             grads = _apply(_RecurrentBackward, *args)
         else:
             grads = _RecurrentBackward.forward(*args)
@@ -202,11 +206,11 @@ class _RecurrentBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(info, grad_output, *rest):
-        mode, names, num_states, num_tensors, skeleton = info.value
+        mode, names, num_states, num_tensors, skeleton, input_grad = info.value
         grad_states, saved = rest[:num_states], rest[num_states:]
         return _recurrent_backward(mode, names, saved[:num_tensors],
                                    _fill(skeleton, saved[num_tensors:]), grad_output,
-                                   grad_states)
+                                   grad_states, input_grad)
 
     @staticmethod
     def setup_context(ctx, inputs, outputs):
@@ -275,24 +279,26 @@ def _module_name(mode):
     return "RNN" if mode.startswith("RNN") else mode
 
 
-def _recurrent_backward(mode, names, tensors, cache, grad_output, grad_states):
+def _recurrent_backward(mode, names, tensors, cache, grad_output, grad_states, input_grad):
     """BPTT from the forward's saved ``tensors`` (output, x, h0, c0, weights) and ``cache``:
-    the gradients of x, h0, c0 (None but for an LSTM) and each weight, as tensors."""
+    the gradients of x (None without ``input_grad``), h0, c0 (None but for an LSTM) and each
+    weight, as tensors."""
     output, _x, _h0, _c0, *weights = tensors
     cache["params"] = {name: _numpy(w) for name, w in zip(names, weights)}
     grad_output = (np.zeros(output.shape, dtype=cache["dtype"]) if grad_output is None
                    else _numpy(grad_output))
     grad_states = [None if g is None else _numpy(g) for g in grad_states]
     if mode == "LSTM":
-        grad_x, (grad_h0, grad_c0), grads = functional.lstm_backward(cache, grad_output,
-                                                                     tuple(grad_states))
+        grad_x, (grad_h0, grad_c0), grads = functional.lstm_backward(
+            cache, grad_output, tuple(grad_states), input_grad=input_grad)
         grad_c0 = torch.from_numpy(grad_c0)
     else:
         backward = functional.gru_backward if mode == "GRU" else functional.rnn_backward
-        grad_x, grad_h0, grads = backward(cache, grad_output, grad_states[0])
+        grad_x, grad_h0, grads = backward(cache, grad_output, grad_states[0],
+                                          input_grad=input_grad)
         grad_c0 = None
-    return (torch.from_numpy(grad_x), torch.from_numpy(grad_h0), grad_c0,
-            *(torch.from_numpy(grads[name]) for name in names))
+    return (None if grad_x is None else torch.from_numpy(grad_x), torch.from_numpy(grad_h0),
+            grad_c0, *(torch.from_numpy(grads[name]) for name in names))
 
 
 def _index_array(tensor, name):

@@ -189,3 +189,49 @@ def test_kernel_from_environment():
         [sys.executable, "-c", "import fastrnn.functional as f; print(f.get_kernel())"],
         env=env, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "portable"
+
+
+@pytest.mark.parametrize("cell", ["rnn", "rnn-relu", "lstm", "lstm-proj", "gru"])
+@pytest.mark.parametrize("num_layers,dropout", [(1, False), (2, False), (2, True)],
+                         ids=["layers1", "layers2", "layers2-dropout"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("layout,lengths_kind", [("time", None), ("batch", "ragged"),
+                                                 ("unbatched", None)])
+def test_backward_without_input_grad(kernel, rng, cell, num_layers, dropout, bidirectional,
+                                     layout, lengths_kind):
+    """input_grad=False: grad_x is None and every other result is bitwise the full backward's
+    (the first layer's dA·W_ih is skipped, nothing else)."""
+    from _gated import gated_inputs, random_gated_params
+
+    name = cell.split("-")[0]
+    proj = 2 if cell == "lstm-proj" else 0
+    if name == "rnn":
+        params = random_params(rng, I, H, num_layers, bidirectional, True, np.float32)
+    else:
+        params = random_gated_params(rng, name, I, H, num_layers, bidirectional, True,
+                                     np.float32, proj)
+    x, states, lengths, grad_output, grad_states = gated_inputs(
+        rng, "gru" if name == "rnn" else name, layout, lengths_kind, True, num_layers,
+        bidirectional, np.float32, proj)
+    batch = 1 if layout == "unbatched" else N
+    masks = (make_dropout_masks(rng, num_layers, L, batch, proj or H, bidirectional, 0.4,
+                                np.float32) if dropout else None)
+    kwargs = dict(num_layers=num_layers, bidirectional=bidirectional,
+                  batch_first=layout == "batch", lengths=lengths, dropout_masks=masks)
+    if name == "rnn":
+        kwargs["nonlinearity"] = "relu" if cell == "rnn-relu" else "tanh"
+    forward = getattr(functional, f"{name}_forward")
+    backward = getattr(functional, f"{name}_backward")
+    state = tuple(states) if name == "lstm" else states[0]
+    grad_state = tuple(grad_states) if name == "lstm" else grad_states[0]
+    _, _, cache = forward(x, params, state, **kwargs)
+    full = backward(cache, grad_output, grad_state)
+    partial = backward(cache, grad_output, grad_state, input_grad=False)
+    assert full[0] is not None and full[0].shape == x.shape
+    assert partial[0] is None
+    as_tuple = (lambda g: g) if name == "lstm" else (lambda g: (g,))
+    for a, b in zip(as_tuple(partial[1]), as_tuple(full[1])):
+        assert np.array_equal(a, b), "initial state gradient differs"
+    assert list(partial[2]) == list(full[2])
+    for k in full[2]:
+        assert np.array_equal(partial[2][k], full[2][k]), f"grad {k} differs"

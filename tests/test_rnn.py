@@ -204,6 +204,26 @@ def test_gradients_accumulate_until_zero_grad(rng, dtype):
     assert_grads_close({k: p.grad for k, p in rnn.named_parameters()}, single, dtype)
 
 
+@pytest.mark.parametrize("cls", [fastrnn.RNN, fastrnn.LSTM, fastrnn.GRU],
+                         ids=["rnn", "lstm", "gru"])
+def test_backward_without_input_grad(rng, cls):
+    """backward(..., input_grad=False): grad_x None, the same parameter and state gradients."""
+    x = rng.standard_normal((L, N, I)).astype(np.float32)
+    grads = []
+    for input_grad in (True, False):
+        module = cls(I, H, num_layers=2, bidirectional=True, seed=3)
+        out, _ = module(x)
+        grad_x, grad_state = module.backward(np.ones_like(out), input_grad=input_grad)
+        assert (grad_x is None) == (not input_grad)
+        grads.append((grad_state, {k: p.grad for k, p in module.named_parameters()}))
+    (state_full, full), (state_partial, partial) = grads
+    as_tuple = (lambda g: g) if cls is fastrnn.LSTM else (lambda g: (g,))
+    for a, b in zip(as_tuple(state_full), as_tuple(state_partial)):
+        assert np.array_equal(a, b)
+    for k in full:
+        assert np.array_equal(full[k], partial[k]), k
+
+
 @pytest.mark.parametrize("layout", ["time", "unbatched"])
 def test_backward_without_grad_h_n_means_zeros(rng, layout):
     rnn = make_rnn(rng, layout=layout, dtype=np.float64)

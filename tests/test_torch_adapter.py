@@ -266,6 +266,45 @@ def test_outputs_and_gradients_match_torch(num_layers, bidirectional, nonlineari
 
 
 @pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("layout", ["tensor", "packed"])
+def test_input_without_grad_skips_its_gradient(name, layout, monkeypatch):
+    """An input that does not require grad (features, not an embedding's output): BPTT is
+    asked for no input gradient (the first layer's dX product is skipped), and every
+    parameter gradient is still torch's."""
+    torch.manual_seed(9)
+    reference = getattr(torch.nn, name)(I, H, num_layers=2, bidirectional=True)
+    module = getattr(ft, name)(I, H, num_layers=2, bidirectional=True)
+    module.load_state_dict(reference.state_dict())
+    backward_name = f"{name.lower()}_backward"
+    asked = []
+    real = getattr(ft.functional, backward_name)
+
+    def spy(*args, input_grad=True, **kwargs):
+        asked.append(input_grad)
+        return real(*args, input_grad=input_grad, **kwargs)
+
+    monkeypatch.setattr(ft.functional, backward_name, spy)
+    x = torch.randn(L, N, I)
+    lengths = torch.tensor([L, 3, L - 1, 2])
+    for requires_grad in (False, True):
+        x.requires_grad_(requires_grad)
+        grads = []
+        for m in (reference, module):
+            m.zero_grad()
+            inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if layout == "packed" \
+                else x
+            out, _ = m(inp)
+            (out.data if layout == "packed" else out).pow(2).sum().backward()
+            grads.append([p.grad.clone() for p in m.parameters()])
+            if requires_grad:
+                grads[-1].append(x.grad.clone())
+                x.grad = None
+        for got, want in zip(grads[1], grads[0]):
+            assert_tensors_close(got, want, torch.float32, "gradient")
+    assert asked == [False, True]
+
+
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("order", ["identity", "permuted", "none"])
 def test_packed_whole_sequences_match_torch(name, bidirectional, order):

@@ -2,8 +2,8 @@
 
 Random modules (every cell, a projected LSTM, 1-2 layers, bidirectional, bias, batch_first)
 and calls (time-major, batch-first, unbatched and packed input, ragged or whole sequences in
-any sorted order, with or without initial states, recorded by autograd or not, train or eval
-mode), each run through torch's module and the adapter with the same weights: every output,
+any sorted order, with or without initial states, the input requiring grad or not, recorded
+by autograd or not, train or eval mode), each run through torch's module and the adapter with the same weights: every output,
 state and gradient agrees. Calls autograd does not record may run on the kept stream, so
 each such case is called twice with a weight changed in place in between (through ``p.data``,
 a NumPy view or an optimizer-like ``add_``): the second call must see the change.
@@ -61,7 +61,8 @@ def cases(draw):
         order = draw(st.sampled_from(["sorted", "unsorted", "permuted"]))
     return dict(cell=cell, kwargs=kwargs, dtype=dtype, layout=layout, seq_len=seq_len,
                 batch=batch, lengths=lengths, order=order, with_h0=draw(st.booleans()),
-                grad=draw(st.booleans()), training=draw(st.booleans()),
+                grad=draw(st.booleans()), x_grad=draw(st.booleans()),
+                training=draw(st.booleans()),
                 change=draw(st.sampled_from(["data", "numpy", "add_"])),
                 seed=draw(st.integers(0, 2**31 - 1)))
 
@@ -112,10 +113,10 @@ def inputs(case, module):
     return make_input, x, hx
 
 
-def call(module, make_input, x, hx, grad):
+def call(module, make_input, x, hx, grad, x_grad):
     """The call's results (output data, states) and, with ``grad``, the gradients of
-    Σ results·weights for x, hx and every parameter."""
-    x = x.detach().requires_grad_(grad)
+    Σ results·weights for x (if ``x_grad``), hx and every parameter."""
+    x = x.detach().requires_grad_(grad and x_grad)
     states = () if hx is None else hx if isinstance(hx, tuple) else (hx,)
     states = tuple(s.detach().requires_grad_(grad) for s in states)
     given = None if hx is None else states if isinstance(hx, tuple) else states[0]
@@ -130,7 +131,7 @@ def call(module, make_input, x, hx, grad):
         gen = torch.Generator().manual_seed(7)
         sum((r * torch.randn(r.shape, generator=gen, dtype=r.dtype)).sum()
             for r in results).backward()
-        grads = [x.grad, *(s.grad for s in states),
+        grads = [*([x.grad] if x_grad else []), *(s.grad for s in states),
                  *(torch.zeros_like(p) if p.grad is None else p.grad
                    for p in module.parameters())]
     return [r.detach() for r in results], grads
@@ -161,8 +162,8 @@ def test_adapter_matches_torch(case):
         if i:
             for m in (reference, module):
                 change_weight(m, case["change"])
-        want, want_grads = call(reference, make_input, x, hx, case["grad"])
-        got, got_grads = call(module, make_input, x, hx, case["grad"])
+        want, want_grads = call(reference, make_input, x, hx, case["grad"], case["x_grad"])
+        got, got_grads = call(module, make_input, x, hx, case["grad"], case["x_grad"])
         for k, (g, w) in enumerate(zip(got, want)):
             assert g.dtype == w.dtype
             assert_close_rel(g.numpy(), w.numpy(), np_dtype, tol, name=f"call {i} result {k}")
