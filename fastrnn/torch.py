@@ -98,26 +98,29 @@ def _save_arrays(ctx, tensors, cache):
 
 
 # Module-level recursion, not nested closures: a recursive closure is a reference cycle,
-# which would keep the arrays alive until the garbage collector runs.
+# which would keep the arrays alive until the garbage collector runs. Exact types (the
+# cache holds plain dicts, lists, tuples and arrays): these run on every training step.
 def _strip(value, arrays):
     """``value`` with each ndarray appended to ``arrays`` as a tensor and replaced by a _Slot."""
-    if isinstance(value, np.ndarray):
+    kind = type(value)
+    if kind is np.ndarray:
         arrays.append(torch.from_numpy(value))
         return _Slot(len(arrays) - 1)
-    if isinstance(value, (list, tuple)):
-        return type(value)(_strip(v, arrays) for v in value)
-    if isinstance(value, dict):
+    if kind is list or kind is tuple:
+        return kind([_strip(v, arrays) for v in value])
+    if kind is dict:
         return {k: _strip(v, arrays) for k, v in value.items()}
     return value
 
 
 def _fill(value, tensors):
     """Inverse of :func:`_strip`: each _Slot replaced by a NumPy view of its tensor."""
-    if isinstance(value, _Slot):
+    kind = type(value)
+    if kind is _Slot:
         return tensors[value.index].numpy()
-    if isinstance(value, (list, tuple)):
-        return type(value)(_fill(v, tensors) for v in value)
-    if isinstance(value, dict):
+    if kind is list or kind is tuple:
+        return kind([_fill(v, tensors) for v in value])
+    if kind is dict:
         return {k: _fill(v, tensors) for k, v in value.items()}
     return value
 
