@@ -201,7 +201,7 @@ def _recurrent_weight_grads(dr, out, h0, lengths, reverse, dw_hh, db_hh, threads
         db_hh += first[left_out].sum(axis=0)
 
 
-def _backward(cell, cache, grad_output, grad_states, input_grad):
+def _backward(cell, cache, grad_output, grad_states, input_grad, param_grads):
     sizes = _check_gated_cache(cache, cell)
     params, states, lengths = cache["params"], cache["states"], cache["lengths"]
     D, unbatched, batch_first = cache["D"], cache["unbatched"], cache["batch_first"]
@@ -233,14 +233,16 @@ def _backward(cell, cache, grad_output, grad_states, input_grad):
             w_ihs.append(w_ih)
             save = cache["saves"][layer][d]
             # dLoss/dh_t: read after its step only by the projection's gradient
-            dh = _step_rows(L, N, H_out, dtype, not sizes.proj_size)
+            dh = _step_rows(L, N, H_out, dtype, not (sizes.proj_size and param_grads))
             _rnn.cell_backward(_KERNEL[cell.name], save, out[:, :, cols], d_out[:, :, cols],
                                states[0][i], states[1][i] if lstm else None, grad_states[0][i],
                                grad_states[1][i] if lstm else None, w_hh, w_hr, lengths, d == 1,
                                da[:, :, gcols], None, dh, grad_states0[0][i],
                                grad_states0[1][i] if lstm else None, threads, bf16=bf16)
-            # dW_ih = dAᵀX and db_ih = ΣdA from one reading of its rows
             da_d = da[:, :, gcols]
+            if not param_grads:
+                continue
+            # dW_ih = dAᵀX and db_ih = ΣdA from one reading of its rows
             dw_ih = np.empty((G * H, inp.shape[2]), dtype=dtype)
             db_ih = np.empty(G * H, dtype=dtype) if sizes.bias else None
             _rnn.gemm(da_d.reshape(L * N, G * H), inp2d, dw_ih, None, False, threads, True,
@@ -281,7 +283,7 @@ def _backward(cell, cache, grad_output, grad_states, input_grad):
 
     d_out = backward_layers(np.ascontiguousarray(grad_output), num_layers,
                             cache["dropout_masks"], layer_backward)
-    grads = {name: grads[name] for name in params}
+    grads = {name: grads[name] for name in params} if param_grads else None
     grad_x = None if d_out is None else from_time_major(d_out, unbatched, batch_first)
     grad_states0 = [g[:, 0] if unbatched else g for g in grad_states0]
     return grad_x, grad_states0, grads
@@ -327,15 +329,15 @@ def lstm_forward(x, params, hx=None, *, num_layers=1, bidirectional=False, batch
     return output, (h_n, c_n), cache
 
 
-def lstm_backward(cache, grad_output, grad_hx=None, *, input_grad=True):
+def lstm_backward(cache, grad_output, grad_hx=None, *, input_grad=True, param_grads=True):
     """BPTT for :func:`lstm_forward`. ``grad_hx`` is None or (grad_h_n, grad_c_n), either
-    None for zeros; ``input_grad`` as :func:`fastrnn.functional.rnn_backward`'s. Returns
-    ``grad_x, (grad_h0, grad_c0), grads`` (every parameter's gradient, freshly allocated, in
-    torch's order)."""
+    None for zeros; ``input_grad`` and ``param_grads`` as
+    :func:`fastrnn.functional.rnn_backward`'s. Returns ``grad_x, (grad_h0, grad_c0), grads``
+    (every parameter's gradient, freshly allocated, in torch's order)."""
     g_h, g_c = _pair(grad_hx, "grad_hx")
     with cached_allocation():
         grad_x, (grad_h0, grad_c0), grads = _backward(LSTM, cache, grad_output, [g_h, g_c],
-                                                      input_grad)
+                                                      input_grad, param_grads)
     return grad_x, (grad_h0, grad_c0), grads
 
 
@@ -353,9 +355,10 @@ def gru_forward(x, params, h0=None, *, num_layers=1, bidirectional=False, batch_
     return output, h_n, cache
 
 
-def gru_backward(cache, grad_output, grad_h_n=None, *, input_grad=True):
-    """BPTT for :func:`gru_forward` (``input_grad`` as :func:`fastrnn.functional.rnn_backward`'s).
-    Returns ``grad_x, grad_h0, grads``."""
+def gru_backward(cache, grad_output, grad_h_n=None, *, input_grad=True, param_grads=True):
+    """BPTT for :func:`gru_forward` (``input_grad`` and ``param_grads`` as
+    :func:`fastrnn.functional.rnn_backward`'s). Returns ``grad_x, grad_h0, grads``."""
     with cached_allocation():
-        grad_x, (grad_h0,), grads = _backward(GRU, cache, grad_output, [grad_h_n], input_grad)
+        grad_x, (grad_h0,), grads = _backward(GRU, cache, grad_output, [grad_h_n], input_grad,
+                                              param_grads)
     return grad_x, grad_h0, grads

@@ -162,7 +162,7 @@ def _rnn_forward(x, params, h0, num_layers, nonlinearity, bidirectional, batch_f
     return output, h_n, cache
 
 
-def rnn_backward(cache, grad_output, grad_h_n=None, *, input_grad=True):
+def rnn_backward(cache, grad_output, grad_h_n=None, *, input_grad=True, param_grads=True):
     """Backpropagation through time for the forward pass that produced ``cache``.
 
     Parameters
@@ -174,15 +174,19 @@ def rnn_backward(cache, grad_output, grad_h_n=None, *, input_grad=True):
         Whether to compute ``grad_x``. False skips the first layer's product dA·W_ih (for
         an input that needs no gradient: features rather than an embedding's output) and
         returns None for it; every other result is the same, bit for bit.
+    param_grads : bool, default True
+        Whether to compute the parameters' gradients. False skips their products (most of
+        a backward: for the gradient of the input or initial state alone, a saliency map,
+        say) and returns None for ``grads``; the other results are the same, bit for bit.
 
     Returns
     -------
     grad_x : ndarray shaped like the forward's input, or None.
     grad_h0 : ndarray shaped like h0.
-    grads : dict mapping every parameter name to its gradient (freshly allocated).
+    grads : dict mapping every parameter name to its gradient (freshly allocated), or None.
     """
     with cached_allocation():
-        return _rnn_backward(cache, grad_output, grad_h_n, input_grad)
+        return _rnn_backward(cache, grad_output, grad_h_n, input_grad, param_grads)
 
 
 _CACHE_KEYS = frozenset(("params", "h0", "lengths", "layer_inputs", "layer_outputs",
@@ -197,7 +201,7 @@ def _elman_arrays(cache, layer, L, N, sizes, D):
     return [(cache["h0"], (D * cache["num_layers"], N, sizes.hidden_size), sizes.dtype)]
 
 
-def _rnn_backward(cache, grad_output, grad_h_n, input_grad):
+def _rnn_backward(cache, grad_output, grad_h_n, input_grad, param_grads):
     check_cache(cache, _CACHE_KEYS, ELMAN, _elman_arrays)
     params, h0, lengths, dtype = cache["params"], cache["h0"], cache["lengths"], cache["dtype"]
     D, unbatched, batch_first = cache["D"], cache["unbatched"], cache["batch_first"]
@@ -232,19 +236,21 @@ def _rnn_backward(cache, grad_output, grad_h_n, input_grad):
                                      d == 1, cache["relu"], da[:, :, cols], grad_h0[i], threads,
                                      *dy[1:], bf16=bf16)
         da2d = da.reshape(L * N, D * H)
-        # dW_ih = dAᵀ X, dW_hh = dA_dᵀ H_prev (h0 where sequences start) and db = Σ dA, every
-        # direction at once, from one reading of dA
-        dw_ih = np.empty((D * H, inp.shape[2]), dtype=dtype)
-        dw_hh = np.empty((D * H, H), dtype=dtype)
-        db = np.empty(D * H, dtype=dtype) if cache["bias"] else None
-        _rnn.weight_grads(da2d, inp2d, out, h0[layer * D:(layer + 1) * D], lengths, dw_ih,
-                          dw_hh, db, threads, bf16)
-        for d, k in enumerate(keys):
-            cols = slice(d * H, (d + 1) * H)
-            grads[f"weight_ih_{k}"] = dw_ih[cols] if D == 1 else dw_ih[cols].copy()
-            grads[f"weight_hh_{k}"] = dw_hh[cols] if D == 1 else dw_hh[cols].copy()
-            if cache["bias"]:
-                grads[f"bias_ih_{k}"], grads[f"bias_hh_{k}"] = db[cols].copy(), db[cols].copy()
+        if param_grads:
+            # dW_ih = dAᵀ X, dW_hh = dA_dᵀ H_prev (h0 where sequences start) and db = Σ dA,
+            # every direction at once, from one reading of dA
+            dw_ih = np.empty((D * H, inp.shape[2]), dtype=dtype)
+            dw_hh = np.empty((D * H, H), dtype=dtype)
+            db = np.empty(D * H, dtype=dtype) if cache["bias"] else None
+            _rnn.weight_grads(da2d, inp2d, out, h0[layer * D:(layer + 1) * D], lengths, dw_ih,
+                              dw_hh, db, threads, bf16)
+            for d, k in enumerate(keys):
+                cols = slice(d * H, (d + 1) * H)
+                grads[f"weight_ih_{k}"] = dw_ih[cols] if D == 1 else dw_ih[cols].copy()
+                grads[f"weight_hh_{k}"] = dw_hh[cols] if D == 1 else dw_hh[cols].copy()
+                if cache["bias"]:
+                    grads[f"bias_ih_{k}"] = db[cols].copy()
+                    grads[f"bias_hh_{k}"] = db[cols].copy()
         # dX = dA W_ih, summed over directions by the reduction over D·H. For the layer below
         # (no dropout between), its BPTT computes dX_t step by step, bitwise as this GEMM,
         # while the rows are in cache: dX never makes a round trip through memory (what is
@@ -264,7 +270,7 @@ def _rnn_backward(cache, grad_output, grad_h_n, input_grad):
 
     d_out = backward_layers(np.ascontiguousarray(grad_output), num_layers,
                             cache["dropout_masks"], layer_backward)
-    grads = {name: grads[name] for name in params}
+    grads = {name: grads[name] for name in params} if param_grads else None
     grad_x = None if d_out is None else from_time_major(d_out, unbatched, batch_first)
     return grad_x, (grad_h0[:, 0] if unbatched else grad_h0), grads
 

@@ -171,14 +171,14 @@ class _Recurrent(Module):
             finals = tuple(f[:, 0] for f in finals)
         return out, (finals if len(widths) == 2 else finals[0])
 
-    def _backward(self, grad_output, grad_state, input_grad):
+    def _backward(self, grad_output, grad_state, input_grad, param_grads):
         if self._cache is None:
             raise RuntimeError("backward needs a forward pass in training mode first "
                                f"(call .train() and then the {type(self).__name__} on x)")
         backward = getattr(functional, f"{self._cell}_backward")
         grad_x, grad_state0, grads = backward(self._cache, grad_output, grad_state,
-                                              input_grad=input_grad)
-        for name, g in grads.items():
+                                              input_grad=input_grad, param_grads=param_grads)
+        for name, g in (grads or {}).items():
             self._params[name].grad += g
         return grad_x, grad_state0
 
@@ -251,7 +251,7 @@ class RNN(_Recurrent):
         """
         return self._forward(x, h0, lengths)
 
-    def backward(self, grad_output, grad_h_n=None, *, input_grad=True):
+    def backward(self, grad_output, grad_h_n=None, *, input_grad=True, param_grads=True):
         """Backpropagate through the last training-mode forward.
 
         Parameter gradients accumulate into ``p.grad`` (until :meth:`zero_grad`).
@@ -263,13 +263,16 @@ class RNN(_Recurrent):
         input_grad : bool, default True
             False skips the input's gradient (the first layer's product dA·W_ih, for an
             input that needs none) and returns None for ``grad_x``.
+        param_grads : bool, default True
+            False skips the parameters' gradients (most of the work) and leaves ``p.grad``
+            as it is: for the gradients of the input or h0 alone.
 
         Returns
         -------
         grad_x : ndarray shaped like the input, or None.
         grad_h0 : ndarray shaped like h0.
         """
-        return self._backward(grad_output, grad_h_n, input_grad)
+        return self._backward(grad_output, grad_h_n, input_grad, param_grads)
 
 
 class LSTM(_Recurrent):
@@ -329,11 +332,11 @@ class LSTM(_Recurrent):
         """
         return self._forward(x, hx, lengths)
 
-    def backward(self, grad_output, grad_hx=None, *, input_grad=True):
+    def backward(self, grad_output, grad_hx=None, *, input_grad=True, param_grads=True):
         """Backpropagate through the last training-mode forward; ``grad_hx`` is None or
-        (grad_h_n, grad_c_n), either None for zeros; ``input_grad`` as :meth:`RNN.backward`'s.
-        Returns grad_x, (grad_h0, grad_c0)."""
-        return self._backward(grad_output, grad_hx, input_grad)
+        (grad_h_n, grad_c_n), either None for zeros; ``input_grad`` and ``param_grads`` as
+        :meth:`RNN.backward`'s. Returns grad_x, (grad_h0, grad_c0)."""
+        return self._backward(grad_output, grad_hx, input_grad, param_grads)
 
 
 class GRU(_Recurrent):
@@ -371,6 +374,6 @@ class GRU(_Recurrent):
         """Run the GRU over ``x``; as :meth:`RNN.forward`. Returns output, h_n."""
         return self._forward(x, h0, lengths)
 
-    def backward(self, grad_output, grad_h_n=None, *, input_grad=True):
+    def backward(self, grad_output, grad_h_n=None, *, input_grad=True, param_grads=True):
         """Backpropagate through the last training-mode forward; as :meth:`RNN.backward`."""
-        return self._backward(grad_output, grad_h_n, input_grad)
+        return self._backward(grad_output, grad_h_n, input_grad, param_grads)

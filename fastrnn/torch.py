@@ -186,11 +186,14 @@ class _RecurrentFunction(torch.autograd.Function):
     def backward(ctx, grad_output, *grad_states):
         # as a Function where the gradients may be differentiated (create_graph, torch.func),
         # so that doing so is refused; an ordinary backward needs no more autograd work, and
-        # skips the input's gradient if it is not needed (the first layer's dX product)
+        # skips the gradients nobody asked for: the input's (the first layer's dX product),
+        # the weights' (frozen weights: a saliency map, say)
         transformed = torch.is_grad_enabled() or _functorch_active()
-        input_grad = transformed or ctx.needs_input_grad[4]
+        needs = ctx.needs_input_grad
+        input_grad = transformed or needs[4]
+        param_grads = transformed or any(needs[7:])
         info = _Box((ctx.mode, ctx.names, len(grad_states), ctx.num_tensors, ctx.cache_skeleton,
-                     input_grad))
+                     input_grad, param_grads))
         args = (info, grad_output, *grad_states, *ctx.saved_tensors)
         if transformed:
             grads = _apply(_RecurrentBackward, *args)
@@ -209,11 +212,11 @@ class _RecurrentBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(info, grad_output, *rest):
-        mode, names, num_states, num_tensors, skeleton, input_grad = info.value
+        mode, names, num_states, num_tensors, skeleton, input_grad, param_grads = info.value
         grad_states, saved = rest[:num_states], rest[num_states:]
         return _recurrent_backward(mode, names, saved[:num_tensors],
                                    _fill(skeleton, saved[num_tensors:]), grad_output,
-                                   grad_states, input_grad)
+                                   grad_states, input_grad, param_grads)
 
     @staticmethod
     def setup_context(ctx, inputs, outputs):
@@ -282,26 +285,28 @@ def _module_name(mode):
     return "RNN" if mode.startswith("RNN") else mode
 
 
-def _recurrent_backward(mode, names, tensors, cache, grad_output, grad_states, input_grad):
+def _recurrent_backward(mode, names, tensors, cache, grad_output, grad_states, input_grad,
+                        param_grads):
     """BPTT from the forward's saved ``tensors`` (output, x, h0, c0, weights) and ``cache``:
     the gradients of x (None without ``input_grad``), h0, c0 (None but for an LSTM) and each
-    weight, as tensors."""
+    weight (None without ``param_grads``), as tensors."""
     output, _x, _h0, _c0, *weights = tensors
     cache["params"] = {name: _numpy(w) for name, w in zip(names, weights)}
     grad_output = (np.zeros(output.shape, dtype=cache["dtype"]) if grad_output is None
                    else _numpy(grad_output))
     grad_states = [None if g is None else _numpy(g) for g in grad_states]
+    wanted = dict(input_grad=input_grad, param_grads=param_grads)
     if mode == "LSTM":
         grad_x, (grad_h0, grad_c0), grads = functional.lstm_backward(
-            cache, grad_output, tuple(grad_states), input_grad=input_grad)
+            cache, grad_output, tuple(grad_states), **wanted)
         grad_c0 = torch.from_numpy(grad_c0)
     else:
         backward = functional.gru_backward if mode == "GRU" else functional.rnn_backward
-        grad_x, grad_h0, grads = backward(cache, grad_output, grad_states[0],
-                                          input_grad=input_grad)
+        grad_x, grad_h0, grads = backward(cache, grad_output, grad_states[0], **wanted)
         grad_c0 = None
     return (None if grad_x is None else torch.from_numpy(grad_x), torch.from_numpy(grad_h0),
-            grad_c0, *(torch.from_numpy(grads[name]) for name in names))
+            grad_c0, *(None if grads is None else torch.from_numpy(grads[name])
+                       for name in names))
 
 
 def _index_array(tensor, name):

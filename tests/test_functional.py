@@ -197,10 +197,13 @@ def test_kernel_from_environment():
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("layout,lengths_kind", [("time", None), ("batch", "ragged"),
                                                  ("unbatched", None)])
-def test_backward_without_input_grad(kernel, rng, cell, num_layers, dropout, bidirectional,
-                                     layout, lengths_kind):
-    """input_grad=False: grad_x is None and every other result is bitwise the full backward's
-    (the first layer's dA·W_ih is skipped, nothing else)."""
+@pytest.mark.parametrize("input_grad,param_grads", [(False, True), (True, False),
+                                                    (False, False)],
+                         ids=["no-input-grad", "no-param-grads", "states-only"])
+def test_backward_of_some_gradients(kernel, rng, cell, num_layers, dropout, bidirectional,
+                                    layout, lengths_kind, input_grad, param_grads):
+    """input_grad=False: grad_x is None; param_grads=False: grads is None. Every other
+    result is bitwise the full backward's (what is skipped is skipped, nothing else)."""
     from _gated import gated_inputs, random_gated_params
 
     name = cell.split("-")[0]
@@ -226,12 +229,19 @@ def test_backward_without_input_grad(kernel, rng, cell, num_layers, dropout, bid
     grad_state = tuple(grad_states) if name == "lstm" else grad_states[0]
     _, _, cache = forward(x, params, state, **kwargs)
     full = backward(cache, grad_output, grad_state)
-    partial = backward(cache, grad_output, grad_state, input_grad=False)
+    partial = backward(cache, grad_output, grad_state, input_grad=input_grad,
+                       param_grads=param_grads)
     assert full[0] is not None and full[0].shape == x.shape
-    assert partial[0] is None
+    if input_grad:
+        assert np.array_equal(partial[0], full[0])
+    else:
+        assert partial[0] is None
     as_tuple = (lambda g: g) if name == "lstm" else (lambda g: (g,))
     for a, b in zip(as_tuple(partial[1]), as_tuple(full[1])):
         assert np.array_equal(a, b), "initial state gradient differs"
+    if not param_grads:
+        assert partial[2] is None
+        return
     assert list(partial[2]) == list(full[2])
     for k in full[2]:
         assert np.array_equal(partial[2][k], full[2][k]), f"grad {k} differs"

@@ -206,22 +206,28 @@ def test_gradients_accumulate_until_zero_grad(rng, dtype):
 
 @pytest.mark.parametrize("cls", [fastrnn.RNN, fastrnn.LSTM, fastrnn.GRU],
                          ids=["rnn", "lstm", "gru"])
-def test_backward_without_input_grad(rng, cls):
-    """backward(..., input_grad=False): grad_x None, the same parameter and state gradients."""
+def test_backward_of_some_gradients(rng, cls):
+    """backward(..., input_grad=False): grad_x None; param_grads=False: p.grad untouched;
+    the other gradients as the full backward's."""
     x = rng.standard_normal((L, N, I)).astype(np.float32)
-    grads = []
-    for input_grad in (True, False):
+    as_tuple = (lambda g: g) if cls is fastrnn.LSTM else (lambda g: (g,))
+    results = {}
+    for wanted in ((True, True), (False, True), (True, False)):
         module = cls(I, H, num_layers=2, bidirectional=True, seed=3)
         out, _ = module(x)
-        grad_x, grad_state = module.backward(np.ones_like(out), input_grad=input_grad)
-        assert (grad_x is None) == (not input_grad)
-        grads.append((grad_state, {k: p.grad for k, p in module.named_parameters()}))
-    (state_full, full), (state_partial, partial) = grads
-    as_tuple = (lambda g: g) if cls is fastrnn.LSTM else (lambda g: (g,))
-    for a, b in zip(as_tuple(state_full), as_tuple(state_partial)):
-        assert np.array_equal(a, b)
-    for k in full:
-        assert np.array_equal(full[k], partial[k]), k
+        grad_x, grad_state = module.backward(np.ones_like(out), input_grad=wanted[0],
+                                             param_grads=wanted[1])
+        results[wanted] = (grad_x, as_tuple(grad_state),
+                           {k: p.grad.copy() for k, p in module.named_parameters()})
+    full = results[True, True]
+    for wanted, (grad_x, states, grads) in results.items():
+        assert (grad_x is None) == (not wanted[0])
+        if grad_x is not None:
+            assert np.array_equal(grad_x, full[0])
+        for a, b in zip(states, full[1]):
+            assert np.array_equal(a, b)
+        for k, g in grads.items():
+            assert np.array_equal(g, full[2][k] if wanted[1] else np.zeros_like(g)), k
 
 
 @pytest.mark.parametrize("layout", ["time", "unbatched"])

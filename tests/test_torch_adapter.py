@@ -267,10 +267,12 @@ def test_outputs_and_gradients_match_torch(num_layers, bidirectional, nonlineari
 
 @pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
 @pytest.mark.parametrize("layout", ["tensor", "packed"])
-def test_input_without_grad_skips_its_gradient(name, layout, monkeypatch):
-    """An input that does not require grad (features, not an embedding's output): BPTT is
-    asked for no input gradient (the first layer's dX product is skipped), and every
-    parameter gradient is still torch's."""
+@pytest.mark.parametrize("x_grad,frozen", [(False, False), (True, True), (True, False)],
+                         ids=["features", "frozen-weights", "both"])
+def test_backward_skips_gradients_nobody_asked_for(name, layout, x_grad, frozen, monkeypatch):
+    """An input that does not require grad (features, not an embedding's output) or frozen
+    weights (a saliency map): BPTT is asked for only what autograd needs (the first layer's
+    dX product or the weights' products skipped), and what is asked for is torch's."""
     torch.manual_seed(9)
     reference = getattr(torch.nn, name)(I, H, num_layers=2, bidirectional=True)
     module = getattr(ft, name)(I, H, num_layers=2, bidirectional=True)
@@ -279,29 +281,29 @@ def test_input_without_grad_skips_its_gradient(name, layout, monkeypatch):
     asked = []
     real = getattr(ft.functional, backward_name)
 
-    def spy(*args, input_grad=True, **kwargs):
-        asked.append(input_grad)
-        return real(*args, input_grad=input_grad, **kwargs)
+    def spy(*args, **kwargs):
+        asked.append((kwargs["input_grad"], kwargs["param_grads"]))
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(ft.functional, backward_name, spy)
-    x = torch.randn(L, N, I)
+    x = torch.randn(L, N, I, requires_grad=x_grad)
+    h0 = torch.randn(4, N, H, requires_grad=True)  # its gradient is always computed
+    hx = (h0, torch.zeros(4, N, H)) if name == "LSTM" else h0
     lengths = torch.tensor([L, 3, L - 1, 2])
-    for requires_grad in (False, True):
-        x.requires_grad_(requires_grad)
-        grads = []
-        for m in (reference, module):
-            m.zero_grad()
-            inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if layout == "packed" \
-                else x
-            out, _ = m(inp)
-            (out.data if layout == "packed" else out).pow(2).sum().backward()
-            grads.append([p.grad.clone() for p in m.parameters()])
-            if requires_grad:
-                grads[-1].append(x.grad.clone())
-                x.grad = None
-        for got, want in zip(grads[1], grads[0]):
-            assert_tensors_close(got, want, torch.float32, "gradient")
-    assert asked == [False, True]
+    grads = []
+    for m in (reference, module):
+        m.requires_grad_(not frozen)
+        inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if layout == "packed" \
+            else x
+        out, _ = m(inp, hx)
+        (out.data if layout == "packed" else out).pow(2).sum().backward()
+        grads.append([h0.grad.clone(), *([] if frozen else [p.grad for p in m.parameters()]),
+                      *([x.grad.clone()] if x_grad else [])])
+        assert all(p.grad is None for p in m.parameters()) == frozen
+        x.grad = h0.grad = None
+    for got, want in zip(grads[1], grads[0]):
+        assert_tensors_close(got, want, torch.float32, "gradient")
+    assert asked == [(x_grad, not frozen)]
 
 
 @pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])

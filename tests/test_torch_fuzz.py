@@ -2,8 +2,8 @@
 
 Random modules (every cell, a projected LSTM, 1-2 layers, bidirectional, bias, batch_first)
 and calls (time-major, batch-first, unbatched and packed input, ragged or whole sequences in
-any sorted order, with or without initial states, the input requiring grad or not, recorded
-by autograd or not, train or eval mode), each run through torch's module and the adapter with the same weights: every output,
+any sorted order, with or without initial states, the input and the weights requiring grad
+or not, recorded by autograd or not, train or eval mode), each run through torch's module and the adapter with the same weights: every output,
 state and gradient agrees. Calls autograd does not record may run on the kept stream, so
 each such case is called twice with a weight changed in place in between (through ``p.data``,
 a NumPy view or an optimizer-like ``add_``): the second call must see the change.
@@ -62,6 +62,7 @@ def cases(draw):
     return dict(cell=cell, kwargs=kwargs, dtype=dtype, layout=layout, seq_len=seq_len,
                 batch=batch, lengths=lengths, order=order, with_h0=draw(st.booleans()),
                 grad=draw(st.booleans()), x_grad=draw(st.booleans()),
+                frozen=draw(st.booleans()),
                 training=draw(st.booleans()),
                 change=draw(st.sampled_from(["data", "numpy", "add_"])),
                 seed=draw(st.integers(0, 2**31 - 1)))
@@ -76,6 +77,7 @@ def build(case):
     module.load_state_dict(reference.state_dict())
     for m in (reference, module):
         m.train(case["training"])
+        m.requires_grad_(not case["frozen"])
     return reference, module
 
 
@@ -127,13 +129,12 @@ def call(module, make_input, x, hx, grad, x_grad):
         output = output.data
     results = [output, *(state if isinstance(state, tuple) else (state,))]
     grads = []
-    if grad:
+    if any(r.requires_grad for r in results):  # (not if nothing required grad)
         gen = torch.Generator().manual_seed(7)
         sum((r * torch.randn(r.shape, generator=gen, dtype=r.dtype)).sum()
             for r in results).backward()
         grads = [*([x.grad] if x_grad else []), *(s.grad for s in states),
-                 *(torch.zeros_like(p) if p.grad is None else p.grad
-                   for p in module.parameters())]
+                 *(p.grad for p in module.parameters() if p.requires_grad)]
     return [r.detach() for r in results], grads
 
 
