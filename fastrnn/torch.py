@@ -581,6 +581,10 @@ class _Recurrent:
                                         precision)
             if order is not None:
                 output = output[:, torch.from_numpy(order)]
+            elif output.requires_grad:
+                # a copy, as the gathers make: BPTT reads the output, so modifying a view of
+                # it in place would make backward an error (torch's RNN and GRU allow it)
+                output = output.clone()
             rows = output.reshape(seq_len * batch, output.size(2))
         else:
             t_index, b_index, lengths = _packed_indices(sizes, order, data.size(0))

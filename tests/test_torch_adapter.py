@@ -306,6 +306,18 @@ def test_backward_skips_gradients_nobody_asked_for(name, layout, x_grad, frozen,
     assert asked == [(x_grad, not frozen)]
 
 
+@pytest.mark.parametrize("lengths", [[5, 5], [5, 3]], ids=["whole", "ragged"])
+def test_packed_output_may_be_modified_in_place(lengths):
+    """As with torch's RNN and GRU, a packed output's data is the caller's to modify before
+    backward (whole and ragged sequences alike)."""
+    module = ft.GRU(I, H)
+    x = torch.randn(5, 2, I, requires_grad=True)
+    out, _ = module(pack_padded_sequence(x, torch.tensor(lengths)))
+    out.data.mul_(2)
+    out.data.sum().backward()
+    assert x.grad is not None
+
+
 @pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("order", ["identity", "permuted", "none"])
