@@ -197,6 +197,22 @@ def owned_params(params, sizes, num_layers, bidirectional, cell):
         sizes.proj_size)}
 
 
+def wanted_params(param_grads, params):
+    """The names of the parameters whose gradients a backward computes: every one of
+    ``params`` (True), none (False), or those ``param_grads`` names (a collection)."""
+    if isinstance(param_grads, (bool, np.bool_)):
+        return frozenset(params) if param_grads else frozenset()
+    if isinstance(param_grads, str) or not hasattr(param_grads, "__iter__"):
+        raise TypeError("param_grads must be True, False or a collection of parameter names, "
+                        f"got {type(param_grads).__name__}")
+    wanted = frozenset(param_grads)
+    unknown = sorted(str(n) for n in wanted.difference(params))
+    if unknown:
+        raise ValueError(f"param_grads names parameters this network does not have: "
+                         f"{unknown[:5]} (it has {list(params)[:8]}...)")
+    return wanted
+
+
 def check_grad(g, name, dtype, want):
     """A gradient argument of ``want``'s shape and the parameters' dtype."""
     g = check_float_array(g, name, dtype)

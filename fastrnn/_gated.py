@@ -23,8 +23,8 @@ import numpy as np
 from . import _rnn
 from ._engine import (GRU, LSTM, backward_layers, check_cache, forward_layers,
                       grad_output_time_major, grad_state, normalise_inputs, owned,
-                      owned_params)
-from ._layout import directions, from_time_major, layer_keys
+                      owned_params, wanted_params)
+from ._layout import PARAM_KINDS, directions, from_time_major, layer_keys
 from ._memory import cached_allocation
 from .parallel import get_num_threads
 from .precision import resolve
@@ -218,6 +218,7 @@ def _backward(cell, cache, grad_output, grad_states, input_grad, param_grads):
     threads = get_num_threads()
     inverse = _interleave(G, H)[1]
     W = _save_width(cell, sizes)
+    wanted = wanted_params(param_grads, params)
     grads = {}
 
     def layer_backward(layer, d_out):
@@ -232,15 +233,17 @@ def _backward(cell, cache, grad_output, grad_states, input_grad, param_grads):
             w_ih, _, w_hh, _, w_hr = _cell_weights(cell, params, k, sizes)
             w_ihs.append(w_ih)
             save = cache["saves"][layer][d]
+            # a direction's weight gradients, all of them if any is wanted
+            direction_grads = not wanted.isdisjoint(f"{kind}_{k}" for kind in PARAM_KINDS)
             # dLoss/dh_t: read after its step only by the projection's gradient
-            dh = _step_rows(L, N, H_out, dtype, not (sizes.proj_size and param_grads))
+            dh = _step_rows(L, N, H_out, dtype, not (sizes.proj_size and direction_grads))
             _rnn.cell_backward(_KERNEL[cell.name], save, out[:, :, cols], d_out[:, :, cols],
                                states[0][i], states[1][i] if lstm else None, grad_states[0][i],
                                grad_states[1][i] if lstm else None, w_hh, w_hr, lengths, d == 1,
                                da[:, :, gcols], None, dh, grad_states0[0][i],
                                grad_states0[1][i] if lstm else None, threads, bf16=bf16)
             da_d = da[:, :, gcols]
-            if not param_grads:
+            if not direction_grads:
                 continue
             # dW_ih = dAᵀX and db_ih = ΣdA from one reading of its rows
             dw_ih = np.empty((G * H, inp.shape[2]), dtype=dtype)
@@ -283,7 +286,7 @@ def _backward(cell, cache, grad_output, grad_states, input_grad, param_grads):
 
     d_out = backward_layers(np.ascontiguousarray(grad_output), num_layers,
                             cache["dropout_masks"], layer_backward)
-    grads = {name: grads[name] for name in params} if param_grads else None
+    grads = {name: grads[name] for name in params if name in wanted} if wanted else None
     grad_x = None if d_out is None else from_time_major(d_out, unbatched, batch_first)
     grad_states0 = [g[:, 0] if unbatched else g for g in grad_states0]
     return grad_x, grad_states0, grads

@@ -26,6 +26,10 @@ def state_index(layer, direction, bidirectional):
     return layer * directions(bidirectional) + direction
 
 
+#: What a parameter's name says before its direction's suffix (``weight_ih`` of ``weight_ih_l0``)
+PARAM_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+
+
 def param_names(num_layers, bidirectional, bias, proj=False):
     """torch's parameter names (nn.RNN, nn.GRU, nn.LSTM; ``weight_hr`` with a projection),
     in torch's order."""

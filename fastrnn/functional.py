@@ -28,11 +28,12 @@ import numpy as np
 
 from . import _rnn
 from ._engine import (ELMAN, backward_layers, check_cache, forward_layers,
-                      grad_output_time_major, grad_state, normalise_inputs, owned, owned_params)
+                      grad_output_time_major, grad_state, normalise_inputs, owned, owned_params,
+                      wanted_params)
 from ._memory import cached_allocation
 from .parallel import get_num_threads
 from .precision import resolve
-from ._layout import directions, from_time_major, layer_keys
+from ._layout import PARAM_KINDS, directions, from_time_major, layer_keys
 
 __all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward",
            "gru_backward", "available_kernels", "get_kernel", "set_kernel", "openmp_enabled"]
@@ -174,16 +175,18 @@ def rnn_backward(cache, grad_output, grad_h_n=None, *, input_grad=True, param_gr
         Whether to compute ``grad_x``. False skips the first layer's product dA·W_ih (for
         an input that needs no gradient: features rather than an embedding's output) and
         returns None for it; every other result is the same, bit for bit.
-    param_grads : bool, default True
-        Whether to compute the parameters' gradients. False skips their products (most of
-        a backward: for the gradient of the input or initial state alone, a saliency map,
-        say) and returns None for ``grads``; the other results are the same, bit for bit.
+    param_grads : bool or collection of str, default True
+        Which parameters' gradients to compute: all, none (False: for the gradient of the
+        input or initial state alone, a saliency map, say) or those named (frozen layers
+        left out). The products of a layer and direction none of whose parameters is named
+        are skipped, most of a backward; every result computed is the same, bit for bit.
 
     Returns
     -------
     grad_x : ndarray shaped like the forward's input, or None.
     grad_h0 : ndarray shaped like h0.
-    grads : dict mapping every parameter name to its gradient (freshly allocated), or None.
+    grads : dict mapping each parameter name asked for to its gradient (freshly allocated),
+        or None if none was.
     """
     with cached_allocation():
         return _rnn_backward(cache, grad_output, grad_h_n, input_grad, param_grads)
@@ -213,6 +216,7 @@ def _rnn_backward(cache, grad_output, grad_h_n, input_grad, param_grads):
                                          batch_first)
     grad_h_n = grad_state(grad_h_n, "grad_h_n", dtype, (D * num_layers, N, H), unbatched)
     threads = get_num_threads()
+    wanted = wanted_params(param_grads, params)
     grads = {}
     grad_h0 = np.empty_like(h0)
     # dLoss/d(this layer's output): d_out, or, if w_above is set, d_out · w_above (d_out the
@@ -236,7 +240,8 @@ def _rnn_backward(cache, grad_output, grad_h_n, input_grad, param_grads):
                                      d == 1, cache["relu"], da[:, :, cols], grad_h0[i], threads,
                                      *dy[1:], bf16=bf16)
         da2d = da.reshape(L * N, D * H)
-        if param_grads:
+        # (both directions' at once: all of the layer's if any is wanted)
+        if not wanted.isdisjoint(f"{kind}_{k}" for kind in PARAM_KINDS for k in keys):
             # dW_ih = dAᵀ X, dW_hh = dA_dᵀ H_prev (h0 where sequences start) and db = Σ dA,
             # every direction at once, from one reading of dA
             dw_ih = np.empty((D * H, inp.shape[2]), dtype=dtype)
@@ -270,7 +275,7 @@ def _rnn_backward(cache, grad_output, grad_h_n, input_grad, param_grads):
 
     d_out = backward_layers(np.ascontiguousarray(grad_output), num_layers,
                             cache["dropout_masks"], layer_backward)
-    grads = {name: grads[name] for name in params} if param_grads else None
+    grads = {name: grads[name] for name in params if name in wanted} if wanted else None
     grad_x = None if d_out is None else from_time_major(d_out, unbatched, batch_first)
     return grad_x, (grad_h0[:, 0] if unbatched else grad_h0), grads
 

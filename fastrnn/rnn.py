@@ -263,9 +263,10 @@ class RNN(_Recurrent):
         input_grad : bool, default True
             False skips the input's gradient (the first layer's product dA·W_ih, for an
             input that needs none) and returns None for ``grad_x``.
-        param_grads : bool, default True
-            False skips the parameters' gradients (most of the work) and leaves ``p.grad``
-            as it is: for the gradients of the input or h0 alone.
+        param_grads : bool or collection of str, default True
+            Which parameters' gradients to compute and accumulate: all, none (False: for
+            the gradients of the input or h0 alone) or those named (frozen layers left
+            out, their ``p.grad`` as it is). What is skipped is most of the work.
 
         Returns
         -------

@@ -187,11 +187,11 @@ class _RecurrentFunction(torch.autograd.Function):
         # as a Function where the gradients may be differentiated (create_graph, torch.func),
         # so that doing so is refused; an ordinary backward needs no more autograd work, and
         # skips the gradients nobody asked for: the input's (the first layer's dX product),
-        # the weights' (frozen weights: a saliency map, say)
+        # frozen weights' (a saliency map, a fine-tuned top layer)
         transformed = torch.is_grad_enabled() or _functorch_active()
         needs = ctx.needs_input_grad
         input_grad = transformed or needs[4]
-        param_grads = transformed or any(needs[7:])
+        param_grads = transformed or [n for n, need in zip(ctx.names, needs[7:]) if need]
         info = _Box((ctx.mode, ctx.names, len(grad_states), ctx.num_tensors, ctx.cache_skeleton,
                      input_grad, param_grads))
         args = (info, grad_output, *grad_states, *ctx.saved_tensors)
@@ -289,7 +289,7 @@ def _recurrent_backward(mode, names, tensors, cache, grad_output, grad_states, i
                         param_grads):
     """BPTT from the forward's saved ``tensors`` (output, x, h0, c0, weights) and ``cache``:
     the gradients of x (None without ``input_grad``), h0, c0 (None but for an LSTM) and each
-    weight (None without ``param_grads``), as tensors."""
+    weight (None unless ``param_grads`` asks for it), as tensors."""
     output, _x, _h0, _c0, *weights = tensors
     cache["params"] = {name: _numpy(w) for name, w in zip(names, weights)}
     grad_output = (np.zeros(output.shape, dtype=cache["dtype"]) if grad_output is None
@@ -304,8 +304,9 @@ def _recurrent_backward(mode, names, tensors, cache, grad_output, grad_states, i
         backward = functional.gru_backward if mode == "GRU" else functional.rnn_backward
         grad_x, grad_h0, grads = backward(cache, grad_output, grad_states[0], **wanted)
         grad_c0 = None
+    grads = grads or {}
     return (None if grad_x is None else torch.from_numpy(grad_x), torch.from_numpy(grad_h0),
-            grad_c0, *(None if grads is None else torch.from_numpy(grads[name])
+            grad_c0, *(torch.from_numpy(grads[name]) if name in grads else None
                        for name in names))
 
 

@@ -197,9 +197,9 @@ def test_kernel_from_environment():
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("layout,lengths_kind", [("time", None), ("batch", "ragged"),
                                                  ("unbatched", None)])
-@pytest.mark.parametrize("input_grad,param_grads", [(False, True), (True, False),
-                                                    (False, False)],
-                         ids=["no-input-grad", "no-param-grads", "states-only"])
+@pytest.mark.parametrize("input_grad,param_grads", [
+    (False, True), (True, False), (False, False), (True, "top layer"), (False, "one name")],
+    ids=["no-input-grad", "no-param-grads", "states-only", "top-layer", "one-name"])
 def test_backward_of_some_gradients(kernel, rng, cell, num_layers, dropout, bidirectional,
                                     layout, lengths_kind, input_grad, param_grads):
     """input_grad=False: grad_x is None; param_grads=False: grads is None. Every other
@@ -229,6 +229,10 @@ def test_backward_of_some_gradients(kernel, rng, cell, num_layers, dropout, bidi
     grad_state = tuple(grad_states) if name == "lstm" else grad_states[0]
     _, _, cache = forward(x, params, state, **kwargs)
     full = backward(cache, grad_output, grad_state)
+    if param_grads == "top layer":
+        param_grads = [n for n in params if f"_l{num_layers - 1}" in n]
+    elif param_grads == "one name":
+        param_grads = {sorted(params)[-1]}
     partial = backward(cache, grad_output, grad_state, input_grad=input_grad,
                        param_grads=param_grads)
     assert full[0] is not None and full[0].shape == x.shape
@@ -239,9 +243,20 @@ def test_backward_of_some_gradients(kernel, rng, cell, num_layers, dropout, bidi
     as_tuple = (lambda g: g) if name == "lstm" else (lambda g: (g,))
     for a, b in zip(as_tuple(partial[1]), as_tuple(full[1])):
         assert np.array_equal(a, b), "initial state gradient differs"
-    if not param_grads:
+    if param_grads is False:
         assert partial[2] is None
         return
-    assert list(partial[2]) == list(full[2])
-    for k in full[2]:
+    assert list(partial[2]) == [k for k in full[2] if param_grads is True or k in param_grads]
+    for k in partial[2]:
         assert np.array_equal(partial[2][k], full[2][k]), f"grad {k} differs"
+
+
+@pytest.mark.parametrize("param_grads,error", [
+    ("weight_ih_l0", TypeError), (1, TypeError), (["weight_ih_l9"], ValueError),
+    ([3], ValueError)])
+def test_backward_refuses_unknown_param_grads(rng, param_grads, error):
+    params = random_params(rng, I, H, 1, False, True, np.float32)
+    x = rng.standard_normal((L, N, I)).astype(np.float32)
+    out, _, cache = functional.rnn_forward(x, params)
+    with pytest.raises(error, match="param_grads"):
+        functional.rnn_backward(cache, np.ones_like(out), param_grads=param_grads)

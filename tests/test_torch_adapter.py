@@ -267,12 +267,14 @@ def test_outputs_and_gradients_match_torch(num_layers, bidirectional, nonlineari
 
 @pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
 @pytest.mark.parametrize("layout", ["tensor", "packed"])
-@pytest.mark.parametrize("x_grad,frozen", [(False, False), (True, True), (True, False)],
-                         ids=["features", "frozen-weights", "both"])
+@pytest.mark.parametrize("x_grad,frozen", [(False, "none"), (True, "all"),
+                                           (True, "first layer"), (True, "none")],
+                         ids=["features", "frozen-weights", "frozen-first-layer", "all"])
 def test_backward_skips_gradients_nobody_asked_for(name, layout, x_grad, frozen, monkeypatch):
     """An input that does not require grad (features, not an embedding's output) or frozen
-    weights (a saliency map): BPTT is asked for only what autograd needs (the first layer's
-    dX product or the weights' products skipped), and what is asked for is torch's."""
+    weights (a saliency map, a fine-tuned top layer): BPTT is asked for only what autograd
+    needs (the first layer's dX product, frozen layers' weight products skipped), and what
+    is asked for is torch's."""
     torch.manual_seed(9)
     reference = getattr(torch.nn, name)(I, H, num_layers=2, bidirectional=True)
     module = getattr(ft, name)(I, H, num_layers=2, bidirectional=True)
@@ -282,7 +284,7 @@ def test_backward_skips_gradients_nobody_asked_for(name, layout, x_grad, frozen,
     real = getattr(ft.functional, backward_name)
 
     def spy(*args, **kwargs):
-        asked.append((kwargs["input_grad"], kwargs["param_grads"]))
+        asked.append((kwargs["input_grad"], set(kwargs["param_grads"])))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ft.functional, backward_name, spy)
@@ -290,20 +292,24 @@ def test_backward_skips_gradients_nobody_asked_for(name, layout, x_grad, frozen,
     h0 = torch.randn(4, N, H, requires_grad=True)  # its gradient is always computed
     hx = (h0, torch.zeros(4, N, H)) if name == "LSTM" else h0
     lengths = torch.tensor([L, 3, L - 1, 2])
+    trained = [n for n, _ in module.named_parameters()
+               if frozen == "none" or frozen == "first layer" and "_l0" not in n]
     grads = []
     for m in (reference, module):
-        m.requires_grad_(not frozen)
+        for n, p in m.named_parameters():
+            p.requires_grad_(n in trained)
         inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if layout == "packed" \
             else x
         out, _ = m(inp, hx)
         (out.data if layout == "packed" else out).pow(2).sum().backward()
-        grads.append([h0.grad.clone(), *([] if frozen else [p.grad for p in m.parameters()]),
+        params = dict(m.named_parameters())
+        assert [n for n in params if params[n].grad is not None] == trained
+        grads.append([h0.grad.clone(), *(params[n].grad for n in trained),
                       *([x.grad.clone()] if x_grad else [])])
-        assert all(p.grad is None for p in m.parameters()) == frozen
         x.grad = h0.grad = None
     for got, want in zip(grads[1], grads[0]):
         assert_tensors_close(got, want, torch.float32, "gradient")
-    assert asked == [(x_grad, not frozen)]
+    assert asked == [(x_grad, set(trained))]
 
 
 @pytest.mark.parametrize("lengths", [[5, 5], [5, 3]], ids=["whole", "ragged"])

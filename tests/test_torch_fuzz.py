@@ -2,8 +2,9 @@
 
 Random modules (every cell, a projected LSTM, 1-2 layers, bidirectional, bias, batch_first)
 and calls (time-major, batch-first, unbatched and packed input, ragged or whole sequences in
-any sorted order, with or without initial states, the input and the weights requiring grad
-or not, recorded by autograd or not, train or eval mode), each run through torch's module and the adapter with the same weights: every output,
+any sorted order, with or without initial states, the input and the weights (all, none or
+the first layer's frozen) requiring grad or not, recorded by autograd or not, train or eval
+mode), each run through torch's module and the adapter with the same weights: every output,
 state and gradient agrees. Calls autograd does not record may run on the kept stream, so
 each such case is called twice with a weight changed in place in between (through ``p.data``,
 a NumPy view or an optimizer-like ``add_``): the second call must see the change.
@@ -62,7 +63,7 @@ def cases(draw):
     return dict(cell=cell, kwargs=kwargs, dtype=dtype, layout=layout, seq_len=seq_len,
                 batch=batch, lengths=lengths, order=order, with_h0=draw(st.booleans()),
                 grad=draw(st.booleans()), x_grad=draw(st.booleans()),
-                frozen=draw(st.booleans()),
+                frozen=draw(st.sampled_from(["none", "all", "first layer"])),
                 training=draw(st.booleans()),
                 change=draw(st.sampled_from(["data", "numpy", "add_"])),
                 seed=draw(st.integers(0, 2**31 - 1)))
@@ -77,7 +78,9 @@ def build(case):
     module.load_state_dict(reference.state_dict())
     for m in (reference, module):
         m.train(case["training"])
-        m.requires_grad_(not case["frozen"])
+        for name, p in m.named_parameters():
+            p.requires_grad_(case["frozen"] == "none" or
+                             case["frozen"] == "first layer" and "_l0" not in name)
     return reference, module
 
 
