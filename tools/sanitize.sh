@@ -16,7 +16,7 @@
 #      that the sanitized build has OpenMP;
 #   3. runs pytest on that copy with the ASan runtime preloaded, since python itself is not
 #      instrumented:
-#        LD_PRELOAD=$(gcc -print-file-name=libasan.so)
+#        LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so.6)"
 #        ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1   # CPython "leaks" at exit by
 #            # design; oversized allocations (the hardening tests ask for petabytes) must fail
 #            # with NULL -> MemoryError rather than abort
@@ -42,6 +42,11 @@ if [ ! -e "$LIBASAN" ]; then
     echo "sanitize.sh: $CC has no libasan.so (install libasan / gcc's sanitizer runtime)" >&2
     exit 2
 fi
+# libstdc++ preloaded too: ASan's __cxa_throw interceptor finds the real one when it starts,
+# and python itself does not load libstdc++; without it the first C++ exception (torch's
+# errors, raised as RuntimeError) aborts the run ("CHECK failed: asan_interceptors.cpp")
+LIBSTDCXX=$("$CC" -print-file-name=libstdc++.so.6)
+[ -e "$LIBSTDCXX" ] && LIBASAN="$LIBASAN $LIBSTDCXX"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/fastrnn-sanitize.XXXXXX")
 if [ "${KEEP:-0}" = 1 ]; then
