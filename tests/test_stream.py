@@ -995,6 +995,23 @@ def test_module_eval_forward_on_its_stream_in_every_layout(cell, layout, bidirec
     assert module._inference._kept is not None
 
 
+@pytest.mark.parametrize("bad", [[7, 1, 1], [-1, 1, 1], [1.5, 1, 1], [1, 1]],
+                         ids=["too-long", "negative", "fraction", "too-few"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_module_eval_forward_refuses_bad_lengths_as_the_functional_one(bad, bidirectional,
+                                                                       rng):
+    """Eval forwards with lengths (none of them on a kept stream) report bad lengths with
+    the functional forward's own message."""
+    module = build("lstm", rng=rng, bidirectional=bidirectional)
+    x = inputs(rng, module, 6, 3)
+    params = {name: p.data for name, p in module.named_parameters()}
+    with pytest.raises((ValueError, TypeError)) as expected:
+        functional.lstm_forward(x, params, bidirectional=bidirectional, lengths=np.array(bad))
+    with pytest.raises(expected.type) as got:
+        module(x, lengths=np.array(bad))
+    assert str(got.value) == str(expected.value)
+
+
 # sizes in float32 elements: under and over the bytes from which two threads compare, odd
 # ones so that the threads' halves split a float
 COMPARED_SIZES = [[5], [40000, 3], [70001, 65537, 7], [300000]]
