@@ -76,7 +76,7 @@ def _step_rows(L, N, W, dtype, reused):
     if not reused:
         return np.empty((L, N, W), dtype=dtype)  # the kernels zero the rows past a length
     rows = np.empty((1, N, W), dtype=dtype)
-    # (the ndarray constructor: as_strided's Python takes 3 us, a share of a short call)
+    # (the ndarray constructor: as_strided is Python, a noticeable share of a short call)
     return np.ndarray((L, N, W), dtype, rows, 0, (0,) + rows.strides[1:])
 
 
