@@ -208,8 +208,9 @@ def wanted_params(param_grads, params):
     wanted = frozenset(param_grads)
     unknown = sorted(str(n) for n in wanted.difference(params))
     if unknown:
+        known = list(params)
         raise ValueError(f"param_grads names parameters this network does not have: "
-                         f"{unknown[:5]} (it has {list(params)[:8]}...)")
+                         f"{unknown[:5]}; it has {known[:8] + ['...'] * (len(known) > 8)}")
     return wanted
 
 
