@@ -24,7 +24,7 @@ from . import _rnn
 from ._engine import (GRU, LSTM, backward_layers, check_cache, forward_layers,
                       grad_output_time_major, grad_state, normalise_inputs, owned,
                       owned_params, wanted_params)
-from ._layout import PARAM_KINDS, directions, from_time_major, layer_keys
+from ._layout import direction_param_names, directions, from_time_major, layer_keys
 from ._memory import cached_allocation
 from .parallel import get_num_threads
 from .precision import resolve
@@ -235,7 +235,7 @@ def _backward(cell, cache, grad_output, grad_states, input_grad, param_grads):
             w_ihs.append(w_ih)
             save = cache["saves"][layer][d]
             # a direction's weight gradients, all of them if any is wanted
-            direction_grads = not wanted.isdisjoint(f"{kind}_{k}" for kind in PARAM_KINDS)
+            direction_grads = not wanted.isdisjoint(direction_param_names((k,)))
             # dLoss/dh_t: read after its step only by the projection's gradient
             dh = _step_rows(L, N, H_out, dtype, not (sizes.proj_size and direction_grads))
             _rnn.cell_backward(_KERNEL[cell.name], save, out[:, :, cols], d_out[:, :, cols],

@@ -7,8 +7,8 @@ adapter would otherwise each decode: a parameter is ``weight_ih_l{layer}{suffix}
 states are stacked ``(num_layers · D, N, H)`` with the directions of a layer adjacent.
 """
 
-__all__ = ["directions", "layer_keys", "param_names", "param_shapes", "state_index",
-           "to_time_major", "from_time_major"]
+__all__ = ["directions", "direction_param_names", "layer_keys", "param_names", "param_shapes",
+           "state_index", "to_time_major", "from_time_major"]
 
 
 def directions(bidirectional):
@@ -28,6 +28,11 @@ def state_index(layer, direction, bidirectional):
 
 #: What a parameter's name says before its direction's suffix (``weight_ih`` of ``weight_ih_l0``)
 PARAM_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+
+
+def direction_param_names(keys):
+    """Every name a parameter of the directions ``keys`` (:func:`layer_keys`) may have."""
+    return {f"{kind}_{k}" for kind in PARAM_KINDS for k in keys}
 
 
 def param_names(num_layers, bidirectional, bias, proj=False):

@@ -33,7 +33,7 @@ from ._engine import (ELMAN, backward_layers, check_cache, forward_layers,
 from ._memory import cached_allocation
 from .parallel import get_num_threads
 from .precision import resolve
-from ._layout import PARAM_KINDS, directions, from_time_major, layer_keys
+from ._layout import direction_param_names, directions, from_time_major, layer_keys
 
 __all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward",
            "gru_backward", "available_kernels", "get_kernel", "set_kernel", "openmp_enabled"]
@@ -241,7 +241,7 @@ def _rnn_backward(cache, grad_output, grad_h_n, input_grad, param_grads):
                                      *dy[1:], bf16=bf16)
         da2d = da.reshape(L * N, D * H)
         # (both directions' at once: all of the layer's if any is wanted)
-        if not wanted.isdisjoint(f"{kind}_{k}" for kind in PARAM_KINDS for k in keys):
+        if not wanted.isdisjoint(direction_param_names(keys)):
             # dW_ih = dAᵀ X, dW_hh = dA_dᵀ H_prev (h0 where sequences start) and db = Σ dA,
             # every direction at once, from one reading of dA
             dw_ih = np.empty((D * H, inp.shape[2]), dtype=dtype)

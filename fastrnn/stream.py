@@ -21,7 +21,7 @@ from . import _rnn
 from ._engine import CELLS, ELMAN, LSTM, check_float_array, check_params
 from ._gated import _KERNEL as _GATED_KERNEL, _cell_weights
 from .functional import _stacked_input_weights
-from ._layout import layer_keys, param_names, state_index, to_time_major
+from ._layout import PARAM_KINDS, layer_keys, state_index, to_time_major
 from ._memory import cached_allocation
 from .precision import PRECISIONS, resolve
 from ._validate import _check_size
@@ -313,21 +313,21 @@ class KeptStream:
 
 
 def _new_streams(o, N):
-    """The streams of :class:`StreamOptions` ``o`` for a batch of N."""
+    """The streams of :class:`StreamOptions` ``o`` for a batch of N: one, or a one-layer
+    stream per layer and direction (in state_index order) of a bidirectional network."""
     if not o.bidirectional:
-        stream = _PackedStream()
-        stream._start(o.cell, o.num_layers, N, o.input_size, o.hidden_size, o.proj_size,
-                      o.dtype, o.relu, o.batch_first, o.bf16)
-        return [stream]
-    streams = []
-    for layer in range(o.num_layers):
-        for _ in range(2):
-            stream = _PackedStream()
-            stream._start(o.cell, 1, N,
-                          o.input_size if layer == 0 else 2 * (o.proj_size or o.hidden_size),
-                          o.hidden_size, o.proj_size, o.dtype, o.relu, False, o.bf16)
-            streams.append(stream)
-    return streams
+        return [_started(o, o.num_layers, N, o.input_size, o.batch_first)]
+    below = 2 * (o.proj_size or o.hidden_size)  # a layer's input past the first
+    return [_started(o, 1, N, o.input_size if layer == 0 else below, False)
+            for layer in range(o.num_layers) for _ in range(2)]
+
+
+def _started(o, num_layers, N, input_size, batch_first):
+    """A stream of ``o``'s cell and sizes, with these."""
+    stream = _PackedStream()
+    stream._start(o.cell, num_layers, N, input_size, o.hidden_size, o.proj_size, o.dtype,
+                  o.relu, batch_first, o.bf16)
+    return stream
 
 
 def _pack_streams(streams, params):
@@ -336,8 +336,7 @@ def _pack_streams(streams, params):
     if len(streams) == 1:
         streams[0]._pack(params)
         return
-    one_layer = param_names(1, False, True, True)  # every name a one-layer network may have
     for i, stream in enumerate(streams):
         k = layer_keys(i // 2, True)[i % 2]  # (streams in state_index order)
-        stream._pack({name: params[name[:-2] + k] for name in one_layer
-                      if name[:-2] + k in params})
+        stream._pack({f"{kind}_l0": params[f"{kind}_{k}"] for kind in PARAM_KINDS
+                      if f"{kind}_{k}" in params})
