@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import _rnn
 from ._layout import directions, param_shapes, to_time_major
 
 
@@ -250,7 +251,7 @@ def check_cache(cache, keys, cell, layer_arrays):
     every array backward hands the kernels, against the cache's own parameters. O(layers).
 
     ``layer_arrays(cache, layer, L, N, sizes, D)`` lists the (array, shape, dtype) of a
-    layer's cell-specific entries. Returns the Sizes."""
+    layer's cell-specific entries. Returns the Sizes and the shortest of the lengths."""
     if not isinstance(cache, dict) or not keys <= cache.keys():
         raise TypeError(f"cache must be the dict returned by {cell.name.lower()}_forward "
                         f"(with keep_cache=True)")
@@ -282,9 +283,11 @@ def check_cache(cache, keys, cell, layer_arrays):
             raise ValueError(f"cache entries do not match its parameters: expected a {shape} "
                              f"{np.dtype(kind)} array, got "
                              f"{getattr(array, 'shape', type(array).__name__)}")
-    if N and (cache["lengths"].min() < 0 or cache["lengths"].max() > L):
-        raise ValueError(f"cache lengths must be in [0, {L}]")
-    return sizes
+    try:
+        shortest = _rnn.shortest_length(cache["lengths"], L)
+    except ValueError as e:
+        raise ValueError(f"cache {e}") from None
+    return sizes, shortest
 
 
 def forward_layers(x, num_layers, dropout_masks, keep_cache, layer_forward):

@@ -42,16 +42,17 @@ def _interleave(gates, hidden_size):
     return perm, inverse
 
 
-def _cell_weights(cell, params, k, sizes):
+def _cell_weights(cell, params, k, sizes, biases=True):
     """A direction's weights for the kernels: W_ih and W_hh (contiguous, torch's order), b
     (P's bias, gate-interleaved, or None), b_hh (added to h W_hhᵀ: the GRU's b_hn,
-    gate-interleaved, else None), W_hr or None."""
+    gate-interleaved, else None), W_hr or None. Without ``biases`` (backward does not read
+    them), b and b_hh are None."""
     H = sizes.hidden_size
     perm = _interleave(cell.gates, H)[0]
     w_ih = np.ascontiguousarray(params[f"weight_ih_{k}"])
     w_hh = np.ascontiguousarray(params[f"weight_hh_{k}"])
     b = b_hh = None
-    if sizes.bias:
+    if sizes.bias and biases:
         b_i, b_h = np.asarray(params[f"bias_ih_{k}"]), np.asarray(params[f"bias_hh_{k}"])
         if cell is LSTM:
             b = (b_i + b_h)[perm]
@@ -87,11 +88,11 @@ def _save_width(cell, sizes):
 
 
 def _forward(cell, x, params, states, num_layers, bidirectional, batch_first, lengths,
-             dropout_masks, keep_cache, precision):
+             dropout_masks, keep_cache, precision, copy):
     given_x, given_states, given_masks = x, states, dropout_masks
     x, states, lengths, sizes, unbatched, dropout_masks = normalise_inputs(
         cell, x, states, lengths, params, num_layers, bidirectional, batch_first, dropout_masks)
-    if keep_cache:
+    if keep_cache and copy:
         # backward must see what this forward saw
         x = owned(x, given_x)
         states = [owned(s, g) for s, g in zip(states, given_states)]
@@ -170,7 +171,7 @@ def _check_gated_cache(cache, cell):
     return check_cache(cache, _CACHE_KEYS, cell, layer_arrays)
 
 
-def _recurrent_weight_grads(dr, out, h0, lengths, reverse, dw_hh, db_hh, threads, bf16,
+def _recurrent_weight_grads(dr, out, h0, lengths, whole, reverse, dw_hh, db_hh, threads, bf16,
                             gates_hidden):
     """dW_hh = Σ dRᵀ H_prev (its rows in torch's gate order: ``gates_hidden`` is (G, H))
     and (db_hh not None) db_hh = Σ dR (gate-interleaved), with no array of H_prev.
@@ -179,7 +180,7 @@ def _recurrent_weight_grads(dr, out, h0, lengths, reverse, dw_hh, db_hh, threads
     all rows but each sequence's first step are one GEMM on the outputs shifted in time
     (views); the first steps read h0, a GEMM of N rows added to it. Past a length dR is 0
     and the outputs are 0, so the shifted rows there add nothing. dr: (L, N, G·H) rows of
-    one direction; out: its (L, N, H_out) outputs.
+    one direction; out: its (L, N, H_out) outputs; ``whole``: every length is L.
     """
     L, N = out.shape[:2]
     rows = lambda a: a.reshape(-1, a.shape[2])  # (steps, N, ·) -> (steps·N, ·), a view
@@ -191,25 +192,30 @@ def _recurrent_weight_grads(dr, out, h0, lengths, reverse, dw_hh, db_hh, threads
         dw_hh[:] = 0
         if db_hh is not None:
             db_hh[:] = 0
-    running = np.nonzero(lengths > 0)[0]
-    first = dr[lengths[running] - 1 if reverse else np.zeros_like(running), running]
-    _rnn.gemm(first, h0[running], dw_hh, None, True, threads, True, None, bf16,
+    if whole:  # (the same rows as the gathers below would give, as views)
+        first, h_first, left_out = dr[L - 1 if reverse else 0], h0, slice(None)
+    else:
+        running = np.nonzero(lengths > 0)[0]
+        first = dr[lengths[running] - 1 if reverse else np.zeros_like(running), running]
+        h_first = h0[running]
+        left_out = lengths[running] == L if reverse else slice(None)
+    _rnn.gemm(first, h_first, dw_hh, None, True, threads, True, None, bf16,
               c_gate_layout=gates_hidden)
     if db_hh is not None:
         # the bias sums every row once: the shifted GEMM summed all steps but the last
         # (reverse) or the first (forward), so add the first steps it left out
-        left_out = lengths[running] == L if reverse else slice(None)
         db_hh += first[left_out].sum(axis=0)
 
 
 def _backward(cell, cache, grad_output, grad_states, input_grad, param_grads):
-    sizes = _check_gated_cache(cache, cell)
+    sizes, shortest = _check_gated_cache(cache, cell)
     params, states, lengths = cache["params"], cache["states"], cache["lengths"]
     D, unbatched, batch_first = cache["D"], cache["unbatched"], cache["batch_first"]
     num_layers, dtype, bf16 = cache["num_layers"], sizes.dtype, cache["bf16"]
     H, H_out, G = sizes.hidden_size, sizes.out, cell.gates
     lstm = cell is LSTM
     L, N = cache["layer_inputs"][0].shape[:2]
+    whole = L > 0 and shortest == L  # every sequence L steps long
     grad_output = grad_output_time_major(grad_output, dtype, L, N, D * H_out, unbatched,
                                          batch_first)
     names = ("grad_h_n", "grad_c_n")
@@ -231,7 +237,7 @@ def _backward(cell, cache, grad_output, grad_states, input_grad, param_grads):
         for d, k in enumerate(keys):
             i, cols, gcols = layer * D + d, slice(d * H_out, (d + 1) * H_out), \
                 slice(d * G * H, (d + 1) * G * H)
-            w_ih, _, w_hh, _, w_hr = _cell_weights(cell, params, k, sizes)
+            w_ih, _, w_hh, _, w_hr = _cell_weights(cell, params, k, sizes, biases=False)
             w_ihs.append(w_ih)
             save = cache["saves"][layer][d]
             # a direction's weight gradients, all of them if any is wanted
@@ -278,8 +284,8 @@ def _backward(cell, cache, grad_output, grad_states, input_grad, param_grads):
                 _rnn.gru_recurrent_side(da_d, save, threads)
             dw_hh = np.empty((G * H, H_out), dtype=dtype)
             db_hh = np.empty(G * H, dtype=dtype) if sizes.bias and not lstm else None
-            _recurrent_weight_grads(da_d, out_d, h0, lengths, reverse, dw_hh, db_hh, threads,
-                                    bf16, (G, H))
+            _recurrent_weight_grads(da_d, out_d, h0, lengths, whole, reverse, dw_hh, db_hh,
+                                    threads, bf16, (G, H))
             grads[f"weight_hh_{k}"] = dw_hh
             if db_hh is not None:
                 grads[f"bias_hh_{k}"] = db_hh[inverse]
@@ -305,7 +311,7 @@ def _pair(hx, name):
 
 
 def lstm_forward(x, params, hx=None, *, num_layers=1, bidirectional=False, batch_first=False,
-                 lengths=None, dropout_masks=None, keep_cache=True, precision=None):
+                 lengths=None, dropout_masks=None, keep_cache=True, precision=None, copy=True):
     """Forward pass of a multi-layer, optionally bidirectional LSTM (torch.nn.LSTM), compiled.
 
     Parameters
@@ -315,7 +321,7 @@ def lstm_forward(x, params, hx=None, *, num_layers=1, bidirectional=False, batch
         a projection: proj_size P > 0, h is P wide, c is H wide).
     hx : None or a pair (h0, c0), either None for zeros: h0 (D·num_layers, N, H_out),
         c0 (D·num_layers, N, H) (2-D unbatched).
-    lengths, dropout_masks, keep_cache, precision
+    lengths, dropout_masks, keep_cache, precision, copy
         As in :func:`fastrnn.functional.rnn_forward` (masks (L, N, D·H_out)); with bfloat16
         products, c stays float32.
 
@@ -323,13 +329,14 @@ def lstm_forward(x, params, hx=None, *, num_layers=1, bidirectional=False, batch
     -------
     output : ndarray (L, N, D·H_out) in ``x``'s layout; read-only if ``keep_cache``.
     (h_n, c_n) : the states at each sequence's last step (h0, c0 for a length of 0).
-    cache : dict for :func:`lstm_backward`, or None. It owns everything backward reads.
+    cache : dict for :func:`lstm_backward`, or None. It owns everything backward reads
+        (unless ``copy`` is False).
     """
     h0, c0 = _pair(hx, "hx")
     with cached_allocation():
         output, (h_n, c_n), cache = _forward(LSTM, x, params, [h0, c0], num_layers,
                                              bidirectional, batch_first, lengths,
-                                             dropout_masks, keep_cache, precision)
+                                             dropout_masks, keep_cache, precision, copy)
     return output, (h_n, c_n), cache
 
 
@@ -346,7 +353,7 @@ def lstm_backward(cache, grad_output, grad_hx=None, *, input_grad=True, param_gr
 
 
 def gru_forward(x, params, h0=None, *, num_layers=1, bidirectional=False, batch_first=False,
-                lengths=None, dropout_masks=None, keep_cache=True, precision=None):
+                lengths=None, dropout_masks=None, keep_cache=True, precision=None, copy=True):
     """Forward pass of a multi-layer, optionally bidirectional GRU (torch.nn.GRU), compiled.
 
     The arguments are :func:`fastrnn.functional.rnn_forward`'s (without ``nonlinearity``),
@@ -355,7 +362,7 @@ def gru_forward(x, params, h0=None, *, num_layers=1, bidirectional=False, batch_
     with cached_allocation():
         output, (h_n,), cache = _forward(GRU, x, params, [h0], num_layers, bidirectional,
                                          batch_first, lengths, dropout_masks, keep_cache,
-                                         precision)
+                                         precision, copy)
     return output, h_n, cache
 
 

@@ -62,7 +62,7 @@ if os.environ.get("FASTRNN_KERNEL"):
 
 def rnn_forward(x, params, h0=None, *, num_layers=1, nonlinearity="tanh", bidirectional=False,
                 batch_first=False, lengths=None, dropout_masks=None, keep_cache=True,
-                precision=None):
+                precision=None, copy=True):
     """Forward pass of a multi-layer, optionally bidirectional Elman RNN (compiled).
 
     Parameters
@@ -86,6 +86,12 @@ def rnn_forward(x, params, h0=None, *, num_layers=1, nonlinearity="tanh", bidire
         Of the matrix products (:mod:`fastrnn.precision`): 'bfloat16' rounds their operands
         to bfloat16 and sums in float32 (float32 arrays only); None follows
         :func:`fastrnn.set_matmul_precision`. Backward uses the forward's.
+    copy : bool, default True
+        Whether the cache holds copies of the arguments backward reads (``x``, ``h0``, the
+        parameters, the dropout masks). False saves the copies' time and memory when the
+        caller guarantees that these arrays are not changed before backward
+        (:mod:`fastrnn.torch` does: torch's version counters of the saved tensors refuse
+        a backward after an in-place change).
 
     Returns
     -------
@@ -93,19 +99,19 @@ def rnn_forward(x, params, h0=None, *, num_layers=1, nonlinearity="tanh", bidire
         ``keep_cache``, since backward reads it.
     h_n : ndarray, (D·num_layers, N, H) (2-D if unbatched)
     cache : dict or None
-        What :func:`rnn_backward` needs. It owns everything backward reads: arguments that
-        backward depends on (``x``, ``h0``, ``lengths``, the parameters, the dropout masks)
-        are copied, so changing or rebinding them after this call does not change the
-        gradients.
+        What :func:`rnn_backward` needs. Unless ``copy`` is False, it owns everything
+        backward reads: arguments that backward depends on (``x``, ``h0``, ``lengths``, the
+        parameters, the dropout masks) are copied, so changing or rebinding them after this
+        call does not change the gradients (``lengths`` is copied in any case).
     """
     # the same large arrays every call: reuse their memory rather than fault in fresh pages
     with cached_allocation():
         return _rnn_forward(x, params, h0, num_layers, nonlinearity, bidirectional,
-                            batch_first, lengths, dropout_masks, keep_cache, precision)
+                            batch_first, lengths, dropout_masks, keep_cache, precision, copy)
 
 
 def _rnn_forward(x, params, h0, num_layers, nonlinearity, bidirectional, batch_first, lengths,
-                 dropout_masks, keep_cache, precision):
+                 dropout_masks, keep_cache, precision, copy):
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or 'relu'.")
     given_x, given_h0, given_masks = x, h0, dropout_masks
@@ -113,7 +119,7 @@ def _rnn_forward(x, params, h0, num_layers, nonlinearity, bidirectional, batch_f
         ELMAN, x, [h0], lengths, params, num_layers, bidirectional, batch_first, dropout_masks)
     dtype, H, bias = sizes.dtype, sizes.hidden_size, sizes.bias
     bf16 = resolve(precision, dtype)
-    if keep_cache:
+    if keep_cache and copy:
         # backward must see what this forward saw (a copy costs about one more reading of
         # each argument; detecting a change later would cost two and still fail the call)
         x, h0 = owned(x, given_x), owned(h0, given_h0)

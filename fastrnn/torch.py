@@ -264,8 +264,11 @@ def _recurrent_forward(options, lengths, masks, x, h0, c0, weights, keep_cache):
     mode, names, num_layers, nonlinearity, bidirectional, batch_first, precision = options
     params = {name: _numpy(w) for name, w in zip(names, weights)}
     h0n, c0n = (None if s is None else _numpy(s) for s in (h0, c0))
+    # no copies for the cache: x, the states and the weights are saved tensors (their
+    # version counters refuse a backward after an in-place change), the masks are our own
     kw = dict(num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
-              lengths=lengths, dropout_masks=masks, keep_cache=keep_cache, precision=precision)
+              lengths=lengths, dropout_masks=masks, keep_cache=keep_cache, precision=precision,
+              copy=False)
     if mode == "LSTM":
         output, states, cache = functional.lstm_forward(_numpy(x), params, (h0n, c0n), **kw)
     elif mode == "GRU":

@@ -192,6 +192,35 @@ def test_gated_cache_owns_what_backward_reads(rng, cell_proj):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("cell_proj", CELLS)
+def test_gated_cache_without_copies(rng, cell_proj):
+    """copy=False: the cache refers to the caller's x, states, parameters and masks (no
+    copies), gives the same results bit for bit, and still copies lengths."""
+    cell, proj = cell_proj
+    params = random_gated_params(rng, cell, I, H, 2, True, True, np.float32, proj)
+    x, states, lengths, gy, gs = _inputs(rng, cell, "time", "ragged", True, 2, True,
+                                         np.float32, proj)
+    masks = [rng.uniform(0, 2, (L, N, 2 * (proj or H))).astype(np.float32)]
+    fwd, bwd = ((functional.lstm_forward, functional.lstm_backward) if cell == "lstm"
+                else (functional.gru_forward, functional.gru_backward))
+    pack = (lambda s: tuple(s)) if cell == "lstm" else (lambda s: s[0])
+    kwargs = dict(num_layers=2, bidirectional=True, lengths=lengths, dropout_masks=masks)
+    copied = fwd(x, params, pack(states), **kwargs)
+    shared = fwd(x, params, pack(states), copy=False, **kwargs)
+    cache = shared[2]
+    assert np.shares_memory(cache["layer_inputs"][0], x)
+    assert all(np.shares_memory(a, b) for a, b in zip(cache["states"], states))
+    assert all(cache["params"][k] is params[k] for k in params)
+    assert np.shares_memory(cache["dropout_masks"][0], masks[0])
+    lengths[:] = 10 ** 6  # still the forward's own copy
+    got = [*shared[:2], *bwd(cache, gy, pack(gs))]
+    want = [*copied[:2], *bwd(copied[2], gy, pack(gs))]
+    arrays = lambda r: [a for v in r for a in (v.values() if isinstance(v, dict) else
+                                              v if isinstance(v, tuple) else [v])]
+    assert len(arrays(got)) == len(arrays(want)) == (6 if cell == "lstm" else 4) + len(params)
+    assert all(np.array_equal(a, b) for a, b in zip(arrays(got), arrays(want)))
+
+
 def _lstm_params(rng, proj=0, dtype=np.float32, **kw):
     return random_gated_params(rng, "lstm", I, H, kw.get("layers", 1), False, True, dtype, proj)
 

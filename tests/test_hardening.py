@@ -796,6 +796,28 @@ def test_functional_cache_owns_what_backward_reads(change):
     assert all(np.array_equal(grads[k], want[k]) for k in want)
 
 
+def test_functional_cache_without_copies():
+    """copy=False: the cache refers to the caller's x, h0, parameters and masks instead of
+    copies, with bitwise the same results; lengths are still copied."""
+    x, h0, lengths, gy, ghn = inputs_for(lengths_kind="ragged")
+    masks = make_dropout_masks(np.random.default_rng(2), LAYERS, L, N, H, True, 0.3, np.float32)
+    params = params_for()
+    lengths = np.array(lengths, np.int64)
+    kwargs = dict(num_layers=LAYERS, bidirectional=True, lengths=lengths, dropout_masks=masks)
+    out, h_n, cache = functional.rnn_forward(x, params, h0, copy=False, **kwargs)
+    assert np.shares_memory(cache["layer_inputs"][0], x) and np.shares_memory(cache["h0"], h0)
+    assert all(cache["params"][k] is params[k] for k in params)
+    assert all(np.shares_memory(a, b) for a, b in zip(cache["dropout_masks"], masks))
+    lengths_given = lengths.copy()
+    lengths[:] = 10 ** 6  # still the forward's own copy
+    got = (out, h_n, *functional.rnn_backward(cache, gy, ghn))
+    out, h_n, clean = functional.rnn_forward(x, params, h0, **dict(kwargs, lengths=lengths_given))
+    want = (out, h_n, *functional.rnn_backward(clean, gy, ghn))
+    assert all(np.array_equal(a, b) for a, b in zip(got[:4], want[:4]))
+    assert got[4].keys() == want[4].keys()
+    assert all(np.array_equal(got[4][k], want[4][k]) for k in want[4])
+
+
 def test_module_backward_unaffected_by_changes_after_forward():
     """The issue's crash: ``rnn(x, lengths=buf); buf[:] = 10**6; rnn.backward(g)``, and the
     same for x and a parameter changed in place before backward."""

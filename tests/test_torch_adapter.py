@@ -505,13 +505,19 @@ def test_backward_frees_the_cache(monkeypatch):
     assert refs[0]() is None, "the BPTT cache outlived backward"
 
 
-@pytest.mark.parametrize("modified", ["output", "weight", "input"])
-def test_in_place_modification_before_backward_is_an_error(modified):
-    module = ft.RNN(I, H)
+@pytest.mark.parametrize("name, modified", [
+    (name, modified) for name in ("RNN", "LSTM")
+    for modified in ("output", "weight", "input", "h0") + (("c0",) if name == "LSTM" else ())])
+def test_in_place_modification_before_backward_is_an_error(name, modified):
+    """What BPTT reads is saved for backward, not copied: changing it in place in between is
+    torch's error, as for torch's modules."""
+    module = getattr(ft, name)(I, H)
     x = torch.randn(L, N, I, requires_grad=modified == "input")
-    out, _ = module(x)
+    states = (torch.randn(1, N, H), torch.randn(1, N, H))
+    out, _ = module(x, states if name == "LSTM" else states[0])
     with torch.no_grad():
-        {"output": out, "weight": module.weight_hh_l0, "input": x}[modified].mul_(2)
+        {"output": out, "weight": module.weight_hh_l0, "input": x, "h0": states[0],
+         "c0": states[1]}[modified].mul_(2)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
 
