@@ -22,3 +22,4 @@
 #undef KSTEP
 #undef KUNIT
 #undef CHUNK
+#undef FR_TRANSPOSE_TILES
