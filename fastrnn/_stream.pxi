@@ -339,11 +339,38 @@ cdef class StreamCore:
         self.plan.width = (0 if cell == STREAM_ELMAN else
                            G * hidden_size + hidden_size + (hidden_size if proj_size else 0))
         self.batch_first = batch_first
-        self._h = np.zeros((2, num_layers, batch_size, H_out), dtype=self.dtype)
-        self._save = np.zeros((2, num_layers, batch_size, self.plan.width), dtype=self.dtype)
-        self._r = np.zeros((batch_size, G * hidden_size if cell != STREAM_ELMAN else 0),
-                           dtype=self.dtype)
-        self._xstage = np.empty((batch_size, input_size), dtype=self.dtype)
+        self._biases = [None] * (2 * num_layers)
+        self._size_batch(num_layers, batch_size)
+        cdef size_t n = num_layers * sizeof(void *)
+        self.plan.w_ih = <void **> calloc(1, n)
+        self.plan.w_hh = <void **> calloc(1, n)
+        self.plan.w_hr = <void **> calloc(1, n)
+        self.plan.bias = <void **> calloc(1, n)
+        self.plan.b_hh = <void **> calloc(1, n)
+        self.plan.layers = num_layers
+        if (self.plan.w_ih == NULL or self.plan.w_hh == NULL or self.plan.w_hr == NULL
+                or self.plan.bias == NULL or self.plan.b_hh == NULL):
+            raise MemoryError("could not allocate a stream")
+
+    cdef void _size_batch(self, int num_layers, int batch_size) except *:
+        """(Re)allocate what depends on the batch: the state (zero), the step's scratch and
+        the row pointers, for ``batch_size`` rows; the packed weights stay."""
+        cdef void **rows = <void **> malloc(7 * batch_size * sizeof(void *))
+        if rows == NULL:
+            raise MemoryError("could not allocate a stream")
+        cdef int G = self.plan.G, H = self.plan.H, H_out = self.plan.H_out
+        try:
+            h = np.zeros((2, num_layers, batch_size, H_out), dtype=self.dtype)
+            save = np.zeros((2, num_layers, batch_size, self.plan.width), dtype=self.dtype)
+            r = np.zeros((batch_size, G * H if self.plan.cell != STREAM_ELMAN else 0),
+                         dtype=self.dtype)
+            xstage = np.empty((batch_size, self.plan.input_size), dtype=self.dtype)
+        except BaseException:
+            free(rows)
+            raise
+        free(self.plan.rows)
+        self.plan.rows = rows
+        self._h, self._save, self._r, self._xstage = h, save, r, xstage
         self._chunk = np.empty((0, batch_size, H_out), dtype=self.dtype)
         views = []
         for half in range(2):
@@ -351,21 +378,22 @@ cdef class StreamCore:
             v.flags.writeable = False  # the caller's view of the state: not to be written
             views.append(v)
         self._outputs = tuple(views)
-        self._biases = [None] * (2 * num_layers)
         self.plan.h = <char *> cnp.PyArray_DATA(self._h)
         self.plan.save = <char *> cnp.PyArray_DATA(self._save)
         self.plan.r = <char *> cnp.PyArray_DATA(self._r)
-        cdef size_t n = num_layers * sizeof(void *)
-        self.plan.w_ih = <void **> calloc(1, n)
-        self.plan.w_hh = <void **> calloc(1, n)
-        self.plan.w_hr = <void **> calloc(1, n)
-        self.plan.bias = <void **> calloc(1, n)
-        self.plan.b_hh = <void **> calloc(1, n)
-        self.plan.rows = <void **> malloc(7 * batch_size * sizeof(void *))
-        self.plan.layers = num_layers
-        if (self.plan.w_ih == NULL or self.plan.w_hh == NULL or self.plan.w_hr == NULL
-                or self.plan.bias == NULL or self.plan.b_hh == NULL or self.plan.rows == NULL):
-            raise MemoryError("could not allocate a stream")
+        self.plan.N = batch_size
+        self.parity = 0
+
+    def _resize_batch(self, int batch_size):
+        """Run ``batch_size`` rows from now on, on the weights packed already: the state is
+        zero again and the views returned so far no longer follow it."""
+        if self.running or self.busy:
+            raise RuntimeError("this stream is in use by another thread")
+        if self.plan.w_ih == NULL:
+            raise RuntimeError("the stream is not set up")
+        if batch_size < 1:
+            raise ValueError("a stream needs positive sizes")
+        self._size_batch(self.plan.layers, batch_size)
 
     cdef void *_packed(self, w, fr_index K, fr_index N, bint gated) except NULL:
         """op(W)ᵀ of a row-major (N, K) ``w`` packed for the step kernels (fr_aligned_free

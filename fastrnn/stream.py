@@ -54,6 +54,11 @@ class _PackedStream(_rnn.StreamCore):
             self._setup(_KERNEL[self._cell.name], num_layers, batch_size, input_size,
                         hidden_size, proj_size, dtype, relu, batch_first, bf16)
 
+    def _resize(self, batch_size):
+        """Run ``batch_size`` rows from now on, on the weights packed already (state zero)."""
+        with cached_allocation():
+            self._resize_batch(batch_size)
+
     def _pack(self, params):
         """Pack ``params`` (parameter arrays by torch's names) as the stream's weights."""
         sizes = check_params(params, self._num_layers, False, self._cell)
@@ -272,7 +277,7 @@ class KeptStream:
     def _run(self, options, params, x, states):
         N = x.shape[0] if options.batch_first else x.shape[1]
         arrays = list(params.values())
-        key = (options, N, tuple(params))
+        key = (options, tuple(params))
         if self._kept is None or self._kept[0] != key:
             self._kept = None  # (the old streams' memory first)
             streams, copies = _new_streams(options, N), [a.copy() for a in arrays]
@@ -280,6 +285,9 @@ class KeptStream:
             self._kept = (key, streams, copies)
         else:
             _, streams, copies = self._kept
+            if streams[0].batch_size != N:  # the packed weights serve any batch
+                for stream in streams:
+                    stream._resize(N)
             if not _rnn.same_contents(arrays, copies):
                 for a, c in zip(arrays, copies):
                     c[...] = a

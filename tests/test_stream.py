@@ -995,6 +995,51 @@ def test_module_eval_forward_on_its_stream_in_every_layout(cell, layout, bidirec
     assert module._inference._kept is not None
 
 
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
+def test_module_eval_forward_packs_once_for_any_batch(cell, bidirectional, batch_first, rng,
+                                                      monkeypatch):
+    """Short eval forwards of batches that change size from call to call (a server's dynamic
+    batches) run on the kept streams with the weights they packed at the first call, resized
+    to each batch: bitwise the functional forward every time, the state never carried from
+    the call before."""
+    from fastrnn import stream as stream_module
+    packs = []
+    real_pack = stream_module._pack_streams
+    monkeypatch.setattr(stream_module, "_pack_streams",
+                        lambda streams, params: (packs.append(len(streams)),
+                                                 real_pack(streams, params)))
+    module = build(cell, num_layers=2, rng=rng, bidirectional=bidirectional,
+                   batch_first=batch_first)
+    for steps, batch in [(3, 4), (5, 1), (2, 9), (3, 4), (24, 16), (1, 2)]:
+        x = inputs(rng, module, steps, batch)
+        state = random_state(rng, module, batch) if batch % 2 else None
+        whole(module, x, state)
+        assert module._inference._kept[1][0].batch_size == batch
+    assert packs == [2 * module.num_layers if bidirectional else 1]
+    module.weight_hh_l0.data[...] *= -1  # a change is still repacked, at the size of the batch
+    x = inputs(rng, module, 2, 3)
+    whole(module, x)
+    assert len(packs) == 2
+
+
+def test_stream_core_resize_refusals(rng):
+    module = build("lstm", rng=rng)
+    stream = module.stream(2)
+    with pytest.raises(ValueError, match="positive"):
+        stream._resize(0)
+    stream._acquire()
+    try:
+        with pytest.raises(RuntimeError, match="in use"):
+            stream._resize(3)
+    finally:
+        stream._release()
+    stream._resize(3)
+    x = inputs(rng, module, 4, 3)
+    assert np.array_equal(stream(x), whole(module, x)[0])  # the state zero, three rows
+
+
 @pytest.mark.parametrize("bad", [[7, 1, 1], [-1, 1, 1], [1.5, 1, 1], [1, 1]],
                          ids=["too-long", "negative", "fraction", "too-few"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
