@@ -184,14 +184,11 @@ def _recurrent_weight_grads(dr, out, h0, lengths, whole, reverse, dw_hh, db_hh, 
     """
     L, N = out.shape[:2]
     rows = lambda a: a.reshape(-1, a.shape[2])  # (steps, N, ·) -> (steps·N, ·), a view
-    if L > 1:
+    shifted_rows = L > 1  # (one step: the first steps' GEMM alone writes dW_hh and db_hh)
+    if shifted_rows:
         shifted = (dr[:-1], out[1:]) if reverse else (dr[1:], out[:-1])
         _rnn.gemm(rows(shifted[0]), rows(shifted[1]), dw_hh, None, False, threads, True, db_hh,
                   bf16, c_gate_layout=gates_hidden)
-    else:
-        dw_hh[:] = 0
-        if db_hh is not None:
-            db_hh[:] = 0
     if whole:  # (the same rows as the gathers below would give, as views)
         first, h_first, left_out = dr[L - 1 if reverse else 0], h0, slice(None)
     else:
@@ -199,9 +196,9 @@ def _recurrent_weight_grads(dr, out, h0, lengths, whole, reverse, dw_hh, db_hh, 
         first = dr[lengths[running] - 1 if reverse else np.zeros_like(running), running]
         h_first = h0[running]
         left_out = lengths[running] == L if reverse else slice(None)
-    _rnn.gemm(first, h_first, dw_hh, None, True, threads, True, None, bf16,
-              c_gate_layout=gates_hidden)
-    if db_hh is not None:
+    _rnn.gemm(first, h_first, dw_hh, None, shifted_rows, threads, True,
+              None if shifted_rows else db_hh, bf16, c_gate_layout=gates_hidden)
+    if db_hh is not None and shifted_rows:
         # the bias sums every row once: the shifted GEMM summed all steps but the last
         # (reverse) or the first (forward), so add the first steps it left out
         db_hh += first[left_out].sum(axis=0)
