@@ -1,6 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""A cache of large freed NumPy data blocks, reused by later allocations of the same size,
-and every block aligned to a cache line (src_c/aligned_memory.h says why).
+"""A cache of large freed NumPy data blocks, reused by later allocations of the same size or
+somewhat smaller, and every block aligned to a cache line (src_c/aligned_memory.h says why).
 
 A training step allocates the same large arrays every time (layer outputs, dA, gradients).
 Memory fresh from the operating system costs a page fault per page and the kernel's zeroing
@@ -9,7 +9,10 @@ such blocks to the system after every call.
 
 Arrays allocated while ``cached_allocation()`` is active (NumPy's per-context allocator
 hook, NEP 49; other threads and contexts are unaffected) give their block to the cache when
-they are freed, wherever that happens; an allocation of the same byte size takes it back.
+they are freed, wherever that happens; an allocation takes back the smallest cached block
+that holds it and is at most twice its size (a training loop over batches of varying
+sequence lengths asks for varying sizes every step). Blocks are counted by what they hold,
+not by what the array in them uses.
 The cache never holds more than the most bytes its blocks ever had in use at once (so it at
 most doubles what fastrnn itself held at its peak), releases a block that was not taken back
 while 256 others were cached, and ``empty_cache()`` frees it all.
@@ -27,6 +30,9 @@ cimport numpy as cnp
 cnp.import_array()
 
 cdef extern from "aligned_memory.h" nogil:
+    ctypedef struct fr_aligned_header:
+        size_t bytes
+    fr_aligned_header fr_aligned_header_of(const void *p)
     void *fr_aligned_alloc(size_t bytes)
     void *fr_aligned_realloc(void *p, size_t bytes)
     void fr_aligned_free(void *p)
@@ -84,17 +90,24 @@ cdef int _oldest() noexcept nogil:
 
 
 cdef void *_take(size_t size) noexcept nogil:
-    """A cached block of exactly ``size`` bytes, or NULL."""
+    """The smallest cached block of ``size`` to ``2 * size`` bytes, or NULL."""
     cdef void *p = NULL
-    cdef int i
+    cdef int i, best = -1
     PyThread_acquire_lock(lock, WAIT_LOCK)
     for i in range(nblocks):
-        if blocks[i].size == size:
-            p = blocks[i].ptr
-            _drop(i)
-            break
+        if (size <= blocks[i].size and blocks[i].size // 2 <= size
+                and (best < 0 or blocks[i].size < blocks[best].size)):
+            best = i
+    if best >= 0:
+        p = blocks[best].ptr
+        _drop(best)
     PyThread_release_lock(lock)
     return p
+
+
+cdef inline size_t _capacity(const void *p) noexcept nogil:
+    """The bytes a block holds (at least what its array uses)."""
+    return fr_aligned_header_of(p).bytes
 
 
 cdef void *_count_live(void *p, size_t size) noexcept nogil:
@@ -115,7 +128,7 @@ cdef void *_malloc(void *ctx, size_t size) noexcept nogil:
         p = fr_aligned_alloc(size)
         if p != NULL:
             fr_advise_huge(p, size)
-    return _count_live(p, size)
+    return _count_live(p, _capacity(p)) if p != NULL else NULL
 
 
 cdef void *_calloc(void *ctx, size_t nelem, size_t elsize) noexcept nogil:
@@ -129,7 +142,7 @@ cdef void *_calloc(void *ctx, size_t nelem, size_t elsize) noexcept nogil:
             fr_advise_huge(p, size)
     if p != NULL:
         memset(p, 0, size)  # (no aligned calloc: as a cached block is cleared)
-    return _count_live(p, size) if size >= MIN_BLOCK else p
+    return _count_live(p, _capacity(p)) if p != NULL and size >= MIN_BLOCK else p
 
 
 cdef void *_realloc(void *ctx, void *ptr, size_t new_size) noexcept nogil:
@@ -145,6 +158,7 @@ cdef void _free(void *ctx, void *ptr, size_t size) noexcept nogil:
         return
     cdef void *evicted[MAX_BLOCKS + 1]
     cdef int nevicted = 0, i
+    size = _capacity(ptr)  # (the array's bytes may be fewer)
     PyThread_acquire_lock(lock, WAIT_LOCK)
     # a realloc'd block was never counted as live: keep the count at least 0
     live_bytes = live_bytes - size if live_bytes > size else 0

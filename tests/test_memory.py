@@ -19,18 +19,38 @@ def empty():
     fastrnn.empty_cache()
 
 
-def test_freed_block_is_reused_for_same_size_only():
+def test_freed_block_is_reused_for_sizes_it_holds_down_to_half():
     with _memory.cached_allocation():
         a = np.empty(BIG)
     address = a.ctypes.data
     del a
     assert fastrnn.cache_info()["cached_blocks"] == 1
     with _memory.cached_allocation():
-        other = np.empty(BIG + 1)
-        assert other.ctypes.data != address
-        same = np.empty(BIG)
-        assert same.ctypes.data == address
-    assert fastrnn.cache_info()["cached_blocks"] == 0
+        larger = np.empty(BIG + 1)
+        assert larger.ctypes.data != address
+        too_small = np.empty(BIG // 2 - 1)
+        assert too_small.ctypes.data != address
+        half = np.empty(BIG // 2)
+        assert half.ctypes.data == address
+        assert fastrnn.cache_info()["cached_blocks"] == 0
+        # counted by what the block holds, in use and once cached again
+        assert fastrnn.cache_info()["live_bytes"] >= larger.nbytes + too_small.nbytes + BIG * 8
+        del larger, too_small
+        before = fastrnn.cache_info()["cached_bytes"]
+        del half
+        assert fastrnn.cache_info()["cached_bytes"] == before + BIG * 8
+        again = np.empty(BIG)  # the whole block, as first asked for
+        assert again.ctypes.data == address
+        again.fill(1.0)  # (all of it writable)
+
+
+def test_the_smallest_block_that_holds_a_request_is_taken():
+    with _memory.cached_allocation():
+        blocks = [np.empty(n) for n in (2 * BIG, BIG + BIG // 2, BIG + BIG // 4)]
+        addresses = [b.ctypes.data for b in blocks]
+        del blocks
+        got = [np.empty(BIG + 1) for _ in range(3)]
+        assert [g.ctypes.data for g in got] == addresses[::-1]
 
 
 def test_outside_the_context_numpy_allocates_as_usual():
