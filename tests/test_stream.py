@@ -1024,6 +1024,31 @@ def test_module_eval_forward_packs_once_for_any_batch(cell, bidirectional, batch
     assert len(packs) == 2
 
 
+def test_module_eval_forward_from_two_threads_with_their_own_batch_sizes(rng):
+    """Two threads call one module's eval forward, each with batches of its own sizes: the
+    kept streams serve one call at a time (resized to its batch), the other call packs its
+    own weights, and every result is bitwise the functional forward's."""
+    module = build("gru", 32, 64, num_layers=2, rng=rng)  # (steps long enough to overlap)
+    params = {name: p.data for name, p in module.named_parameters()}
+    cases = {batch: inputs(rng, module, 4, batch) for batch in (1, 2, 3, 5)}
+    expected = {batch: functional.gru_forward(x, params, num_layers=2, keep_cache=False)[0]
+                for batch, x in cases.items()}
+    wrong = []
+
+    def run(batches):
+        for _ in range(200):
+            for batch in batches:
+                if not np.array_equal(module(cases[batch])[0], expected[batch]):
+                    wrong.append(batch)
+
+    threads = [threading.Thread(target=run, args=(b,)) for b in ((1, 3), (2, 5))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not wrong
+
+
 def test_stream_core_resize_refusals(rng):
     module = build("lstm", rng=rng)
     stream = module.stream(2)
