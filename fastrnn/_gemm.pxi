@@ -105,7 +105,8 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
     # a few rows each of a large b: split c's columns instead, so that each thread packs only
     # its part of b (a column's sums are the same wherever the split falls)
     cdef bint by_columns = (not a_trans and num_threads > 1
-                            and tile_rows < MIN_ROWS_GEMM_ROW_SPLIT
+                            and tile_rows < (MIN_ROWS_GEMM_ROW_SPLIT_TRANSPOSED_B if b_trans
+                                             else MIN_ROWS_GEMM_ROW_SPLIT)
                             and <double> K * N >= MIN_ELEMENTS_GEMM_COLUMN_SPLIT
                             and N >= num_threads * FASTRNN_COLUMN_GRANULE)
     cdef fr_index columns = _column_start(1, num_threads, <int> N) if by_columns else N

@@ -18,8 +18,11 @@ cdef enum:
     # Rows per thread below which a GEMM (op(a) = a) of a large b splits the columns of c
     # across the threads rather than its rows: with a slice of rows each thread would pack
     # all of b, and from this many elements (2 MiB of float32, past a Zen 4 core's L2) it
-    # streams from L3. Smaller b: not consistently faster (docs/performance.md).
+    # streams from L3. Smaller b: not consistently faster (docs/performance.md). A
+    # transposed b (x Wᵀ) is packed through a transpose, so halving its packing pays up to
+    # more rows.
     MIN_ROWS_GEMM_ROW_SPLIT = 64
+    MIN_ROWS_GEMM_ROW_SPLIT_TRANSPOSED_B = 512
     MIN_ELEMENTS_GEMM_COLUMN_SPLIT = 1 << 19
 
 
