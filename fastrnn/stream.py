@@ -31,14 +31,18 @@ __all__ = ["Stream"]
 _KERNEL = {"RNN": _rnn.ELMAN, **_GATED_KERNEL}  # the compiled core's cell numbers
 
 
-# Eval-mode forwards of up to SHORT_FORWARD_STEPS steps, or of up to STREAM_FORWARD_STEPS
-# steps of up to STREAM_FORWARD_BATCH sequences, run on a stream kept by the module (weights
+# Eval-mode forwards of up to SHORT_FORWARD_STEPS steps, of up to STREAM_FORWARD_STEPS steps
+# of up to STREAM_FORWARD_BATCH sequences, or of up to ROWS_STREAM_FORWARD_STEPS steps of
+# 2 to ROWS_STREAM_FORWARD_BATCH sequences, run on a stream kept by the module (weights
 # packed once, checked against a copy each call) rather than packing them per call: for so
 # few steps the packing costs more than the whole-sequence path's one GEMM for the input
-# projection saves over the stream's projection step by step (docs/performance.md)
+# projection saves over the stream's projection step by step. A single sequence's steps are
+# the shortest, so its break-even comes first (docs/performance.md)
 SHORT_FORWARD_STEPS = 8
 STREAM_FORWARD_STEPS = 24
-STREAM_FORWARD_BATCH = 16
+STREAM_FORWARD_BATCH = 32
+ROWS_STREAM_FORWARD_STEPS = 48
+ROWS_STREAM_FORWARD_BATCH = 16
 
 
 class _PackedStream(_rnn.StreamCore):
@@ -253,7 +257,9 @@ class KeptStream:
         """Whether a forward of ``steps`` steps of ``batch`` sequences is a short one."""
         few_steps = 0 < steps <= SHORT_FORWARD_STEPS
         short_small_batch = 0 < steps <= STREAM_FORWARD_STEPS and batch <= STREAM_FORWARD_BATCH
-        return batch > 0 and (few_steps or short_small_batch)
+        several_rows = (0 < steps <= ROWS_STREAM_FORWARD_STEPS
+                        and 2 <= batch <= ROWS_STREAM_FORWARD_BATCH)
+        return batch > 0 and (few_steps or short_small_batch or several_rows)
 
     def clear(self):
         """Free the streams and the copies (until the next call)."""

@@ -20,8 +20,8 @@ hooks ``DistributedDataParallel`` averages gradients with.
 (torch.Size([5, 3, 4]), torch.Size([1, 3, 4]), torch.Size([1, 3, 16]))
 
 Calls autograd does not record (``torch.no_grad``, ``inference_mode``, frozen weights and
-input) without dropout masks and of a few steps (up to 8, or up to 24 of up to 16
-sequences; a step-by-step decoder's calls) run on a stream the module keeps (a
+input) without dropout masks and of a few steps (up to 8; up to 24 of up to 32 sequences;
+up to 48 of 2 to 16; a step-by-step decoder's calls) run on a stream the module keeps (a
 bidirectional module: one per layer and direction): its weights packed once and compared
 byte for byte with the parameters on every call, so any change to them (an optimizer's
 step, ``load_state_dict``, a write into ``p.data``, ``torch.func.functional_call``) is used

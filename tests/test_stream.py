@@ -955,15 +955,18 @@ def test_repr_and_reset_all(rng):
 
 
 # 11. the module's eval forward on a stream of its own -------------------------------------
-# (steps, batch) on both sides of the rule: a call of up to 8 steps, or of up to 24 steps of
-# up to 16 sequences, runs on the module's stream; any other packs the weights itself
-SHORT_CALLS = [(8, 20), (9, 17), (9, 16), (24, 1), (25, 1), (24, 16), (17, 3)]
+# (steps, batch, on the module's stream) on both sides of the rule: a call of up to 8 steps,
+# of up to 24 steps of up to 32 sequences, or of up to 48 steps of 2 to 16 sequences runs on
+# the module's stream; any other packs the weights itself
+SHORT_CALLS = [(8, 40, True), (9, 33, False), (24, 32, True), (24, 1, True), (25, 1, False),
+               (48, 2, True), (49, 2, False), (48, 16, True), (25, 17, False)]
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("steps, batch", SHORT_CALLS)
+@pytest.mark.parametrize("steps, batch, on_stream", SHORT_CALLS)
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-def test_module_eval_forward_sees_a_hand_write(cell, steps, batch, bidirectional, rng):
+def test_module_eval_forward_sees_a_hand_write(cell, steps, batch, on_stream, bidirectional,
+                                               rng):
     """The module's eval forward is bitwise the functional one on either path, and sees a
     write into ``p.data`` by hand at once (a user's stream does not): its streams compare
     the weights they packed with the parameters on every call. A bidirectional module runs
@@ -972,7 +975,6 @@ def test_module_eval_forward_sees_a_hand_write(cell, steps, batch, bidirectional
     x = inputs(rng, module, steps, batch)
     state = random_state(rng, module, batch)
     before = whole(module, x, state)
-    on_stream = steps <= 8 or steps <= 24 and batch <= 16
     assert (module._inference._kept is not None) == on_stream  # the case covers the path it names
     getattr(module, "weight_hh_l1_reverse" if bidirectional else "weight_hh_l1").data[...] *= -1
     after = whole(module, x, state)

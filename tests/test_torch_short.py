@@ -22,8 +22,10 @@ I, H = 6, 7
 CELLS = [pytest.param(("RNN", {}), id="rnn"), pytest.param(("LSTM", {}), id="lstm"),
          pytest.param(("LSTM", dict(proj_size=3)), id="lstm-proj"),
          pytest.param(("GRU", {}), id="gru")]
-# (steps, batch) on both sides of the rule: up to 8 steps, or up to 24 steps of up to 16
-SHORT_CALLS = [(1, 1), (8, 20), (9, 17), (9, 16), (24, 1), (25, 1), (24, 16)]
+# (steps, batch) on both sides of the rule: up to 8 steps, up to 24 steps of up to 32
+# sequences, or up to 48 steps of 2 to 16 sequences
+SHORT_CALLS = [(1, 1), (8, 40), (9, 33), (24, 32), (24, 1), (25, 1), (48, 2), (49, 2), (48, 16),
+               (25, 17)]
 
 
 def build(cell, **kwargs):
