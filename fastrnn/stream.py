@@ -36,8 +36,9 @@ _KERNEL = {"RNN": _rnn.ELMAN, **_GATED_KERNEL}  # the compiled core's cell numbe
 # 2 to ROWS_STREAM_FORWARD_BATCH sequences, run on a stream kept by the module (weights
 # packed once, checked against a copy each call) rather than packing them per call: for so
 # few steps the packing costs more than the whole-sequence path's one GEMM for the input
-# projection saves over the stream's projection step by step. A single sequence's steps are
-# the shortest, so its break-even comes first (docs/performance.md)
+# projection saves over the stream's projection step by step. That projection reads all of
+# W_ih each step for however few rows, so a single sequence's break-even comes first
+# (docs/performance.md)
 SHORT_FORWARD_STEPS = 8
 STREAM_FORWARD_STEPS = 24
 STREAM_FORWARD_BATCH = 32
