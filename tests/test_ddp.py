@@ -22,6 +22,7 @@ import fastrnn.torch  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 
 WORLD_SIZE, STEPS = 2, 3
+PROCESS_SECONDS, STACKS_SECONDS = 120, 100  # a hung process shows where before it is killed
 L, N, I, H = 7, 8, 3, 6   # N splits evenly across the processes
 
 
@@ -122,7 +123,14 @@ def test_ddp_two_processes_match_single_process(tmp_path, cell):
                               stderr=subprocess.STDOUT, text=True)
              for r in range(WORLD_SIZE)]
     try:
-        logs = [p.communicate(timeout=120)[0] for p in procs]
+        logs = [p.communicate(timeout=PROCESS_SECONDS)[0] for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        logs = [p.communicate()[0] for p in procs]
+        pytest.fail(f"the processes did not finish in {PROCESS_SECONDS} s; their output (each "
+                    f"prints its threads' stacks after {STACKS_SECONDS} s):\n"
+                    + "\n".join(f"--- rank {r}:\n{log}" for r, log in enumerate(logs)))
     finally:
         for p in procs:
             if p.poll() is None:
@@ -148,6 +156,8 @@ def test_ddp_two_processes_match_single_process(tmp_path, cell):
 
 
 if __name__ == "__main__":
+    import faulthandler
+    faulthandler.dump_traceback_later(STACKS_SECONDS)
     worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
     # gloo's threads can abort ("terminate called without an active exception") while the
     # interpreter finalizes (pytorch/pytorch#179291); the results are written, so skip that
