@@ -340,25 +340,26 @@ cdef class StreamCore:
                            G * hidden_size + hidden_size + (hidden_size if proj_size else 0))
         self.batch_first = batch_first
         self._biases = [None] * (2 * num_layers)
-        self._size_batch(num_layers, batch_size)
+        self.plan.layers = num_layers  # (the weight tables below may be NULL until allocated)
+        self._size_batch(batch_size)
         cdef size_t n = num_layers * sizeof(void *)
         self.plan.w_ih = <void **> calloc(1, n)
         self.plan.w_hh = <void **> calloc(1, n)
         self.plan.w_hr = <void **> calloc(1, n)
         self.plan.bias = <void **> calloc(1, n)
         self.plan.b_hh = <void **> calloc(1, n)
-        self.plan.layers = num_layers
         if (self.plan.w_ih == NULL or self.plan.w_hh == NULL or self.plan.w_hr == NULL
                 or self.plan.bias == NULL or self.plan.b_hh == NULL):
             raise MemoryError("could not allocate a stream")
 
-    cdef void _size_batch(self, int num_layers, int batch_size) except *:
+    cdef void _size_batch(self, int batch_size) except *:
         """(Re)allocate what depends on the batch: the state (zero), the step's scratch and
         the row pointers, for ``batch_size`` rows; the packed weights stay."""
         cdef void **rows = <void **> malloc(7 * batch_size * sizeof(void *))
         if rows == NULL:
             raise MemoryError("could not allocate a stream")
         cdef int G = self.plan.G, H = self.plan.H, H_out = self.plan.H_out
+        cdef int num_layers = self.plan.layers
         try:
             h = np.zeros((2, num_layers, batch_size, H_out), dtype=self.dtype)
             save = np.zeros((2, num_layers, batch_size, self.plan.width), dtype=self.dtype)
@@ -393,7 +394,7 @@ cdef class StreamCore:
             raise RuntimeError("the stream is not set up")
         if batch_size < 1:
             raise ValueError("a stream needs positive sizes")
-        self._size_batch(self.plan.layers, batch_size)
+        self._size_batch(batch_size)
 
     cdef void *_packed(self, w, fr_index K, fr_index N, bint gated) except NULL:
         """op(W)ᵀ of a row-major (N, K) ``w`` packed for the step kernels (fr_aligned_free
