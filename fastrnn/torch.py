@@ -35,6 +35,8 @@ PyTorch stays optional: ``pip install "fastrnn[torch]"``; ``import fastrnn`` nev
 this module.
 """
 
+import weakref
+
 try:
     # Absolute import: this is PyTorch itself, not this module (fastrnn/torch.py).
     import torch
@@ -83,55 +85,31 @@ def _numpy(tensor):
     return array if array.flags.c_contiguous else np.ascontiguousarray(array)
 
 
-def _save_arrays(ctx, tensors, cache):
-    """Save ``tensors`` and every array in ``cache`` (as zero-copy tensors) for backward.
+class _CacheAnchor(np.ndarray):
+    """A one-byte array holding a forward's BPTT cache in its ``cache`` attribute."""
 
-    Going through ``save_for_backward`` rather than keeping the cache on ``ctx`` means torch
-    frees it after backward (unless ``retain_graph``), refuses a second backward through a
-    freed graph, and checks that ``tensors`` were not modified in place in between.
+
+def _save_cache(ctx, tensors, cache):
+    """Save ``tensors`` for backward, and ``cache`` for as long as torch keeps them.
+
+    The cache hangs on an anchor array saved as a zero-copy tensor, and ctx keeps only a
+    weak reference to it: so torch frees the cache with the saved tensors after backward
+    (unless ``retain_graph``), not when the graph dies (often during the next forward), and
+    a second backward through a freed graph is torch's error. The cache's own arrays need no
+    version counters: the user-visible ones (x, the states, the weights, the output) are
+    among ``tensors``, and the rest is fastrnn's.
     """
-    arrays = []
-    # the parameters are rebuilt from the saved weight tensors; everything else is stripped
-    ctx.cache_skeleton = _strip({k: v for k, v in cache.items() if k != "params"}, arrays)
-    ctx.num_tensors = len(tensors)
-    ctx.save_for_backward(*tensors, *arrays)
+    anchor = np.empty(1, dtype=np.uint8).view(_CacheAnchor)
+    anchor.cache = cache
+    ctx.cache_anchor = weakref.ref(anchor)
+    ctx.save_for_backward(*tensors, torch.from_numpy(anchor))
 
 
-# Module-level recursion, not nested closures: a recursive closure is a reference cycle,
-# which would keep the arrays alive until the garbage collector runs. Exact types (the
-# cache holds plain dicts, lists, tuples and arrays): these run on every training step.
-def _strip(value, arrays):
-    """``value`` with each ndarray appended to ``arrays`` as a tensor and replaced by a _Slot."""
-    kind = type(value)
-    if kind is np.ndarray:
-        arrays.append(torch.from_numpy(value))
-        return _Slot(len(arrays) - 1)
-    if kind is list or kind is tuple:
-        return kind([_strip(v, arrays) for v in value])
-    if kind is dict:
-        return {k: _strip(v, arrays) for k, v in value.items()}
-    return value
-
-
-def _fill(value, tensors):
-    """Inverse of :func:`_strip`: each _Slot replaced by a NumPy view of its tensor."""
-    kind = type(value)
-    if kind is _Slot:
-        return tensors[value.index].numpy()
-    if kind is list or kind is tuple:
-        return kind([_fill(v, tensors) for v in value])
-    if kind is dict:
-        return {k: _fill(v, tensors) for k, v in value.items()}
-    return value
-
-
-class _Slot:
-    """Placeholder for the ``index``-th saved array in a stripped cache."""
-
-    __slots__ = ("index",)
-
-    def __init__(self, index):
-        self.index = index
+def _saved_cache(ctx):
+    """The saved tensors of :func:`_save_cache` (torch's error if backward freed them) and
+    its cache."""
+    saved = ctx.saved_tensors  # (first: raises for a graph already freed)
+    return saved[:-1], ctx.cache_anchor().cache
 
 
 class _Box:
@@ -173,7 +151,7 @@ class _RecurrentFunction(torch.autograd.Function):
         ctx.has_state = (h0 is not None, c0 is not None)
         ctx.set_materialize_grads(False)  # a None gradient (h_n unused, say) is not zeros to build
         # output is saved too: BPTT reads it, so modifying it in place must be an error
-        _save_arrays(ctx, (outputs[0], x, h0, c0, *weights), box.value)
+        _save_cache(ctx, (outputs[0], x, h0, c0, *weights), box.value)
 
     @staticmethod
     def vmap(info, in_dims, options, *args):
@@ -192,9 +170,9 @@ class _RecurrentFunction(torch.autograd.Function):
         needs = ctx.needs_input_grad
         input_grad = transformed or needs[4]
         param_grads = transformed or [n for n, need in zip(ctx.names, needs[7:]) if need]
-        info = _Box((ctx.mode, ctx.names, len(grad_states), ctx.num_tensors, ctx.cache_skeleton,
-                     input_grad, param_grads))
-        args = (info, grad_output, *grad_states, *ctx.saved_tensors)
+        saved, cache = _saved_cache(ctx)
+        info = _Box((ctx.mode, ctx.names, len(grad_states), cache, input_grad, param_grads))
+        args = (info, grad_output, *grad_states, *saved)
         if transformed:
             grads = _apply(_RecurrentBackward, *args)
         else:
@@ -212,11 +190,11 @@ class _RecurrentBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(info, grad_output, *rest):
-        mode, names, num_states, num_tensors, skeleton, input_grad, param_grads = info.value
-        grad_states, saved = rest[:num_states], rest[num_states:]
-        return _recurrent_backward(mode, names, saved[:num_tensors],
-                                   _fill(skeleton, saved[num_tensors:]), grad_output,
-                                   grad_states, input_grad, param_grads)
+        mode, names, num_states, cache, input_grad, param_grads = info.value
+        # rest: the gradients of the final states, then the forward's saved tensors (inputs
+        # here so that differentiating this Function's results is refused): output first
+        return _recurrent_backward(mode, names, rest[num_states].shape, cache, grad_output,
+                                   rest[:num_states], input_grad, param_grads)
 
     @staticmethod
     def setup_context(ctx, inputs, outputs):
@@ -288,14 +266,12 @@ def _module_name(mode):
     return "RNN" if mode.startswith("RNN") else mode
 
 
-def _recurrent_backward(mode, names, tensors, cache, grad_output, grad_states, input_grad,
+def _recurrent_backward(mode, names, output_shape, cache, grad_output, grad_states, input_grad,
                         param_grads):
-    """BPTT from the forward's saved ``tensors`` (output, x, h0, c0, weights) and ``cache``:
-    the gradients of x (None without ``input_grad``), h0, c0 (None but for an LSTM) and each
-    weight (None unless ``param_grads`` asks for it), as tensors."""
-    output, _x, _h0, _c0, *weights = tensors
-    cache["params"] = {name: _numpy(w) for name, w in zip(names, weights)}
-    grad_output = (np.zeros(output.shape, dtype=cache["dtype"]) if grad_output is None
+    """BPTT from the forward's ``cache`` (its output of ``output_shape``): the gradients of x
+    (None without ``input_grad``), h0, c0 (None but for an LSTM) and each weight (None unless
+    ``param_grads`` asks for it), as tensors, the weights in the order of ``names``."""
+    grad_output = (np.zeros(output_shape, dtype=cache["dtype"]) if grad_output is None
                    else _numpy(grad_output))
     grad_states = [None if g is None else _numpy(g) for g in grad_states]
     wanted = dict(input_grad=input_grad, param_grads=param_grads)

@@ -485,22 +485,29 @@ def test_dropout_masks_scale_and_rate(p):
 
 
 # ---------------------------------------------------------------------- autograd contracts
-def test_backward_frees_the_cache(monkeypatch):
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
+def test_backward_frees_the_cache(monkeypatch, name):
+    """The BPTT cache lives as long as torch keeps the saved tensors: through a backward with
+    retain_graph, freed by the last backward although the graph (loss) is still alive."""
     import weakref
 
     refs = []
-    real_forward = ft.functional.rnn_forward
+    forward_name = f"{name.lower()}_forward"
+    real_forward = getattr(ft.functional, forward_name)
 
     def spy(*args, **kwargs):
         out, h_n, cache = real_forward(*args, **kwargs)
         refs.append(weakref.ref(cache["layer_outputs"][0]))  # layer 0's outputs: internal
         return out, h_n, cache
 
-    monkeypatch.setattr(ft.functional, "rnn_forward", spy)
-    module = ft.RNN(I, H, num_layers=2)
+    monkeypatch.setattr(ft.functional, forward_name, spy)
+    module = getattr(ft, name)(I, H, num_layers=2)
     loss = module(torch.randn(L, N, I))[0].sum()
     alive = refs[0]() is not None  # (not inside assert: pytest would keep the array alive)
     assert alive
+    loss.backward(retain_graph=True)
+    alive = refs[0]() is not None
+    assert alive, "retain_graph: the BPTT cache was freed"
     loss.backward()
     assert refs[0]() is None, "the BPTT cache outlived backward"
 
