@@ -13,6 +13,8 @@ cdef enum:
     MIN_ROWS_PROJECTION_PER_STEP = 8
     # Rows per thread below which a recurrence splits hidden columns instead of the batch.
     MIN_ROWS_PER_SLICE = 4
+    # Rows over all of a call's steps (L·N) up to which it splits hidden columns, whatever N.
+    MAX_ROWS_SHORT_COLUMN_SPLIT = 64
     # Column panels from which a column split pays for its barrier per step.
     MIN_PANELS_COLUMN_SPLIT = 4
     # Rows per thread below which a GEMM (op(a) = a) of a large b splits the columns of c
@@ -56,15 +58,30 @@ cdef inline fr_index _slice_rows(fr_index N, int num_threads) noexcept nogil:
     return max(1, (N + num_threads - 1) // num_threads)
 
 
+cdef inline bint _column_split_pays(int H, int num_threads) noexcept nogil:
+    """Below 4 column panels (H < 128) a step is shorter than a column split's barrier."""
+    return num_threads > 1 and H >= MIN_PANELS_COLUMN_SPLIT * FASTRNN_COLUMN_GRANULE
+
+
 cdef inline bint _split_columns(fr_index N, int H, int num_threads) noexcept nogil:
     """Split hidden columns across threads (a barrier per step) rather than the batch?
 
     With fewer than 4 rows per thread a batch slice is a thin matrix-vector product that
     streams all of W_hh each step; a column slice keeps its part of W_hh in its own core's
-    cache instead. Below 4 column panels (H < 128) a step is shorter than the barrier.
+    cache instead.
     """
-    return (num_threads > 1 and N < MIN_ROWS_PER_SLICE * num_threads
-            and H >= MIN_PANELS_COLUMN_SPLIT * FASTRNN_COLUMN_GRANULE)
+    return N < MIN_ROWS_PER_SLICE * num_threads and _column_split_pays(H, num_threads)
+
+
+cdef inline bint _split_columns_of_call(fr_index L, fr_index N, int H,
+                                        int num_threads) noexcept nogil:
+    """:func:`_split_columns` for a call of L steps, which packs W_hh for itself: a short call
+    (up to 64 rows over all its steps, a step-by-step decoder's) splits the columns too.
+    Each thread then packs its columns' part of W_hh and reads it back from its own cache,
+    where batch slices would each read all of it, half packed by the other core. (A
+    stream's weights are packed once: it keeps :func:`_split_columns`.)"""
+    return (_split_columns(N, H, num_threads)
+            or L * N <= MAX_ROWS_SHORT_COLUMN_SPLIT and _column_split_pays(H, num_threads))
 
 
 cdef inline int _column_start(int thread, int nthreads, int H) noexcept nogil:
@@ -94,7 +111,7 @@ cdef _Split _split_recurrence(fr_index L, fr_index N, int H, int num_threads) no
     """The split of an (L, N, H) recurrence for at most ``num_threads`` threads."""
     cdef _Split sp
     num_threads = threads_for(<double> L * N * H * H, num_threads)
-    sp.by_columns = _split_columns(N, H, num_threads)
+    sp.by_columns = _split_columns_of_call(L, N, H, num_threads)
     sp.slice_rows = N if sp.by_columns else _slice_rows(N, num_threads)
     sp.nslices = (N + sp.slice_rows - 1) // sp.slice_rows
     sp.nthreads = num_threads if sp.by_columns else <int> sp.nslices
