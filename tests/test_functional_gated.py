@@ -83,10 +83,13 @@ def test_gated_matches_torch(rng, cell_proj, layout, lengths_kind, dtype, case):
 
 # Sizes for each split, enough work for 3 threads (_rnn.threads_for: 2^18 multiply-adds
 # each, G·H·H_out per row and step): batch slices of 9 rows (whole register tiles); one
-# sequence with H >= 128 (4 column panels): hidden units. H = 130 leaves a partial block of
-# units; a projection of 40 a partial panel.
+# sequence with H >= 128 (4 column panels): hidden units; a short call (63 rows over its
+# steps) of a batch that would be sliced in a longer one: hidden units. H = 130 leaves a
+# partial block of units; a projection of 40 a partial panel.
 SPLITS = [pytest.param(dict(seq_len=12, batch=27, input_size=5, hidden_size=48), id="batch"),
-          pytest.param(dict(seq_len=48, batch=1, input_size=5, hidden_size=130), id="columns")]
+          pytest.param(dict(seq_len=48, batch=1, input_size=5, hidden_size=130), id="columns"),
+          pytest.param(dict(seq_len=3, batch=21, input_size=5, hidden_size=130),
+                       id="short-call-columns")]
 
 
 @pytest.mark.parametrize("cell_proj", [pytest.param(("lstm", 0), id="lstm"),

@@ -349,8 +349,9 @@ def test_compiled_sigmoid_within_two_ulp(kernel):
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("L,N,I,H", [(7, 37, 13, 64), (4, 29, 20, 72), (5, 1, 9, 256),
-                                     (6, 3, 600, 40)],
-                         ids=["batch-slices", "ragged-panel", "columns", "k-blocks"])
+                                     (2, 24, 13, 256), (6, 3, 600, 40)],
+                         ids=["batch-slices", "ragged-panel", "columns", "short-call-columns",
+                              "k-blocks"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_projection_per_step_is_bitwise_the_gemm(kernel, L, N, I, H, reverse, dtype):
     """The recurrence computing P_t = x_t W_ihᵀ + b itself, step by step, gives the bits of
@@ -379,8 +380,9 @@ def test_projection_per_step_is_bitwise_the_gemm(kernel, L, N, I, H, reverse, dt
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-@pytest.mark.parametrize("L,N,K,H", [(7, 37, 26, 64), (5, 1, 18, 256), (6, 19, 600, 40)],
-                         ids=["batch-slices", "columns", "k-blocks"])
+@pytest.mark.parametrize("L,N,K,H", [(7, 37, 26, 64), (5, 1, 18, 256), (2, 24, 26, 256),
+                                     (6, 19, 600, 40)],
+                         ids=["batch-slices", "columns", "short-call-columns", "k-blocks"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_bptt_output_gradient_per_step_is_bitwise_the_gemm(kernel, L, N, K, H, reverse, dtype):
     """The BPTT computing dY_t = dA_above_t · W itself, step by step (W a column slice, as
