@@ -14,7 +14,7 @@ cdef enum:
     # Rows per thread below which a recurrence splits hidden columns instead of the batch.
     MIN_ROWS_PER_SLICE = 4
     # Rows over all of a call's steps (L·N) up to which it splits hidden columns, whatever N.
-    MAX_ROWS_SHORT_COLUMN_SPLIT = 64
+    MAX_ROWS_SHORT_COLUMN_SPLIT = 32
     # Column panels from which a column split pays for its barrier per step.
     MIN_PANELS_COLUMN_SPLIT = 4
     # Rows per thread below which a GEMM (op(a) = a) of a large b splits the columns of c
@@ -76,7 +76,7 @@ cdef inline bint _split_columns(fr_index N, int H, int num_threads) noexcept nog
 cdef inline bint _split_columns_of_call(fr_index L, fr_index N, int H,
                                         int num_threads) noexcept nogil:
     """:func:`_split_columns` for a call of L steps, which packs W_hh for itself: a short call
-    (up to 64 rows over all its steps, a step-by-step decoder's) splits the columns too.
+    (up to 32 rows over all its steps, a step-by-step decoder's) splits the columns too.
     Each thread then packs its columns' part of W_hh and reads it back from its own cache,
     where batch slices would each read all of it, half packed by the other core. (A
     stream's weights are packed once: it keeps :func:`_split_columns`.)"""
