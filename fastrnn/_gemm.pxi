@@ -65,7 +65,8 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
     cdef floating *pc = &c[0, 0]
     cdef const floating *pbias = &bias[0] if bias is not None else NULL
     cdef floating *psums = &a_sums[0] if a_sums is not None else NULL
-    num_threads = threads_for(<double> M * N * K, num_threads)
+    num_threads = threads_for(<double> (M if a_trans else max(M, MIN_ROWS_GEMM_WORK)) * N * K,
+                              num_threads)
     cdef fr_index tile_rows = _slice_rows(M, num_threads)
     cdef fr_index ntiles = (M + tile_rows - 1) // tile_rows
     cdef fr_index i0, rows, a_step = 1 if a_trans else lda
@@ -104,11 +105,14 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
         return
     # a few rows each of a large b: split c's columns instead, so that each thread packs only
     # its part of b (a column's sums are the same wherever the split falls)
-    cdef bint by_columns = (not a_trans and num_threads > 1
-                            and tile_rows < (MIN_ROWS_GEMM_ROW_SPLIT_TRANSPOSED_B if b_trans
-                                             else MIN_ROWS_GEMM_ROW_SPLIT)
-                            and <double> K * N >= MIN_ELEMENTS_GEMM_COLUMN_SPLIT
-                            and N >= num_threads * FASTRNN_COLUMN_GRANULE)
+    cdef double b_elements = <double> K * N
+    cdef bint by_columns = (
+        not a_trans and num_threads > 1 and N >= num_threads * FASTRNN_COLUMN_GRANULE
+        and (tile_rows < (MIN_ROWS_GEMM_ROW_SPLIT_TRANSPOSED_B if b_trans
+                          else MIN_ROWS_GEMM_ROW_SPLIT)
+             and b_elements >= MIN_ELEMENTS_GEMM_COLUMN_SPLIT
+             or tile_rows <= MAX_ROWS_GEMM_COLUMN_SPLIT_SMALL_B
+             and b_elements >= MIN_ELEMENTS_GEMM_COLUMN_SPLIT_SMALL_B))
     cdef fr_index columns = _column_start(1, num_threads, <int> N) if by_columns else N
     cdef fr_index part, j0, b_offset
     for part in prange(num_threads if by_columns else ntiles, nogil=True,

@@ -20,12 +20,19 @@ cdef enum:
     # Rows per thread below which a GEMM (op(a) = a) of a large b splits the columns of c
     # across the threads rather than its rows: with a slice of rows each thread would pack
     # all of b, and from this many elements (2 MiB of float32, past a Zen 4 core's L2) it
-    # streams from L3. Smaller b: not consistently faster (docs/performance.md). A
-    # transposed b (x Wᵀ) is packed through a transpose, so halving its packing pays up to
-    # more rows.
+    # streams from L3. A transposed b (x Wᵀ) is packed through a transpose, so halving its
+    # packing pays up to more rows.
     MIN_ROWS_GEMM_ROW_SPLIT = 64
     MIN_ROWS_GEMM_ROW_SPLIT_TRANSPOSED_B = 512
     MIN_ELEMENTS_GEMM_COLUMN_SPLIT = 1 << 19
+    # A smaller b (from 256 KiB of float32) is split by columns too for up to 12 rows per
+    # thread, where packing it is most of the work; at 16 rows and more not consistently
+    # faster (docs/performance.md).
+    MAX_ROWS_GEMM_COLUMN_SPLIT_SMALL_B = 12
+    MIN_ELEMENTS_GEMM_COLUMN_SPLIT_SMALL_B = 1 << 16
+    # Rows a GEMM's work counts at least when choosing its threads: packing b costs about as
+    # much as the products of a few rows (one row of x Wᵀ takes as long as 8 would)
+    MIN_ROWS_GEMM_WORK = 8
 
 
 cpdef int threads_for(double work, int num_threads) noexcept nogil:

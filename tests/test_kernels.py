@@ -17,17 +17,18 @@ from _helpers import DTYPES, assert_close_rel
 @pytest.mark.parametrize("b_layout", ["rows", "transposed-view"])
 @pytest.mark.parametrize("M,N,K", [(3, 5, 7), (17, 70, 600), (9, 530, 33), (40, 75, 1100),
                                    (1, 300, 1000), (150, 530, 1100), (5, 1100, 600),
-                                   (40, 2050, 300)],
+                                   (40, 2050, 300), (3, 300, 250)],
                          ids=["tiny", "k-blocks", "column-blocks", "long-reduction", "one-row",
-                              "row-groups", "few-rows-large-b", "column-split-ragged"])
+                              "row-groups", "few-rows-large-b", "column-split-ragged",
+                              "few-rows-small-b"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_compiled_gemm_matches_numpy(kernel, M, N, K, a_trans, b_layout, dtype):
     """The GEMM under every pass: op(a) either way, b row-major or a transposed view (packed
     from its rows), sizes past the K blocks (256, or 512 for float AVX-512), the column
     blocks and ragged panels, one row for two threads, aᵀ copied in several groups of rows
-    (64 at a 512-deep K block) with a partial last one, a few rows of a large b (two threads
-    split c's columns, the second's ragged); 2 threads give bitwise the result of one (with
-    op(a) = aᵀ, they share the packing of b)."""
+    (64 at a 512-deep K block) with a partial last one, a few rows of a large or a smaller b
+    (two threads split c's columns, the second's ragged); 2 threads give bitwise the result
+    of one (with op(a) = aᵀ, they share the packing of b)."""
     from fastrnn import _rnn
 
     rng = np.random.default_rng(M * N + K)
@@ -47,9 +48,9 @@ def test_compiled_gemm_matches_numpy(kernel, M, N, K, a_trans, b_layout, dtype):
 
 @pytest.mark.parametrize("gates,hidden,blocks,M,K", [(4, 5, 1, 7, 3), (3, 40, 2, 20, 600),
                                                      (4, 150, 1, 9, 1), (3, 33, 2, 1, 70),
-                                                     (4, 160, 2, 9, 500)],
+                                                     (4, 160, 2, 9, 500), (3, 100, 1, 8, 300)],
                          ids=["tiny", "k-blocks-two-directions", "one-input", "one-row",
-                              "column-split"])
+                              "column-split", "column-split-small-b"])
 @pytest.mark.parametrize("dtype,bf16", [(np.float32, False), (np.float64, False),
                                         (np.float32, True)], ids=["float32", "float64", "bf16"])
 def test_compiled_gemm_reads_weights_in_gate_layout(kernel, gates, hidden, blocks, M, K, dtype,
