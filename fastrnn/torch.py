@@ -89,27 +89,81 @@ class _CacheAnchor(np.ndarray):
     """A one-byte array holding a forward's BPTT cache in its ``cache`` attribute."""
 
 
+# torch's saved-tensor hooks now (activation checkpointing, save_on_cpu, a user's), or None;
+# if torch no longer tells, as if some were
+_saved_tensors_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks",
+                               lambda ignore_is_tracing: True)
+
+
 def _save_cache(ctx, tensors, cache):
     """Save ``tensors`` for backward, and ``cache`` for as long as torch keeps them.
 
-    The cache hangs on an anchor array saved as a zero-copy tensor, and ctx keeps only a
-    weak reference to it: so torch frees the cache with the saved tensors after backward
-    (unless ``retain_graph``), not when the graph dies (often during the next forward), and
-    a second backward through a freed graph is torch's error. The cache's own arrays need no
-    version counters: the user-visible ones (x, the states, the weights, the output) are
-    among ``tensors``, and the rest is fastrnn's.
+    Torch frees saved tensors after backward (unless ``retain_graph``), not when the graph
+    dies (often during the next forward), and a second backward through a freed graph is its
+    error. So the cache hangs on an anchor array saved as a zero-copy tensor, ctx keeping only
+    a weak reference to it. The cache's own arrays need no version counters: the
+    user-visible ones (x, the states, the weights, the output) are among ``tensors``, the
+    rest is fastrnn's. Under saved-tensor hooks, which may drop what is saved and give back
+    a recomputation (activation checkpointing) or a copy, every array of the cache is saved
+    as a tensor instead, and rebuilt from what the hooks give back.
     """
-    anchor = np.empty(1, dtype=np.uint8).view(_CacheAnchor)
-    anchor.cache = cache
-    ctx.cache_anchor = weakref.ref(anchor)
-    ctx.save_for_backward(*tensors, torch.from_numpy(anchor))
+    if _saved_tensors_hooks(False) is None:
+        anchor = np.empty(1, dtype=np.uint8).view(_CacheAnchor)
+        anchor.cache = cache
+        ctx.cache_anchor = weakref.ref(anchor)
+        ctx.save_for_backward(*tensors, torch.from_numpy(anchor))
+        return
+    arrays = []
+    ctx.cache_anchor = None
+    ctx.cache_skeleton = _strip(cache, arrays)
+    ctx.num_tensors = len(tensors)
+    ctx.save_for_backward(*tensors, *arrays)
 
 
 def _saved_cache(ctx):
     """The saved tensors of :func:`_save_cache` (torch's error if backward freed them) and
     its cache."""
     saved = ctx.saved_tensors  # (first: raises for a graph already freed)
-    return saved[:-1], ctx.cache_anchor().cache
+    if ctx.cache_anchor is not None:
+        return saved[:-1], ctx.cache_anchor().cache
+    return saved[:ctx.num_tensors], _fill(ctx.cache_skeleton, saved[ctx.num_tensors:])
+
+
+# Module-level recursion, not nested closures: a recursive closure is a reference cycle,
+# which would keep the arrays alive until the garbage collector runs. Exact types (the
+# cache holds plain dicts, lists, tuples and arrays).
+def _strip(value, arrays):
+    """``value`` with each ndarray appended to ``arrays`` as a tensor and replaced by a _Slot."""
+    kind = type(value)
+    if kind is np.ndarray:
+        arrays.append(torch.from_numpy(value))
+        return _Slot(len(arrays) - 1)
+    if kind is list or kind is tuple:
+        return kind([_strip(v, arrays) for v in value])
+    if kind is dict:
+        return {k: _strip(v, arrays) for k, v in value.items()}
+    return value
+
+
+def _fill(value, tensors):
+    """Inverse of :func:`_strip`: each _Slot replaced by a NumPy view of its tensor."""
+    kind = type(value)
+    if kind is _Slot:
+        return _numpy(tensors[value.index])
+    if kind is list or kind is tuple:
+        return kind([_fill(v, tensors) for v in value])
+    if kind is dict:
+        return {k: _fill(v, tensors) for k, v in value.items()}
+    return value
+
+
+class _Slot:
+    """Placeholder for the ``index``-th saved array in a stripped cache."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index):
+        self.index = index
 
 
 class _Box:

@@ -512,6 +512,35 @@ def test_backward_frees_the_cache(monkeypatch, name):
     assert refs[0]() is None, "the BPTT cache outlived backward"
 
 
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("how", ["checkpoint", "checkpoint-reentrant", "copying-hooks"])
+def test_saved_tensor_hooks(name, how):
+    """Activation checkpointing (which drops what forward saves and recomputes it in
+    backward) and saved-tensor hooks that copy what is saved give the gradients of a plain
+    backward, bit for bit."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    module = getattr(ft, name)(I, H, num_layers=2, dtype=torch.float64)
+    x = torch.randn(L, N, I, dtype=torch.float64, requires_grad=True)
+
+    def gradients(run):
+        module.zero_grad()
+        x.grad = None
+        run().pow(2).sum().backward()
+        return [x.grad.clone()] + [p.grad.clone() for p in module.parameters()]
+
+    expected = gradients(lambda: module(x)[0])
+    if how == "copying-hooks":
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
+            got = gradients(lambda: module(x)[0])
+    else:
+        got = gradients(lambda: checkpoint(lambda inp: module(inp)[0], x,
+                                           use_reentrant=how == "checkpoint-reentrant"))
+    for a, b in zip(got, expected):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("name, modified", [
     (name, modified) for name in ("RNN", "LSTM")
     for modified in ("output", "weight", "input", "h0") + (("c0",) if name == "LSTM" else ())])
