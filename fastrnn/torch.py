@@ -105,7 +105,8 @@ def _save_cache(ctx, tensors, cache):
     user-visible ones (x, the states, the weights, the output) are among ``tensors``, the
     rest is fastrnn's. Under saved-tensor hooks, which may drop what is saved and give back
     a recomputation (activation checkpointing) or a copy, every array of the cache is saved
-    as a tensor instead, and rebuilt from what the hooks give back.
+    as a tensor instead, and rebuilt from what the hooks give back; the parameters (views of
+    the weights, ``tensors[4:]``, named ``ctx.names``) from the saved weights, not twice.
     """
     if _saved_tensors_hooks(False) is None:
         anchor = np.empty(1, dtype=np.uint8).view(_CacheAnchor)
@@ -115,7 +116,7 @@ def _save_cache(ctx, tensors, cache):
         return
     arrays = []
     ctx.cache_anchor = None
-    ctx.cache_skeleton = _strip(cache, arrays)
+    ctx.cache_skeleton = _strip({k: v for k, v in cache.items() if k != "params"}, arrays)
     ctx.num_tensors = len(tensors)
     ctx.save_for_backward(*tensors, *arrays)
 
@@ -126,7 +127,10 @@ def _saved_cache(ctx):
     saved = ctx.saved_tensors  # (first: raises for a graph already freed)
     if ctx.cache_anchor is not None:
         return saved[:-1], ctx.cache_anchor().cache
-    return saved[:ctx.num_tensors], _fill(ctx.cache_skeleton, saved[ctx.num_tensors:])
+    tensors = saved[:ctx.num_tensors]
+    cache = _fill(ctx.cache_skeleton, saved[ctx.num_tensors:])
+    cache["params"] = {name: _numpy(w) for name, w in zip(ctx.names, tensors[4:])}
+    return tensors, cache
 
 
 # Module-level recursion, not nested closures: a recursive closure is a reference cycle,
