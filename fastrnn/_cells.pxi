@@ -71,13 +71,7 @@ cdef _Split _split_cell(fr_index L, fr_index N, int H, int G, int H_out,
     row and step. Not by hidden units for large batches even where W_hh outgrows a core's
     L2: faster on a quiet machine, but its barrier per step stalls whenever another process
     holds a core, and batch slices never wait for each other (docs/performance.md)."""
-    cdef _Split sp
-    num_threads = threads_for(<double> L * N * G * H * H_out, num_threads)
-    sp.by_columns = _split_columns_of_call(L, N, H, num_threads)
-    sp.slice_rows = N if sp.by_columns else _slice_rows(N, num_threads)
-    sp.nslices = (N + sp.slice_rows - 1) // sp.slice_rows
-    sp.nthreads = num_threads if sp.by_columns else <int> sp.nslices
-    return sp
+    return _split_recurrence(L, N, H, <double> G * H * H_out, num_threads)
 
 
 cdef inline int _gather_cell(fr_index s, fr_index b0, fr_index b1, const int64_t *plen,

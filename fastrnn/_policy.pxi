@@ -114,10 +114,12 @@ cdef struct _Part:
     int j0, j1
 
 
-cdef _Split _split_recurrence(fr_index L, fr_index N, int H, int num_threads) noexcept nogil:
-    """The split of an (L, N, H) recurrence for at most ``num_threads`` threads."""
+cdef _Split _split_recurrence(fr_index L, fr_index N, int H, double row_step_work,
+                              int num_threads) noexcept nogil:
+    """The split of an (L, N, H) recurrence of ``row_step_work`` multiply-adds a row and step
+    (the Elman cell's H·H) for at most ``num_threads`` threads."""
     cdef _Split sp
-    num_threads = threads_for(<double> L * N * H * H, num_threads)
+    num_threads = threads_for(<double> L * N * row_step_work, num_threads)
     sp.by_columns = _split_columns_of_call(L, N, H, num_threads)
     sp.slice_rows = N if sp.by_columns else _slice_rows(N, num_threads)
     sp.nslices = (N + sp.slice_rows - 1) // sp.slice_rows

@@ -153,7 +153,7 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
         px = &x[0, 0, 0]
         pbias = &bias[0] if bias is not None else NULL
     cdef const int64_t *plen = &lengths[0]
-    cdef _Split sp = _split_recurrence(L, N, H, num_threads)
+    cdef _Split sp = _split_recurrence(L, N, H, <double> H * H, num_threads)
     cdef fr_index max_len = _max_length(plen, N)
     cdef _Part pt
     cdef fr_index part, b, t, s
@@ -289,7 +289,7 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
     cdef const floating *pghn = &grad_h_n[0, 0]
     cdef floating *pgh0 = &grad_h0[0, 0]
     cdef const int64_t *plen = &lengths[0]
-    cdef _Split sp = _split_recurrence(L, N, H, num_threads)
+    cdef _Split sp = _split_recurrence(L, N, H, <double> H * H, num_threads)
     cdef fr_index max_len = _max_length(plen, N)
     cdef _Part pt
     cdef fr_index part, b, s, t
