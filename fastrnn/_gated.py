@@ -2,14 +2,14 @@
 ``_rnn.cell_forward`` / ``_rnn.cell_backward``; validation and the layer loop are _engine's.
 
 Per layer and direction, forward: the gates' input projection ``P = X W_ihᵀ + b`` as one GEMM
-over all L·N rows (with a batch of 8 rows per thread and bfloat16 products or no cache for
-BPTT, step by step inside the recurrence instead), then the recurrence (per step
-``h_{t-1} W_hhᵀ`` and the cell's epilogue, which saves the gate activations and c for BPTT;
-without a cache, into one row per sequence that every step reuses). Backward: the
-recurrence of the epilogue's derivative (dA, and for a GRU dR, the recurrent side's), then
-the weight gradients as GEMMs over all rows (``dW_ih = dAᵀX``, ``dW_hh = dRᵀH_prev`` on the
-outputs shifted in time, the biases' sums from the same reading, ``dW_hr = dhᵀM``) and
-``dX = dA W_ih``.
+over all L·N rows (with a batch of 8 rows per thread and bfloat16 products, no cache for
+BPTT or a W_ih of at most 2 MiB, step by step inside the recurrence instead), then the
+recurrence (per step ``h_{t-1} W_hhᵀ`` and the cell's epilogue, which saves the gate
+activations and c for BPTT; without a cache, into one row per sequence that every step
+reuses). Backward: the recurrence of the epilogue's derivative (dA, and for a GRU dR, the
+recurrent side's), then the weight gradients as GEMMs over all rows (``dW_ih = dAᵀX``,
+``dW_hh = dRᵀH_prev`` on the outputs shifted in time, the biases' sums from the same
+reading, ``dW_hr = dhᵀM``) and ``dX = dA W_ih``.
 
 The kernels compute the gates gate-interleaved (src_c/cell_steps.h): they pack W_hh (and
 W_ih, for a projection step by step) from torch's order themselves; here the biases, and
@@ -63,12 +63,20 @@ def _cell_weights(cell, params, k, sizes, biases=True):
     return w_ih, b, w_hh, b_hh, w_hr
 
 
-def _per_step(L, N, input_size, threads, bf16, keep_cache):
+# W_ih of at most this many bytes is read step by step in a training forward too; beyond
+# it (the grid's XL, 6-8 MiB) the single GEMM's blocking of W_ih wins (docs/performance.md)
+MAX_TRAINING_PER_STEP_W_IH_BYTES = 2 << 20
+
+
+def _per_step(L, N, input_size, threads, bf16, keep_cache, w_ih_bytes):
     """The input projection inside the recurrence, step by step (``_rnn.projection_per_step``)
     rather than one GEMM first? With bfloat16 products, whose faster products make P's round
-    trip through memory a larger share, and without a cache for BPTT, where the saved rows
-    then shrink to one per sequence (docs/performance.md)."""
-    return (bf16 or not keep_cache) and _rnn.projection_per_step(L, N, input_size, threads)
+    trip through memory a larger share; without a cache for BPTT, where the saved rows then
+    shrink to one per sequence; and in float32 training up to a W_ih (``w_ih_bytes``) of
+    MAX_TRAINING_PER_STEP_W_IH_BYTES, where P's round trip costs more than reading W_ih every
+    step (docs/performance.md)."""
+    return ((bf16 or not keep_cache or w_ih_bytes <= MAX_TRAINING_PER_STEP_W_IH_BYTES)
+            and _rnn.projection_per_step(L, N, input_size, threads))
 
 
 def _step_rows(L, N, W, dtype, reused):
@@ -115,7 +123,7 @@ def _forward(cell, x, params, states, num_layers, bidirectional, batch_first, le
         for d, k in enumerate(layer_keys(layer, bidirectional)):
             i = layer * D + d
             w_ih, b, w_hh, b_hh, w_hr = _cell_weights(cell, params, k, sizes)
-            per_step = _per_step(L, N, inp.shape[2], threads, bf16, keep_cache)
+            per_step = _per_step(L, N, inp.shape[2], threads, bf16, keep_cache, w_ih.nbytes)
             save = _step_rows(L, N, W, dtype, per_step and not keep_cache)
             projection = {}
             if per_step:

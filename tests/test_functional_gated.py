@@ -10,7 +10,7 @@ import fastrnn
 from _gated import (assert_gated_close, assert_length_zero_rule, gated_case, gated_inputs,
                     random_gated_params, run_gated, run_torch_gated)
 from _helpers import DTYPES, H, I, L, LAYOUT_LENGTHS, N, assert_close_rel, numerical_gradient
-from fastrnn import functional, reference
+from fastrnn import _gated, _rnn, functional, reference
 
 PROJ = 3  # < H, != I
 CELLS = [pytest.param(("lstm", 0), id="lstm"), pytest.param(("lstm", PROJ), id="lstm-proj"),
@@ -309,12 +309,15 @@ def test_gated_empty_batch(rng, cell_proj):
                                        pytest.param(("gru", 0), id="gru")])
 @pytest.mark.parametrize("lengths_kind", [None, "ragged"], ids=["full", "ragged"])
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
-def test_gated_forward_without_cache_is_bitwise_the_cached_one(rng, kernel, cell_proj,
-                                                               lengths_kind, precision):
+def test_gated_forward_without_cache_is_bitwise_the_cached_one(rng, kernel, monkeypatch,
+                                                               cell_proj, lengths_kind,
+                                                               precision):
     """Without a cache (eval), every step saves into one row per sequence and projects its
     input step by step: the outputs and final states are bitwise those of the cached forward
-    (all L rows saved, the projection as one GEMM), for 1, 2 and 3 threads. 27 rows: 9 or
+    (all L rows saved, the projection as one GEMM: float32 training projects a small W_ih
+    step by step too, so the bound is lowered here), for 1, 2 and 3 threads. 27 rows: 9 or
     more per thread, so the eval forward takes that path on every thread count."""
+    monkeypatch.setattr(_gated, "MAX_TRAINING_PER_STEP_W_IH_BYTES", -1)
     cell, proj = cell_proj
     dtype = np.float32
     params = random_gated_params(rng, cell, 5, 48, 2, True, True, dtype, proj)
@@ -331,6 +334,48 @@ def test_gated_forward_without_cache_is_bitwise_the_cached_one(rng, kernel, cell
             uncached = fwd(x, params, hx, keep_cache=False, **kwargs)
             assert cached[2] is not None and uncached[2] is None
             for a, b in zip(_flat_forward(cached), _flat_forward(uncached)):
+                assert np.array_equal(a, b)
+    finally:
+        fastrnn.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("cell_proj", [pytest.param(("lstm", 0), id="lstm"),
+                                       pytest.param(("lstm", 40), id="lstm-proj"),
+                                       pytest.param(("gru", 0), id="gru")])
+@pytest.mark.parametrize("lengths_kind", [None, "ragged"], ids=["full", "ragged"])
+def test_gated_training_projects_a_small_w_ih_step_by_step(rng, kernel, monkeypatch, cell_proj,
+                                                          lengths_kind):
+    """A float32 training forward projects its input step by step while W_ih has at most
+    MAX_TRAINING_PER_STEP_W_IH_BYTES, as one GEMM above: the outputs, final states and every
+    gradient are bitwise the same either way, for 1, 2 and 3 threads (27 rows: 9 or more per
+    thread)."""
+    cell, proj = cell_proj
+    dtype = np.float32
+    params = random_gated_params(rng, cell, 5, 48, 2, True, True, dtype, proj)
+    x, states, lengths, gy, gs = _inputs(rng, cell, "time", lengths_kind, True, 2, True, dtype,
+                                         proj, seq_len=12, batch=27, input_size=5,
+                                         hidden_size=48)
+    w_ih_bytes = {params[k].nbytes for k in params if k.startswith("weight_ih")}
+    calls = []
+    cell_forward = _rnn.cell_forward
+
+    def recording(*args, **kwargs):
+        calls.append("x" in kwargs)
+        return cell_forward(*args, **kwargs)
+
+    monkeypatch.setattr(_rnn, "cell_forward", recording)
+    previous = fastrnn.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            fastrnn.set_num_threads(threads)
+            results = []
+            for bound, per_step in ((max(w_ih_bytes), True), (min(w_ih_bytes) - 1, False)):
+                monkeypatch.setattr(_gated, "MAX_TRAINING_PER_STEP_W_IH_BYTES", bound)
+                calls.clear()
+                results.append(run_gated(functional, cell, params, x, states, gy, gs,
+                                         num_layers=2, bidirectional=True, lengths=lengths))
+                assert calls == [per_step] * 4
+            for a, b in zip(_flat(results[0]), _flat(results[1])):
                 assert np.array_equal(a, b)
     finally:
         fastrnn.set_num_threads(previous)
