@@ -22,7 +22,11 @@ int main(int argc, char **argv) {
     double best = 0;
 #pragma omp parallel num_threads(2)
     {
-        float *buf = aligned_alloc(64, (bytes + 511) / 512 * 512);
+        float *buf = aligned_alloc(64, bytes); /* whole KiB: a multiple of the alignment */
+        if (!buf) {
+            fprintf(stderr, "could not allocate %zu bytes\n", bytes);
+            exit(1);
+        }
         for (size_t i = 0; i < bytes / 4; i++) buf[i] = 1e-3f * (float)(i % 7);
         for (int round = 0; round < 5; round++) {
             __m512 acc[8];
@@ -30,7 +34,7 @@ int main(int argc, char **argv) {
             double t0 = omp_get_wtime();
             for (int p = 0; p < passes; p++) {
                 for (int a = 0; a < 8; a++) acc[a] = _mm512_setzero_ps();
-                for (size_t i = 0; i + 128 <= bytes / 4; i += 128) /* 8 independent chains */
+                for (size_t i = 0; i < bytes / 4; i += 128) /* 8 independent chains */
                     for (int a = 0; a < 8; a++)
                         acc[a] = _mm512_add_ps(acc[a], _mm512_load_ps(buf + i + a * 16));
                 /* the sums are "used": the loads stay */
