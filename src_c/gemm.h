@@ -15,9 +15,13 @@
 #define NR (NV * VL)  /* columns per panel */
 /* k per block (an mr x KC slice of A stays in L1) and columns per block (KC x NC of B in
  * L2). Each K block past the first re-reads and re-writes C's block: with float AVX-512 a
- * 512-deep block (1 MiB of B) halves that traffic */
+ * 512-deep block halves that traffic. drive's blocks of B are at most L2_BLOCK_BYTES, half
+ * of a Zen 4 or Zen 5 core's L2, so that a block is still there when the next row block
+ * reads it: a whole L2's worth (512 x 512 floats) came back from L3 for every row block.
+ * (The teams' weight-gradient blocks measured no faster at that size: they keep NC.) */
 #define KC (FR_VBYTES == 64 && FR_IS_FLOAT ? 512 : 256)
 #define NC (FR_VBYTES == 64 && FR_IS_FLOAT ? 512 : 256)
+#define L2_BLOCK_BYTES (512 << 10)
 
 /* bfloat16 products (FR_BF16, kernels_build.h's third table): 1, the operands rounded to
  * bf16 values, multiplied by the float32 tile (products exact, sums in float32 in k order);
@@ -458,8 +462,12 @@ static void FR_P(drive)(int M, fr_index c0, fr_index N, fr_index K, FR_P(asrc) a
     /* Columns per block. B packed beforehand and at most half a Zen 4 core's L2 (a
      * recurrence's weights) stays there whatever the blocks: then one block of all the
      * columns, so that bf16 A is converted once per row block rather than once per block */
-    const fr_index nc_max = FR_BF16 && packed && a.rows && N > NC &&
-                                    KSTEP(K) * N * (fr_index)sizeof(REAL) <= (512 << 10) ? N : NC;
+    fr_index nc_max = FR_BF16 && packed && a.rows && N > NC &&
+                              KSTEP(K) * N * (fr_index)sizeof(REAL) <= L2_BLOCK_BYTES ? N : NC;
+    /* at most L2_BLOCK_BYTES of B per block: 256 columns of a 512-deep float block */
+    while (nc_max > NR &&
+           KSTEP(K < KC ? K : KC) * nc_max * (fr_index)sizeof(REAL) > L2_BLOCK_BYTES)
+        nc_max /= 2;
     const fr_index ncb = (N + nc_max - 1) / nc_max, nkb = K > 0 ? (K + KC - 1) / KC : 1;
     for (fr_index outer = 0; outer < (k_outer ? nkb : ncb); outer++)
         for (fr_index inner = 0; inner < (k_outer ? ncb : nkb); inner++) {
