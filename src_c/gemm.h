@@ -62,8 +62,9 @@ static inline void FR_P(bf16_row)(const REAL *src, int n, REAL *dst) {
         const __m256bh h = _mm512_cvtneps_pbh((__m512)FR_P(vload_n)(src + k, n - k));
         if (npad - k >= VL) /* a constant size: one store */
             memcpy((uint16_t *)dst + k, &h, sizeof h);
-        else
-            memcpy((uint16_t *)dst + k, &h, (size_t)(npad - k) * 2);
+        else /* the first npad - k halves, as vstore_n */
+            _mm256_mask_storeu_epi16((uint16_t *)dst + k, (__mmask16)((1u << (npad - k)) - 1),
+                                     (__m256i)h);
     }
 }
 #elif FR_BF16

@@ -13,18 +13,60 @@ static inline VEC FR_P(vload)(const REAL *p) {
     return v;
 }
 
+#if FR_IS_FLOAT
+typedef int32_t FR_P(ivec) __attribute__((vector_size(FR_VBYTES)));
+#else
+typedef int64_t FR_P(ivec) __attribute__((vector_size(FR_VBYTES)));
+#endif
+#define IVEC FR_P(ivec)
+
+/* The first n lanes of a vector (n < VL: a gated cell's last units, a ragged panel), the
+ * other lanes zero. x86's masked moves touch no lane past n (masked lanes never fault),
+ * where a memcpy of n values was a call into libc per vector: an LSTM of 4 hidden units
+ * spent half its forward there. */
+#if defined(__x86_64__) && FR_VBYTES == 32
+static inline __m256i FR_P(lanes_below)(int n) {
+    IVEC lane;
+    for (int i = 0; i < VL; i++) lane[i] = i;
+    return (__m256i)(lane < n);
+}
+#endif
+
 static inline VEC FR_P(vload_n)(const REAL *p, int n) {
     if (n >= VL) return FR_P(vload)(p);
     VEC v = {0};
-    if (n > 0) memcpy(&v, p, (size_t)n * sizeof(REAL));
+    if (n <= 0) return v;
+#if defined(__x86_64__) && FR_VBYTES == 64 && FR_IS_FLOAT
+    v = (VEC)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p);
+#elif defined(__x86_64__) && FR_VBYTES == 64
+    v = (VEC)_mm512_maskz_loadu_pd((__mmask8)((1u << n) - 1), p);
+#elif defined(__x86_64__) && FR_VBYTES == 32 && FR_IS_FLOAT
+    v = (VEC)_mm256_maskload_ps(p, FR_P(lanes_below)(n));
+#elif defined(__x86_64__) && FR_VBYTES == 32
+    v = (VEC)_mm256_maskload_pd(p, FR_P(lanes_below)(n));
+#else
+    memcpy(&v, p, (size_t)n * sizeof(REAL));
+#endif
     return v;
 }
 
 static inline void FR_P(vstore_n)(REAL *p, VEC v, int n) {
-    if (n >= VL)
+    if (n >= VL) {
         memcpy(p, &v, sizeof(v));
-    else if (n > 0)
-        memcpy(p, &v, (size_t)n * sizeof(REAL));
+        return;
+    }
+    if (n <= 0) return;
+#if defined(__x86_64__) && FR_VBYTES == 64 && FR_IS_FLOAT
+    _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1), (__m512)v);
+#elif defined(__x86_64__) && FR_VBYTES == 64
+    _mm512_mask_storeu_pd(p, (__mmask8)((1u << n) - 1), (__m512d)v);
+#elif defined(__x86_64__) && FR_VBYTES == 32 && FR_IS_FLOAT
+    _mm256_maskstore_ps(p, FR_P(lanes_below)(n), (__m256)v);
+#elif defined(__x86_64__) && FR_VBYTES == 32
+    _mm256_maskstore_pd(p, FR_P(lanes_below)(n), (__m256d)v);
+#else
+    memcpy(p, &v, (size_t)n * sizeof(REAL));
+#endif
 }
 
 static inline VEC FR_P(splat)(REAL s) {
@@ -32,12 +74,6 @@ static inline VEC FR_P(splat)(REAL s) {
     return v + s;
 }
 
-#if FR_IS_FLOAT
-typedef int32_t FR_P(ivec) __attribute__((vector_size(FR_VBYTES)));
-#else
-typedef int64_t FR_P(ivec) __attribute__((vector_size(FR_VBYTES)));
-#endif
-#define IVEC FR_P(ivec)
 
 /* mask ? a : b, lane by lane (mask lanes are all ones or all zeros) */
 static inline VEC FR_P(select)(IVEC mask, VEC a, VEC b) {
