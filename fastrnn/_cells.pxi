@@ -76,27 +76,24 @@ cdef _Split _split_cell(fr_index L, fr_index N, int H, int G, int H_out,
 
 cdef inline int _gather_cell(fr_index s, fr_index b0, fr_index b1, const int64_t *plen,
                              bint reverse, floating *po, fr_index ts, fr_index bs,
-                             floating *psv, fr_index sts, fr_index sbs, const floating *ph0,
-                             int H_out, const floating *pc0, int H, int G, int cslot,
-                             const floating **hprev, floating **orow, floating **srow,
-                             const floating **cprev, floating *pr, floating **rrow,
-                             const floating *px, fr_index xts, fr_index xbs,
-                             const floating **xrows) noexcept nogil:
+                             floating *psv, fr_index sts, fr_index sbs, fr_index ring,
+                             const floating *ph0, int H_out, const floating *pc0, int H, int G,
+                             int cslot, const floating **hprev, floating **orow,
+                             floating **srow, const floating **cprev, floating *pr,
+                             floating **rrow) noexcept nogil:
     """Row pointers of the sequences running at step s: h_{t-1}, h_t (output), the step's
-    saved row, (cslot > 0) c_{t-1}, the c slot of the step before or c0, the row's own
-    scratch row of pr (G·H wide: the same row whatever the split) and, if px is not NULL,
-    x_t."""
+    saved row (by step t, or with ``ring`` > 0 in slot s % ring of a ring of saved rows),
+    (cslot > 0) c_{t-1}, the c slot of the step before or c0, and the row's own scratch row
+    of pr (G·H wide: the same row whatever the split)."""
     cdef int m = 0
     cdef fr_index b, t
     for b in range(b0, b1):
         if s < plen[b]:
             t = plen[b] - 1 - s if reverse else s
             orow[m] = po + t * ts + b * bs
-            srow[m] = psv + t * sts + b * sbs
+            srow[m] = psv + (s % ring if ring else t) * sts + b * sbs
             if pr != NULL:
                 rrow[m] = pr + b * G * H
-            if px != NULL:
-                xrows[m] = px + t * xts + b * xbs
             if s == 0:
                 hprev[m] = ph0 + b * H_out
                 if cslot:
@@ -104,16 +101,37 @@ cdef inline int _gather_cell(fr_index s, fr_index b0, fr_index b1, const int64_t
             else:
                 hprev[m] = orow[m] + (ts if reverse else -ts)
                 if cslot:
-                    cprev[m] = srow[m] + (sts if reverse else -sts) + cslot
+                    cprev[m] = (psv + (s - 1) % ring * sts + b * sbs + cslot if ring
+                                else srow[m] + (sts if reverse else -sts) + cslot)
             m += 1
+    return m
+
+
+cdef inline int _gather_projection(fr_index s0, fr_index s1, fr_index b0, fr_index b1,
+                                   const int64_t *plen, bint reverse, const floating *px,
+                                   fr_index xts, fr_index xbs, floating *psv, fr_index sts,
+                                   fr_index sbs, fr_index ring, const floating **xrows,
+                                   floating **srow) noexcept nogil:
+    """Row pointers of steps s0 .. s1 of the sequences running at each: x_t and the step's
+    saved row (as _gather_cell's), for one projection of all of them."""
+    cdef int m = 0
+    cdef fr_index b, s, t
+    for s in range(s0, s1):
+        for b in range(b0, b1):
+            if s < plen[b]:
+                t = plen[b] - 1 - s if reverse else s
+                xrows[m] = px + t * xts + b * xbs
+                srow[m] = psv + (s % ring if ring else t) * sts + b * sbs
+                m += 1
     return m
 
 
 cdef int _check_cell(int cell, Py_ssize_t *save_shape, Py_ssize_t *save_strides,
                      Py_ssize_t *out_shape, Py_ssize_t *out_strides, Py_ssize_t *w_hh_shape,
-                     bint proj, Py_ssize_t *w_hr_shape, size_t itemsize) except -1:
-    """Check a gated recurrence's save (L, N, ·), out (L, N, H_out), w_hh (G·H, H_out) and
-    w_hr (H_out, H) against one another."""
+                     bint proj, Py_ssize_t *w_hr_shape, size_t itemsize,
+                     fr_index save_steps) except -1:
+    """Check a gated recurrence's save (save_steps, N, ·), out (L, N, H_out), w_hh (G·H, H_out)
+    and w_hr (H_out, H) against one another."""
     cdef int G = cell_gates(cell)
     cdef fr_index H = w_hh_shape[0] // G, H_out = out_shape[2]
     if w_hh_shape[0] != G * H or H < 1 or H > INT_MAX // 8 or H_out > INT_MAX // 8:
@@ -126,7 +144,7 @@ cdef int _check_cell(int cell, Py_ssize_t *save_shape, Py_ssize_t *save_strides,
     elif H_out != H:
         raise ValueError(f"out must be H = {H} wide without w_hr, got {H_out}")
     cdef fr_index width = G * H + H + (H if proj else 0)
-    _check_shape("save", save_shape, 3, (out_shape[0], out_shape[1], width))
+    _check_shape("save", save_shape, 3, (save_steps, out_shape[1], width))
     return 0
 
 
@@ -137,7 +155,7 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
                  bint reverse, floating[:, ::1] h_n not None, floating[:, ::1] c_n,
                  int num_threads=1, const floating[:, :, :] x=None,
                  const floating[:, ::1] w_ih=None, const floating[::1] bias=None,
-                 bint bf16=False):
+                 bint bf16=False, fr_index chunk=1):
     """A gated cell's recurrence over one direction, in place.
 
     ``save`` (L, N, G·H + H [+ H]) holds P = x W_ihᵀ + b (gate-interleaved, see
@@ -153,16 +171,25 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
     gate-interleaved, or None), P_t is computed step by step into ``save`` instead, bitwise
     as ``gemm`` would, just before the step reads it (``save`` need not hold it). Then
     ``save`` may also have a time stride of 0 (one row per sequence, every step's in place:
-    nothing is kept for BPTT, and the rows stay in cache). The split is recurrence_forward's;
-    ``bf16`` as there.
+    nothing is kept for BPTT, and the rows stay in cache). With x, ``chunk`` steps are
+    projected at a time, by one product that reads W_ih once for all of them, and ``save``
+    may instead be a ring of ``chunk`` rows per sequence (a time dimension of ``chunk`` <
+    L: step s in slot s % chunk; nothing kept for BPTT either). The results are the same
+    bits whatever ``chunk``. The split is recurrence_forward's; ``bf16`` as there.
     """
     _check_num_threads(num_threads)
     cdef const fastrnn_kernels *ks = _kernels_for(bf16, sizeof(floating))
     cdef bint lstm = cell == CELL_LSTM, proj = w_hr is not None
     if proj and not lstm:
         raise ValueError("only an LSTM has a projection (w_hr)")
+    if chunk < 1 or (chunk > 1 and x is None):
+        raise ValueError(f"chunk must be 1, or with x any number of steps >= 1, got {chunk}")
+    # a ring of saved rows: fewer than L of them, which only a projection of x can fill
+    cdef fr_index ring = chunk if (x is not None and chunk < out.shape[0]
+                                   and save.shape[0] == chunk) else 0
     _check_cell(cell, save.shape, save.strides, out.shape, out.strides, w_hh.shape, proj,
-                w_hr.shape if proj else NULL, sizeof(floating))
+                w_hr.shape if proj else NULL, sizeof(floating),
+                ring if ring else out.shape[0])
     cdef int G = cell_gates(cell)
     cdef fr_index L = out.shape[0], N = out.shape[1]
     cdef int H = <int> (w_hh.shape[0] // G), H_out = <int> out.shape[2]
@@ -216,7 +243,7 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
     cdef fr_index max_len = _max_length(plen, N)
     cdef _Part pt
     cdef fr_index part, b, t, s
-    cdef int m, i, team, tid, p0, p1
+    cdef int m, mc, i, team, tid, p0, p1
     cdef bint ok
     cdef int failed[1]
     failed[0] = 0
@@ -230,6 +257,8 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
     cdef floating **rrow
     cdef floating **hrow
     cdef const floating **xrows
+    cdef floating **xsrow
+    cdef fr_index steps = min(chunk, L) if L > 0 else 1
     # W_hhᵀ (G·H columns) and W_hrᵀ (and W_ihᵀ) packed once per call by all threads; R for
     # every row
     cdef const floating *pw_hh = &w_hh[0, 0]
@@ -259,14 +288,16 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
         fr_spin_wait(&pack_barrier, team)
         hprev = <const floating **> malloc(sp.slice_rows * sizeof(floating *))
         cprev = <const floating **> malloc(sp.slice_rows * sizeof(floating *))
-        xrows = <const floating **> malloc(sp.slice_rows * sizeof(floating *))
+        # a projection's rows: x_t and the saved row of each row of `steps` steps
+        xrows = <const floating **> malloc(steps * sp.slice_rows * sizeof(floating *))
+        xsrow = <floating **> malloc(steps * sp.slice_rows * sizeof(floating *))
         orow = <floating **> malloc(sp.slice_rows * sizeof(floating *))
         srow = <floating **> malloc(sp.slice_rows * sizeof(floating *))
         rrow = <floating **> malloc(sp.slice_rows * sizeof(floating *))
         hrow = <floating **> malloc(sp.slice_rows * sizeof(floating *))
         try:
             ok = (hprev != NULL and cprev != NULL and orow != NULL and srow != NULL
-                  and rrow != NULL and hrow != NULL and xrows != NULL)
+                  and rrow != NULL and hrow != NULL and xrows != NULL and xsrow != NULL)
             if not ok:
                 failed[0] = 1
             part = tid
@@ -277,8 +308,8 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
                 p1 = _column_start(<int> part + 1, team, H_out) if sp.by_columns else H_out
                 for s in range(max_len):
                     m = _gather_cell(s, pt.b0, pt.b1, plen, reverse, po, ts, bs, psv, sts, sbs,
-                                     ph0, H_out, pc0, H, G, cslot, hprev, orow, srow,
-                                     cprev, r_rows, rrow, px, xts, xbs, xrows) if ok else 0
+                                     ring, ph0, H_out, pc0, H, G, cslot, hprev, orow, srow,
+                                     cprev, r_rows, rrow) if ok else 0
                     if m == 0 and not sp.by_columns:
                         break  # the slice's sequences have all ended
                     for i in range(m):
@@ -286,9 +317,13 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
                     if sp.by_columns:
                         _prefetch_shared_rows(hprev, m, H_out)
                     if px != NULL:
-                        if m > 0 and pt.j1 > pt.j0:  # P_t of this part's gates, in place
-                            kernels.input_step(ks, m, I, G * pt.j0, G * pt.j1, xrows, pwi,
-                                               pbias, srow)
+                        if s % steps == 0 and m > 0 and pt.j1 > pt.j0:
+                            # P of this part's gates for this step and the chunk's next ones
+                            mc = _gather_projection(s, min(s + steps, max_len), pt.b0, pt.b1,
+                                                    plen, reverse, px, xts, xbs, psv, sts, sbs,
+                                                    ring, xrows, xsrow)
+                            kernels.input_step(ks, mc, I, G * pt.j0, G * pt.j1, xrows, pwi,
+                                               pbias, xsrow)
                     else:  # this step's P (read by the epilogue) arrives while the product runs
                         _prefetch_step(s, pt.b0, pt.b1, plen, reverse, G * (pt.j1 - pt.j0),
                                        psv + G * pt.j0, sts, sbs, NULL, 0, 0)
@@ -319,6 +354,7 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
             free(rrow)
             free(hrow)
             free(xrows)
+            free(xsrow)
     fr_aligned_free(pw)
     fr_aligned_free(pwr)
     fr_aligned_free(pwi)
@@ -330,12 +366,14 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
         t = -1 if plen[b] == 0 else (0 if reverse else plen[b] - 1)
         memcpy(&h_n[b, 0], ph0 + b * H_out if t < 0 else po + t * ts + b * bs,
                H_out * sizeof(floating))
-        if lstm:
-            memcpy(&c_n[b, 0], pc0 + b * H if t < 0 else psv + t * sts + b * sbs + cslot,
+        if lstm:  # (in a ring, the last step's slot)
+            memcpy(&c_n[b, 0], pc0 + b * H if t < 0 else
+                   psv + ((plen[b] - 1) % ring if ring else t) * sts + b * sbs + cslot,
                    H * sizeof(floating))
         for t in range(plen[b], L):  # past the length: zero outputs, finite saved rows
             memset(po + t * ts + b * bs, 0, H_out * sizeof(floating))
-            memset(psv + t * sts + b * sbs, 0, save.shape[2] * sizeof(floating))
+            if not ring:
+                memset(psv + t * sts + b * sbs, 0, save.shape[2] * sizeof(floating))
 
 
 def cell_backward(int cell, const floating[:, :, :] save not None,
@@ -369,7 +407,7 @@ def cell_backward(int cell, const floating[:, :, :] save not None,
     if proj and not lstm:
         raise ValueError("only an LSTM has a projection (w_hr)")
     _check_cell(cell, save.shape, save.strides, out.shape, out.strides, w_hh.shape, proj,
-                w_hr.shape if proj else NULL, sizeof(floating))
+                w_hr.shape if proj else NULL, sizeof(floating), out.shape[0])
     cdef int G = cell_gates(cell)
     cdef fr_index L = out.shape[0], N = out.shape[1]
     cdef int H = <int> (w_hh.shape[0] // G), H_out = <int> out.shape[2]
@@ -503,8 +541,8 @@ def cell_backward(int cell, const floating[:, :, :] save not None,
                 p1 = _column_start(<int> part + 1, team, H_out) if sp.by_columns else H_out
                 for s in range(max_len - 1, -1, -1):
                     m = _gather_cell(s, pt.b0, pt.b1, plen, reverse, po, ts, bs, psv, sts, sbs,
-                                     ph0, H_out, pc0, H, G, cslot, hprev, orow, srow,
-                                     cprev, NULL, unused, NULL, 0, 0, NULL) if ok else 0
+                                     0, ph0, H_out, pc0, H, G, cslot, hprev, orow, srow,
+                                     cprev, NULL, unused) if ok else 0
                     if m == 0 and not sp.by_columns:
                         continue  # no sequence of the slice has reached step s yet
                     b = 0

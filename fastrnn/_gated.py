@@ -63,20 +63,33 @@ def _cell_weights(cell, params, k, sizes, biases=True):
     return w_ih, b, w_hh, b_hh, w_hr
 
 
-# W_ih of at most this many bytes is read step by step in a training forward too; beyond
-# it (the grid's XL, 6-8 MiB) the single GEMM's blocking of W_ih wins (docs/performance.md)
-MAX_TRAINING_PER_STEP_W_IH_BYTES = 2 << 20
+# A float32 training forward reads W_ih of at most this many bytes step by step, and an eval
+# forward chunk by chunk beyond it; past it (the grid's XL, 6-8 MiB) a training forward's
+# GEMM first wins (docs/performance.md)
+MAX_PER_STEP_W_IH_BYTES = 2 << 20
+# Saved rows of an eval forward's chunk of steps projected at once (a ring of them)
+MAX_EVAL_CHUNK_BYTES = 16 << 20
 
 
 def _per_step(L, N, input_size, threads, bf16, keep_cache, w_ih_bytes):
     """The input projection inside the recurrence, step by step (``_rnn.projection_per_step``)
     rather than one GEMM first? With bfloat16 products, whose faster products make P's round
     trip through memory a larger share; without a cache for BPTT, where the saved rows then
-    shrink to one per sequence; and in float32 training up to a W_ih (``w_ih_bytes``) of
-    MAX_TRAINING_PER_STEP_W_IH_BYTES, where P's round trip costs more than reading W_ih every
-    step (docs/performance.md)."""
-    return ((bf16 or not keep_cache or w_ih_bytes <= MAX_TRAINING_PER_STEP_W_IH_BYTES)
+    shrink to one per sequence (or a ring: _eval_chunk); and in float32 training up to a W_ih
+    (``w_ih_bytes``) of MAX_PER_STEP_W_IH_BYTES, where P's round trip costs more than reading
+    W_ih every step (docs/performance.md)."""
+    return ((bf16 or not keep_cache or w_ih_bytes <= MAX_PER_STEP_W_IH_BYTES)
             and _rnn.projection_per_step(L, N, input_size, threads))
+
+
+def _eval_chunk(L, N, W, itemsize, w_ih_bytes, bf16):
+    """Steps an eval forward projecting step by step projects at a time: one, or, in float32
+    past a W_ih of MAX_PER_STEP_W_IH_BYTES, as many as MAX_EVAL_CHUNK_BYTES of saved rows
+    hold, so that W_ih is read once a chunk rather than once a step (``cell_forward``'s
+    ``chunk``; bf16 products measured no faster so)."""
+    if bf16 or w_ih_bytes <= MAX_PER_STEP_W_IH_BYTES:
+        return 1
+    return max(1, min(L, MAX_EVAL_CHUNK_BYTES // max(1, N * W * itemsize)))
 
 
 def _step_rows(L, N, W, dtype, reused):
@@ -124,10 +137,15 @@ def _forward(cell, x, params, states, num_layers, bidirectional, batch_first, le
             i = layer * D + d
             w_ih, b, w_hh, b_hh, w_hr = _cell_weights(cell, params, k, sizes)
             per_step = _per_step(L, N, inp.shape[2], threads, bf16, keep_cache, w_ih.nbytes)
-            save = _step_rows(L, N, W, dtype, per_step and not keep_cache)
+            chunk = (_eval_chunk(L, N, W, dtype.itemsize, w_ih.nbytes, bf16)
+                     if per_step and not keep_cache else 1)
+            if 1 < chunk < L:  # a ring of chunk rows a sequence
+                save = np.empty((chunk, N, W), dtype=dtype)
+            else:
+                save = _step_rows(L, N, W, dtype, per_step and not keep_cache and chunk == 1)
             projection = {}
             if per_step:
-                projection = dict(x=inp, w_ih=w_ih, bias=b)
+                projection = dict(x=inp, w_ih=w_ih, bias=b, chunk=chunk)
             else:
                 _rnn.gemm(inp.reshape(L * N, inp.shape[2]), w_ih.T,
                           save.reshape(L * N, W)[:, :G * H], b, False, threads, bf16=bf16,

@@ -309,29 +309,44 @@ def test_gated_empty_batch(rng, cell_proj):
                                        pytest.param(("gru", 0), id="gru")])
 @pytest.mark.parametrize("lengths_kind", [None, "ragged"], ids=["full", "ragged"])
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize("chunk", [1, 5, 12], ids=lambda c: f"chunk{c}")
 def test_gated_forward_without_cache_is_bitwise_the_cached_one(rng, kernel, monkeypatch,
                                                                cell_proj, lengths_kind,
-                                                               precision):
-    """Without a cache (eval), every step saves into one row per sequence and projects its
-    input step by step: the outputs and final states are bitwise those of the cached forward
-    (all L rows saved, the projection as one GEMM: float32 training projects a small W_ih
-    step by step too, so the bound is lowered here), for 1, 2 and 3 threads. 27 rows: 9 or
-    more per thread, so the eval forward takes that path on every thread count."""
-    monkeypatch.setattr(_gated, "MAX_TRAINING_PER_STEP_W_IH_BYTES", -1)
+                                                               precision, chunk):
+    """Without a cache (eval), the steps project their input themselves: one step at a time
+    into one saved row per sequence, or, past a W_ih of MAX_PER_STEP_W_IH_BYTES (lowered here
+    so that this one is past it), float32 ``chunk`` steps at a time (as many as
+    MAX_EVAL_CHUNK_BYTES of saved rows hold: 5 of 12 make a ring, 12 all the rows; bf16 one).
+    The outputs and final states are bitwise those of the cached forward (all L rows saved,
+    the projection as one GEMM past that W_ih), for 1, 2 and 3 threads. 27 rows: 9 or more
+    per thread, so the eval forward projects per step on every thread count."""
+    monkeypatch.setattr(_gated, "MAX_PER_STEP_W_IH_BYTES", -1)
     cell, proj = cell_proj
     dtype = np.float32
     params = random_gated_params(rng, cell, 5, 48, 2, True, True, dtype, proj)
     x, states, lengths, _, _ = _inputs(rng, cell, "time", lengths_kind, True, 2, True, dtype,
                                        proj, seq_len=12, batch=27, input_size=5, hidden_size=48)
+    width = (4 if cell == "lstm" else 3) * 48 + 48 + (48 if proj else 0)
+    monkeypatch.setattr(_gated, "MAX_EVAL_CHUNK_BYTES", chunk * 27 * width * 4)
     fwd = functional.lstm_forward if cell == "lstm" else functional.gru_forward
     hx = tuple(states) if cell == "lstm" else states[0]
     kwargs = dict(num_layers=2, bidirectional=True, lengths=lengths, precision=precision)
+    chunks = []
+    cell_forward = _rnn.cell_forward
+
+    def recording(*args, **kw):
+        chunks.append(kw.get("chunk"))
+        return cell_forward(*args, **kw)
+
+    monkeypatch.setattr(_rnn, "cell_forward", recording)
     previous = fastrnn.get_num_threads()
     try:
         for threads in (1, 2, 3):
             fastrnn.set_num_threads(threads)
             cached = fwd(x, params, hx, **kwargs)
+            chunks.clear()
             uncached = fwd(x, params, hx, keep_cache=False, **kwargs)
+            assert chunks == [chunk if precision == "float32" else 1] * 4
             assert cached[2] is not None and uncached[2] is None
             for a, b in zip(_flat_forward(cached), _flat_forward(uncached)):
                 assert np.array_equal(a, b)
@@ -346,7 +361,7 @@ def test_gated_forward_without_cache_is_bitwise_the_cached_one(rng, kernel, monk
 def test_gated_training_projects_a_small_w_ih_step_by_step(rng, kernel, monkeypatch, cell_proj,
                                                           lengths_kind):
     """A float32 training forward projects its input step by step while W_ih has at most
-    MAX_TRAINING_PER_STEP_W_IH_BYTES, as one GEMM above: the outputs, final states and every
+    MAX_PER_STEP_W_IH_BYTES, as one GEMM above: the outputs, final states and every
     gradient are bitwise the same either way, for 1, 2 and 3 threads (27 rows: 9 or more per
     thread)."""
     cell, proj = cell_proj
@@ -370,7 +385,7 @@ def test_gated_training_projects_a_small_w_ih_step_by_step(rng, kernel, monkeypa
             fastrnn.set_num_threads(threads)
             results = []
             for bound, per_step in ((max(w_ih_bytes), True), (min(w_ih_bytes) - 1, False)):
-                monkeypatch.setattr(_gated, "MAX_TRAINING_PER_STEP_W_IH_BYTES", bound)
+                monkeypatch.setattr(_gated, "MAX_PER_STEP_W_IH_BYTES", bound)
                 calls.clear()
                 results.append(run_gated(functional, cell, params, x, states, gy, gs,
                                          num_layers=2, bidirectional=True, lengths=lengths))

@@ -530,6 +530,61 @@ def test_cell_forward_projection_per_step_is_the_gemms(build, bf16):
             assert np.array_equal(step[name], gemm_args[name]), (name, threads)
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("batch,hidden", [(6, 40), (2, 128)], ids=["batch-slices", "columns"])
+def test_cell_forward_projects_chunks_of_steps_bitwise(kind, reverse, batch, hidden, bf16):
+    """``chunk`` steps projected at once (one product reading W_ih for all of them), into all
+    the saved rows or a ring of ``chunk`` rows a sequence: the outputs and final states are
+    bitwise those of the call given P (the GEMM first), with ragged lengths (0 included), on
+    both splits (batch slices; hidden columns: 2 rows of 128 units on 2 threads) and 1 or 2
+    threads; the projected chunk lands in the rows the steps read (the ring starts as NaN)."""
+    rng = _rng()
+    G, T, I = (4 if kind == "lstm" else 3), 7, 5
+    W = G * hidden + hidden
+    x = rng.standard_normal((T, batch, I)).astype(F)
+    w_ih = rng.standard_normal((G * hidden, I)).astype(F)
+    bias = rng.standard_normal(G * hidden).astype(F)
+    w_hh = (rng.standard_normal((G * hidden, hidden)) / np.sqrt(hidden)).astype(F)
+    b_hh = rng.standard_normal(G * hidden).astype(F) if kind == "gru" else None
+    h0 = rng.standard_normal((batch, hidden)).astype(F)
+    c0 = rng.standard_normal((batch, hidden)).astype(F) if kind == "lstm" else None
+    lengths = np.resize(np.array([T, 0, T - 2, 3], np.int64), batch)
+
+    def run(save, threads, **projection):
+        out, h_n = np.empty((T, batch, hidden), F), np.empty((batch, hidden), F)
+        c_n = np.empty((batch, hidden), F) if kind == "lstm" else None
+        _rnn.cell_forward(_rnn.LSTM if kind == "lstm" else _rnn.GRU, save, out, h0, c0, w_hh,
+                          b_hh, None, lengths, reverse, h_n, c_n, threads, bf16=bf16,
+                          **projection)
+        return [out, h_n] + ([c_n] if kind == "lstm" else [])
+
+    for threads in (1, 2):
+        save = np.empty((T, batch, W), F)
+        _rnn.gemm(x.reshape(T * batch, I), w_ih.T, save.reshape(T * batch, W)[:, :G * hidden],
+                  bias, False, threads, bf16=bf16, gate_layout=(G, hidden, 1))
+        expected = run(save, threads)
+        for chunk in (1, 2, 3, T, T + 4):
+            for ring in ([False, True] if 1 < chunk < T else [False]):
+                rows = np.full((chunk if ring else T, batch, W), np.nan, F)
+                got = run(rows, threads, x=x, w_ih=w_ih, bias=bias, chunk=chunk)
+                for a, b in zip(got, expected):
+                    assert np.array_equal(a, b), (chunk, ring, threads)
+
+
+def test_cell_forward_refuses_a_chunk_it_cannot_project():
+    """``chunk`` counts steps of x's projection: at least 1, more only with x; a ring of saved
+    rows must have ``chunk`` of them."""
+    with pytest.raises(ValueError, match="chunk must be"):
+        _rnn.cell_forward(*cell_forward_args().values(), chunk=2)
+    with pytest.raises(ValueError, match="chunk must be"):
+        _rnn.cell_forward(*cell_forward_args().values(), **_projection("lstm"), chunk=0)
+    ring = cell_forward_args(save=np.zeros((2, N, 5 * H), F))
+    with pytest.raises(ValueError, match="save"):
+        _rnn.cell_forward(*ring.values(), **_projection("lstm"), chunk=3)
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(w_ih=None), "x, w_ih and bias"),
     (dict(w_ih=np.zeros((7, 5), F)), "x, w_ih and bias"),
