@@ -231,6 +231,9 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
     if sts == 0 and L > 1 and px == NULL:
         raise ValueError("save with a time stride of 0 (a row per sequence, reused every step) "
                          "needs x, w_ih: P would have nowhere to wait for its step")
+    if sts == 0 and L > 1 and chunk > 1:
+        raise ValueError(f"save with a time stride of 0 holds one step's P at a time: chunk "
+                         f"must be 1, got {chunk}")
     cdef fr_index ts = out.strides[0] // sizeof(floating), bs = out.strides[1] // sizeof(floating)
     cdef floating *po = &out[0, 0, 0] if L > 0 else NULL
     cdef floating *psv = &save[0, 0, 0] if L > 0 else NULL

@@ -574,8 +574,8 @@ def test_cell_forward_projects_chunks_of_steps_bitwise(kind, reverse, batch, hid
 
 
 def test_cell_forward_refuses_a_chunk_it_cannot_project():
-    """``chunk`` counts steps of x's projection: at least 1, more only with x; a ring of saved
-    rows must have ``chunk`` of them."""
+    """``chunk`` counts steps of x's projection: at least 1, more only with x and saved rows
+    to hold them (not one row reused by every step); a ring of saved rows has ``chunk``."""
     with pytest.raises(ValueError, match="chunk must be"):
         _rnn.cell_forward(*cell_forward_args().values(), chunk=2)
     with pytest.raises(ValueError, match="chunk must be"):
@@ -583,6 +583,11 @@ def test_cell_forward_refuses_a_chunk_it_cannot_project():
     ring = cell_forward_args(save=np.zeros((2, N, 5 * H), F))
     with pytest.raises(ValueError, match="save"):
         _rnn.cell_forward(*ring.values(), **_projection("lstm"), chunk=3)
+    one_row = np.zeros((1, N, 5 * H), F)  # a row per sequence for every step: one step's P
+    reused = cell_forward_args(save=np.ndarray((L, N, 5 * H), F, one_row, 0,
+                                               (0,) + one_row.strides[1:]))
+    with pytest.raises(ValueError, match="chunk must be 1"):
+        _rnn.cell_forward(*reused.values(), **_projection("lstm"), chunk=2)
 
 
 @pytest.mark.parametrize("change, message", [
