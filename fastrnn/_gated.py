@@ -92,12 +92,15 @@ def _eval_chunk(L, N, W, itemsize, w_ih_bytes, bf16):
     return max(1, min(L, MAX_EVAL_CHUNK_BYTES // max(1, N * W * itemsize)))
 
 
-def _step_rows(L, N, W, dtype, reused):
-    """Rows a recurrence writes a step in: (L, N, W), or if ``reused`` one row per sequence
-    that every step reuses (a view of time stride 0: for what nothing reads after its step)."""
-    if not reused:
+def _step_rows(L, N, W, dtype, kept):
+    """Rows a recurrence writes its steps in: all L (``kept`` >= L), a ring of ``kept`` rows
+    per sequence (cell_forward's chunk), or one row per sequence that every step reuses
+    (``kept`` = 1: a view of time stride 0, for what nothing reads after its step)."""
+    if kept >= L:
         return np.empty((L, N, W), dtype=dtype)  # the kernels zero the rows past a length
-    rows = np.empty((1, N, W), dtype=dtype)
+    rows = np.empty((kept, N, W), dtype=dtype)
+    if kept > 1:
+        return rows
     # (the ndarray constructor: as_strided is Python, a noticeable share of a short call)
     return np.ndarray((L, N, W), dtype, rows, 0, (0,) + rows.strides[1:])
 
@@ -139,10 +142,8 @@ def _forward(cell, x, params, states, num_layers, bidirectional, batch_first, le
             per_step = _per_step(L, N, inp.shape[2], threads, bf16, keep_cache, w_ih.nbytes)
             chunk = (_eval_chunk(L, N, W, dtype.itemsize, w_ih.nbytes, bf16)
                      if per_step and not keep_cache else 1)
-            if 1 < chunk < L:  # a ring of chunk rows a sequence
-                save = np.empty((chunk, N, W), dtype=dtype)
-            else:
-                save = _step_rows(L, N, W, dtype, per_step and not keep_cache and chunk == 1)
+            # BPTT reads every step's row; a projection step by step needs a chunk's
+            save = _step_rows(L, N, W, dtype, chunk if per_step and not keep_cache else L)
             projection = {}
             if per_step:
                 projection = dict(x=inp, w_ih=w_ih, bias=b, chunk=chunk)
@@ -266,7 +267,7 @@ def _backward(cell, cache, grad_output, grad_states, input_grad, param_grads):
             # a direction's weight gradients, all of them if any is wanted
             direction_grads = not wanted.isdisjoint(direction_param_names((k,)))
             # dLoss/dh_t: read after its step only by the projection's gradient
-            dh = _step_rows(L, N, H_out, dtype, not (sizes.proj_size and direction_grads))
+            dh = _step_rows(L, N, H_out, dtype, L if sizes.proj_size and direction_grads else 1)
             _rnn.cell_backward(_KERNEL[cell.name], save, out[:, :, cols], d_out[:, :, cols],
                                states[0][i], states[1][i] if lstm else None, grad_states[0][i],
                                grad_states[1][i] if lstm else None, w_hh, w_hr, lengths, d == 1,
