@@ -9,7 +9,8 @@ activations and c for BPTT; without a cache, into one row per sequence that ever
 reuses). Backward: the recurrence of the epilogue's derivative (dA, and for a GRU dR, the
 recurrent side's), then the weight gradients as GEMMs over all rows (``dW_ih = dAᵀX``,
 ``dW_hh = dRᵀH_prev`` on the outputs shifted in time, the biases' sums from the same
-reading, ``dW_hr = dhᵀM``) and ``dX = dA W_ih``.
+reading, ``dW_hr = dhᵀM``; an LSTM's dR is its dA, so its dW_ih, dW_hh and biases come from
+one pass over dA, ``_rnn.weight_grads``, as the Elman RNN's) and ``dX = dA W_ih``.
 
 The kernels compute the gates gate-interleaved (src_c/cell_steps.h): they pack W_hh (and
 W_ih, for a projection step by step) from torch's order themselves; here the biases, and
@@ -276,6 +277,14 @@ def _backward(cell, cache, grad_output, grad_states, input_grad, param_grads):
             da_d = da[:, :, gcols]
             if not direction_grads:
                 continue
+            if sizes.proj_size:
+                # dW_hr = Σ_t dh_tᵀ m_t
+                dw_hr = np.empty((H_out, H), dtype=dtype)
+                _rnn.gemm(dh.reshape(L * N, H_out), save.reshape(L * N, W)[:, G * H + H:],
+                          dw_hr, None, False, threads, True, None, bf16)
+                grads[f"weight_hr_{k}"] = dw_hr
+            if lstm:  # (dW_ih, dW_hh and the biases' for the whole layer below)
+                continue
             # dW_ih = dAᵀX and db_ih = ΣdA from one reading of its rows
             dw_ih = np.empty((G * H, inp.shape[2]), dtype=dtype)
             db_ih = np.empty(G * H, dtype=dtype) if sizes.bias else None
@@ -284,15 +293,23 @@ def _backward(cell, cache, grad_output, grad_states, input_grad, param_grads):
             grads[f"weight_ih_{k}"] = dw_ih
             if sizes.bias:
                 grads[f"bias_ih_{k}"] = db_ih[inverse]
-                if lstm:
-                    grads[f"bias_hh_{k}"] = grads[f"bias_ih_{k}"].copy()
             recurrent.append((k, da_d, out[:, :, cols], states[0][i], d == 1, save))
-            if sizes.proj_size:
-                # dW_hr = Σ_t dh_tᵀ m_t
-                dw_hr = np.empty((H_out, H), dtype=dtype)
-                _rnn.gemm(dh.reshape(L * N, H_out), save.reshape(L * N, W)[:, G * H + H:],
-                          dw_hr, None, False, threads, True, None, bf16)
-                grads[f"weight_hr_{k}"] = dw_hr
+        if lstm and not wanted.isdisjoint(direction_param_names(keys)):
+            # An LSTM's dR is its dA: dW_ih = dAᵀX, dW_hh = dAᵀH_prev and db = ΣdA of every
+            # direction from one reading of dA (the GRU's dR is made from dA after dX)
+            dw_ih = np.empty((D * G * H, inp.shape[2]), dtype=dtype)
+            dw_hh = np.empty((D * G * H, H_out), dtype=dtype)
+            db = np.empty(D * G * H, dtype=dtype) if sizes.bias else None
+            _rnn.weight_grads(da.reshape(L * N, D * G * H), inp2d, out,
+                              np.ascontiguousarray(states[0][layer * D:(layer + 1) * D]),
+                              lengths, dw_ih, dw_hh, db, threads, bf16, c_gate_layout=(G, H))
+            for d, k in enumerate(keys):
+                rows = slice(d * G * H, (d + 1) * G * H)
+                grads[f"weight_ih_{k}"] = dw_ih[rows] if D == 1 else dw_ih[rows].copy()
+                grads[f"weight_hh_{k}"] = dw_hh[rows] if D == 1 else dw_hh[rows].copy()
+                if sizes.bias:
+                    grads[f"bias_ih_{k}"] = db[rows][inverse]
+                    grads[f"bias_hh_{k}"] = grads[f"bias_ih_{k}"].copy()
         # dX = dA W_ih, summed over the directions by the reduction over D·G·H (not for the
         # input when its gradient is not asked for)
         d_in = None
@@ -301,13 +318,12 @@ def _backward(cell, cache, grad_output, grad_states, input_grad, param_grads):
             d_in = np.empty_like(inp)
             _rnn.gemm(da.reshape(L * N, D * G * H), w_ih, d_in.reshape(L * N, inp.shape[2]),
                       None, False, threads, bf16=bf16, gate_layout=(G, H, 0))
-        # dW_hh = dRᵀH_prev and (GRU) db_hh = ΣdR. An LSTM's dR is its dA; a GRU's is made
-        # from dA in place, now that dX has read it (no (L, N, D·3H) array of its own)
+        # a GRU's dW_hh = dRᵀH_prev and db_hh = ΣdR, dR made from dA in place, now that dX
+        # has read it (no (L, N, D·3H) array of its own)
         for k, da_d, out_d, h0, reverse, save in recurrent:
-            if not lstm:
-                _rnn.gru_recurrent_side(da_d, save, threads)
+            _rnn.gru_recurrent_side(da_d, save, threads)
             dw_hh = np.empty((G * H, H_out), dtype=dtype)
-            db_hh = np.empty(G * H, dtype=dtype) if sizes.bias and not lstm else None
+            db_hh = np.empty(G * H, dtype=dtype) if sizes.bias else None
             _recurrent_weight_grads(da_d, out_d, h0, lengths, whole, reverse, dw_hh, db_hh,
                                     threads, bf16, (G, H))
             grads[f"weight_hh_{k}"] = dw_hh

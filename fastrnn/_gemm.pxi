@@ -145,32 +145,38 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
 def weight_grads(const floating[:, ::1] da, const floating[:, :] x,
                  const floating[:, :, :] out, const floating[:, :, ::1] h0,
                  const int64_t[::1] lengths, floating[:, ::1] dw_ih, floating[:, ::1] dw_hh,
-                 floating[::1] db=None, int num_threads=1, bint bf16=False):
-    """A layer's weight gradients from one reading of its dA, (L·N, D·H) (D = 1, or 2 with
-    direction 1 run backward in time): ``dw_ih`` = dAᵀ X, ``dw_hh`` = each direction's
-    dA_dᵀ H_prev stacked (D·H, H), ``db`` (if given) = dA summed over rows.
+                 floating[::1] db=None, int num_threads=1, bint bf16=False,
+                 c_gate_layout=None):
+    """A layer's weight gradients from one reading of its dA, (L·N, D·W) (D = 1, or 2 with
+    direction 1 run backward in time; W = H, or a gated cell's G·H): ``dw_ih`` = dAᵀ X,
+    ``dw_hh`` = each direction's dA_dᵀ H_prev stacked (D·W, H), ``db`` (if given) = dA
+    summed over rows.
 
     ``x`` is the layer's input (L·N, I); ``out`` its output (L, N, D·H), from which, with
     ``h0`` (D, N, H) and ``lengths``, come the states before each step: h_{t-1} forward,
-    h_{t+1} in reverse, h0 where a sequence starts. Each thread takes a slice of the D·H
+    h_{t+1} in reverse, h0 where a sequence starts. Each thread takes a slice of the D·W
     rows; they share the packing of X, and copy each block of dA once for both products.
     Every element is a sum in row order: the same bits for any thread count. ``bf16``: the
     products' operands rounded to bfloat16 (``db`` stays a float32 sum).
+    ``c_gate_layout`` (gates, hidden_size): dA's columns are a gated cell's gates,
+    gate-interleaved in each direction's block of W = gates·hidden_size (the kernels'
+    order); the gradients' rows are written in torch's order (``db`` stays in dA's).
     """
     _check_num_threads(num_threads)
     cdef const fastrnn_kernels *ks = _kernels_for(bf16, sizeof(floating))
     cdef fr_index K = da.shape[0], M = da.shape[1], I = x.shape[1]
     cdef fr_index L = out.shape[0], N = out.shape[1], D = h0.shape[0], H = h0.shape[2]
-    if (D not in (1, 2) or M != D * H or out.shape[2] != M or K != L * N or x.shape[0] != K
-            or h0.shape[1] != N or lengths.shape[0] != N or dw_ih.shape[0] != M
-            or dw_ih.shape[1] != I or dw_hh.shape[0] != M or dw_hh.shape[1] != H
-            or (db is not None and db.shape[0] != M)):
+    cdef fr_index W = H if c_gate_layout is None else c_gate_layout[0] * c_gate_layout[1]
+    if (D not in (1, 2) or M != D * W or out.shape[2] != D * H or K != L * N
+            or x.shape[0] != K or h0.shape[1] != N or lengths.shape[0] != N
+            or dw_ih.shape[0] != M or dw_ih.shape[1] != I or dw_hh.shape[0] != M
+            or dw_hh.shape[1] != H or (db is not None and db.shape[0] != M)):
         raise ValueError(
             f"weight_grads shapes do not match: da ({K}, {M}), x ({x.shape[0]}, {I}), out "
             f"({L}, {N}, {out.shape[2]}), h0 ({D}, {h0.shape[1]}, {H}), lengths "
             f"({lengths.shape[0]},), dw_ih ({dw_ih.shape[0]}, {dw_ih.shape[1]}), dw_hh "
             f"({dw_hh.shape[0]}, {dw_hh.shape[1]}), db "
-            f"{None if db is None else (db.shape[0],)}")
+            f"{None if db is None else (db.shape[0],)}, {W} columns of da per direction")
     if M > INT_MAX:
         raise MemoryError(f"{M} rows exceed the kernels' {INT_MAX}")
     _check_lengths(lengths, N, L)
@@ -208,12 +214,20 @@ def weight_grads(const floating[:, ::1] da, const floating[:, :] x,
                 else:
                     hprev[K + t * N + n] = po + (t + 1 if t + 1 < ln else t) * ts + n * bs + H
     num_threads = threads_for(<double> K * M * (I + H), num_threads)
-    cdef floating *shared = <floating *> fr_aligned_alloc(
-        (kernels.gemm_team_size(ks, K, I, pdw_ih) + kernels.gemm_team_size(ks, K, H, pdw_ih))
-        * sizeof(floating))
-    if shared == NULL:
-        free(hprev)
-        raise MemoryError("could not allocate weight-gradient scratch")
+    # the team's shared packings in an array: within cached_allocation (the backward passes)
+    # the next call takes its block back, where a malloc'd block was faulted in afresh every
+    # call (an LSTM M1 backward: 257 page faults, 0.3 ms)
+    cdef floating[::1] shared_block = np.empty(
+        kernels.gemm_team_size(ks, K, I, pdw_ih) + kernels.gemm_team_size(ks, K, H, pdw_ih),
+        dtype=np.float32 if floating is float else np.float64)
+    cdef floating *shared = &shared_block[0]
+    cdef fr_index *c_rows = NULL
+    if c_gate_layout is not None:
+        try:
+            c_rows = _blocked_gate_rows(c_gate_layout[0], c_gate_layout[1], M)
+        except BaseException:
+            free(hprev)
+            raise
     cdef fr_spin_barrier team_barrier
     team_barrier.count = team_barrier.generation = 0
     cdef int team
@@ -221,12 +235,12 @@ def weight_grads(const floating[:, ::1] da, const floating[:, :] x,
     failed[0] = 0
     with nogil, parallel(num_threads=num_threads):
         team = fr_team_size()
-        if kernels.weight_grads_at_team(ks, M, K, H, &da[0, 0], M, px, ldx, I, hprev, pdw_ih,
-                                        &dw_hh[0, 0], pdb, threadid(), team, shared,
-                                        fr_team_barrier, &team_barrier) != 0:
+        if kernels.weight_grads_at_team(ks, M, K, W, H, &da[0, 0], M, px, ldx, I, hprev,
+                                        pdw_ih, &dw_hh[0, 0], c_rows, pdb, threadid(), team,
+                                        shared, fr_team_barrier, &team_barrier) != 0:
             failed[0] = 1
-    fr_aligned_free(shared)
     free(hprev)
+    free(c_rows)
     if failed[0]:
         raise MemoryError("could not allocate weight-gradient scratch")
 

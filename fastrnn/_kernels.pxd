@@ -22,10 +22,10 @@ cdef extern from "kernels.h" nogil:
                             const float *, fr_index, int, float *, fr_index, const fr_index *,
                             const float *, int, float *, int, int, float *, fr_barrier_fn,
                             void *) noexcept nogil
-        int (*weight_grads_at_team)(fr_index, fr_index, fr_index, const float *, fr_index,
-                                    const float *, fr_index, fr_index, const float **,
-                                    float *, float *, float *, int, int, float *,
-                                    fr_barrier_fn, void *) noexcept nogil
+        int (*weight_grads_at_team)(fr_index, fr_index, fr_index, fr_index, const float *,
+                                    fr_index, const float *, fr_index, fr_index, const float **,
+                                    float *, float *, const fr_index *, float *, int, int,
+                                    float *, fr_barrier_fn, void *) noexcept nogil
         fr_index (*packed_size)(fr_index, fr_index) noexcept nogil
         void (*pack)(fr_index, fr_index, const float *, fr_index, int, const fr_index *,
                      float *) noexcept nogil
@@ -58,10 +58,10 @@ cdef extern from "kernels.h" nogil:
                             const double *, fr_index, int, double *, fr_index,
                             const fr_index *, const double *, int, double *, int, int,
                             double *, fr_barrier_fn, void *) noexcept nogil
-        int (*weight_grads_at_team)(fr_index, fr_index, fr_index, const double *, fr_index,
-                                    const double *, fr_index, fr_index, const double **,
-                                    double *, double *, double *, int, int, double *,
-                                    fr_barrier_fn, void *) noexcept nogil
+        int (*weight_grads_at_team)(fr_index, fr_index, fr_index, fr_index, const double *,
+                                    fr_index, const double *, fr_index, fr_index, const double **,
+                                    double *, double *, const fr_index *, double *, int, int,
+                                    double *, fr_barrier_fn, void *) noexcept nogil
         fr_index (*packed_size)(fr_index, fr_index) noexcept nogil
         void (*pack)(fr_index, fr_index, const double *, fr_index, int, const fr_index *,
                      double *) noexcept nogil
@@ -159,19 +159,20 @@ cdef inline int gemm_at_team(const fastrnn_kernels *ks, fr_index M, fr_index N, 
 
 
 cdef inline int weight_grads_at_team(const fastrnn_kernels *ks, fr_index M, fr_index K,
-                                     fr_index H, const floating *A, fr_index lda,
+                                     fr_index W, fr_index H, const floating *A, fr_index lda,
                                      const floating *X, fr_index ldx, fr_index I,
                                      const floating **hprev, floating *dw_ih,
-                                     floating *dw_hh, floating *a_sums, int thread,
-                                     int nthreads, floating *shared, fr_barrier_fn barrier,
+                                     floating *dw_hh, const fr_index *c_rows,
+                                     floating *a_sums, int thread, int nthreads,
+                                     floating *shared, fr_barrier_fn barrier,
                                      void *barrier_arg) noexcept nogil:
     if floating is float:
-        return ks.f32.weight_grads_at_team(M, K, H, A, lda, X, ldx, I, hprev, dw_ih, dw_hh,
-                                           a_sums, thread, nthreads, shared, barrier,
+        return ks.f32.weight_grads_at_team(M, K, W, H, A, lda, X, ldx, I, hprev, dw_ih, dw_hh,
+                                           c_rows, a_sums, thread, nthreads, shared, barrier,
                                            barrier_arg)
     else:
-        return ks.f64.weight_grads_at_team(M, K, H, A, lda, X, ldx, I, hprev, dw_ih, dw_hh,
-                                           a_sums, thread, nthreads, shared, barrier,
+        return ks.f64.weight_grads_at_team(M, K, W, H, A, lda, X, ldx, I, hprev, dw_ih, dw_hh,
+                                           c_rows, a_sums, thread, nthreads, shared, barrier,
                                            barrier_arg)
 
 

@@ -96,14 +96,18 @@ static void FR_P(pack_from_rows)(const REAL *const *rows, fr_index j0, fr_index 
 
 /* A layer's weight gradients in one pass over dA, by each thread of a team (as
  * gemm_at_team): dW_ih = dAᵀ X (M x I, shared packing of X), dW_hh of direction d =
- * dA_dᵀ Hprev_d (rows d·H .. of dw_hh, H columns), db = Σ_k dA (a_sums, may be NULL).
- * dA is K x M (lda), M = D·H; hprev[d·K + k] is row k of Hprev_d (H values: the state
- * before step k's, h0 where a sequence starts). Each K block of a thread's dA columns is
- * copied once for both products, where separate GEMMs copied it for each. Every element
- * is a sum in k order, whatever the team. Returns 0, or -1 without scratch memory. */
-static int FR_P(weight_grads_at_team)(fr_index M, fr_index K, fr_index H, const REAL *A,
-                                      fr_index lda, const REAL *X, fr_index ldx, fr_index I,
-                                      const REAL *const *hprev, REAL *dw_ih, REAL *dw_hh,
+ * dA_dᵀ Hprev_d (rows d·W .. of dw_hh, H columns), db = Σ_k dA (a_sums, may be NULL).
+ * dA is K x M (lda), M = D·W: W columns per direction (H for an Elman RNN, G·H for a gated
+ * cell's gates); hprev[d·K + k] is row k of Hprev_d (H values: the state before step k's,
+ * h0 where a sequence starts). Row i of the products is row c_rows[i] of dw_ih and dw_hh
+ * (c_rows NULL: row i; a_sums stays in the products' order). Each K block of a thread's
+ * dA columns is copied once for both products, where separate GEMMs copied it for each.
+ * Every element is a sum in k order, whatever the team. Returns 0, or -1 without scratch
+ * memory. */
+static int FR_P(weight_grads_at_team)(fr_index M, fr_index K, fr_index W, fr_index H,
+                                      const REAL *A, fr_index lda, const REAL *X,
+                                      fr_index ldx, fr_index I, const REAL *const *hprev,
+                                      REAL *dw_ih, REAL *dw_hh, const fr_index *c_rows,
                                       REAL *a_sums, int thread, int nthreads, REAL *shared,
                                       void (*barrier)(void *), void *barrier_arg) {
     const fr_index i0 = M * thread / nthreads, rows = M * (thread + 1) / nthreads - i0;
@@ -118,7 +122,7 @@ static int FR_P(weight_grads_at_team)(fr_index M, fr_index K, fr_index H, const 
     if (rows > 0) {
         fr_index r = i0;
         while (r < i0 + rows && nseg < 3) {
-            fr_index end = (r / H + 1) * H < i0 + rows ? (r / H + 1) * H : i0 + rows;
+            fr_index end = (r / W + 1) * W < i0 + rows ? (r / W + 1) * W : i0 + rows;
             seg[++nseg] = end;
             r = end;
         }
@@ -133,8 +137,9 @@ static int FR_P(weight_grads_at_team)(fr_index M, fr_index K, fr_index H, const 
     /* out of memory: still pack and meet the others at every barrier, compute nothing */
     const int ok = crows && apack && hpack && seg[nseg] == i0 + rows;
     for (fr_index i = 0; ok && i < rows; i++) {
-        crows[i] = dw_ih + (i0 + i) * I;
-        crows[rows + i] = dw_hh + (i0 + i) * H;
+        const fr_index row = c_rows ? c_rows[i0 + i] : i0 + i;
+        crows[i] = dw_ih + row * I;
+        crows[rows + i] = dw_hh + row * H;
     }
     const fr_index nkb = K > 0 ? (K + KC - 1) / KC : 1;
     const fr_index ncb = I > 0 ? (I + NC - 1) / NC : 0;
@@ -166,7 +171,7 @@ static int FR_P(weight_grads_at_team)(fr_index M, fr_index K, fr_index H, const 
         for (fr_index jc = 0; jc < H; jc += NC) {
             const int nc = (int)(H - jc < NC ? H - jc : NC);
             REAL *hp = hpack;
-            if (M == H) {
+            if (M == W) {
                 hp = shared_h + (sh++ % 2) * half_h;
                 fr_index j;
                 const fr_index n = FR_P(panel_share)(nc, thread, nthreads, &j);
@@ -177,8 +182,8 @@ static int FR_P(weight_grads_at_team)(fr_index M, fr_index K, fr_index H, const 
             for (int g = 0; ok && g < nseg; g++) {
                 const fr_index r0 = seg[g], r1 = seg[g + 1];
                 const FR_P(asrc) a = {NULL, A + r0, lda};
-                if (M != H)
-                    FR_P(pack_from_rows)(hprev + r0 / H * K + kb, jc, nc, kc, hp);
+                if (M != W)
+                    FR_P(pack_from_rows)(hprev + r0 / W * K + kb, jc, nc, kc, hp);
                 /* A's block was copied by the dW_ih pass, unless there was none (I = 0) */
                 const int copy_a = ncb == 0 && jc == 0;
                 FR_P(block)((int)(r1 - r0), nc, kb, kc, a, apack + ab * astride_rows, hp,

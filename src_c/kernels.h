@@ -50,15 +50,17 @@ typedef void (*fr_barrier_fn)(void *barrier_arg);
                             REAL *a_sums, int thread, int nthreads, REAL *shared,             \
                             fr_barrier_fn barrier, void *barrier_arg);                        \
         /* A layer's weight gradients, called by every thread of a team as gemm_at_team:     \
-         * from dA (K x M, M = D·H, lda), dW_ih = dAᵀ X (M x I), dW_hh = dA_dᵀ Hprev_d for    \
-         * each direction d (stacked, M x H; hprev[d·K + k] points to row k of Hprev_d) and,  \
-         * if not NULL, a_sums = Σ_k dA (db), reading dA once for them all. shared:           \
+         * from dA (K x M, M = D·W: W columns per direction, lda), dW_ih = dAᵀ X (M x I),    \
+         * dW_hh = dA_dᵀ Hprev_d for each direction d (stacked, M x H; hprev[d·K + k] points  \
+         * to row k of Hprev_d) and, if not NULL, a_sums = Σ_k dA (db), reading dA once for   \
+         * them all; the products' row i written to row c_rows[i] (c_rows NULL: i). shared:  \
          * gemm_team_size(K, I) + gemm_team_size(K, H) elements. Returns 0, or -1 if scratch  \
          * could not be allocated. */                                                         \
-        int (*weight_grads_at_team)(fr_index M, fr_index K, fr_index H, const REAL *A,        \
-                                    fr_index lda, const REAL *X, fr_index ldx, fr_index I,    \
-                                    const REAL *const *hprev, REAL *dw_ih, REAL *dw_hh,       \
-                                    REAL *a_sums, int thread, int nthreads, REAL *shared,     \
+        int (*weight_grads_at_team)(fr_index M, fr_index K, fr_index W, fr_index H,           \
+                                    const REAL *A, fr_index lda, const REAL *X, fr_index ldx, \
+                                    fr_index I, const REAL *const *hprev, REAL *dw_ih,        \
+                                    REAL *dw_hh, const fr_index *c_rows, REAL *a_sums,        \
+                                    int thread, int nthreads, REAL *shared,                   \
                                     fr_barrier_fn barrier, void *barrier_arg);                \
         /* Elements needed to pack a K×N matrix for the step kernels; pack op(B) (B[K,N], or  \
          * Bᵀ of B stored [N,K] if b_trans; row stride ldb) into that layout. rows, if not    \

@@ -252,23 +252,32 @@ def test_compiled_bf16_operands_round_like_the_model(kernel):
 @pytest.mark.parametrize("L,N,I,H,D", [(5, 7, 13, 40, 2), (40, 16, 9, 24, 2), (2, 3, 5, 530, 1),
                                        (2, 3, 530, 8, 2), (4, 3, 0, 16, 2)],
                          ids=["ragged", "k-blocks", "hidden-blocks", "input-blocks", "no-input"])
+@pytest.mark.parametrize("gates", [None, 4], ids=["elman", "gates"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_weight_grads_match_numpy(kernel, L, N, I, H, D, dtype):
+def test_weight_grads_match_numpy(kernel, L, N, I, H, D, gates, dtype):
     """A layer's dW_ih, dW_hh (each direction against its previous states: h_{t-1} forward,
     h_{t+1} in reverse, h0 where a sequence starts) and db from one pass over dA, against
-    NumPy; bitwise the same for 1, 2 and 3 threads (3: a thread's rows cross directions)."""
+    NumPy; bitwise the same for 1, 2 and 3 threads (3: a thread's rows cross directions).
+    With ``gates``, dA's columns are a gated cell's gates, gate-interleaved (the kernels'
+    order), G·H per direction, and the gradients' rows come out in torch's order."""
     from fastrnn import _rnn
+    from fastrnn._gated import _interleave
 
     rng = np.random.default_rng(L * N + I + H)
+    W = H * (gates or 1)  # dA's columns per direction
     lengths = rng.integers(0, L + 1, size=N)
     lengths[0] = L
     valid = np.arange(L)[:, None] < lengths[None, :]
-    da = (rng.standard_normal((L, N, D * H)) * valid[:, :, None]).astype(dtype)
+    da = (rng.standard_normal((L, N, D * W)) * valid[:, :, None]).astype(dtype)
     x = rng.standard_normal((L, N, I)).astype(dtype)
     out = (rng.standard_normal((L, N, D * H)) * valid[:, :, None]).astype(dtype)
     h0 = rng.standard_normal((D, N, H)).astype(dtype)
-    da2d, x2d = da.reshape(L * N, D * H), x.reshape(L * N, I)
-    expected_hh = []
+    da2d, x2d = da.reshape(L * N, D * W), x.reshape(L * N, I)
+    # row c of a direction's products is row order[c] of its gradients
+    order = _interleave(gates, H)[0] if gates else np.arange(W)
+    rows = np.concatenate([d * W + order for d in range(D)])
+    expected_ih, expected_hh = np.empty((D * W, I)), np.empty((D * W, H))
+    expected_ih[rows] = da2d.T.astype(np.float64) @ x2d
     for d in range(D):
         hprev = np.zeros((L, N, H))
         for n in range(N):
@@ -277,22 +286,27 @@ def test_weight_grads_match_numpy(kernel, L, N, I, H, D, dtype):
                     hprev[t, n] = h0[0, n] if t == 0 else out[t - 1, n, :H]
                 else:
                     hprev[t, n] = h0[1, n] if t == lengths[n] - 1 else out[t + 1, n, H:]
-        a = da2d[:, d * H:(d + 1) * H].astype(np.float64)
-        expected_hh.append(a.T @ hprev.reshape(L * N, H))
+        a = da2d[:, d * W:(d + 1) * W].astype(np.float64)
+        expected_hh[rows[d * W:(d + 1) * W]] = a.T @ hprev.reshape(L * N, H)
+    layout = dict(c_gate_layout=(gates, H)) if gates else {}
     results = []
     for threads in (1, 2, 3):
-        dw_ih, dw_hh = np.full((D * H, I), np.nan, dtype), np.full((D * H, H), np.nan, dtype)
-        db = np.full(D * H, np.nan, dtype)
-        _rnn.weight_grads(da2d, x2d, out, h0, lengths, dw_ih, dw_hh, db, threads)
-        assert_close_rel(dw_ih, da2d.T.astype(np.float64) @ x2d, dtype, name="dW_ih")
-        assert_close_rel(dw_hh, np.concatenate(expected_hh), dtype, name="dW_hh")
+        dw_ih, dw_hh = np.full((D * W, I), np.nan, dtype), np.full((D * W, H), np.nan, dtype)
+        db = np.full(D * W, np.nan, dtype)
+        _rnn.weight_grads(da2d, x2d, out, h0, lengths, dw_ih, dw_hh, db, threads, **layout)
+        assert_close_rel(dw_ih, expected_ih, dtype, name="dW_ih")
+        assert_close_rel(dw_hh, expected_hh, dtype, name="dW_hh")
         assert_close_rel(db, da2d.astype(np.float64).sum(axis=0), dtype, name="db")
         results.append((dw_ih, dw_hh, db))
     for other in results[1:]:
         assert all(np.array_equal(a, b) for a, b in zip(results[0], other))
     with pytest.raises(ValueError, match="shapes do not match"):
-        _rnn.weight_grads(da2d, x2d, out, h0, lengths, dw_ih, np.empty((D * H, H + 1), dtype),
-                          db, 1)
+        _rnn.weight_grads(da2d, x2d, out, h0, lengths, dw_ih, np.empty((D * W, H + 1), dtype),
+                          db, 1, **layout)
+    if gates:  # a layout that does not tile dA's columns
+        with pytest.raises(ValueError, match="shapes do not match"):
+            _rnn.weight_grads(da2d, x2d, out, h0, lengths, dw_ih, dw_hh, db, 1,
+                              c_gate_layout=(gates + 1, H))
 
 
 def test_compiled_tanh_within_three_ulp(kernel):
