@@ -13,8 +13,8 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-KERNEL_SOURCES = ["src_c/dispatch.c", "src_c/kernels_portable.c", "src_c/kernels_avx2.c",
-                  "src_c/kernels_avx512.c", "src_c/kernels_avx512_bf16.c"]
+KERNEL_SOURCES = ["src_c/dispatch.c", "src_c/scratch.c", "src_c/kernels_portable.c",
+                  "src_c/kernels_avx2.c", "src_c/kernels_avx512.c", "src_c/kernels_avx512_bf16.c"]
 OPENMP_TEST = "#include <omp.h>\nint main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }\n"
 
 

@@ -268,16 +268,16 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
     cdef const floating *pw_hr = &w_hr[0, 0] if proj else NULL
     cdef floating *pw = _packed_buffer(ks, H_out, G * H, po)
     cdef floating *pwr = _packed_buffer(ks, H, H_out, po) if proj else NULL
-    cdef floating *r_rows = <floating *> fr_aligned_alloc(N * G * H * sizeof(floating))
+    cdef floating *r_rows = <floating *> fr_scratch_alloc(N * G * H * sizeof(floating))
     cdef const floating *pw_ih = &w_ih[0, 0] if px != NULL else NULL
     cdef floating *pwi = _packed_buffer(ks, I, G * H, po) if px != NULL else NULL
     cdef fr_index *gate_rows = _gate_rows(G, H)
     if (pw == NULL or (proj and pwr == NULL) or r_rows == NULL or (px != NULL and pwi == NULL)
             or gate_rows == NULL):
-        fr_aligned_free(pw)
-        fr_aligned_free(pwr)
-        fr_aligned_free(pwi)
-        fr_aligned_free(r_rows)
+        fr_scratch_free(pw)
+        fr_scratch_free(pwr)
+        fr_scratch_free(pwi)
+        fr_scratch_free(r_rows)
         free(gate_rows)
         raise MemoryError("could not allocate the packed weights of the recurrence")
     with nogil, parallel(num_threads=sp.nthreads):
@@ -358,10 +358,10 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
             free(hrow)
             free(xrows)
             free(xsrow)
-    fr_aligned_free(pw)
-    fr_aligned_free(pwr)
-    fr_aligned_free(pwi)
-    fr_aligned_free(r_rows)
+    fr_scratch_free(pw)
+    fr_scratch_free(pwr)
+    fr_scratch_free(pwi)
+    fr_scratch_free(r_rows)
     free(gate_rows)
     if failed[0]:
         raise MemoryError("could not allocate per-thread scratch for the recurrence")
@@ -490,23 +490,23 @@ def cell_backward(int cell, const floating[:, :, :] save not None,
     cdef const floating *pw_hr = &w_hr[0, 0] if proj else NULL
     cdef floating *pw = _packed_buffer(ks, G * H, H_out, pda)
     cdef floating *pwr = _packed_buffer(ks, H_out, H, pda) if proj else NULL
-    cdef floating *g = <floating *> fr_aligned_alloc(N * H_out * sizeof(floating))
-    cdef floating *dcs = <floating *> fr_aligned_alloc(N * H * sizeof(floating) + 1)
-    cdef floating *dms = <floating *> fr_aligned_alloc(N * H * sizeof(floating) + 1)
+    cdef floating *g = <floating *> fr_scratch_alloc(N * H_out * sizeof(floating))
+    cdef floating *dcs = <floating *> fr_scratch_alloc(N * H * sizeof(floating) + 1)
+    cdef floating *dms = <floating *> fr_scratch_alloc(N * H * sizeof(floating) + 1)
     # a GRU's dR without grad_r: read only within its step, so two rows per sequence do (a
     # column split's threads may still read step s's while writing step s + 1's)
     cdef bint dr_scratch = not lstm and grad_r is None
-    cdef floating *drs = (<floating *> fr_aligned_alloc(2 * N * G * H * sizeof(floating))
+    cdef floating *drs = (<floating *> fr_scratch_alloc(2 * N * G * H * sizeof(floating))
                           if dr_scratch else NULL)
     cdef fr_index *gate_rows = _gate_rows(G, H)
     if (pw == NULL or (proj and pwr == NULL) or g == NULL or dcs == NULL or dms == NULL
             or (dr_scratch and drs == NULL) or gate_rows == NULL):
-        fr_aligned_free(pw)
-        fr_aligned_free(pwr)
-        fr_aligned_free(g)
-        fr_aligned_free(dcs)
-        fr_aligned_free(dms)
-        fr_aligned_free(drs)
+        fr_scratch_free(pw)
+        fr_scratch_free(pwr)
+        fr_scratch_free(g)
+        fr_scratch_free(dcs)
+        fr_scratch_free(dms)
+        fr_scratch_free(drs)
         free(gate_rows)
         raise MemoryError("could not allocate BPTT scratch")
     memcpy(g, &grad_h_n[0, 0], N * H_out * sizeof(floating))
@@ -608,17 +608,17 @@ def cell_backward(int cell, const floating[:, :, :] save not None,
             free(dr)
             free(dc)
             free(dm)
-    fr_aligned_free(pw)
-    fr_aligned_free(pwr)
+    fr_scratch_free(pw)
+    fr_scratch_free(pwr)
     free(gate_rows)
     if not failed[0]:
         memcpy(&grad_h0[0, 0], g, N * H_out * sizeof(floating))
         if lstm:
             memcpy(&grad_c0[0, 0], dcs, N * H * sizeof(floating))
-    fr_aligned_free(g)
-    fr_aligned_free(dcs)
-    fr_aligned_free(dms)
-    fr_aligned_free(drs)
+    fr_scratch_free(g)
+    fr_scratch_free(dcs)
+    fr_scratch_free(dms)
+    fr_scratch_free(drs)
     if failed[0]:
         raise MemoryError("could not allocate per-thread scratch for BPTT")
     for b in range(N):  # the steps each sequence ran are written; the rest are 0

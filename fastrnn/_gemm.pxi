@@ -87,7 +87,7 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
             raise
     if a_trans and num_threads > 1:
         team_barrier.count = team_barrier.generation = 0
-        shared = <floating *> fr_aligned_alloc(
+        shared = <floating *> fr_scratch_alloc(
             kernels.gemm_team_size(ks, K, N, pc) * sizeof(floating))
         if shared == NULL:
             free(c_rows)
@@ -98,7 +98,7 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
                                     pbias, accumulate, psums, threadid(), team, shared,
                                     fr_team_barrier, &team_barrier) != 0:
                 failed[0] = 1
-        fr_aligned_free(shared)
+        fr_scratch_free(shared)
         free(c_rows)
         if failed[0]:
             raise MemoryError("could not allocate GEMM scratch")
@@ -214,18 +214,18 @@ def weight_grads(const floating[:, ::1] da, const floating[:, :] x,
                 else:
                     hprev[K + t * N + n] = po + (t + 1 if t + 1 < ln else t) * ts + n * bs + H
     num_threads = threads_for(<double> K * M * (I + H), num_threads)
-    # the team's shared packings in an array: within cached_allocation (the backward passes)
-    # the next call takes its block back, where a malloc'd block was faulted in afresh every
-    # call (an LSTM M1 backward: 257 page faults, 0.3 ms)
-    cdef floating[::1] shared_block = np.empty(
-        kernels.gemm_team_size(ks, K, I, pdw_ih) + kernels.gemm_team_size(ks, K, H, pdw_ih),
-        dtype=np.float32 if floating is float else np.float64)
-    cdef floating *shared = &shared_block[0]
+    cdef floating *shared = <floating *> fr_scratch_alloc(
+        (kernels.gemm_team_size(ks, K, I, pdw_ih) + kernels.gemm_team_size(ks, K, H, pdw_ih))
+        * sizeof(floating))
+    if shared == NULL:
+        free(hprev)
+        raise MemoryError("could not allocate weight-gradient scratch")
     cdef fr_index *c_rows = NULL
     if c_gate_layout is not None:
         try:
             c_rows = _blocked_gate_rows(c_gate_layout[0], c_gate_layout[1], M)
         except BaseException:
+            fr_scratch_free(shared)
             free(hprev)
             raise
     cdef fr_spin_barrier team_barrier
@@ -239,6 +239,7 @@ def weight_grads(const floating[:, ::1] da, const floating[:, :] x,
                                         pdw_ih, &dw_hh[0, 0], c_rows, pdb, threadid(), team,
                                         shared, fr_team_barrier, &team_barrier) != 0:
             failed[0] = 1
+    fr_scratch_free(shared)
     free(hprev)
     free(c_rows)
     if failed[0]:
@@ -247,9 +248,9 @@ def weight_grads(const floating[:, ::1] da, const floating[:, :] x,
 
 cdef floating *_packed_buffer(const fastrnn_kernels *ks, fr_index K, fr_index N,
                              floating *like) noexcept nogil:
-    """Room for a K×N matrix packed for the step kernels (fr_aligned_free it); NULL if out of
+    """Room for a K×N matrix packed for the step kernels (fr_scratch_free it); NULL if out of
     memory. ``like`` only selects the type."""
-    return <floating *> fr_aligned_alloc(kernels.packed_size(ks, K, N, like) * sizeof(floating))
+    return <floating *> fr_scratch_alloc(kernels.packed_size(ks, K, N, like) * sizeof(floating))
 
 
 cdef void _pack_part(const fastrnn_kernels *ks, const floating *w, fr_index ld, fr_index K,

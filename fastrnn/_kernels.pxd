@@ -99,6 +99,12 @@ cdef extern from "kernels.h" nogil:
 cdef extern from "aligned_memory.h" nogil:
     void *fr_aligned_alloc(size_t bytes) noexcept nogil
     void fr_aligned_free(void *p) noexcept nogil
+    void *fr_scratch_alloc(size_t bytes) noexcept nogil
+    void fr_scratch_free(void *p) noexcept nogil
+    ctypedef struct fr_scratch_functions:
+        void *(*alloc)(size_t) noexcept nogil
+        void (*release)(void *) noexcept nogil
+    void fr_set_scratch(const fr_scratch_functions *functions) noexcept nogil
 
 cdef extern from "team.h" nogil:
     ctypedef struct fr_spin_barrier:

@@ -32,6 +32,9 @@ cnp.import_array()
 cdef extern from "aligned_memory.h" nogil:
     ctypedef struct fr_aligned_header:
         size_t bytes
+    ctypedef struct fr_scratch_functions:
+        void *(*alloc)(size_t) noexcept nogil
+        void (*release)(void *) noexcept nogil
     fr_aligned_header fr_aligned_header_of(const void *p)
     void *fr_aligned_alloc(size_t bytes)
     void *fr_aligned_realloc(void *p, size_t bytes)
@@ -195,6 +198,23 @@ handler.allocator.realloc = _realloc
 handler.allocator.free = _free
 # NumPy keeps a reference to the capsule in every array it allocates through it
 cdef object handler_capsule = PyCapsule_New(&handler, b"mem_handler", NULL)
+
+
+cdef void *_scratch_alloc(size_t size) noexcept nogil:
+    return _malloc(NULL, size)
+
+
+cdef void _scratch_free(void *p) noexcept nogil:
+    if p != NULL:
+        _free(NULL, p, _capacity(p))
+
+
+cdef fr_scratch_functions scratch_functions
+scratch_functions.alloc = _scratch_alloc
+scratch_functions.release = _scratch_free
+# the compiled kernels' per-call scratch through the cache, whatever the context (fastrnn._rnn
+# hands these to src_c/scratch.c): each call takes back the blocks the previous one freed
+scratch_capsule = PyCapsule_New(&scratch_functions, b"fastrnn._memory.scratch", NULL)
 
 
 cdef class cached_allocation:

@@ -176,7 +176,7 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
     if px != NULL:
         pwi = _packed_buffer(ks, I, H, po)
         if pwi == NULL:
-            fr_aligned_free(pw)
+            fr_scratch_free(pw)
             raise MemoryError("could not allocate the packed input weights")
     with nogil, parallel(num_threads=sp.nthreads):
         team = fr_team_size()
@@ -220,8 +220,8 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
             free(hprev)
             free(rows)
             free(xrows)
-    fr_aligned_free(pw)
-    fr_aligned_free(pwi)
+    fr_scratch_free(pw)
+    fr_scratch_free(pwi)
     if failed[0]:
         raise MemoryError("could not allocate per-thread scratch for the recurrence")
     for b in range(N):
@@ -321,18 +321,18 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
     if w_out is not None:
         pwo = _packed_buffer(ks, K, H, pda)
         if pwo == NULL:
-            fr_aligned_free(pw)
+            fr_scratch_free(pw)
             raise MemoryError("could not allocate the packed output weights")
     if sp.by_columns:
         # one g (and dY) for the whole batch, each thread updating its own columns
-        g_shared = <floating *> fr_aligned_alloc(N * H * sizeof(floating))
+        g_shared = <floating *> fr_scratch_alloc(N * H * sizeof(floating))
         if w_out is not None:
-            dy_shared = <floating *> fr_aligned_alloc(N * H * sizeof(floating))
+            dy_shared = <floating *> fr_scratch_alloc(N * H * sizeof(floating))
         if g_shared == NULL or (w_out is not None and dy_shared == NULL):
-            fr_aligned_free(pw)
-            fr_aligned_free(pwo)
-            fr_aligned_free(g_shared)
-            fr_aligned_free(dy_shared)
+            fr_scratch_free(pw)
+            fr_scratch_free(pwo)
+            fr_scratch_free(g_shared)
+            fr_scratch_free(dy_shared)
             raise MemoryError("could not allocate BPTT scratch")
         memcpy(g_shared, pghn, N * H * sizeof(floating))
     with nogil, parallel(num_threads=sp.nthreads):
@@ -342,9 +342,9 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
         if pwo != NULL:
             _pack_part(ks, pw_out_src, ld_out, K, H, False, NULL, pwo, tid, team)
         fr_spin_wait(&pack_barrier, team)
-        g = g_shared if sp.by_columns else <floating *> fr_aligned_alloc(
+        g = g_shared if sp.by_columns else <floating *> fr_scratch_alloc(
             sp.slice_rows * H * sizeof(floating) + 1)
-        dy_rows = dy_shared if sp.by_columns or pwo == NULL else <floating *> fr_aligned_alloc(
+        dy_rows = dy_shared if sp.by_columns or pwo == NULL else <floating *> fr_scratch_alloc(
             sp.slice_rows * H * sizeof(floating) + 1)
         dy = <const floating **> malloc(sp.slice_rows * sizeof(floating *))
         dyp = <const floating **> malloc(sp.slice_rows * sizeof(floating *))
@@ -390,20 +390,20 @@ def recurrence_backward(const floating[:, :, :] out, const floating[:, :, :] gra
                 part = part + team  # (not +=: Cython would make it a reduction)
         finally:
             if g != g_shared:
-                fr_aligned_free(g)
+                fr_scratch_free(g)
             if dy_rows != dy_shared:
-                fr_aligned_free(dy_rows)
+                fr_scratch_free(dy_rows)
             free(dy)
             free(dyp)
             free(h)
             free(gr)
             free(da)
-    fr_aligned_free(pw)
-    fr_aligned_free(pwo)
-    fr_aligned_free(dy_shared)
+    fr_scratch_free(pw)
+    fr_scratch_free(pwo)
+    fr_scratch_free(dy_shared)
     if sp.by_columns:
         memcpy(pgh0, g_shared, N * H * sizeof(floating))
-        fr_aligned_free(g_shared)
+        fr_scratch_free(g_shared)
     if failed[0]:
         raise MemoryError("could not allocate per-thread scratch for BPTT")
     for b in range(N):  # the steps each sequence ran are written; the rest are 0

@@ -23,12 +23,21 @@ from libc.limits cimport INT_MAX
 from libc.stdint cimport int64_t
 from libc.string cimport memcmp, memcpy, memset
 
+from cpython.pycapsule cimport PyCapsule_GetPointer
+
 from fastrnn._kernels cimport (FASTRNN_COLUMN_GRANULE, FR_COMPILER, FR_OPENMP_ENABLED,
                                FR_OPENMP_VERSION, fastrnn_kernels, fastrnn_kernels_available,
                                fastrnn_kernels_compiled, floating, fr_aligned_alloc,
                                fr_aligned_free, fr_gate_rows, fr_index, fr_prefetch,
-                               fr_spin_barrier, fr_spin_wait, fr_team_barrier, fr_team_size)
+                               fr_scratch_alloc, fr_scratch_free, fr_scratch_functions,
+                               fr_set_scratch, fr_spin_barrier, fr_spin_wait, fr_team_barrier,
+                               fr_team_size)
 from fastrnn cimport _kernels as kernels
+from fastrnn._memory import scratch_capsule
+
+# the kernels' per-call scratch from the block cache (src_c/aligned_memory.h says why)
+fr_set_scratch(<const fr_scratch_functions *> PyCapsule_GetPointer(
+    scratch_capsule, b"fastrnn._memory.scratch"))
 
 cdef const fastrnn_kernels *_selected
 # The selected build with its bf16 table as f32: the loops' kernels for bfloat16 products

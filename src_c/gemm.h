@@ -515,10 +515,10 @@ static int FR_P(gemm)(fr_index M, fr_index N, fr_index K, const REAL *A, fr_inde
     size_t bsize = (size_t)FR_P(packed_size)(kc, nc);
     /* and, for A transposed, one KC-deep block of all M rows (see block) */
     size_t asize = a_trans ? (size_t)(FR_P(apack_stride)(kc) * ((M + FR_MR - 1) / FR_MR)) : 0;
-    REAL *scratch = fr_aligned_alloc((bsize + asize) * sizeof(REAL));
+    REAL *scratch = fr_scratch_alloc((bsize + asize) * sizeof(REAL));
     if (!rows || !scratch) {
         free(rows);
-        fr_aligned_free(scratch);
+        fr_scratch_free(scratch);
         return -1;
     }
     REAL **crows = (REAL **)(rows + M);
@@ -531,6 +531,6 @@ static int FR_P(gemm)(fr_index M, fr_index N, fr_index K, const REAL *A, fr_inde
                 (const REAL *const *)crows, crows, accumulate,
                 bias ? FR_P(FIN_BIAS) : FR_P(FIN_NONE), bias, a_trans ? a_sums : NULL);
     free(rows);
-    fr_aligned_free(scratch);
+    fr_scratch_free(scratch);
     return 0;
 }

@@ -52,7 +52,7 @@ static int FR_P(gemm_at_team)(fr_index M, fr_index N, fr_index K, const REAL *A,
     const fr_index kc_max = K < KC ? (K > 0 ? K : 1) : KC;
     const fr_index half = FR_P(gemm_team_size)(K, N) / 2;
     REAL **crows = malloc((size_t)(rows > 0 ? rows : 1) * sizeof(REAL *));
-    REAL *apack = fr_aligned_alloc(
+    REAL *apack = fr_scratch_alloc(
         (size_t)(FR_P(apack_stride)(kc_max) * ((rows + FR_MR - 1) / FR_MR) + 1) * sizeof(REAL));
     /* out of memory: still pack and meet the others at every barrier, compute nothing */
     const int ok = crows && apack;
@@ -77,7 +77,7 @@ static int FR_P(gemm_at_team)(fr_index M, fr_index N, fr_index K, const REAL *A,
                         jc == 0 && a_sums ? a_sums + i0 : NULL);
     }
     free(crows);
-    fr_aligned_free(apack);
+    fr_scratch_free(apack);
     return ok ? 0 : -1;
 }
 
@@ -131,9 +131,9 @@ static int FR_P(weight_grads_at_team)(fr_index M, fr_index K, fr_index W, fr_ind
     fr_index ablocks = 0;
     for (int g = 0; g < nseg; g++) ablocks += (seg[g + 1] - seg[g] + FR_MR - 1) / FR_MR;
     REAL **crows = malloc((size_t)(2 * rows + 1) * sizeof(REAL *));
-    REAL *apack = fr_aligned_alloc((size_t)(astride_rows * ablocks + 1) * sizeof(REAL));
+    REAL *apack = fr_scratch_alloc((size_t)(astride_rows * ablocks + 1) * sizeof(REAL));
     REAL *hpack =
-        fr_aligned_alloc((size_t)FR_P(packed_size)(kc_max, H < NC ? H : NC) * sizeof(REAL));
+        fr_scratch_alloc((size_t)FR_P(packed_size)(kc_max, H < NC ? H : NC) * sizeof(REAL));
     /* out of memory: still pack and meet the others at every barrier, compute nothing */
     const int ok = crows && apack && hpack && seg[nseg] == i0 + rows;
     for (fr_index i = 0; ok && i < rows; i++) {
@@ -195,7 +195,7 @@ static int FR_P(weight_grads_at_team)(fr_index M, fr_index K, fr_index W, fr_ind
         }
     }
     free(crows);
-    fr_aligned_free(apack);
-    fr_aligned_free(hpack);
+    fr_scratch_free(apack);
+    fr_scratch_free(hpack);
     return ok ? 0 : -1;
 }

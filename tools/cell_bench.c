@@ -2,7 +2,7 @@
  * forward epilogue), on one thread, for every kernel build this CPU runs: time per call and
  * per vector of 16 units, best of 7 rounds. The data stay in cache, as a step's rows do.
  *
- *     gcc -O3 -ffp-contract=fast -Isrc_c tools/cell_bench.c src_c/dispatch.c \
+ *     gcc -O3 -ffp-contract=fast -Isrc_c tools/cell_bench.c src_c/dispatch.c src_c/scratch.c \
  *         src_c/kernels_*.c -lm -o /tmp/cell_bench && /tmp/cell_bench 16 128
  *
  * Arguments: rows M and hidden units H (one thread's part of a step: M = N / threads).

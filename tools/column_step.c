@@ -7,7 +7,7 @@
  * Rounds alternate the variants; the medians and the round trips of each round are printed.
  *
  *     gcc -O3 -ffp-contract=fast -fopenmp -Isrc_c tools/column_step.c src_c/dispatch.c \
- *         src_c/kernels_*.c -lm -o /tmp/column_step && /tmp/column_step 128
+ *         src_c/scratch.c src_c/kernels_*.c -lm -o /tmp/column_step && /tmp/column_step 128
  *
  * Argument: H (= the number of inputs of W_hh), a multiple of 32. float32, the best kernels.
  */
