@@ -8,8 +8,9 @@ of it, a noticeable share of a training step (docs/performance.md), since glibc 
 such blocks to the system after every call.
 
 Arrays allocated while ``cached_allocation()`` is active (NumPy's per-context allocator
-hook, NEP 49; other threads and contexts are unaffected) give their block to the cache when
-they are freed, wherever that happens; an allocation takes back the smallest cached block
+hook, NEP 49; other threads and contexts are unaffected), and the compiled kernels' per-call
+scratch in any context (``scratch_capsule``), give their block to the cache when they are
+freed, wherever that happens; an allocation takes back the smallest cached block
 that holds it and is at most twice its size (a training loop over batches of varying
 sequence lengths asks for varying sizes every step). Blocks are counted by what they hold,
 not by what the array in them uses.
