@@ -26,29 +26,22 @@ cdef int _check_shape(str name, Py_ssize_t *shape, int ndim, tuple want) except 
     return 0
 
 
-cdef fr_index _shortest_length(const int64_t[::1] lengths, fr_index L) except -1:
-    """The smallest of ``lengths`` (``L`` if there are none), each checked to be in [0, L]."""
-    cdef fr_index b, shortest = L
-    for b in range(lengths.shape[0]):
-        if lengths[b] < 0 or lengths[b] > L:
-            raise ValueError(f"lengths must be in [0, {L}] (the sequence length), got "
-                             f"{lengths[b]} at position {b}")
-        shortest = min(shortest, lengths[b])
-    return shortest
-
-
 cdef int _check_lengths(const int64_t[::1] lengths, fr_index N, fr_index L) except -1:
     """Refuse lengths that are not one per batch row, each in [0, L]: the kernels index rows
     by them without further checks."""
     _check_shape("lengths", lengths.shape, 1, (N,))
-    _shortest_length(lengths, L)
+    cdef fr_index b
+    for b in range(N):
+        if lengths[b] < 0 or lengths[b] > L:
+            raise ValueError(f"lengths must be in [0, {L}] (the sequence length), got "
+                             f"{lengths[b]} at position {b}")
     return 0
 
 
-def shortest_length(const int64_t[::1] lengths, fr_index L):
-    """The smallest of ``lengths`` (``L`` if there are none), each checked to be in [0, L]
-    (ValueError): a cache's lengths in one pass, rather than NumPy's min and max."""
-    return _shortest_length(lengths, L)
+def check_lengths(const int64_t[::1] lengths, fr_index N, fr_index L):
+    """Refuse (ValueError) lengths that are not N values in [0, L]: a cache's, in one pass
+    rather than NumPy's min and max."""
+    _check_lengths(lengths, N, L)
 
 
 cdef inline fr_index _row_stride(Py_ssize_t *shape, Py_ssize_t *strides, size_t itemsize,

@@ -251,7 +251,7 @@ def check_cache(cache, keys, cell, layer_arrays):
     every array backward hands the kernels, against the cache's own parameters. O(layers).
 
     ``layer_arrays(cache, layer, L, N, sizes, D)`` lists the (array, shape, dtype) of a
-    layer's cell-specific entries. Returns the Sizes and the shortest of the lengths."""
+    layer's cell-specific entries. Returns the Sizes."""
     if not isinstance(cache, dict) or not keys <= cache.keys():
         raise TypeError(f"cache must be the dict returned by {cell.name.lower()}_forward "
                         f"(with keep_cache=True)")
@@ -284,10 +284,10 @@ def check_cache(cache, keys, cell, layer_arrays):
                              f"{np.dtype(kind)} array, got "
                              f"{getattr(array, 'shape', type(array).__name__)}")
     try:
-        shortest = _rnn.shortest_length(cache["lengths"], L)
+        _rnn.check_lengths(cache["lengths"], N, L)
     except ValueError as e:
         raise ValueError(f"cache {e}") from None
-    return sizes, shortest
+    return sizes
 
 
 def forward_layers(x, num_layers, dropout_masks, keep_cache, layer_forward):

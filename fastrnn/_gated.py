@@ -199,48 +199,14 @@ def _check_gated_cache(cache, cell):
     return check_cache(cache, _CACHE_KEYS, cell, layer_arrays)
 
 
-def _recurrent_weight_grads(dr, out, h0, lengths, whole, reverse, dw_hh, db_hh, threads, bf16,
-                            gates_hidden):
-    """dW_hh = Σ dRᵀ H_prev (its rows in torch's gate order: ``gates_hidden`` is (G, H))
-    and (db_hh not None) db_hh = Σ dR (gate-interleaved), with no array of H_prev.
-
-    The state a step read is the output one step earlier (in reverse: one step later), so
-    all rows but each sequence's first step are one GEMM on the outputs shifted in time
-    (views); the first steps read h0, a GEMM of N rows added to it. Past a length dR is 0
-    and the outputs are 0, so the shifted rows there add nothing. dr: (L, N, G·H) rows of
-    one direction; out: its (L, N, H_out) outputs; ``whole``: every length is L.
-    """
-    L, N = out.shape[:2]
-    rows = lambda a: a.reshape(-1, a.shape[2])  # (steps, N, ·) -> (steps·N, ·), a view
-    shifted_rows = L > 1  # (one step: the first steps' GEMM alone writes dW_hh and db_hh)
-    if shifted_rows:
-        shifted = (dr[:-1], out[1:]) if reverse else (dr[1:], out[:-1])
-        _rnn.gemm(rows(shifted[0]), rows(shifted[1]), dw_hh, None, False, threads, True, db_hh,
-                  bf16, c_gate_layout=gates_hidden)
-    if whole:  # (the same rows as the gathers below would give, as views)
-        first, h_first, left_out = dr[L - 1 if reverse else 0], h0, slice(None)
-    else:
-        running = np.nonzero(lengths > 0)[0]
-        first = dr[lengths[running] - 1 if reverse else np.zeros_like(running), running]
-        h_first = h0[running]
-        left_out = lengths[running] == L if reverse else slice(None)
-    _rnn.gemm(first, h_first, dw_hh, None, shifted_rows, threads, True,
-              None if shifted_rows else db_hh, bf16, c_gate_layout=gates_hidden)
-    if db_hh is not None and shifted_rows:
-        # the bias sums every row once: the shifted GEMM summed all steps but the last
-        # (reverse) or the first (forward), so add the first steps it left out
-        db_hh += first[left_out].sum(axis=0)
-
-
 def _backward(cell, cache, grad_output, grad_states, input_grad, param_grads):
-    sizes, shortest = _check_gated_cache(cache, cell)
+    sizes = _check_gated_cache(cache, cell)
     params, states, lengths = cache["params"], cache["states"], cache["lengths"]
     D, unbatched, batch_first = cache["D"], cache["unbatched"], cache["batch_first"]
     num_layers, dtype, bf16 = cache["num_layers"], sizes.dtype, cache["bf16"]
     H, H_out, G = sizes.hidden_size, sizes.out, cell.gates
     lstm = cell is LSTM
     L, N = cache["layer_inputs"][0].shape[:2]
-    whole = L > 0 and shortest == L  # every sequence L steps long
     grad_output = grad_output_time_major(grad_output, dtype, L, N, D * H_out, unbatched,
                                          batch_first)
     names = ("grad_h_n", "grad_c_n")
@@ -259,6 +225,21 @@ def _backward(cell, cache, grad_output, grad_states, input_grad, param_grads):
         keys = layer_keys(layer, D == 2)
         da = np.empty((L, N, D * G * H), dtype=dtype)
         w_ihs, recurrent = [], []
+
+        def one_pass(x2d):
+            """dW_ih = dAᵀX, dW_hh = dAᵀH_prev and db = ΣdA of every direction from one
+            reading of da as it is now (rows in torch's order, db in dA's), and a function
+            giving direction d's rows of one of them (a copy when there are two)."""
+            dw_ih = np.empty((D * G * H, x2d.shape[1]), dtype=dtype)
+            dw_hh = np.empty((D * G * H, H_out), dtype=dtype)
+            db = np.empty(D * G * H, dtype=dtype) if sizes.bias else None
+            _rnn.weight_grads(da.reshape(L * N, D * G * H), x2d, out,
+                              np.ascontiguousarray(states[0][layer * D:(layer + 1) * D]),
+                              lengths, dw_ih, dw_hh, db, threads, bf16, c_gate_layout=(G, H))
+            part = slice(0, G * H)
+            rows = lambda a, d: a[part] if D == 1 else a[d * G * H:(d + 1) * G * H].copy()
+            return dw_ih, dw_hh, db, rows
+
         for d, k in enumerate(keys):
             i, cols, gcols = layer * D + d, slice(d * H_out, (d + 1) * H_out), \
                 slice(d * G * H, (d + 1) * G * H)
@@ -274,7 +255,6 @@ def _backward(cell, cache, grad_output, grad_states, input_grad, param_grads):
                                grad_states[1][i] if lstm else None, w_hh, w_hr, lengths, d == 1,
                                da[:, :, gcols], None, dh, grad_states0[0][i],
                                grad_states0[1][i] if lstm else None, threads, bf16=bf16)
-            da_d = da[:, :, gcols]
             if not direction_grads:
                 continue
             if sizes.proj_size:
@@ -288,27 +268,19 @@ def _backward(cell, cache, grad_output, grad_states, input_grad, param_grads):
             # dW_ih = dAᵀX and db_ih = ΣdA from one reading of its rows
             dw_ih = np.empty((G * H, inp.shape[2]), dtype=dtype)
             db_ih = np.empty(G * H, dtype=dtype) if sizes.bias else None
-            _rnn.gemm(da_d.reshape(L * N, G * H), inp2d, dw_ih, None, False, threads, True,
-                      db_ih, bf16, c_gate_layout=(G, H))
+            _rnn.gemm(da[:, :, gcols].reshape(L * N, G * H), inp2d, dw_ih, None, False, threads,
+                      True, db_ih, bf16, c_gate_layout=(G, H))
             grads[f"weight_ih_{k}"] = dw_ih
             if sizes.bias:
                 grads[f"bias_ih_{k}"] = db_ih[inverse]
-            recurrent.append((k, da_d, out[:, :, cols], states[0][i], d == 1, save))
+            recurrent.append((d, k, save))
         if lstm and not wanted.isdisjoint(direction_param_names(keys)):
-            # An LSTM's dR is its dA: dW_ih = dAᵀX, dW_hh = dAᵀH_prev and db = ΣdA of every
-            # direction from one reading of dA (the GRU's dR is made from dA after dX)
-            dw_ih = np.empty((D * G * H, inp.shape[2]), dtype=dtype)
-            dw_hh = np.empty((D * G * H, H_out), dtype=dtype)
-            db = np.empty(D * G * H, dtype=dtype) if sizes.bias else None
-            _rnn.weight_grads(da.reshape(L * N, D * G * H), inp2d, out,
-                              np.ascontiguousarray(states[0][layer * D:(layer + 1) * D]),
-                              lengths, dw_ih, dw_hh, db, threads, bf16, c_gate_layout=(G, H))
+            # An LSTM's dR is its dA: all its weight gradients from one reading of dA
+            dw_ih, dw_hh, db, rows = one_pass(inp2d)
             for d, k in enumerate(keys):
-                rows = slice(d * G * H, (d + 1) * G * H)
-                grads[f"weight_ih_{k}"] = dw_ih[rows] if D == 1 else dw_ih[rows].copy()
-                grads[f"weight_hh_{k}"] = dw_hh[rows] if D == 1 else dw_hh[rows].copy()
+                grads[f"weight_ih_{k}"], grads[f"weight_hh_{k}"] = rows(dw_ih, d), rows(dw_hh, d)
                 if sizes.bias:
-                    grads[f"bias_ih_{k}"] = db[rows][inverse]
+                    grads[f"bias_ih_{k}"] = rows(db, d)[inverse]
                     grads[f"bias_hh_{k}"] = grads[f"bias_ih_{k}"].copy()
         # dX = dA W_ih, summed over the directions by the reduction over D·G·H (not for the
         # input when its gradient is not asked for)
@@ -318,17 +290,17 @@ def _backward(cell, cache, grad_output, grad_states, input_grad, param_grads):
             d_in = np.empty_like(inp)
             _rnn.gemm(da.reshape(L * N, D * G * H), w_ih, d_in.reshape(L * N, inp.shape[2]),
                       None, False, threads, bf16=bf16, gate_layout=(G, H, 0))
-        # a GRU's dW_hh = dRᵀH_prev and db_hh = ΣdR, dR made from dA in place, now that dX
-        # has read it (no (L, N, D·3H) array of its own)
-        for k, da_d, out_d, h0, reverse, save in recurrent:
-            _rnn.gru_recurrent_side(da_d, save, threads)
-            dw_hh = np.empty((G * H, H_out), dtype=dtype)
-            db_hh = np.empty(G * H, dtype=dtype) if sizes.bias else None
-            _recurrent_weight_grads(da_d, out_d, h0, lengths, whole, reverse, dw_hh, db_hh,
-                                    threads, bf16, (G, H))
-            grads[f"weight_hh_{k}"] = dw_hh
-            if db_hh is not None:
-                grads[f"bias_hh_{k}"] = db_hh[inverse]
+        if recurrent:
+            # a GRU's dW_hh = dRᵀH_prev and db_hh = ΣdR, dR made from dA in place now that dX
+            # has read it (no (L, N, D·3H) array of its own); both directions in one pass
+            # (one not wanted keeps its dA: its rows are dropped)
+            for d, _, save in recurrent:
+                _rnn.gru_recurrent_side(da[:, :, d * G * H:(d + 1) * G * H], save, threads)
+            _, dw_hh, db_hh, rows = one_pass(inp2d[:, :0])
+            for d, k, _ in recurrent:
+                grads[f"weight_hh_{k}"] = rows(dw_hh, d)
+                if sizes.bias:
+                    grads[f"bias_hh_{k}"] = rows(db_hh, d)[inverse]
         return d_in
 
     d_out = backward_layers(np.ascontiguousarray(grad_output), num_layers,
