@@ -267,8 +267,8 @@ if hasattr(os, "register_at_fork"):
 
 
 def cache_info():
-    """dict: cached_bytes and cached_blocks (held for reuse), live_bytes (in arrays now),
-    limit_bytes (the most the cache may hold: the peak of live_bytes)."""
+    """dict: cached_bytes and cached_blocks (held for reuse), live_bytes (in arrays and the
+    kernels' scratch now), limit_bytes (the most the cache may hold: the peak of live_bytes)."""
     PyThread_acquire_lock(lock, WAIT_LOCK)
     info = dict(cached_bytes=cached_bytes, cached_blocks=nblocks, live_bytes=live_bytes,
                 limit_bytes=peak_live_bytes)
