@@ -104,6 +104,7 @@ cdef extern from "aligned_memory.h" nogil:
     ctypedef struct fr_scratch_functions:
         void *(*alloc)(size_t) noexcept nogil
         void (*release)(void *) noexcept nogil
+        size_t min_bytes
     void fr_set_scratch(const fr_scratch_functions *functions) noexcept nogil
 
 cdef extern from "team.h" nogil:

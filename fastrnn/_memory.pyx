@@ -36,6 +36,7 @@ cdef extern from "aligned_memory.h" nogil:
     ctypedef struct fr_scratch_functions:
         void *(*alloc)(size_t) noexcept nogil
         void (*release)(void *) noexcept nogil
+        size_t min_bytes
     fr_aligned_header fr_aligned_header_of(const void *p)
     void *fr_aligned_alloc(size_t bytes)
     void *fr_aligned_realloc(void *p, size_t bytes)
@@ -213,6 +214,7 @@ cdef void _scratch_free(void *p) noexcept nogil:
 cdef fr_scratch_functions scratch_functions
 scratch_functions.alloc = _scratch_alloc
 scratch_functions.release = _scratch_free
+scratch_functions.min_bytes = MIN_BLOCK
 # the compiled kernels' per-call scratch through the cache, whatever the context (fastrnn._rnn
 # hands these to src_c/scratch.c): each call takes back the blocks the previous one freed
 scratch_capsule = PyCapsule_New(&scratch_functions, b"fastrnn._memory.scratch", NULL)

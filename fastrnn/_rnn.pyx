@@ -33,7 +33,7 @@ from fastrnn._kernels cimport (FASTRNN_COLUMN_GRANULE, FR_COMPILER, FR_OPENMP_EN
                                fr_set_scratch, fr_spin_barrier, fr_spin_wait, fr_team_barrier,
                                fr_team_size)
 from fastrnn cimport _kernels as kernels
-from fastrnn._memory import scratch_capsule
+from ._memory import scratch_capsule
 
 # the kernels' per-call scratch from the block cache (src_c/aligned_memory.h says why)
 fr_set_scratch(<const fr_scratch_functions *> PyCapsule_GetPointer(

@@ -67,6 +67,7 @@ static inline void *fr_aligned_realloc(void *p, size_t bytes) {
 typedef struct {
     void *(*alloc)(size_t bytes);
     void (*release)(void *p);
+    size_t min_bytes; /* smaller blocks: fr_aligned_alloc's, as the cache would do */
 } fr_scratch_functions;
 void *fr_scratch_alloc(size_t bytes);
 void fr_scratch_free(void *p);

@@ -7,11 +7,12 @@ static fr_scratch_functions scratch;
 void fr_set_scratch(const fr_scratch_functions *functions) { scratch = *functions; }
 
 void *fr_scratch_alloc(size_t bytes) {
-    return scratch.alloc ? scratch.alloc(bytes) : fr_aligned_alloc(bytes);
+    return scratch.alloc && bytes >= scratch.min_bytes ? scratch.alloc(bytes)
+                                                      : fr_aligned_alloc(bytes);
 }
 
 void fr_scratch_free(void *p) {
-    if (scratch.release)
+    if (p && scratch.release && fr_aligned_header_of(p).bytes >= scratch.min_bytes)
         scratch.release(p);
     else
         fr_aligned_free(p);
