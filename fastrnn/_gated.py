@@ -237,8 +237,7 @@ def _backward(cell, cache, grad_output, grad_states, input_grad, param_grads):
             _rnn.weight_grads(da.reshape(L * N, D * G * H), x2d, out,
                               np.ascontiguousarray(states[0][layer * D:(layer + 1) * D]),
                               lengths, dw_ih, dw_hh, db, threads, bf16, c_gate_layout=(G, H))
-            part = slice(0, G * H)
-            rows = lambda a, d: a[part] if D == 1 else a[d * G * H:(d + 1) * G * H].copy()
+            rows = lambda a, d: a if D == 1 else a[d * G * H:(d + 1) * G * H].copy()
             return dw_ih, dw_hh, db, rows
 
         for d, k in enumerate(keys):
