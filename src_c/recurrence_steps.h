@@ -21,10 +21,22 @@ static void FR_P(input_step)(int M, int I, int j0, int j1, const REAL *const *x,
                 bias ? FR_P(FIN_BIAS) : FR_P(FIN_NONE), bias ? bias + j0 : NULL, NULL);
 }
 
-#if !FR_BF16 /* the fused tile reads A in place: bf16 products take rnn_input_step's two passes */
 static inline __attribute__((always_inline)) void FR_P(accumulate_rows)(
     VEC acc[FR_MR][NV], const REAL *const *a, int K, const REAL *bp) {
-    /* acc[r] += Σ_k a[r][k]·bp[k] over one packed panel, k in order */
+    /* acc[r] += Σ_k a[r][k]·bp[k] over one packed panel, k in order; a's rows as the tile
+     * reads them (bf16: converted, in mode 2 a pair of k per word) */
+#if FR_BF16 == 2
+    for (int k = 0; k < KSTEP(K); k++) {
+        __m512bh b[NV];
+        for (int v = 0; v < NV; v++) b[v] = (__m512bh)_mm512_loadu_ps(bp + k * NR + v * VL);
+        for (int r = 0; r < FR_MR; r++) {
+            int pair;
+            memcpy(&pair, a[r] + k, sizeof pair);
+            const __m512bh s = (__m512bh)_mm512_set1_epi32(pair);
+            for (int v = 0; v < NV; v++) acc[r][v] = (VEC)_mm512_dpbf16_ps((__m512)acc[r][v], s, b[v]);
+        }
+    }
+#else
     for (int k = 0; k < K; k++) {
         VEC b[NV];
         for (int v = 0; v < NV; v++) b[v] = FR_P(vload)(bp + k * NR + v * VL);
@@ -33,6 +45,7 @@ static inline __attribute__((always_inline)) void FR_P(accumulate_rows)(
             for (int v = 0; v < NV; v++) acc[r][v] += s * b[v];
         }
     }
+#endif
 }
 
 /* One register block of rows (FR_MR) x one panel of columns (c .. c+ncols) of a step with
@@ -61,24 +74,33 @@ static inline void FR_P(tile_step)(const REAL *const *x, int I, const REAL *bx,
                            ncols - i * VL);
 }
 
-#endif
-
 static void FR_P(rnn_input_step)(int M, int I, int H, int j0, int j1, const REAL *const *x,
                                  const REAL *wit_packed, const REAL *bias,
                                  const REAL *const *hprev, REAL *const *out,
                                  const REAL *wt_packed, int relu) {
     /* full register blocks in one tile each (panel by panel, as drive's row blocks), if
-     * the weights of a panel are one K block; other rows in two passes, the same sums */
-#if FR_BF16
-    const int fused = 0;
-#else
+     * the weights of a panel are one K block; other rows in two passes, the same sums.
+     * bf16: a block's rows converted once for all its panels, as drive's blocks do. */
     const int fused = I <= KC && H <= KC && j1 - j0 <= NC ? M / FR_MR * FR_MR : 0;
-    for (int i0 = 0; i0 < fused; i0 += FR_MR)
-        for (int c = j0; c < j1; c += NR)
-            FR_P(tile_step)(x + i0, I, wit_packed + (fr_index)c * I, bias ? bias + c : NULL,
-                            hprev + i0, H, wt_packed + (fr_index)c * H, out + i0, c,
-                            j1 - c < NR ? j1 - c : NR, relu);
+    for (int i0 = 0; i0 < fused; i0 += FR_MR) {
+        const REAL *const *xr = x + i0, *const *hr = hprev + i0;
+#if FR_BF16
+        REAL cx[FR_MR][KSTEP(KC) + 64 / sizeof(REAL)], ch[FR_MR][KSTEP(KC) + 64 / sizeof(REAL)];
+        const REAL *cxr[FR_MR], *chr[FR_MR];
+        for (int r = 0; r < FR_MR; r++) {
+            FR_P(bf16_row)(x[i0 + r], I, cx[r]);
+            FR_P(bf16_row)(hprev[i0 + r], H, ch[r]);
+            cxr[r] = cx[r];
+            chr[r] = ch[r];
+        }
+        xr = cxr;
+        hr = chr;
 #endif
+        for (int c = j0; c < j1; c += NR)
+            FR_P(tile_step)(xr, I, wit_packed + (fr_index)c * KSTEP(I), bias ? bias + c : NULL,
+                            hr, H, wt_packed + (fr_index)c * KSTEP(H), out + i0, c,
+                            j1 - c < NR ? j1 - c : NR, relu);
+    }
     if (fused < M) {
         FR_P(input_step)(M - fused, I, j0, j1, x + fused, wit_packed, bias, out + fused);
         FR_P(rnn_step)(M - fused, H, j0, j1, hprev + fused, (const REAL *const *)out + fused,

@@ -367,12 +367,14 @@ def test_compiled_sigmoid_within_two_ulp(kernel):
                                      (2, 16, 13, 256), (6, 3, 600, 40)],
                          ids=["batch-slices", "ragged-panel", "columns", "short-call-columns",
                               "k-blocks"])
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_projection_per_step_is_bitwise_the_gemm(kernel, L, N, I, H, reverse, dtype):
+@pytest.mark.parametrize("dtype,bf16", [(np.float32, False), (np.float64, False),
+                                        (np.float32, True)], ids=["f32", "f64", "bf16"])
+def test_projection_per_step_is_bitwise_the_gemm(kernel, L, N, I, H, reverse, dtype, bf16):
     """The recurrence computing P_t = x_t W_ihᵀ + b itself, step by step, gives the bits of
     the GEMM over all steps followed by the recurrence: with and without bias, tanh and
     relu, ragged lengths, batch slices (whole register blocks of rows in one tile with the
-    projection, the rest in two passes) or column slices, 1 and 2 threads."""
+    projection, the rest in two passes) or column slices, 1 and 2 threads, float32 and
+    bfloat16 products."""
     from fastrnn import _rnn
 
     rng = np.random.default_rng(L * N + I)
@@ -385,12 +387,13 @@ def test_projection_per_step_is_bitwise_the_gemm(kernel, L, N, I, H, reverse, dt
     for bias, relu, threads in itertools.product(
             (rng.standard_normal(H).astype(dtype), None), (False, True), (1, 2)):
         expected, expected_hn = np.empty((L, N, H), dtype), np.empty((N, H), dtype)
-        _rnn.gemm(x.reshape(L * N, I), w_ih.T, expected.reshape(L * N, H), bias, False, threads)
+        _rnn.gemm(x.reshape(L * N, I), w_ih.T, expected.reshape(L * N, H), bias, False, threads,
+                  bf16=bf16)
         _rnn.recurrence_forward(expected, h0, w_hh, lengths, reverse, relu, expected_hn,
-                                threads)
+                                threads, bf16=bf16)
         out, h_n = np.full((L, N, H), np.nan, dtype), np.empty((N, H), dtype)
         _rnn.recurrence_forward(out, h0, w_hh, lengths, reverse, relu, h_n, threads, x, w_ih,
-                                bias)
+                                bias, bf16=bf16)
         assert np.array_equal(out, expected) and np.array_equal(h_n, expected_hn)
 
 
