@@ -9,8 +9,10 @@ Rows where torch is less than --flag times slower are marked.
 
 Sizes as ``fastrnn bench --sizes`` takes them (a grid name or TxNxIxH, optionally with
 -<k>L and -bi); --hidden with --batches and --steps adds the sizes T x N x H x H;
---proj-size gives the LSTM rows a projection. Needs torch (``pip install "torch==2.13.0"``).
-Both libraries get --threads threads.
+--proj-size gives the LSTM rows a projection; --precision bfloat16 compares fastrnn's bf16
+products with torch's module in bfloat16 (``module.to(torch.bfloat16)``, bf16 input and
+gradient), as ``fastrnn bench --precision bfloat16`` does. Needs torch
+(``pip install "torch==2.13.0"``). Both libraries get --threads threads.
 """
 import argparse
 
@@ -22,17 +24,20 @@ from ab import block_median
 from fastrnn.bench.sizes import parse_cells, parse_sizes
 
 
-def compare(cell, size, proj_size, seconds, rng):
+def compare(cell, size, proj_size, precision, seconds, rng):
     """(fastrnn eval us, torch eval us, fastrnn fwd+bwd us, torch fwd+bwd us) for one size."""
     options = dict(num_layers=size.layers, bidirectional=size.bidirectional)
     if proj_size and cell == "lstm":
         options["proj_size"] = proj_size
-    ours = getattr(fastrnn, cell.upper())(size.I, size.H, **options)
+    ours = getattr(fastrnn, cell.upper())(size.I, size.H, precision=precision, **options)
     theirs = getattr(torch.nn, cell.upper())(size.I, size.H, **options)
     width = options.get("proj_size", size.H) * (2 if size.bidirectional else 1)
     x = rng.standard_normal((size.T, size.N, size.I), dtype=np.float32)
     grad = rng.standard_normal((size.T, size.N, width), dtype=np.float32)
     x_t, grad_t = torch.from_numpy(x), torch.from_numpy(grad)
+    if precision == "bfloat16":
+        theirs = theirs.to(torch.bfloat16)
+        x_t, grad_t = x_t.to(torch.bfloat16), grad_t.to(torch.bfloat16)
     x_grad = x_t.clone().requires_grad_(True)
 
     def train_ours():
@@ -64,6 +69,8 @@ def main():
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--proj-size", type=int, default=0, help="of the LSTM rows")
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                        help="of fastrnn's products; bfloat16 runs torch's module in bfloat16")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=0.15, help="per measurement")
     parser.add_argument("--flag", type=float, default=1.1,
@@ -80,13 +87,13 @@ def main():
         raise SystemExit(str(e)) from None
     torch.set_num_threads(args.threads)
     fastrnn.set_num_threads(args.threads)
-    print(f"fastrnn {fastrnn.__version__}, torch {torch.__version__}, {args.threads} threads; "
-          "us a call, ratio torch / fastrnn")
+    print(f"fastrnn {fastrnn.__version__}, torch {torch.__version__}, {args.threads} threads, "
+          f"{args.precision}; us a call, ratio torch / fastrnn")
     rng = np.random.default_rng(0)
     for cell in cells:
         for size in sizes:
             eval_ours, eval_theirs, train_ours, train_theirs = compare(
-                cell, size, args.proj_size, args.seconds, rng)
+                cell, size, args.proj_size, args.precision, args.seconds, rng)
             ratios = eval_theirs / eval_ours, train_theirs / train_ours
             mark = "  <" if min(ratios) < args.flag else ""
             proj = f" proj {args.proj_size}" if args.proj_size and cell == "lstm" else ""
