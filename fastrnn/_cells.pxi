@@ -165,7 +165,9 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
     for an LSTM, ``c_n`` (N, H) the states at each sequence's last step (h0, c0 for a length
     of 0); past each length ``save``'s rows are zeroed. ``w_hh`` (G·H, H_out) is in
     torch's gate order (packed gate-interleaved: ``gate_rows``); ``b_hh`` (G·H,) or None,
-    gate-interleaved, is added to h W_hhᵀ (the GRU's b_hn; zero elsewhere); ``w_hr``
+    gate-interleaved, is added to h W_hhᵀ (the GRU's b_hn; zero elsewhere; an LSTM has
+    none: its biases are P's); an LSTM's h W_hhᵀ is accumulated onto P, k in order, by the
+    product itself, a GRU's is added in its epilogue (its n gate needs it alone); ``w_hr``
     (H_out, H) is the LSTM's projection or None. ``c0``, ``c_n`` are None for a GRU. Given
     ``x`` (L, N, I) and ``w_ih`` (G·H, I) in torch's gate order (and ``bias`` (G·H,),
     gate-interleaved, or None), P_t is computed step by step into ``save`` instead, bitwise
@@ -201,6 +203,9 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
         _check_shape("c0", c0.shape, 2, (N, H))
         _check_shape("c_n", c_n.shape, 2, (N, H))
     if b_hh is not None:
+        if lstm:
+            raise ValueError("an LSTM's recurrent product has no bias of its own: pass "
+                             "b_ih + b_hh as P's")
         _check_shape("b_hh", b_hh.shape, 1, (G * H,))
     _check_lengths(lengths, N, L)
     cdef int I = 0
@@ -247,7 +252,7 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
     cdef _Part pt
     cdef fr_index part, b, t, s
     cdef int m, mc, i, team, tid, p0, p1
-    cdef bint ok
+    cdef bint ok, fused
     cdef int failed[1]
     failed[0] = 0
     cdef fr_spin_barrier step_barrier, pack_barrier
@@ -268,12 +273,14 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
     cdef const floating *pw_hr = &w_hr[0, 0] if proj else NULL
     cdef floating *pw = _packed_buffer(ks, H_out, G * H, po)
     cdef floating *pwr = _packed_buffer(ks, H, H_out, po) if proj else NULL
-    cdef floating *r_rows = <floating *> fr_scratch_alloc(N * G * H * sizeof(floating))
+    # the GRU's recurrent products, a row each (an LSTM's go onto P, in save)
+    cdef floating *r_rows = (NULL if lstm else
+                             <floating *> fr_scratch_alloc(N * G * H * sizeof(floating)))
     cdef const floating *pw_ih = &w_ih[0, 0] if px != NULL else NULL
     cdef floating *pwi = _packed_buffer(ks, I, G * H, po) if px != NULL else NULL
     cdef fr_index *gate_rows = _gate_rows(G, H)
-    if (pw == NULL or (proj and pwr == NULL) or r_rows == NULL or (px != NULL and pwi == NULL)
-            or gate_rows == NULL):
+    if (pw == NULL or (proj and pwr == NULL) or (r_rows == NULL and not lstm)
+            or (px != NULL and pwi == NULL) or gate_rows == NULL):
         fr_scratch_free(pw)
         fr_scratch_free(pwr)
         fr_scratch_free(pwi)
@@ -319,7 +326,8 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
                         hrow[i] = srow[i] + mslot if proj else orow[i]
                     if sp.by_columns:
                         _prefetch_shared_rows(hprev, m, H_out)
-                    if px != NULL:
+                    fused = px != NULL and lstm and steps == 1
+                    if px != NULL and not fused:
                         if s % steps == 0 and m > 0 and pt.j1 > pt.j0:
                             # P of this part's gates for this step and the chunk's next ones
                             mc = _gather_projection(s, min(s + steps, max_len), pt.b0, pt.b1,
@@ -327,19 +335,28 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
                                                     ring, xrows, xsrow)
                             kernels.input_step(ks, mc, I, G * pt.j0, G * pt.j1, xrows, pwi,
                                                pbias, xsrow)
-                    else:  # this step's P (read by the epilogue) arrives while the product runs
+                    elif px == NULL:  # this step's P arrives while the product runs
                         _prefetch_step(s, pt.b0, pt.b1, plen, reverse, G * (pt.j1 - pt.j0),
                                        psv + G * pt.j0, sts, sbs, NULL, 0, 0)
-                    if m > 0 and pt.j1 > pt.j0:
-                        # R = h_{t-1} W_hhᵀ (+ b_hh) for this part's units' gates, then the cell
+                    if m > 0 and pt.j1 > pt.j0 and lstm:
+                        # the pre-activations P + h_{t-1} W_hhᵀ of this part's units' gates
+                        # (with P's projection, in the same tiles), then the cell
+                        if fused:
+                            _gather_projection(s, s + 1, pt.b0, pt.b1, plen, reverse, px, xts,
+                                               xbs, psv, sts, sbs, ring, xrows, xsrow)
+                            kernels.rnn_input_step(ks, m, I, H_out, G * pt.j0, G * pt.j1,
+                                                   xrows, pwi, pbias, hprev, srow, pw,
+                                                   FR_ACT_NONE)
+                        else:
+                            kernels.rnn_step(ks, m, H_out, G * pt.j0, G * pt.j1, hprev,
+                                             <const floating **> srow, srow, pw, FR_ACT_NONE)
+                        kernels.lstm_cell(ks, m, H, pt.j0, pt.j1, srow, cprev, hrow)
+                    elif m > 0 and pt.j1 > pt.j0:
+                        # R = h_{t-1} W_hhᵀ + b_hh for this part's units' gates, then the cell
                         kernels.input_step(ks, m, H_out, G * pt.j0, G * pt.j1, hprev, pw, pb,
                                            rrow)
-                        if lstm:
-                            kernels.lstm_cell(ks, m, H, pt.j0, pt.j1, srow,
-                                              <const floating **> rrow, cprev, hrow)
-                        else:
-                            kernels.gru_cell(ks, m, H, pt.j0, pt.j1, srow,
-                                             <const floating **> rrow, hprev, hrow)
+                        kernels.gru_cell(ks, m, H, pt.j0, pt.j1, srow,
+                                         <const floating **> rrow, hprev, hrow)
                     if proj:
                         if sp.by_columns:
                             fr_spin_wait(&step_barrier, team)  # h_t = m W_hrᵀ reads all of m

@@ -40,8 +40,7 @@ cdef extern from "kernels.h" nogil:
                         float **, int) noexcept nogil
         void (*bptt_g)(int, int, int, int, const float **, float **,
                        const float *) noexcept nogil
-        void (*lstm_cell)(int, int, int, int, float **, const float **, const float **,
-                          float **) noexcept nogil
+        void (*lstm_cell)(int, int, int, int, float **, const float **, float **) noexcept nogil
         void (*lstm_cell_grad)(int, int, int, int, const float **, const float **,
                                const float **, float **, float **) noexcept nogil
         void (*gru_cell)(int, int, int, int, float **, const float **, const float **,
@@ -76,8 +75,7 @@ cdef extern from "kernels.h" nogil:
                         double **, int) noexcept nogil
         void (*bptt_g)(int, int, int, int, const double **, double **,
                        const double *) noexcept nogil
-        void (*lstm_cell)(int, int, int, int, double **, const double **, const double **,
-                          double **) noexcept nogil
+        void (*lstm_cell)(int, int, int, int, double **, const double **, double **) noexcept nogil
         void (*lstm_cell_grad)(int, int, int, int, const double **, const double **,
                                const double **, double **, double **) noexcept nogil
         void (*gru_cell)(int, int, int, int, double **, const double **, const double **,
@@ -92,6 +90,10 @@ cdef extern from "kernels.h" nogil:
         fr_kernels_float bf16
 
     int FASTRNN_COLUMN_GRANULE
+    enum fr_activation:
+        FR_ACT_TANH
+        FR_ACT_RELU
+        FR_ACT_NONE
     void fr_gate_rows(int G, int H, fr_index *rows) noexcept nogil
     const fastrnn_kernels **fastrnn_kernels_available()
     const fastrnn_kernels **fastrnn_kernels_compiled()
@@ -202,21 +204,21 @@ cdef inline void pack(const fastrnn_kernels *ks, fr_index K, fr_index N, const f
 
 cdef inline void rnn_step(const fastrnn_kernels *ks, int M, int H, int j0, int j1,
                           const floating **hprev, const floating **p, floating **out,
-                          const floating *wt_packed, int relu) noexcept nogil:
+                          const floating *wt_packed, int act) noexcept nogil:
     if floating is float:
-        ks.f32.rnn_step(M, H, j0, j1, hprev, p, out, wt_packed, relu)
+        ks.f32.rnn_step(M, H, j0, j1, hprev, p, out, wt_packed, act)
     else:
-        ks.f64.rnn_step(M, H, j0, j1, hprev, p, out, wt_packed, relu)
+        ks.f64.rnn_step(M, H, j0, j1, hprev, p, out, wt_packed, act)
 
 
 cdef inline void rnn_input_step(const fastrnn_kernels *ks, int M, int I, int H, int j0, int j1,
                                 const floating **x, const floating *wit_packed,
                                 const floating *bias, const floating **hprev, floating **out,
-                                const floating *wt_packed, int relu) noexcept nogil:
+                                const floating *wt_packed, int act) noexcept nogil:
     if floating is float:
-        ks.f32.rnn_input_step(M, I, H, j0, j1, x, wit_packed, bias, hprev, out, wt_packed, relu)
+        ks.f32.rnn_input_step(M, I, H, j0, j1, x, wit_packed, bias, hprev, out, wt_packed, act)
     else:
-        ks.f64.rnn_input_step(M, I, H, j0, j1, x, wit_packed, bias, hprev, out, wt_packed, relu)
+        ks.f64.rnn_input_step(M, I, H, j0, j1, x, wit_packed, bias, hprev, out, wt_packed, act)
 
 
 cdef inline void input_step(const fastrnn_kernels *ks, int M, int K, int j0, int j1,
@@ -246,12 +248,12 @@ cdef inline void bptt_g(const fastrnn_kernels *ks, int M, int H, int j0, int j1,
 
 
 cdef inline void lstm_cell(const fastrnn_kernels *ks, int M, int H, int j0, int j1,
-                           floating **save, const floating **r, const floating **cprev,
+                           floating **save, const floating **cprev,
                            floating **h) noexcept nogil:
     if floating is float:
-        ks.f32.lstm_cell(M, H, j0, j1, save, r, cprev, h)
+        ks.f32.lstm_cell(M, H, j0, j1, save, cprev, h)
     else:
-        ks.f64.lstm_cell(M, H, j0, j1, save, r, cprev, h)
+        ks.f64.lstm_cell(M, H, j0, j1, save, cprev, h)
 
 
 cdef inline void lstm_cell_grad(const fastrnn_kernels *ks, int M, int H, int j0, int j1,

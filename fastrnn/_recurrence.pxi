@@ -153,6 +153,7 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
         px = &x[0, 0, 0]
         pbias = &bias[0] if bias is not None else NULL
     cdef const int64_t *plen = &lengths[0]
+    cdef int act = FR_ACT_RELU if relu else FR_ACT_TANH
     cdef _Split sp = _split_recurrence(L, N, H, <double> H * H, num_threads)
     cdef fr_index max_len = _max_length(plen, N)
     cdef _Part pt
@@ -209,10 +210,10 @@ def recurrence_forward(floating[:, :, :] out, const floating[:, ::1] h0,
                     # P_t is read and h_t written in place: out rows hold P until visited
                     if pt.j1 > pt.j0 and pwi != NULL:
                         kernels.rnn_input_step(ks, m, I, H, pt.j0, pt.j1, xrows, pwi, pbias,
-                                               hprev, rows, pw, relu)
+                                               hprev, rows, pw, act)
                     elif pt.j1 > pt.j0:
                         kernels.rnn_step(ks, m, H, pt.j0, pt.j1, hprev,
-                                         <const floating **> rows, rows, pw, relu)
+                                         <const floating **> rows, rows, pw, act)
                     if sp.by_columns:
                         fr_spin_wait(&step_barrier, team)  # step s+1 reads all columns of h_s
                 part = part + team  # (not +=: Cython would make it a reduction)

@@ -135,7 +135,7 @@ cdef struct _StreamPlan:
     void **b_hh
     char *h     # (2, layers, N, H_out): the state and the step's output, by step parity
     char *save  # gated: (2, layers, N, width) the step's gates, c (LSTM) and m, by parity
-    char *r     # gated: (N, G·H) the recurrent product's rows
+    char *r     # GRU: (N, G·H) the recurrent product's rows
     void **rows  # 7·N row pointers; a part uses entries b0 .. b1 of each run of N
 
 
@@ -183,7 +183,8 @@ cdef void _stream_part(floating *tag, const _StreamPlan *p, int parity, fr_index
                     kernels.rnn_input_step(p.ks, m, K, H, j0, j1, xin,
                                            <const floating *> p.w_ih[l],
                                            <const floating *> p.bias[l], hp, hc,
-                                           <const floating *> p.w_hh[l], p.relu)
+                                           <const floating *> p.w_hh[l],
+                                           FR_ACT_RELU if p.relu else FR_ACT_TANH)
             else:
                 for i in range(m):
                     b = b0 + i
@@ -191,7 +192,15 @@ cdef void _stream_part(floating *tag, const _StreamPlan *p, int parity, fr_index
                     rrow[i] = rr + b * G * H
                     cprev[i] = sv + prev * spar + l * slay + b * W + G * H
                     hrow[i] = srow[i] + G * H + H if p.proj else hc[i]
-                if j1 > j0:
+                if j1 > j0 and p.cell == STREAM_LSTM:
+                    # the pre-activations and the epilogue as the whole sequence's
+                    # recurrence forms them (P + h W_hhᵀ, one sum)
+                    kernels.rnn_input_step(p.ks, m, K, H_out, G * j0, G * j1, xin,
+                                           <const floating *> p.w_ih[l],
+                                           <const floating *> p.bias[l], hp, srow,
+                                           <const floating *> p.w_hh[l], FR_ACT_NONE)
+                    kernels.lstm_cell(p.ks, m, H, j0, j1, srow, cprev, hrow)
+                elif j1 > j0:
                     # P and R as the whole sequence's GEMM and recurrence form them, then
                     # the cell's epilogue
                     kernels.input_step(p.ks, m, K, G * j0, G * j1, xin,
@@ -200,12 +209,8 @@ cdef void _stream_part(floating *tag, const _StreamPlan *p, int parity, fr_index
                     kernels.input_step(p.ks, m, H_out, G * j0, G * j1, hp,
                                        <const floating *> p.w_hh[l],
                                        <const floating *> p.b_hh[l], rrow)
-                    if p.cell == STREAM_LSTM:
-                        kernels.lstm_cell(p.ks, m, H, j0, j1, srow, <const floating **> rrow,
-                                          cprev, hrow)
-                    else:
-                        kernels.gru_cell(p.ks, m, H, j0, j1, srow, <const floating **> rrow,
-                                         hp, hrow)
+                    kernels.gru_cell(p.ks, m, H, j0, j1, srow, <const floating **> rrow,
+                                     hp, hrow)
                 if p.proj:
                     if barrier != NULL:
                         fr_spin_wait(barrier, team)
@@ -363,7 +368,7 @@ cdef class StreamCore:
         try:
             h = np.zeros((2, num_layers, batch_size, H_out), dtype=self.dtype)
             save = np.zeros((2, num_layers, batch_size, self.plan.width), dtype=self.dtype)
-            r = np.zeros((batch_size, G * H if self.plan.cell != STREAM_ELMAN else 0),
+            r = np.zeros((batch_size, G * H if self.plan.cell == STREAM_GRU else 0),
                          dtype=self.dtype)
             xstage = np.empty((batch_size, self.plan.input_size), dtype=self.dtype)
         except BaseException:
@@ -443,6 +448,9 @@ cdef class StreamCore:
         cdef fr_index K = self.plan.input_size if layer == 0 else self.plan.H_out
         if (w_hr is not None) != self.plan.proj:
             raise ValueError("w_hr must be given exactly for a projected LSTM")
+        if b_hh is not None and self.plan.cell != STREAM_GRU:
+            raise ValueError("only a GRU's recurrent product has a bias of its own (b_hn); "
+                             "an LSTM's is part of P's (b_ih + b_hh)")
         # every array checked and packed before the layer's old weights are replaced
         cdef bint gated = self.plan.cell != STREAM_ELMAN
         cdef void *wi = self._packed(w_ih, K, GH, gated)

@@ -72,19 +72,20 @@ typedef struct {
 /* for (q < count) stmt: the step `stmt` of the arithmetic for every slot */
 #define FR_EACH(q) for (int q = 0; q < count; q++)
 #define FR_BODY static inline __attribute__((always_inline)) void
-/* slot q's pre-activation of gate k in a forward: P (in the saved row) + R */
-#define FR_GATE(q, k) (FR_P(vload_n)(save[sl[q].row] + sl[q].col + (k) * sl[q].w, n) +      \
-                       FR_P(vload_n)(r[sl[q].row] + sl[q].col + (k) * sl[q].w, n))
+/* slot q's gate k in the saved row (a forward's pre-activation on entry) */
+#define FR_SAVED(q, k) FR_P(vload_n)(save[sl[q].row] + sl[q].col + (k) * sl[q].w, n)
+/* slot q's pre-activation of a GRU's gate k (r or z): P (saved) + R */
+#define FR_GATE(q, k)                                                                        \
+    (FR_SAVED(q, k) + FR_P(vload_n)(r[sl[q].row] + sl[q].col + (k) * sl[q].w, n))
 
 /* LSTM forward of the slots' vectors: see lstm_cell */
 FR_BODY FR_P(lstm_vectors)(const int count, const int n, const FR_P(slot) *sl, int H,
-                           REAL *const *save, const REAL *const *r, const REAL *const *cprev,
-                           REAL *const *h) {
+                           REAL *const *save, const REAL *const *cprev, REAL *const *h) {
     VEC i[FR_SLOTS], f[FR_SLOTS], g[FR_SLOTS], o[FR_SLOTS], c[FR_SLOTS];
-    FR_EACH(q) i[q] = FR_P(vsigmoid)(FR_GATE(q, 0));
-    FR_EACH(q) f[q] = FR_P(vsigmoid)(FR_GATE(q, 1));
-    FR_EACH(q) g[q] = FR_P(vtanh)(FR_GATE(q, 2));
-    FR_EACH(q) o[q] = FR_P(vsigmoid)(FR_GATE(q, 3));
+    FR_EACH(q) i[q] = FR_P(vsigmoid)(FR_SAVED(q, 0));
+    FR_EACH(q) f[q] = FR_P(vsigmoid)(FR_SAVED(q, 1));
+    FR_EACH(q) g[q] = FR_P(vtanh)(FR_SAVED(q, 2));
+    FR_EACH(q) o[q] = FR_P(vsigmoid)(FR_SAVED(q, 3));
     FR_EACH(q) /* c_t = f⊙c_{t-1} + i⊙g */
         c[q] = f[q] * FR_P(vload_n)(cprev[sl[q].row] + sl[q].j, n) + i[q] * g[q];
     FR_EACH(q) {
@@ -99,12 +100,13 @@ FR_BODY FR_P(lstm_vectors)(const int count, const int n, const FR_P(slot) *sl, i
     FR_EACH(q) FR_P(vstore_n)(h[sl[q].row] + sl[q].j, o[q] * c[q], n); /* h_t = o⊙tanh(c_t) */
 }
 
-/* LSTM forward, units j0 .. j1 of M rows. save_r: the 4H gate columns (P on entry; i, f, g, o
- * on return) then c (H). r_r: h_{t-1} W_hhᵀ (4H); cprev_r: c_{t-1}; h_r receives o⊙tanh(c)
- * (the output, or m before a projection). */
+/* LSTM forward, units j0 .. j1 of M rows. save_r: the 4H gate columns (on entry the
+ * pre-activations x W_ihᵀ + b + h_{t-1} W_hhᵀ, the recurrent product accumulated onto P by
+ * rnn_step; i, f, g, o on return) then c (H). cprev_r: c_{t-1}; h_r receives o⊙tanh(c) (the
+ * output, or m before a projection). */
 static void FR_P(lstm_cell)(int M, int H, int j0, int j1, REAL *const *save,
-                            const REAL *const *r, const REAL *const *cprev, REAL *const *h) {
-    FR_CELL_SLOTS(FR_P(lstm_vectors), 4, M, H, j0, j1, save, r, cprev, h);
+                            const REAL *const *cprev, REAL *const *h) {
+    FR_CELL_SLOTS(FR_P(lstm_vectors), 4, M, H, j0, j1, save, cprev, h);
 }
 
 /* LSTM derivative of the slots' vectors: see lstm_cell_grad */
@@ -149,8 +151,7 @@ FR_BODY FR_P(gru_vectors)(const int count, const int n, const FR_P(slot) *sl, in
     FR_EACH(q) rg[q] = FR_P(vsigmoid)(FR_GATE(q, 0));
     FR_EACH(q) z[q] = FR_P(vsigmoid)(FR_GATE(q, 1));
     FR_EACH(q) rn[q] = FR_P(vload_n)(r[sl[q].row] + sl[q].col + 2 * sl[q].w, n);
-    FR_EACH(q) nn[q] = FR_P(vtanh)(FR_P(vload_n)(save[sl[q].row] + sl[q].col + 2 * sl[q].w, n) +
-                                   rg[q] * rn[q]);
+    FR_EACH(q) nn[q] = FR_P(vtanh)(FR_SAVED(q, 2) + rg[q] * rn[q]);
     FR_EACH(q) {
         REAL *s = save[sl[q].row] + sl[q].col;
         const int j = sl[q].j;
@@ -212,3 +213,4 @@ static void FR_P(gru_cell_grad)(int M, int H, int j0, int j1, REAL *const *dh,
 #undef FR_EACH
 #undef FR_BODY
 #undef FR_GATE
+#undef FR_SAVED

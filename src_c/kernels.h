@@ -71,18 +71,19 @@ typedef void (*fr_barrier_fn)(void *barrier_arg);
                      const fr_index *rows, REAL *packed);                                     \
         /* Columns j0 .. j1 of the step kernels below; j0 must be a multiple of               \
          * FASTRNN_COLUMN_GRANULE (the widest panel of any build), so threads can split H.    \
-         * out_r = act(p_r + hprev_r · W_hhᵀ) for r < M; wt_packed is W_hhᵀ packed.           \
-         * p_r may equal out_r (in-place). */                                                 \
+         * out_r = act(p_r + hprev_r · W_hhᵀ) for r < M (the product accumulated onto p_r, k  \
+         * in order); wt_packed is W_hhᵀ packed; act an fr_activation. p_r may equal out_r    \
+         * (in-place). */                                                                     \
         void (*rnn_step)(int M, int H, int j0, int j1, const REAL *const *hprev,              \
                          const REAL *const *p, REAL *const *out, const REAL *wt_packed,       \
-                         int relu);                                                           \
+                         int act);                                                            \
         /* out_r = act(x_r · W_ihᵀ + bias + hprev_r · W_hhᵀ) for r < M (bias may be NULL):    \
          * the step with its input projection; wit_packed is W_ihᵀ packed (I×H). Bitwise the  \
          * gemm's rows x W_ihᵀ + bias followed by rnn_step. */                                \
         void (*rnn_input_step)(int M, int I, int H, int j0, int j1, const REAL *const *x,     \
                                const REAL *wit_packed, const REAL *bias,                      \
                                const REAL *const *hprev, REAL *const *out,                    \
-                               const REAL *wt_packed, int relu);                              \
+                               const REAL *wt_packed, int act);                               \
         /* out_r = x_r · B + bias for r < M (bias may be NULL), columns j0 .. j1; b_packed    \
          * is a K×H matrix packed. Bitwise the rows of the gemm with that bias. */            \
         void (*input_step)(int M, int K, int j0, int j1, const REAL *const *x,                \
@@ -94,10 +95,12 @@ typedef void (*fr_barrier_fn)(void *barrier_arg);
         void (*bptt_g)(int M, int H, int j0, int j1, const REAL *const *da, REAL *const *g,   \
                        const REAL *w_packed);                                                 \
         /* The gated cells' pointwise steps for units j0 .. j1 (cell_steps.h: layout, rows). \
-         * LSTM: gates, c and h from save (P on entry) and r (h_{t-1} W_hhᵀ); its derivative \
-         * from dm, carrying dc. GRU: likewise, and its derivative giving da and dr. */       \
+         * LSTM: gates, c and h from save (on entry the pre-activations, P + h_{t-1} W_hhᵀ as \
+         * rnn_step forms them with FR_ACT_NONE); its derivative from dm, carrying dc. GRU:   \
+         * from save (P) and r (h_{t-1} W_hhᵀ + b_hh: its n gate needs that product alone);  \
+         * its derivative giving da and dr. */                                                \
         void (*lstm_cell)(int M, int H, int j0, int j1, REAL *const *save,                    \
-                          const REAL *const *r, const REAL *const *cprev, REAL *const *h);    \
+                          const REAL *const *cprev, REAL *const *h);                          \
         void (*lstm_cell_grad)(int M, int H, int j0, int j1, const REAL *const *dm,           \
                                const REAL *const *save, const REAL *const *cprev,             \
                                REAL *const *dc, REAL *const *da);                             \
@@ -109,6 +112,10 @@ typedef void (*fr_barrier_fn)(void *barrier_arg);
     } fr_kernels_##REAL;
 
 #define FASTRNN_COLUMN_GRANULE 32
+
+/* The activation a step kernel applies as it stores (rnn_step, rnn_input_step): the Elman
+ * cell's, or none (a gated cell's pre-activations, for its own epilogue). */
+enum fr_activation { FR_ACT_TANH = 0, FR_ACT_RELU = 1, FR_ACT_NONE = 2 };
 
 /* The gated cells' gate-interleaved order (cell_steps.h) of a weight's or bias's G·H rows
  * stored in torch's order (gate q's H rows at q·H): rows[c] is the torch row at position c

@@ -4,13 +4,19 @@
  * Part of the per-dtype kernel bodies (kernels_dtype.h), after gemm.h.
  */
 
+/* The tile's epilogue for an fr_activation */
+static inline int FR_P(fin_of)(int act) {
+    return act == FR_ACT_RELU ? FR_P(FIN_RELU) : act == FR_ACT_NONE ? FR_P(FIN_NONE)
+                                                                    : FR_P(FIN_TANH);
+}
+
 static void FR_P(rnn_step)(int M, int H, int j0, int j1, const REAL *const *hprev,
                            const REAL *const *p, REAL *const *out, const REAL *wt_packed,
-                           int relu) {
+                           int act) {
     /* h_t = act(P_t + h_{t-1} W_hhᵀ) for columns j0 .. j1: P is the accumulator's start */
     FR_P(asrc) a = {hprev, NULL, 0};
     FR_P(drive)(M, j0, j1 - j0, H, a, wt_packed, NULL, 0, 0, NULL, NULL, NULL, p, out, 1,
-                relu ? FR_P(FIN_RELU) : FR_P(FIN_TANH), NULL, NULL);
+                FR_P(fin_of)(act), NULL, NULL);
 }
 
 static void FR_P(input_step)(int M, int I, int j0, int j1, const REAL *const *x,
@@ -54,7 +60,7 @@ static inline __attribute__((always_inline)) void FR_P(accumulate_rows)(
  * them is the accumulator, exactly), without that store and reload or a second tile. */
 static inline void FR_P(tile_step)(const REAL *const *x, int I, const REAL *bx,
                                    const REAL *bias, const REAL *const *h, int H,
-                                   const REAL *bh, REAL *const *out, int c, int ncols, int relu) {
+                                   const REAL *bh, REAL *const *out, int c, int ncols, int act) {
     VEC acc[FR_MR][NV];
     for (int r = 0; r < FR_MR; r++)
         for (int i = 0; i < NV; i++) {
@@ -68,20 +74,23 @@ static inline void FR_P(tile_step)(const REAL *const *x, int I, const REAL *bx,
                 acc[r][i] += FR_P(vload_n)(bias + i * VL, ncols - i * VL);
     FR_P(accumulate_rows)(acc, h, H, bh);
     for (int r = 0; r < FR_MR; r++)
-        for (int i = 0; i < NV && ncols - i * VL > 0; i++)
+        for (int i = 0; i < NV && ncols - i * VL > 0; i++) {
+            const VEC v = acc[r][i];
             FR_P(vstore_n)(out[r] + c + i * VL,
-                           relu ? FR_P(vrelu)(acc[r][i]) : FR_P(vtanh)(acc[r][i]),
+                           act == FR_ACT_RELU ? FR_P(vrelu)(v)
+                           : act == FR_ACT_NONE ? v : FR_P(vtanh)(v),
                            ncols - i * VL);
+        }
 }
 
 static void FR_P(rnn_input_step)(int M, int I, int H, int j0, int j1, const REAL *const *x,
                                  const REAL *wit_packed, const REAL *bias,
                                  const REAL *const *hprev, REAL *const *out,
-                                 const REAL *wt_packed, int relu) {
+                                 const REAL *wt_packed, int act) {
     /* full register blocks in one tile each (panel by panel, as drive's row blocks), if
      * the weights of a panel are one K block; other rows in two passes, the same sums.
      * bf16: a block's rows converted once for all its panels, as drive's blocks do. */
-    const int fused = I <= KC && H <= KC && j1 - j0 <= NC ? M / FR_MR * FR_MR : 0;
+    const int fused = I <= KC && H <= KC ? M / FR_MR * FR_MR : 0;
     for (int i0 = 0; i0 < fused; i0 += FR_MR) {
         const REAL *const *xr = x + i0, *const *hr = hprev + i0;
 #if FR_BF16
@@ -99,12 +108,12 @@ static void FR_P(rnn_input_step)(int M, int I, int H, int j0, int j1, const REAL
         for (int c = j0; c < j1; c += NR)
             FR_P(tile_step)(xr, I, wit_packed + (fr_index)c * KSTEP(I), bias ? bias + c : NULL,
                             hr, H, wt_packed + (fr_index)c * KSTEP(H), out + i0, c,
-                            j1 - c < NR ? j1 - c : NR, relu);
+                            j1 - c < NR ? j1 - c : NR, act);
     }
     if (fused < M) {
         FR_P(input_step)(M - fused, I, j0, j1, x + fused, wit_packed, bias, out + fused);
         FR_P(rnn_step)(M - fused, H, j0, j1, hprev + fused, (const REAL *const *)out + fused,
-                       out + fused, wt_packed, relu);
+                       out + fused, wt_packed, act);
     }
 }
 

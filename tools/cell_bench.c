@@ -54,13 +54,13 @@ int main(int argc, char **argv) {
         for (int cell = 0; cell < 2; cell++) {
             double best = 1e9;
             for (int round = 0; round < 7; round++) {
-                /* P as the recurrence leaves it in the gate columns (the kernel overwrites it) */
+                /* the pre-activations as the recurrence leaves them (the kernel overwrites them) */
                 for (long i = 0; i < (long)M * 5 * H; i++) save[i] = uniform(4);
                 const double t0 = now();
                 for (int c = 0; c < calls; c++) {
                     if (cell == 0)
-                        (*k)->f32.lstm_cell(M, H, 0, H, srow, (const float *const *)rrow,
-                                            (const float *const *)prow, hrow);
+                        (*k)->f32.lstm_cell(M, H, 0, H, srow, (const float *const *)prow,
+                                            hrow);
                     else
                         (*k)->f32.gru_cell(M, H, 0, H, srow, (const float *const *)rrow,
                                            (const float *const *)prow, hrow);
