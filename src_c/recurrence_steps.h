@@ -91,6 +91,17 @@ static void FR_P(rnn_input_step)(int M, int I, int H, int j0, int j1, const REAL
      * the weights of a panel are one K block; other rows in two passes, the same sums.
      * bf16: a block's rows converted once for all its panels, as drive's blocks do. */
     const int fused = I <= KC && H <= KC ? M / FR_MR * FR_MR : 0;
+    /* Where several row blocks read weights larger than a core's L2 (an LSTM's, G·H
+     * columns), columns in blocks of at most L2_BLOCK_BYTES of both, each swept by every
+     * row block in turn, so that the next row block finds its panels in L2 */
+    const size_t column_bytes = (size_t)(KSTEP(I) + KSTEP(H)) * sizeof(REAL);
+    int cb = j1 - j0;
+    if (fused > FR_MR && column_bytes * (size_t)(j1 - j0) > 2 * (size_t)L2_BLOCK_BYTES) {
+        const int blocks = (int)((column_bytes * (size_t)(j1 - j0) + L2_BLOCK_BYTES - 1) /
+                                 L2_BLOCK_BYTES);
+        cb = ((j1 - j0 + blocks - 1) / blocks + NR - 1) / NR * NR;
+    }
+    for (int jb = j0; jb < j1; jb += cb)
     for (int i0 = 0; i0 < fused; i0 += FR_MR) {
         const REAL *const *xr = x + i0, *const *hr = hprev + i0;
 #if FR_BF16
@@ -105,7 +116,7 @@ static void FR_P(rnn_input_step)(int M, int I, int H, int j0, int j1, const REAL
         xr = cxr;
         hr = chr;
 #endif
-        for (int c = j0; c < j1; c += NR)
+        for (int c = jb; c < j1 && c < jb + cb; c += NR)
             FR_P(tile_step)(xr, I, wit_packed + (fr_index)c * KSTEP(I), bias ? bias + c : NULL,
                             hr, H, wt_packed + (fr_index)c * KSTEP(H), out + i0, c,
                             j1 - c < NR ? j1 - c : NR, act);

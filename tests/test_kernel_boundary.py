@@ -5,6 +5,7 @@ run. The public API never passes such arguments; these calls stand for any Pytho
 however wrong (issue 14)."""
 
 import functools
+import itertools
 
 import numpy as np
 import pytest
@@ -460,6 +461,8 @@ def test_cell_entry_points_refuse(call, build, change):
 def test_cell_entry_points_refuse_projection_on_gru_and_grad_r_on_lstm():
     with pytest.raises(ValueError, match="projection"):
         _call_cell_forward(cell_forward_args("gru", w_hr=np.zeros((P, H), F)))
+    with pytest.raises(ValueError, match="no bias of its own"):  # its biases are all P's
+        _call_cell_forward(cell_forward_args("lstm", b_hh=np.zeros(4 * H, F)))
     with pytest.raises(ValueError, match="grad_r"):
         _call_cell_backward(cell_backward_args("lstm", grad_r=np.empty((L, N, 4 * H), F)))
     with pytest.raises(ValueError, match="dtype mismatch"):
@@ -571,6 +574,46 @@ def test_cell_forward_projects_chunks_of_steps_bitwise(kind, reverse, batch, hid
                 got = run(rows, threads, x=x, w_ih=w_ih, bias=bias, chunk=chunk)
                 for a, b in zip(got, expected):
                     assert np.array_equal(a, b), (chunk, ring, threads)
+
+
+@pytest.mark.parametrize("bf16,inputs,hidden", [(False, 128, 256), (True, 384, 256),
+                                               (False, 20, 40)],
+                         ids=["f32-column-blocks", "bf16-column-blocks", "one-block"])
+def test_lstm_step_products_in_one_tile_are_the_gemm_then_the_recurrence(bf16, inputs, hidden):
+    """An LSTM step's P and h W_hhᵀ in one tile per register block (rnn_input_step,
+    FR_ACT_NONE), over column blocks where both weights pass a core's L2 (G·H columns
+    of (I + H) values: 1.5 MiB, and 1.25 MiB of bf16 pairs) and several row blocks read
+    them: the outputs and saved gates are bitwise the GEMM of P first and the product
+    accumulated onto it, for 40 rows (5 register blocks; 3 and 2 per thread on 2 threads),
+    ragged lengths with 0, both directions."""
+    rng = _rng()
+    T, batch, G = 3, 40, 4
+    W = G * hidden + hidden
+    x = rng.standard_normal((T, batch, inputs)).astype(F)
+    w_ih = (rng.standard_normal((G * hidden, inputs)) / np.sqrt(inputs)).astype(F)
+    bias = rng.standard_normal(G * hidden).astype(F)
+    w_hh = (rng.standard_normal((G * hidden, hidden)) / np.sqrt(hidden)).astype(F)
+    h0 = rng.standard_normal((batch, hidden)).astype(F)
+    c0 = rng.standard_normal((batch, hidden)).astype(F)
+    lengths = np.resize(np.array([T, 0, T - 1, 1, T], np.int64), batch)
+
+    def run(save, threads, reverse, **projection):
+        out, h_n, c_n = (np.empty((T, batch, hidden), F), np.empty((batch, hidden), F),
+                         np.empty((batch, hidden), F))
+        _rnn.cell_forward(_rnn.LSTM, save, out, h0, c0, w_hh, None, None, lengths, reverse,
+                          h_n, c_n, threads, bf16=bf16, **projection)
+        return save, out, h_n, c_n
+
+    for threads, reverse in itertools.product((1, 2), (False, True)):
+        save = np.empty((T, batch, W), F)
+        _rnn.gemm(x.reshape(T * batch, inputs), w_ih.T,
+                  save.reshape(T * batch, W)[:, :G * hidden], bias, False, threads, bf16=bf16,
+                  gate_layout=(G, hidden, 1))
+        expected = run(save, threads, reverse)
+        got = run(np.full((T, batch, W), np.nan, F), threads, reverse, x=x, w_ih=w_ih,
+                  bias=bias)
+        for a, b in zip(got, expected):
+            assert np.array_equal(a, b), (threads, reverse)
 
 
 def test_cell_forward_refuses_a_chunk_it_cannot_project():

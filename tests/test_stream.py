@@ -1067,6 +1067,19 @@ def test_stream_core_resize_refusals(rng):
     assert np.array_equal(stream(x), whole(module, x)[0])  # the state zero, three rows
 
 
+def test_stream_core_refuses_a_recurrent_bias_for_an_lstm(rng):
+    """An LSTM's biases are all P's (b_ih + b_hh; its h W_hhᵀ goes onto P in the product):
+    a separate b_hh is refused, the weights left as they were."""
+    module = build("lstm", rng=rng)
+    stream = module.stream(1)
+    p = {k: v.data for k, v in module._params.items()}
+    with pytest.raises(ValueError, match="only a GRU"):
+        stream._load(0, p["weight_ih_l0"], p["bias_ih_l0"], p["weight_hh_l0"],
+                     np.zeros(4 * module.hidden_size, np.float32), None)
+    x = inputs(rng, module, 3, 1)
+    assert np.array_equal(stream(x), whole(module, x)[0])
+
+
 @pytest.mark.parametrize("bad", [[7, 1, 1], [-1, 1, 1], [1.5, 1, 1], [1, 1]],
                          ids=["too-long", "negative", "fraction", "too-few"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
