@@ -4,9 +4,9 @@
 Per layer and direction, forward: the gates' input projection ``P = X W_ihᵀ + b`` as one GEMM
 over all L·N rows (with a batch of 8 rows per thread and bfloat16 products, no cache for
 BPTT or a W_ih of at most 2 MiB, step by step inside the recurrence instead), then the
-recurrence (per step ``h_{t-1} W_hhᵀ`` and the cell's epilogue, which saves the gate
-activations and c for BPTT; without a cache, into one row per sequence that every step
-reuses). Backward: the recurrence of the epilogue's derivative (dA, and for a GRU dR, the
+recurrence (per step ``h_{t-1} W_hhᵀ``, an LSTM's accumulated onto P in the same tiles, and
+the cell's epilogue, which saves the gate activations and c for BPTT; without a cache, into
+one row per sequence that every step reuses). Backward: the recurrence of the epilogue's derivative (dA, and for a GRU dR, the
 recurrent side's), then the weight gradients over all rows, as the Elman RNN's: one pass
 over a layer's dA (``_rnn.weight_grads``) gives ``dW_ih = dAᵀX``, ``dW_hh = dRᵀH_prev``
 (H_prev read through row pointers into the outputs and h0) and the biases' sums; an LSTM's dR
