@@ -39,7 +39,8 @@ static inline __attribute__((always_inline)) void FR_P(accumulate_rows)(
             int pair;
             memcpy(&pair, a[r] + k, sizeof pair);
             const __m512bh s = (__m512bh)_mm512_set1_epi32(pair);
-            for (int v = 0; v < NV; v++) acc[r][v] = (VEC)_mm512_dpbf16_ps((__m512)acc[r][v], s, b[v]);
+            for (int v = 0; v < NV; v++)
+                acc[r][v] = (VEC)_mm512_dpbf16_ps((__m512)acc[r][v], s, b[v]);
         }
     }
 #else
@@ -93,7 +94,8 @@ static void FR_P(rnn_input_step)(int M, int I, int H, int j0, int j1, const REAL
     const int fused = I <= KC && H <= KC ? M / FR_MR * FR_MR : 0;
     /* Where several row blocks read weights larger than a core's L2 (an LSTM's, G·H
      * columns), columns in blocks of at most L2_BLOCK_BYTES of both, each swept by every
-     * row block in turn, so that the next row block finds its panels in L2 */
+     * row block in turn, so that the next row block finds its panels in L2 (bf16: the rows
+     * are converted again per column block) */
     const size_t column_bytes = (size_t)(KSTEP(I) + KSTEP(H)) * sizeof(REAL);
     int cb = j1 - j0;
     if (fused > FR_MR && column_bytes * (size_t)(j1 - j0) > 2 * (size_t)L2_BLOCK_BYTES) {
@@ -101,25 +103,28 @@ static void FR_P(rnn_input_step)(int M, int I, int H, int j0, int j1, const REAL
                                  L2_BLOCK_BYTES);
         cb = ((j1 - j0 + blocks - 1) / blocks + NR - 1) / NR * NR;
     }
-    for (int jb = j0; jb < j1; jb += cb)
-    for (int i0 = 0; i0 < fused; i0 += FR_MR) {
-        const REAL *const *xr = x + i0, *const *hr = hprev + i0;
+    for (int jb = j0; jb < j1; jb += cb) {
+        const int je = j1 - jb < cb ? j1 : jb + cb;
+        for (int i0 = 0; i0 < fused; i0 += FR_MR) {
+            const REAL *const *xr = x + i0, *const *hr = hprev + i0;
 #if FR_BF16
-        REAL cx[FR_MR][KSTEP(KC) + 64 / sizeof(REAL)], ch[FR_MR][KSTEP(KC) + 64 / sizeof(REAL)];
-        const REAL *cxr[FR_MR], *chr[FR_MR];
-        for (int r = 0; r < FR_MR; r++) {
-            FR_P(bf16_row)(x[i0 + r], I, cx[r]);
-            FR_P(bf16_row)(hprev[i0 + r], H, ch[r]);
-            cxr[r] = cx[r];
-            chr[r] = ch[r];
-        }
-        xr = cxr;
-        hr = chr;
+            REAL cx[FR_MR][KSTEP(KC) + 64 / sizeof(REAL)];
+            REAL ch[FR_MR][KSTEP(KC) + 64 / sizeof(REAL)];
+            const REAL *cxr[FR_MR], *chr[FR_MR];
+            for (int r = 0; r < FR_MR; r++) {
+                FR_P(bf16_row)(x[i0 + r], I, cx[r]);
+                FR_P(bf16_row)(hprev[i0 + r], H, ch[r]);
+                cxr[r] = cx[r];
+                chr[r] = ch[r];
+            }
+            xr = cxr;
+            hr = chr;
 #endif
-        for (int c = jb; c < j1 && c < jb + cb; c += NR)
-            FR_P(tile_step)(xr, I, wit_packed + (fr_index)c * KSTEP(I), bias ? bias + c : NULL,
-                            hr, H, wt_packed + (fr_index)c * KSTEP(H), out + i0, c,
-                            j1 - c < NR ? j1 - c : NR, act);
+            for (int c = jb; c < je; c += NR)
+                FR_P(tile_step)(xr, I, wit_packed + (fr_index)c * KSTEP(I),
+                                bias ? bias + c : NULL, hr, H, wt_packed + (fr_index)c * KSTEP(H),
+                                out + i0, c, j1 - c < NR ? j1 - c : NR, act);
+        }
     }
     if (fused < M) {
         FR_P(input_step)(M - fused, I, j0, j1, x + fused, wit_packed, bias, out + fused);
