@@ -6,12 +6,13 @@ over all L·N rows (with a batch of 8 rows per thread and bfloat16 products, no 
 BPTT or a W_ih of at most 2 MiB, step by step inside the recurrence instead), then the
 recurrence (per step ``h_{t-1} W_hhᵀ``, an LSTM's accumulated onto P in the same tiles, and
 the cell's epilogue, which saves the gate activations and c for BPTT; without a cache, into
-one row per sequence that every step reuses). Backward: the recurrence of the epilogue's derivative (dA, and for a GRU dR, the
-recurrent side's), then the weight gradients over all rows, as the Elman RNN's: one pass
-over a layer's dA (``_rnn.weight_grads``) gives ``dW_ih = dAᵀX``, ``dW_hh = dRᵀH_prev``
-(H_prev read through row pointers into the outputs and h0) and the biases' sums; an LSTM's dR
-is its dA, so all of them at once; a GRU's dW_ih is a GEMM on dA, then dR is made from dA in
-place for the pass of dW_hh. ``dW_hr = dhᵀM`` and ``dX = dA W_ih`` are GEMMs.
+one row per sequence that every step reuses). Backward: the recurrence of the epilogue's
+derivative (dA, and for a GRU dR, the recurrent side's), then the weight gradients over all
+rows, as the Elman RNN's: one pass over a layer's dA (``_rnn.weight_grads``) gives
+``dW_ih = dAᵀX``, ``dW_hh = dRᵀH_prev`` (H_prev read through row pointers into the outputs
+and h0) and the biases' sums; an LSTM's dR is its dA, so all of them at once; a GRU's dW_ih
+is a GEMM on dA, then dR is made from dA in place for the pass of dW_hh. ``dW_hr = dhᵀM``
+and ``dX = dA W_ih`` are GEMMs.
 
 The kernels compute the gates gate-interleaved (src_c/cell_steps.h): they pack W_hh (and
 W_ih, for a projection step by step) from torch's order themselves; here the biases, and

@@ -26,8 +26,8 @@ from libc.string cimport memcmp, memcpy, memset
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
 from fastrnn._kernels cimport (FASTRNN_COLUMN_GRANULE, FR_ACT_NONE, FR_ACT_RELU, FR_ACT_TANH,
-                               FR_COMPILER, FR_OPENMP_ENABLED,
-                               FR_OPENMP_VERSION, fastrnn_kernels, fastrnn_kernels_available,
+                               FR_COMPILER, FR_OPENMP_ENABLED, FR_OPENMP_VERSION,
+                               fastrnn_kernels, fastrnn_kernels_available,
                                fastrnn_kernels_compiled, floating, fr_aligned_alloc,
                                fr_aligned_free, fr_gate_rows, fr_index, fr_prefetch,
                                fr_scratch_alloc, fr_scratch_free, fr_scratch_functions,
