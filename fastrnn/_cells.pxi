@@ -252,7 +252,7 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
     cdef _Part pt
     cdef fr_index part, b, t, s
     cdef int m, mc, i, team, tid, p0, p1
-    cdef bint ok, fused
+    cdef bint ok
     cdef int failed[1]
     failed[0] = 0
     cdef fr_spin_barrier step_barrier, pack_barrier
@@ -287,6 +287,8 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
         fr_scratch_free(r_rows)
         free(gate_rows)
         raise MemoryError("could not allocate the packed weights of the recurrence")
+    # an LSTM projecting step by step: x W_ihᵀ + b and h W_hhᵀ in the same tiles
+    cdef bint fused = px != NULL and lstm and steps == 1
     with nogil, parallel(num_threads=sp.nthreads):
         team = fr_team_size()
         tid = threadid()
@@ -326,7 +328,6 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
                         hrow[i] = srow[i] + mslot if proj else orow[i]
                     if sp.by_columns:
                         _prefetch_shared_rows(hprev, m, H_out)
-                    fused = px != NULL and lstm and steps == 1
                     if px != NULL and not fused:
                         if s % steps == 0 and m > 0 and pt.j1 > pt.j0:
                             # P of this part's gates for this step and the chunk's next ones
@@ -339,8 +340,8 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
                         _prefetch_step(s, pt.b0, pt.b1, plen, reverse, G * (pt.j1 - pt.j0),
                                        psv + G * pt.j0, sts, sbs, NULL, 0, 0)
                     if m > 0 and pt.j1 > pt.j0 and lstm:
-                        # the pre-activations P + h_{t-1} W_hhᵀ of this part's units' gates
-                        # (with P's projection, in the same tiles), then the cell
+                        # the pre-activations P + h_{t-1} W_hhᵀ of this part's units' gates,
+                        # then the cell
                         if fused:
                             _gather_projection(s, s + 1, pt.b0, pt.b1, plen, reverse, px, xts,
                                                xbs, psv, sts, sbs, ring, xrows, xsrow)

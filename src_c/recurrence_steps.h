@@ -90,12 +90,12 @@ static void FR_P(rnn_input_step)(int M, int I, int H, int j0, int j1, const REAL
                                  const REAL *wt_packed, int act) {
     /* full register blocks in one tile each (panel by panel, as drive's row blocks), if
      * the weights of a panel are one K block; other rows in two passes, the same sums.
-     * bf16: a block's rows converted once for all its panels, as drive's blocks do. */
+     * bf16: a block's rows converted once for all its panels (of a column block, below),
+     * as drive's blocks do. */
     const int fused = I <= KC && H <= KC ? M / FR_MR * FR_MR : 0;
     /* Where several row blocks read weights larger than a core's L2 (an LSTM's, G·H
      * columns), columns in blocks of at most L2_BLOCK_BYTES of both, each swept by every
-     * row block in turn, so that the next row block finds its panels in L2 (bf16: the rows
-     * are converted again per column block) */
+     * row block in turn, so that the next row block finds its panels in L2 */
     const size_t column_bytes = (size_t)(KSTEP(I) + KSTEP(H)) * sizeof(REAL);
     int cb = j1 - j0;
     if (fused > FR_MR && column_bytes * (size_t)(j1 - j0) > 2 * (size_t)L2_BLOCK_BYTES) {
