@@ -1,10 +1,10 @@
 # The gated cells' recurrences (included by _rnn.pyx): LSTM and GRU on the engine's parts.
-# Per step, for the rows still running: R = h_{t-1} W_hhᵀ (input_step on W_hh packed from
-# torch's gate order into gate-interleaved columns, see src_c/cell_steps.h), the cell's
-# epilogue (gates, c, h), and with a projection h = m W_hrᵀ; backward the epilogue's
-# derivative and g = dR · W_hh. The split (batch slices, or hidden units with a barrier per
-# step) and the gathering by lengths and direction are _policy.pxi's; what a cell adds is
-# its gates and its two kernels.
+# Per step, for the rows still running: h_{t-1} W_hhᵀ (W_hh packed from torch's gate order
+# into gate-interleaved columns, see src_c/cell_steps.h; an LSTM's onto P, a GRU's apart),
+# the cell's epilogue (gates, c, h), and with a projection h = m W_hrᵀ; backward the
+# epilogue's derivative and g = dR · W_hh. The split (batch slices, or hidden units with a
+# barrier per step) and the gathering by lengths and direction are _policy.pxi's; what a
+# cell adds is its gates and its two kernels.
 
 cdef enum:
     CELL_LSTM = 0
@@ -287,8 +287,8 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
         fr_scratch_free(r_rows)
         free(gate_rows)
         raise MemoryError("could not allocate the packed weights of the recurrence")
-    # an LSTM projecting step by step: x W_ihᵀ + b and h W_hhᵀ in the same tiles
-    cdef bint fused = px != NULL and lstm and steps == 1
+    # projecting step by step: x W_ihᵀ + b and h W_hhᵀ in the same tiles
+    cdef bint fused = px != NULL and steps == 1
     with nogil, parallel(num_threads=sp.nthreads):
         team = fr_team_size()
         tid = threadid()
@@ -339,25 +339,30 @@ def cell_forward(int cell, floating[:, :, :] save not None, floating[:, :, :] ou
                     elif px == NULL:  # this step's P arrives while the product runs
                         _prefetch_step(s, pt.b0, pt.b1, plen, reverse, G * (pt.j1 - pt.j0),
                                        psv + G * pt.j0, sts, sbs, NULL, 0, 0)
-                    if m > 0 and pt.j1 > pt.j0 and lstm:
-                        # the pre-activations P + h_{t-1} W_hhᵀ of this part's units' gates,
-                        # then the cell
+                    if m > 0 and pt.j1 > pt.j0:
+                        # the products of this part's units' gates (an LSTM's P + h_{t-1}
+                        # W_hhᵀ; a GRU's h_{t-1} W_hhᵀ + b_hh apart), then the cell
                         if fused:
                             _gather_projection(s, s + 1, pt.b0, pt.b1, plen, reverse, px, xts,
                                                xbs, psv, sts, sbs, ring, xrows, xsrow)
+                        if lstm and fused:
                             kernels.rnn_input_step(ks, m, I, H_out, G * pt.j0, G * pt.j1,
                                                    xrows, pwi, pbias, hprev, srow, pw,
                                                    FR_ACT_NONE)
-                        else:
+                        elif lstm:
                             kernels.rnn_step(ks, m, H_out, G * pt.j0, G * pt.j1, hprev,
                                              <const floating **> srow, srow, pw, FR_ACT_NONE)
-                        kernels.lstm_cell(ks, m, H, pt.j0, pt.j1, srow, cprev, hrow)
-                    elif m > 0 and pt.j1 > pt.j0:
-                        # R = h_{t-1} W_hhᵀ + b_hh for this part's units' gates, then the cell
-                        kernels.input_step(ks, m, H_out, G * pt.j0, G * pt.j1, hprev, pw, pb,
-                                           rrow)
-                        kernels.gru_cell(ks, m, H, pt.j0, pt.j1, srow,
-                                         <const floating **> rrow, hprev, hrow)
+                        elif fused:
+                            kernels.gru_step(ks, m, I, H, G * pt.j0, G * pt.j1, xrows, pwi,
+                                             pbias, srow, hprev, pw, pb, rrow)
+                        else:
+                            kernels.input_step(ks, m, H_out, G * pt.j0, G * pt.j1, hprev, pw,
+                                               pb, rrow)
+                        if lstm:
+                            kernels.lstm_cell(ks, m, H, pt.j0, pt.j1, srow, cprev, hrow)
+                        else:
+                            kernels.gru_cell(ks, m, H, pt.j0, pt.j1, srow,
+                                             <const floating **> rrow, hprev, hrow)
                     if proj:
                         if sp.by_columns:
                             fr_spin_wait(&step_barrier, team)  # h_t = m W_hrᵀ reads all of m

@@ -34,6 +34,9 @@ cdef extern from "kernels.h" nogil:
         void (*rnn_input_step)(int, int, int, int, int, const float **, const float *,
                                const float *, const float **, float **, const float *,
                                int) noexcept nogil
+        void (*gru_step)(int, int, int, int, int, const float **, const float *, const float *,
+                         float **, const float **, const float *, const float *,
+                         float **) noexcept nogil
         void (*input_step)(int, int, int, int, const float **, const float *, const float *,
                            float **) noexcept nogil
         void (*bptt_da)(int, int, int, const float **, const float **, const float **,
@@ -69,6 +72,9 @@ cdef extern from "kernels.h" nogil:
         void (*rnn_input_step)(int, int, int, int, int, const double **, const double *,
                                const double *, const double **, double **, const double *,
                                int) noexcept nogil
+        void (*gru_step)(int, int, int, int, int, const double **, const double *, const double *,
+                         double **, const double **, const double *, const double *,
+                         double **) noexcept nogil
         void (*input_step)(int, int, int, int, const double **, const double *,
                            const double *, double **) noexcept nogil
         void (*bptt_da)(int, int, int, const double **, const double **, const double **,
@@ -219,6 +225,16 @@ cdef inline void rnn_input_step(const fastrnn_kernels *ks, int M, int I, int H, 
         ks.f32.rnn_input_step(M, I, H, j0, j1, x, wit_packed, bias, hprev, out, wt_packed, act)
     else:
         ks.f64.rnn_input_step(M, I, H, j0, j1, x, wit_packed, bias, hprev, out, wt_packed, act)
+
+
+cdef inline void gru_step(const fastrnn_kernels *ks, int M, int I, int H, int j0, int j1,
+                          const floating **x, const floating *wit_packed, const floating *bias,
+                          floating **p, const floating **hprev, const floating *wt_packed,
+                          const floating *b_hh, floating **r) noexcept nogil:
+    if floating is float:
+        ks.f32.gru_step(M, I, H, j0, j1, x, wit_packed, bias, p, hprev, wt_packed, b_hh, r)
+    else:
+        ks.f64.gru_step(M, I, H, j0, j1, x, wit_packed, bias, p, hprev, wt_packed, b_hh, r)
 
 
 cdef inline void input_step(const fastrnn_kernels *ks, int M, int K, int j0, int j1,

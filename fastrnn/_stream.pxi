@@ -203,12 +203,10 @@ cdef void _stream_part(floating *tag, const _StreamPlan *p, int parity, fr_index
                 elif j1 > j0:
                     # P and R as the whole sequence's GEMM and recurrence form them, then
                     # the cell's epilogue
-                    kernels.input_step(p.ks, m, K, G * j0, G * j1, xin,
-                                       <const floating *> p.w_ih[l],
-                                       <const floating *> p.bias[l], srow)
-                    kernels.input_step(p.ks, m, H_out, G * j0, G * j1, hp,
-                                       <const floating *> p.w_hh[l],
-                                       <const floating *> p.b_hh[l], rrow)
+                    kernels.gru_step(p.ks, m, K, H, G * j0, G * j1, xin,
+                                     <const floating *> p.w_ih[l], <const floating *> p.bias[l],
+                                     srow, hp, <const floating *> p.w_hh[l],
+                                     <const floating *> p.b_hh[l], rrow)
                     kernels.gru_cell(p.ks, m, H, j0, j1, srow, <const floating **> rrow,
                                      hp, hrow)
                 if p.proj:

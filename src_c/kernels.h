@@ -84,6 +84,14 @@ typedef void (*fr_barrier_fn)(void *barrier_arg);
                                const REAL *wit_packed, const REAL *bias,                      \
                                const REAL *const *hprev, REAL *const *out,                    \
                                const REAL *wt_packed, int act);                               \
+        /* A GRU step's two products, columns j0 .. j1: p_r = x_r · W_ihᵀ + bias (bias may be \
+         * NULL; wit_packed as rnn_input_step's) and r_r = hprev_r · W_hhᵀ + b_hh (b_hh may   \
+         * be NULL) for r < M, bitwise input_step's (its n gate needs W_hn h + b_hn alone).   \
+         * With bf16 products, full register blocks in one tile each. */                      \
+        void (*gru_step)(int M, int I, int H, int j0, int j1, const REAL *const *x,           \
+                         const REAL *wit_packed, const REAL *bias, REAL *const *p,            \
+                         const REAL *const *hprev, const REAL *wt_packed, const REAL *b_hh,   \
+                         REAL *const *r);                                                     \
         /* out_r = x_r · B + bias for r < M (bias may be NULL), columns j0 .. j1; b_packed    \
          * is a K×H matrix packed. Bitwise the rows of the gemm with that bias. */            \
         void (*input_step)(int M, int K, int j0, int j1, const REAL *const *x,                \

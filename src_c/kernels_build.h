@@ -63,8 +63,8 @@
         .gemm = P(gemm), .gemm_team_size = P(gemm_team_size), .gemm_at_team = P(gemm_at_team), \
         .weight_grads_at_team = P(weight_grads_at_team), .packed_size = P(packed_size),       \
         .pack = P(pack), .rnn_step = P(rnn_step), .rnn_input_step = P(rnn_input_step),        \
-        .input_step = P(input_step), .bptt_da = P(bptt_da), .bptt_g = P(bptt_g),              \
-        .lstm_cell = P(lstm_cell), .lstm_cell_grad = P(lstm_cell_grad),                       \
+        .gru_step = P(gru_step), .input_step = P(input_step), .bptt_da = P(bptt_da),          \
+        .bptt_g = P(bptt_g), .lstm_cell = P(lstm_cell), .lstm_cell_grad = P(lstm_cell_grad),  \
         .gru_cell = P(gru_cell), .gru_cell_grad = P(gru_cell_grad),                           \
     }
 
@@ -79,7 +79,8 @@ const fastrnn_kernels FR_NAME(fastrnn_kernels) = {
             .weight_grads_at_team = FR_BFLOAT(weight_grads_at_team),
             .packed_size = FR_BFLOAT(packed_size), .pack = FR_BFLOAT(pack),
             .rnn_step = FR_BFLOAT(rnn_step), .rnn_input_step = FR_BFLOAT(rnn_input_step),
-            .input_step = FR_BFLOAT(input_step), .bptt_g = FR_BFLOAT(bptt_g),
+            .gru_step = FR_BFLOAT(gru_step), .input_step = FR_BFLOAT(input_step),
+            .bptt_g = FR_BFLOAT(bptt_g),
             /* no products: float32's */
             .bptt_da = FR_FLOAT(bptt_da), .lstm_cell = FR_FLOAT(lstm_cell),
             .lstm_cell_grad = FR_FLOAT(lstm_cell_grad), .gru_cell = FR_FLOAT(gru_cell),

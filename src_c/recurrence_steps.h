@@ -1,6 +1,7 @@
 /* The recurrence's step kernels for one dtype, on the GEMM framework's tile: a step of the
- * Elman cell (rnn_step; rnn_input_step with its input projection fused), a step's input
- * projection (input_step), and BPTT's pointwise dA (bptt_da) and recurrent product (bptt_g).
+ * Elman cell (rnn_step; rnn_input_step with its input projection fused), a GRU's products
+ * (gru_step), a step's input projection (input_step), and BPTT's pointwise dA (bptt_da)
+ * and recurrent product (bptt_g).
  * Part of the per-dtype kernel bodies (kernels_dtype.h), after gemm.h.
  */
 
@@ -58,25 +59,36 @@ static inline __attribute__((always_inline)) void FR_P(accumulate_rows)(
 /* One register block of rows (FR_MR) x one panel of columns (c .. c+ncols) of a step with
  * its input projection: acc = Σ_k x·W_ihᵀ, + bias, + Σ_k hprev·W_hhᵀ, act, store. The
  * operations of input_step and then rnn_step in the same order (the P they store between
- * them is the accumulator, exactly), without that store and reload or a second tile. */
+ * them is the accumulator, exactly), without that store and reload or a second tile.
+ * With p (a GRU's), P = Σ_k x·W_ihᵀ + bias is stored into p instead, and the recurrent
+ * product starts from zero and ends with + b_hh: gru_step's two products. */
 static inline void FR_P(tile_step)(const REAL *const *x, int I, const REAL *bx,
-                                   const REAL *bias, const REAL *const *h, int H,
-                                   const REAL *bh, REAL *const *out, int c, int ncols, int act) {
+                                   const REAL *bias, REAL *const *p, const REAL *const *h,
+                                   int H, const REAL *bh, const REAL *b_hh, REAL *const *out,
+                                   int c, int ncols, int act) {
     VEC acc[FR_MR][NV];
     for (int r = 0; r < FR_MR; r++)
         for (int i = 0; i < NV; i++) {
             acc[r][i] = FR_P(splat)(0);
             __builtin_prefetch(out[r] + c + i * VL, 1);
+            if (p) __builtin_prefetch(p[r] + c + i * VL, 1);
         }
     FR_P(accumulate_rows)(acc, x, I, bx);
     if (bias)
         for (int r = 0; r < FR_MR; r++)
             for (int i = 0; i < NV && ncols - i * VL > 0; i++)
                 acc[r][i] += FR_P(vload_n)(bias + i * VL, ncols - i * VL);
+    if (p)
+        for (int r = 0; r < FR_MR; r++)
+            for (int i = 0; i < NV; i++) {
+                FR_P(vstore_n)(p[r] + c + i * VL, acc[r][i], ncols - i * VL);
+                acc[r][i] = FR_P(splat)(0);
+            }
     FR_P(accumulate_rows)(acc, h, H, bh);
     for (int r = 0; r < FR_MR; r++)
         for (int i = 0; i < NV && ncols - i * VL > 0; i++) {
-            const VEC v = acc[r][i];
+            VEC v = acc[r][i];
+            if (b_hh) v += FR_P(vload_n)(b_hh + i * VL, ncols - i * VL);
             FR_P(vstore_n)(out[r] + c + i * VL,
                            act == FR_ACT_RELU ? FR_P(vrelu)(v)
                            : act == FR_ACT_NONE ? v : FR_P(vtanh)(v),
@@ -84,16 +96,16 @@ static inline void FR_P(tile_step)(const REAL *const *x, int I, const REAL *bx,
         }
 }
 
-static void FR_P(rnn_input_step)(int M, int I, int H, int j0, int j1, const REAL *const *x,
-                                 const REAL *wit_packed, const REAL *bias,
-                                 const REAL *const *hprev, REAL *const *out,
-                                 const REAL *wt_packed, int act) {
-    /* full register blocks in one tile each (panel by panel, as drive's row blocks), if
-     * the weights of a panel are one K block; other rows in two passes, the same sums.
-     * bf16: a block's rows converted once for all its panels (of a column block, below),
-     * as drive's blocks do. */
+/* The fused steps (rnn_input_step, gru_step; p, b_hh as tile_step's) of rows 0 .. M: full
+ * register blocks in one tile per panel, if the weights of a panel are one K block (bf16:
+ * a block's rows converted once for all its panels of a column block, as drive's blocks
+ * do). Returns the rows done; the caller computes the others in two passes, the same sums. */
+static inline __attribute__((always_inline)) int FR_P(fused_steps)(
+    int M, int I, int H, int j0, int j1, const REAL *const *x, const REAL *wit_packed,
+    const REAL *bias, REAL *const *p, const REAL *const *hprev, const REAL *wt_packed,
+    const REAL *b_hh, REAL *const *out, int act) {
     const int fused = I <= KC && H <= KC ? M / FR_MR * FR_MR : 0;
-    /* Where several row blocks read weights larger than a core's L2 (an LSTM's, G·H
+    /* Where several row blocks read weights larger than a core's L2 (a gated cell's, G·H
      * columns), columns in blocks of at most L2_BLOCK_BYTES of both, each swept by every
      * row block in turn, so that the next row block finds its panels in L2 */
     const size_t column_bytes = (size_t)(KSTEP(I) + KSTEP(H)) * sizeof(REAL);
@@ -122,14 +134,39 @@ static void FR_P(rnn_input_step)(int M, int I, int H, int j0, int j1, const REAL
 #endif
             for (int c = jb; c < je; c += NR)
                 FR_P(tile_step)(xr, I, wit_packed + (fr_index)c * KSTEP(I),
-                                bias ? bias + c : NULL, hr, H, wt_packed + (fr_index)c * KSTEP(H),
+                                bias ? bias + c : NULL, p ? p + i0 : NULL, hr, H,
+                                wt_packed + (fr_index)c * KSTEP(H), b_hh ? b_hh + c : NULL,
                                 out + i0, c, j1 - c < NR ? j1 - c : NR, act);
         }
     }
+    return fused;
+}
+
+static void FR_P(rnn_input_step)(int M, int I, int H, int j0, int j1, const REAL *const *x,
+                                 const REAL *wit_packed, const REAL *bias,
+                                 const REAL *const *hprev, REAL *const *out,
+                                 const REAL *wt_packed, int act) {
+    const int fused = FR_P(fused_steps)(M, I, H, j0, j1, x, wit_packed, bias, NULL, hprev,
+                                        wt_packed, NULL, out, act);
     if (fused < M) {
         FR_P(input_step)(M - fused, I, j0, j1, x + fused, wit_packed, bias, out + fused);
         FR_P(rnn_step)(M - fused, H, j0, j1, hprev + fused, (const REAL *const *)out + fused,
                        out + fused, wt_packed, act);
+    }
+}
+
+static void FR_P(gru_step)(int M, int I, int H, int j0, int j1, const REAL *const *x,
+                           const REAL *wit_packed, const REAL *bias, REAL *const *p,
+                           const REAL *const *hprev, const REAL *wt_packed, const REAL *b_hh,
+                           REAL *const *r) {
+    /* bf16: full register blocks in one tile, whose rows of x and h are converted once (in
+     * float32 the one tile measured no faster than the two passes) */
+    const int fused = FR_BF16 ? FR_P(fused_steps)(M, I, H, j0, j1, x, wit_packed, bias, p,
+                                                  hprev, wt_packed, b_hh, r, FR_ACT_NONE)
+                              : 0;
+    if (fused < M) {
+        FR_P(input_step)(M - fused, I, j0, j1, x + fused, wit_packed, bias, p + fused);
+        FR_P(input_step)(M - fused, H, j0, j1, hprev + fused, wt_packed, b_hh, r + fused);
     }
 }
 

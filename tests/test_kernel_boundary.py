@@ -576,33 +576,45 @@ def test_cell_forward_projects_chunks_of_steps_bitwise(kind, reverse, batch, hid
                     assert np.array_equal(a, b), (chunk, ring, threads)
 
 
-@pytest.mark.parametrize("bf16,inputs,hidden", [(False, 128, 256), (True, 384, 256),
-                                               (False, 20, 40)],
-                         ids=["f32-column-blocks", "bf16-column-blocks", "one-block"])
-def test_lstm_step_products_in_one_tile_are_the_gemm_then_the_recurrence(bf16, inputs, hidden):
-    """An LSTM step's P and h W_hhᵀ in one tile per register block (rnn_input_step,
-    FR_ACT_NONE), over column blocks where both weights pass a core's L2 (G·H columns
-    of (I + H) values: 1.5 MiB, and 1.25 MiB of bf16 pairs) and several row blocks read
-    them: the outputs and saved gates are bitwise the GEMM of P first and the product
-    accumulated onto it, for 40 rows (5 register blocks; 3 and 2 per thread on 2 threads),
-    ragged lengths with 0, both directions."""
+# (cell, bf16, inputs, hidden): both weights past a core's L2 (G·H columns of I + H values:
+# LSTM 1.5 MiB and GRU 1.1 MiB in float32, 1.25 and 1.1 MiB of bf16 pairs), or one block
+# whose last units are fewer than a panel's columns (40 = 32 + 8)
+@pytest.mark.parametrize("kind,bf16,inputs,hidden", [
+    ("lstm", False, 128, 256), ("lstm", True, 384, 256), ("lstm", False, 20, 40),
+    ("gru", False, 128, 256), ("gru", True, 512, 256), ("gru", False, 20, 40),
+    ("gru", True, 20, 40)],
+    ids=["lstm-f32-column-blocks", "lstm-bf16-column-blocks", "lstm-one-block",
+         "gru-f32-column-blocks", "gru-bf16-column-blocks", "gru-one-block",
+         "gru-bf16-one-block"])
+def test_step_products_in_one_tile_are_the_gemm_then_the_recurrence(kind, bf16, inputs,
+                                                                     hidden):
+    """A gated step's x W_ihᵀ and h W_hhᵀ in one tile per register block (an LSTM's
+    rnn_input_step, FR_ACT_NONE; a GRU's gru_step, with bf16 products), over column blocks
+    where both weights pass a core's L2 and several row blocks read them: the outputs and
+    saved gates are bitwise the GEMM of P first, then the recurrent products (an LSTM's
+    accumulated onto P), for 43 rows with ragged lengths and 0 (full register blocks in one
+    tile, the rows left over in two passes; 1 and 2 threads), both directions."""
     rng = _rng()
-    T, batch, G = 3, 40, 4
+    lstm = kind == "lstm"
+    T, batch, G = 3, 43, 4 if lstm else 3
     W = G * hidden + hidden
     x = rng.standard_normal((T, batch, inputs)).astype(F)
     w_ih = (rng.standard_normal((G * hidden, inputs)) / np.sqrt(inputs)).astype(F)
     bias = rng.standard_normal(G * hidden).astype(F)
     w_hh = (rng.standard_normal((G * hidden, hidden)) / np.sqrt(hidden)).astype(F)
+    # a GRU's b_hh: b_hn on its n gate, zero on r and z (gate-interleaved as the kernels')
+    b_hh = None if lstm else np.where(_rnn.gate_rows(G, hidden) >= 2 * hidden,
+                                      rng.standard_normal(G * hidden), 0).astype(F)
     h0 = rng.standard_normal((batch, hidden)).astype(F)
-    c0 = rng.standard_normal((batch, hidden)).astype(F)
+    c0 = rng.standard_normal((batch, hidden)).astype(F) if lstm else None
     lengths = np.resize(np.array([T, 0, T - 1, 1, T], np.int64), batch)
 
     def run(save, threads, reverse, **projection):
-        out, h_n, c_n = (np.empty((T, batch, hidden), F), np.empty((batch, hidden), F),
-                         np.empty((batch, hidden), F))
-        _rnn.cell_forward(_rnn.LSTM, save, out, h0, c0, w_hh, None, None, lengths, reverse,
-                          h_n, c_n, threads, bf16=bf16, **projection)
-        return save, out, h_n, c_n
+        out, h_n = np.empty((T, batch, hidden), F), np.empty((batch, hidden), F)
+        c_n = np.empty((batch, hidden), F) if lstm else None
+        _rnn.cell_forward(_rnn.LSTM if lstm else _rnn.GRU, save, out, h0, c0, w_hh, b_hh,
+                          None, lengths, reverse, h_n, c_n, threads, bf16=bf16, **projection)
+        return [save, out, h_n] + ([c_n] if lstm else [])
 
     for threads, reverse in itertools.product((1, 2), (False, True)):
         save = np.empty((T, batch, W), F)

@@ -3,12 +3,14 @@ short blocks.
 
     git worktree add /tmp/before <rev> && (cd /tmp/before && python setup.py build_ext --inplace)
     python tools/ab.py /tmp/before [--cells rnn,lstm,gru] [--rounds 21] [--sizes M1,M2,L,M2-2L-bi]
-                       [--passes fwd,fwd+bwd] [--precision float32|bfloat16] [--threads 2]
+                       [--passes fwd,fwd+bwd,train-fwd] [--precision float32|bfloat16]
+                       [--threads 2]
 
 A size is a bench size's name or T×N×I×H with optional layers and direction, written
 ``TxNxIxH[xLAYERS][-bi]`` (``32x1x256x256-bi``: 32 steps of one sequence, bidirectional).
 
-Times the eval-mode forward and the training-mode forward + backward of the bench sizes
+Times the eval-mode forward and the training-mode forward + backward (or forward alone,
+``train-fwd``: the forward that keeps BPTT's cache) of the bench sizes
 (--threads, 2 by default; float32 arrays, the products in --precision) with the other
 build's package and this checkout's, alternating blocks of about 0.08 s (their order swapped
 every round), and prints per row both medians and the median of the per-round ratios. One
@@ -79,7 +81,8 @@ def parse_size(size):
 
 
 def passes(package, cell, size, precision):
-    """{'fwd': call, 'fwd+bwd': call} of ``package``'s ``cell`` at ``size``, warmed up."""
+    """{'fwd': call, 'fwd+bwd': call, 'train-fwd': call (the forward that keeps BPTT's cache)}
+    of ``package``'s ``cell`` at ``size``, warmed up."""
     T, N, I, H, layers, bidirectional = parse_size(size)
     x = np.random.default_rng(0).standard_normal((T, N, I)).astype(np.float32)
     grad = np.ones((T, N, (2 if bidirectional else 1) * H), np.float32)
@@ -93,7 +96,7 @@ def passes(package, cell, size, precision):
         training(x)
         training.backward(grad)
 
-    calls = {"fwd": lambda: evaluating(x), "fwd+bwd": fwd_bwd}
+    calls = {"fwd": lambda: evaluating(x), "fwd+bwd": fwd_bwd, "train-fwd": lambda: training(x)}
     for call in calls.values():
         call()  # packing buffers and the block cache
     return calls
@@ -127,7 +130,7 @@ def main(argv=None):
                     medians[tag].append(block_median(calls[tag][name], args.seconds))
             before, after = (np.median(medians[t]) * 1e3 for t in ("before", "after"))
             ratio = np.median(np.array(medians["after"]) / np.array(medians["before"]))
-            print(f"{cell:4s} {size:9s} {name:8s} before {before:8.3f} ms  after {after:8.3f} ms  "
+            print(f"{cell:4s} {size:9s} {name:9s} before {before:8.3f} ms  after {after:8.3f} ms  "
                   f"{100 * (after / before - 1):+5.1f} %  (median ratio {100 * (ratio - 1):+5.1f} %)",
                   flush=True)
 
