@@ -7,8 +7,12 @@
  * (bias, tanh or relu) applied in the store. B is packed into panels of NR columns
  * (zero-padded), k-major inside a panel. Every output element is
  *     init (0, or a value loaded from memory) + Σ_k a[k]·b[k]   (k = 0, 1, ..., in order)
- * whatever mr, np and the K blocking, so a row's result never depends on which rows
- * share its call: that is what makes results independent of the thread count.
+ * or, where the caller asks for halves (the Elman recurrence on a small W_hh: see
+ * recurrence_steps.h), K block by K block (KC deep; a later block's init is the previous
+ * block's result), with h = the block's steps / 2 (a step is one k, a pair in mode 2 below),
+ *     (init + Σ_{k < h} a[k]·b[k]) + (0 + Σ_{k >= h} a[k]·b[k])   (each Σ in k order)
+ * whatever mr, np and (for the first) the K blocking, so a row's result never depends on
+ * which rows share its call: that is what makes results independent of the thread count.
  */
 
 #define NV 2          /* vectors per panel */
@@ -109,6 +113,73 @@ typedef struct {
     fr_index ldat;
 } FR_P(asrc);
 
+/* Accumulators (mr x np·NV vectors) up to which a tile runs the two halves of its sum side
+ * by side: a few accumulators are a few chains of dependent multiply-adds, each waiting on
+ * the last (at batch 1 a step's whole time, where W_hh is in L1). More keep the units busy
+ * as they are, and run the halves one after the other. The same sums either way. */
+#define FR_SIDE_BY_SIDE 8
+
+/* One step of k (a pair of k in mode 2) of the tile: acc[r][·] += op(A)[r][k]·panels[k] */
+static inline __attribute__((always_inline)) void FR_P(tile_k)(
+    const int mr, const int np, const int kmajor, VEC acc[8][4 * NV], const REAL *const *ar,
+    const REAL *at, fr_index ldat, fr_index k, const REAL *bp, fr_index panel_stride) {
+#if FR_BF16 == 2
+    __m512bh b[4 * NV];
+    for (int q = 0; q < np; q++)
+        for (int v = 0; v < NV; v++)
+            b[q * NV + v] = (__m512bh)_mm512_loadu_ps(bp + q * panel_stride + k * NR + v * VL);
+    for (int r = 0; r < mr; r++) {
+        int pair;
+        memcpy(&pair, kmajor ? at + k * ldat + r : ar[r] + k, sizeof pair);
+        const __m512bh x = (__m512bh)_mm512_set1_epi32(pair);
+        for (int i = 0; i < np * NV; i++)
+            acc[r][i] = (VEC)_mm512_dpbf16_ps((__m512)acc[r][i], x, b[i]);
+    }
+#else
+    VEC b[4 * NV];
+    for (int q = 0; q < np; q++)
+        for (int v = 0; v < NV; v++) b[q * NV + v] = FR_P(vload)(bp + q * panel_stride + k * NR + v * VL);
+    for (int r = 0; r < mr; r++) {
+        const REAL x = kmajor ? at[k * ldat + r] : ar[r][k];
+        for (int i = 0; i < np * NV; i++) acc[r][i] += x * b[i];
+    }
+#endif
+}
+
+/* acc += Σ over `steps` steps of k in order; or, with halves, acc = (acc + Σ over the first
+ * half of the steps) + (0 + Σ over the rest), as the header says. Side by side, the halves
+ * are two chains per accumulator; with the weights in L2 rather than L1 they measured
+ * slower than one (the loop then waits on L2, not on its chains), hence only on request. */
+static inline __attribute__((always_inline)) void FR_P(tile_sum)(
+    const int mr, const int np, const int kmajor, VEC acc[8][4 * NV], const REAL *const *ar,
+    const REAL *at, fr_index ldat, fr_index steps, const REAL *bp, fr_index panel_stride,
+    int halves) {
+    if (!halves) {
+        for (fr_index k = 0; k < steps; k++)
+            FR_P(tile_k)(mr, np, kmajor, acc, ar, at, ldat, k, bp, panel_stride);
+        return;
+    }
+    const fr_index half = steps / 2;
+    VEC rest[8][4 * NV];
+    for (int r = 0; r < mr; r++)
+        for (int i = 0; i < np * NV; i++) rest[r][i] = FR_P(splat)(0);
+    if (mr * np * NV <= FR_SIDE_BY_SIDE) {
+        for (fr_index k = 0; k < half; k++) {
+            FR_P(tile_k)(mr, np, kmajor, acc, ar, at, ldat, k, bp, panel_stride);
+            FR_P(tile_k)(mr, np, kmajor, rest, ar, at, ldat, half + k, bp, panel_stride);
+        }
+        if (steps % 2)
+            FR_P(tile_k)(mr, np, kmajor, rest, ar, at, ldat, steps - 1, bp, panel_stride);
+    } else {
+        for (fr_index k = 0; k < half; k++)
+            FR_P(tile_k)(mr, np, kmajor, acc, ar, at, ldat, k, bp, panel_stride);
+        for (fr_index k = half; k < steps; k++)
+            FR_P(tile_k)(mr, np, kmajor, rest, ar, at, ldat, k, bp, panel_stride);
+    }
+    for (int r = 0; r < mr; r++)
+        for (int i = 0; i < np * NV; i++) acc[r][i] += rest[r][i];
+}
+
 /* The register tile: rows i0 .. i0+mr of A over k = kb .. kb+kc, times packed B panels
  * bp + q·panel_stride (q < np, each kc x NR), into cout[r] + c_off (ncols valid columns).
  * `kmajor` (a constant at every call) selects how A is read: row-major A through its row
@@ -116,7 +187,8 @@ typedef struct {
 static inline __attribute__((always_inline)) void FR_P(tile)(
     const int mr, const int np, const int kmajor, FR_P(asrc) a, int i0, fr_index kb,
     fr_index kc, const REAL *bp, fr_index panel_stride, const REAL *const *cin,
-    REAL *const *cout, fr_index c_off, int ncols, int init, int fin, const REAL *bias) {
+    REAL *const *cout, fr_index c_off, int ncols, int init, int fin, const REAL *bias,
+    int halves) {
     VEC acc[8][4 * NV];
     for (int r = 0; r < mr; r++)
         for (int i = 0; i < np * NV; i++) {
@@ -133,31 +205,7 @@ static inline __attribute__((always_inline)) void FR_P(tile)(
     const REAL *at = kmajor ? a.at + kb * a.ldat + i0 : NULL;
     if (!kmajor)
         for (int r = 0; r < mr; r++) ar[r] = a.rows[i0 + r] + kb;
-#if FR_BF16 == 2
-    for (fr_index k = 0; k < KSTEP(kc); k++) { /* a pair of k per step: words of A and B */
-        __m512bh b[4 * NV];
-        for (int q = 0; q < np; q++)
-            for (int v = 0; v < NV; v++)
-                b[q * NV + v] = (__m512bh)_mm512_loadu_ps(bp + q * panel_stride + k * NR + v * VL);
-        for (int r = 0; r < mr; r++) {
-            int pair;
-            memcpy(&pair, kmajor ? at + k * a.ldat + r : ar[r] + k, sizeof pair);
-            const __m512bh x = (__m512bh)_mm512_set1_epi32(pair);
-            for (int i = 0; i < np * NV; i++)
-                acc[r][i] = (VEC)_mm512_dpbf16_ps((__m512)acc[r][i], x, b[i]);
-        }
-    }
-#else
-    for (fr_index k = 0; k < kc; k++) {
-        VEC b[4 * NV];
-        for (int q = 0; q < np; q++)
-            for (int v = 0; v < NV; v++) b[q * NV + v] = FR_P(vload)(bp + q * panel_stride + k * NR + v * VL);
-        for (int r = 0; r < mr; r++) {
-            const REAL x = kmajor ? at[k * a.ldat + r] : ar[r][k];
-            for (int i = 0; i < np * NV; i++) acc[r][i] += x * b[i];
-        }
-    }
-#endif
+    FR_P(tile_sum)(mr, np, kmajor, acc, ar, at, a.ldat, KSTEP(kc), bp, panel_stride, halves);
     for (int r = 0; r < mr; r++)
         for (int i = 0; i < np * NV; i++) {
             VEC v = acc[r][i];
@@ -180,15 +228,16 @@ static inline int FR_P(panels_for_rows)(int mr) {
 static void FR_P(tile_dispatch)(int mr, int np, FR_P(asrc) a, int i0, fr_index kb, fr_index kc,
                                 const REAL *bp, fr_index panel_stride, const REAL *const *cin,
                                 REAL *const *cout, fr_index c_off, int ncols, int init, int fin,
-                                const REAL *bias) {
+                                const REAL *bias, int halves) {
+    /* (halves only with row-major A: the recurrence's) */
 #define FR_TILE_CASE(m, n)                                                                    \
     case (m) * 8 + (n):                                                                       \
         if (a.rows)                                                                           \
             FR_P(tile)(m, n, 0, a, i0, kb, kc, bp, panel_stride, cin, cout, c_off, ncols, init, \
-                       fin, bias);                                                            \
+                       fin, bias, halves);                                                    \
         else                                                                                  \
             FR_P(tile)(m, n, 1, a, i0, kb, kc, bp, panel_stride, cin, cout, c_off, ncols, init, \
-                       fin, bias);                                                            \
+                       fin, bias, 0);                                                         \
         break;
     switch (mr * 8 + np) {
         FR_TILE_CASE(1, 1) FR_TILE_CASE(1, 2) FR_TILE_CASE(1, 4)
@@ -283,11 +332,11 @@ static inline void FR_P(prefetch_part)(const REAL *const *rows, int m, fr_index 
  * row block by row block, each swept across the panels. A transposed is read from apack;
  * copy_a says whether to copy it there first (group by group, see copy_group) or apack
  * holds this K block already; while copying, the rows of op(A) are summed into a_sums if
- * not NULL. */
+ * not NULL. halves: the tiles' sums in two halves (see the header). */
 static void FR_P(block)(int M, int ncols, fr_index kb, fr_index kc, FR_P(asrc) a,
                         REAL *apack, const REAL *bp, fr_index panel_stride,
                         const REAL *const *cin, REAL *const *cout, fr_index c_off, int init,
-                        int fin, const REAL *bias, int copy_a, REAL *a_sums) {
+                        int fin, const REAL *bias, int copy_a, REAL *a_sums, int halves) {
     const int npanels = (ncols + NR - 1) / NR;
     const fr_index astride = FR_P(apack_stride)(kc);
     const int group = copy_a ? FR_P(copy_group)(kc) : M;
@@ -330,11 +379,11 @@ static void FR_P(block)(int M, int ncols, fr_index kb, fr_index kc, FR_P(asrc) a
             if (a.rows)
                 FR_P(tile_dispatch)(mr, n, ar, ai0, akb, kc, bp + q * panel_stride, panel_stride,
                                     cin ? cin + i0 : NULL, cout + i0, c_off + q * NR, cols,
-                                    init, fin, bias ? bias + q * NR : NULL);
+                                    init, fin, bias ? bias + q * NR : NULL, halves);
             else
                 FR_P(tile_dispatch)(mr, n, at, 0, 0, kc, bp + q * panel_stride, panel_stride,
                                     cin ? cin + i0 : NULL, cout + i0, c_off + q * NR, cols,
-                                    init, fin, bias ? bias + q * NR : NULL);
+                                    init, fin, bias ? bias + q * NR : NULL, 0);
             q += n;
         }
     }
@@ -451,12 +500,12 @@ static void FR_P(pack)(fr_index K, fr_index N, const REAL *B, fr_index ldb, int 
 /* C[:, c0 .. c0+N] from A and B, over K blocks and column blocks. B is either pre-packed
  * whole (packed: all columns, panel stride K·NR; c0 selects where to start) or packed here
  * block by block from B/ldb/b_trans (B's stored rows reordered by b_rows if not NULL, as
- * pack's rows) into scratch (c0 = 0). a_sums: see block. */
+ * pack's rows) into scratch (c0 = 0). a_sums, halves: see block. */
 static void FR_P(drive)(int M, fr_index c0, fr_index N, fr_index K, FR_P(asrc) a,
                         const REAL *packed, const REAL *B, fr_index ldb, int b_trans,
                         const fr_index *b_rows, REAL *scratch, REAL *apack,
                         const REAL *const *cin, REAL *const *cout, int load_first, int fin,
-                        const REAL *bias, REAL *a_sums) {
+                        const REAL *bias, REAL *a_sums, int halves) {
     /* A transposed is copied once per K block: then the column blocks go inside the K
      * blocks, so that one copy serves them all (row-major A is read in place) */
     const int k_outer = !a.rows;
@@ -493,7 +542,7 @@ static void FR_P(drive)(int M, fr_index c0, fr_index N, fr_index K, FR_P(asrc) a
             }
             FR_P(block)(M, nc, kb, kc, a, apack, bp, stride, cin, cout, c0 + jc, init,
                         last ? fin : FR_P(FIN_NONE), bias && last ? bias + jc : NULL,
-                        k_outer && jc == 0, jc == 0 ? a_sums : NULL);
+                        k_outer && jc == 0, jc == 0 ? a_sums : NULL, halves);
         }
 }
 
@@ -529,7 +578,7 @@ static int FR_P(gemm)(fr_index M, fr_index N, fr_index K, const REAL *A, fr_inde
     FR_P(asrc) a = {a_trans ? NULL : rows, A, lda};
     FR_P(drive)((int)M, 0, N, K, a, NULL, B, ldb, b_trans, b_rows, scratch, scratch + bsize,
                 (const REAL *const *)crows, crows, accumulate,
-                bias ? FR_P(FIN_BIAS) : FR_P(FIN_NONE), bias, a_trans ? a_sums : NULL);
+                bias ? FR_P(FIN_BIAS) : FR_P(FIN_NONE), bias, a_trans ? a_sums : NULL, 0);
     free(rows);
     fr_scratch_free(scratch);
     return 0;

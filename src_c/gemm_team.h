@@ -74,7 +74,7 @@ static int FR_P(gemm_at_team)(fr_index M, fr_index N, fr_index K, const REAL *A,
                         kb > 0 ? FR_P(INIT_OUT) : accumulate ? FR_P(INIT_IN) : FR_P(INIT_ZERO),
                         last && bias ? FR_P(FIN_BIAS) : FR_P(FIN_NONE),
                         last && bias ? bias + jc : NULL, jc == 0,
-                        jc == 0 && a_sums ? a_sums + i0 : NULL);
+                        jc == 0 && a_sums ? a_sums + i0 : NULL, 0);
     }
     free(crows);
     fr_scratch_free(apack);
@@ -162,7 +162,7 @@ static int FR_P(weight_grads_at_team)(fr_index M, fr_index K, fr_index W, fr_ind
                 FR_P(block)((int)(r1 - r0), nc, kb, kc, a, apack + ab * astride_rows, bp,
                             KSTEP(kc) * NR, (const REAL *const *)crows + (r0 - i0), crows + (r0 - i0),
                             jc, init, FR_P(FIN_NONE), NULL, jc == 0,
-                            jc == 0 && a_sums ? a_sums + r0 : NULL);
+                            jc == 0 && a_sums ? a_sums + r0 : NULL, 0);
                 ab += (r1 - r0 + FR_MR - 1) / FR_MR;
             }
         }
@@ -189,7 +189,7 @@ static int FR_P(weight_grads_at_team)(fr_index M, fr_index K, fr_index W, fr_ind
                 FR_P(block)((int)(r1 - r0), nc, kb, kc, a, apack + ab * astride_rows, hp,
                             KSTEP(kc) * NR, (const REAL *const *)crows + rows + (r0 - i0),
                             crows + rows + (r0 - i0), jc, init, FR_P(FIN_NONE), NULL, copy_a,
-                            copy_a && a_sums ? a_sums + r0 : NULL);
+                            copy_a && a_sums ? a_sums + r0 : NULL, 0);
                 ab += (r1 - r0 + FR_MR - 1) / FR_MR;
             }
         }

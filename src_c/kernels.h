@@ -72,8 +72,9 @@ typedef void (*fr_barrier_fn)(void *barrier_arg);
         /* Columns j0 .. j1 of the step kernels below; j0 must be a multiple of               \
          * FASTRNN_COLUMN_GRANULE (the widest panel of any build), so threads can split H.    \
          * out_r = act(p_r + hprev_r · W_hhᵀ) for r < M (the product accumulated onto p_r, k  \
-         * in order); wt_packed is W_hhᵀ packed; act an fr_activation. p_r may equal out_r    \
-         * (in-place). */                                                                     \
+         * in order; with tanh or relu, an Elman step, on a W_hh of at most 64 KiB in two     \
+         * halves: recurrence_steps.h); wt_packed is W_hhᵀ packed; act an fr_activation. p_r  \
+         * may equal out_r (in-place). */                                                     \
         void (*rnn_step)(int M, int H, int j0, int j1, const REAL *const *hprev,              \
                          const REAL *const *p, REAL *const *out, const REAL *wt_packed,       \
                          int act);                                                            \

@@ -11,13 +11,24 @@ static inline int FR_P(fin_of)(int act) {
                                                                     : FR_P(FIN_TANH);
 }
 
+/* Whether a step's product h_{t-1} W_hhᵀ sums in two halves (gemm.h): the Elman cell's
+ * (act tanh or relu; a gated cell's products come with FR_ACT_NONE) where W_hh (K x K) is at
+ * most 64 KiB. At batch 1 a thread's columns are then a few accumulators whose chains of K
+ * dependent multiply-adds are the step's time, and the halves' two chains each halve it
+ * (the grid's S, H = 128, two threads: about -14 %). With W_hh in L2 a batch-1 tile
+ * waits on L2 instead, and two chains measured 5-10 % slower. A function of K and the cell
+ * alone, so the same for every thread count, batch and path (steps, streams). */
+static inline int FR_P(step_halves)(int K, int act) {
+    return act != FR_ACT_NONE && (size_t)KSTEP(K) * (size_t)K * sizeof(REAL) <= (64 << 10);
+}
+
 static void FR_P(rnn_step)(int M, int H, int j0, int j1, const REAL *const *hprev,
                            const REAL *const *p, REAL *const *out, const REAL *wt_packed,
                            int act) {
     /* h_t = act(P_t + h_{t-1} W_hhᵀ) for columns j0 .. j1: P is the accumulator's start */
     FR_P(asrc) a = {hprev, NULL, 0};
     FR_P(drive)(M, j0, j1 - j0, H, a, wt_packed, NULL, 0, 0, NULL, NULL, NULL, p, out, 1,
-                FR_P(fin_of)(act), NULL, NULL);
+                FR_P(fin_of)(act), NULL, NULL, FR_P(step_halves)(H, act));
 }
 
 static void FR_P(input_step)(int M, int I, int j0, int j1, const REAL *const *x,
@@ -25,35 +36,7 @@ static void FR_P(input_step)(int M, int I, int j0, int j1, const REAL *const *x,
     /* the input projection of one step's rows, as the GEMM computes it (zero start, bias last) */
     FR_P(asrc) a = {x, NULL, 0};
     FR_P(drive)(M, j0, j1 - j0, I, a, wit_packed, NULL, 0, 0, NULL, NULL, NULL, NULL, out, 0,
-                bias ? FR_P(FIN_BIAS) : FR_P(FIN_NONE), bias ? bias + j0 : NULL, NULL);
-}
-
-static inline __attribute__((always_inline)) void FR_P(accumulate_rows)(
-    VEC acc[FR_MR][NV], const REAL *const *a, int K, const REAL *bp) {
-    /* acc[r] += Σ_k a[r][k]·bp[k] over one packed panel, k in order; a's rows as the tile
-     * reads them (bf16: converted, in mode 2 a pair of k per word) */
-#if FR_BF16 == 2
-    for (int k = 0; k < KSTEP(K); k++) {
-        __m512bh b[NV];
-        for (int v = 0; v < NV; v++) b[v] = (__m512bh)_mm512_loadu_ps(bp + k * NR + v * VL);
-        for (int r = 0; r < FR_MR; r++) {
-            int pair;
-            memcpy(&pair, a[r] + k, sizeof pair);
-            const __m512bh s = (__m512bh)_mm512_set1_epi32(pair);
-            for (int v = 0; v < NV; v++)
-                acc[r][v] = (VEC)_mm512_dpbf16_ps((__m512)acc[r][v], s, b[v]);
-        }
-    }
-#else
-    for (int k = 0; k < K; k++) {
-        VEC b[NV];
-        for (int v = 0; v < NV; v++) b[v] = FR_P(vload)(bp + k * NR + v * VL);
-        for (int r = 0; r < FR_MR; r++) {
-            const REAL s = a[r][k];
-            for (int v = 0; v < NV; v++) acc[r][v] += s * b[v];
-        }
-    }
-#endif
+                bias ? FR_P(FIN_BIAS) : FR_P(FIN_NONE), bias ? bias + j0 : NULL, NULL, 0);
 }
 
 /* One register block of rows (FR_MR) x one panel of columns (c .. c+ncols) of a step with
@@ -66,14 +49,14 @@ static inline void FR_P(tile_step)(const REAL *const *x, int I, const REAL *bx,
                                    const REAL *bias, REAL *const *p, const REAL *const *h,
                                    int H, const REAL *bh, const REAL *b_hh, REAL *const *out,
                                    int c, int ncols, int act) {
-    VEC acc[FR_MR][NV];
+    VEC acc[8][4 * NV];
     for (int r = 0; r < FR_MR; r++)
         for (int i = 0; i < NV; i++) {
             acc[r][i] = FR_P(splat)(0);
             __builtin_prefetch(out[r] + c + i * VL, 1);
             if (p) __builtin_prefetch(p[r] + c + i * VL, 1);
         }
-    FR_P(accumulate_rows)(acc, x, I, bx);
+    FR_P(tile_sum)(FR_MR, 1, 0, acc, x, NULL, 0, KSTEP(I), bx, 0, 0);
     if (bias)
         for (int r = 0; r < FR_MR; r++)
             for (int i = 0; i < NV && ncols - i * VL > 0; i++)
@@ -84,7 +67,7 @@ static inline void FR_P(tile_step)(const REAL *const *x, int I, const REAL *bx,
                 FR_P(vstore_n)(p[r] + c + i * VL, acc[r][i], ncols - i * VL);
                 acc[r][i] = FR_P(splat)(0);
             }
-    FR_P(accumulate_rows)(acc, h, H, bh);
+    FR_P(tile_sum)(FR_MR, 1, 0, acc, h, NULL, 0, KSTEP(H), bh, 0, FR_P(step_halves)(H, act));
     for (int r = 0; r < FR_MR; r++)
         for (int i = 0; i < NV && ncols - i * VL > 0; i++) {
             VEC v = acc[r][i];
@@ -192,5 +175,5 @@ static void FR_P(bptt_g)(int M, int H, int j0, int j1, const REAL *const *da, RE
     /* g = dA_t W_hh for columns j0 .. j1 */
     FR_P(asrc) a = {da, NULL, 0};
     FR_P(drive)(M, j0, j1 - j0, H, a, w_packed, NULL, 0, 0, NULL, NULL, NULL, NULL, g, 0,
-                FR_P(FIN_NONE), NULL, NULL);
+                FR_P(FIN_NONE), NULL, NULL, 0);
 }

@@ -397,6 +397,29 @@ def test_projection_per_step_is_bitwise_the_gemm(kernel, L, N, I, H, reverse, dt
         assert np.array_equal(out, expected) and np.array_equal(h_n, expected_hn)
 
 
+@pytest.mark.parametrize("H", [64, 128, 256])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_elman_step_sums_in_halves_where_w_hh_is_small(kernel, H, dtype):
+    """The Elman step's h W_hhᵀ is (P + Σ_{k < H/2}) + Σ_{k >= H/2} where W_hh is at most
+    64 KiB, else P + Σ_k in order (gemm.h, recurrence_steps.h): with h = 1 and a row
+    1, 0, ..., 0, big, -big, 0, ... (big at k = H/2, where 1 + big rounds to big) the first
+    gives 1 and the second 0. Every path: batch 1 (column slices) and 19 (a register block
+    of rows and the rest), with the projection per step or given, 1 and 2 threads."""
+    from fastrnn import _rnn
+
+    big = 2.0 ** (np.finfo(dtype).nmant + 1)
+    w_hh = np.zeros((H, H), dtype)
+    w_hh[:, 0], w_hh[:, H // 2], w_hh[:, H // 2 + 1] = 1, big, -big
+    expected = 1 if H * H * np.dtype(dtype).itemsize <= 64 << 10 else 0
+    I = 5
+    for N, threads, projected in itertools.product((1, 19), (1, 2), (False, True)):
+        out, h_n = np.zeros((1, N, H), dtype), np.empty((N, H), dtype)
+        inputs = (np.zeros((1, N, I), dtype), np.ones((H, I), dtype), None) if projected else ()
+        _rnn.recurrence_forward(out, np.ones((N, H), dtype), w_hh, np.ones(N, np.int64), False,
+                                True, h_n, threads, *inputs)
+        assert np.all(out == expected), (N, threads, projected)
+
+
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("L,N,K,H", [(7, 37, 26, 64), (5, 1, 18, 256), (2, 16, 26, 256),
                                      (6, 19, 600, 40)],
