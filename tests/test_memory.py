@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from _helpers import random_params
+from _helpers import assert_close_rel, random_params
 import fastrnn
 from fastrnn import _memory, functional, reference
 
@@ -156,7 +156,9 @@ def test_kernel_scratch_goes_through_the_cache():
 def test_arrays_freed_in_other_threads_and_concurrent_use():
     params = random_params(np.random.default_rng(0), 16, 64, 2, True, True, np.float32)
     x = np.random.default_rng(0).standard_normal((50, 32, 16), dtype=np.float32)
-    want, want_hn, _ = reference.rnn_forward(x, params, num_layers=2, bidirectional=True)
+    want, _, _ = functional.rnn_forward(x, params, num_layers=2, bidirectional=True)
+    assert_close_rel(want, reference.rnn_forward(x, params, num_layers=2, bidirectional=True)[0],
+                     np.float32)
     errors = []
 
     def work():
@@ -164,7 +166,8 @@ def test_arrays_freed_in_other_threads_and_concurrent_use():
             for _ in range(30):
                 out, h_n, cache = functional.rnn_forward(x, params, num_layers=2,
                                                          bidirectional=True)
-                np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+                # a call alone gives these bits: a shared buffer would show here
+                np.testing.assert_array_equal(out, want)
                 grad_x, _, grads = functional.rnn_backward(cache, np.ones_like(out))
                 assert np.isfinite(grad_x).all()
         except Exception as e:  # reported by the main thread
