@@ -11,8 +11,8 @@
  * recurrence_steps.h), K block by K block (KC deep; a later block's init is the previous
  * block's result), with h = the block's steps / 2 (a step is one k, a pair in mode 2 below),
  *     (init + Σ_{k < h} a[k]·b[k]) + (0 + Σ_{k >= h} a[k]·b[k])   (each Σ in k order)
- * whatever mr, np and (for the first) the K blocking, so a row's result never depends on
- * which rows share its call: that is what makes results independent of the thread count.
+ * whatever mr and np (and, for the first, the K blocking), so a row's result never depends
+ * on which rows share its call: that is what makes results independent of the thread count.
  */
 
 #define NV 2          /* vectors per panel */
@@ -147,9 +147,8 @@ static inline __attribute__((always_inline)) void FR_P(tile_k)(
 }
 
 /* acc += Σ over `steps` steps of k in order; or, with halves, acc = (acc + Σ over the first
- * half of the steps) + (0 + Σ over the rest), as the header says. Side by side, the halves
- * are two chains per accumulator; with the weights in L2 rather than L1 they measured
- * slower than one (the loop then waits on L2, not on its chains), hence only on request. */
+ * half of the steps) + (0 + Σ over the rest), as the header says: only on request, since
+ * with the weights in L2 rather than L1 a tile waits on L2, not on its chains. */
 static inline __attribute__((always_inline)) void FR_P(tile_sum)(
     const int mr, const int np, const int kmajor, VEC acc[8][4 * NV], const REAL *const *ar,
     const REAL *at, fr_index ldat, fr_index steps, const REAL *bp, fr_index panel_stride,

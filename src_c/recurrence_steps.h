@@ -14,10 +14,10 @@ static inline int FR_P(fin_of)(int act) {
 /* Whether a step's product h_{t-1} W_hhᵀ sums in two halves (gemm.h): the Elman cell's
  * (act tanh or relu; a gated cell's products come with FR_ACT_NONE) where W_hh (K x K) is at
  * most 64 KiB. At batch 1 a thread's columns are then a few accumulators whose chains of K
- * dependent multiply-adds are the step's time, and the halves' two chains each halve it
- * (the grid's S, H = 128, two threads: about -14 %). With W_hh in L2 a batch-1 tile
- * waits on L2 instead, and two chains measured 5-10 % slower. A function of K and the cell
- * alone, so the same for every thread count, batch and path (steps, streams). */
+ * dependent multiply-adds are the step's time, and two chains halve it; a larger W_hh is
+ * read from L2, which the loop then waits on instead (two chains measured slower there:
+ * docs/performance.md). A function of K and the cell alone, so the same for every thread
+ * count, batch and path (steps, streams). */
 static inline int FR_P(step_halves)(int K, int act) {
     return act != FR_ACT_NONE && (size_t)KSTEP(K) * (size_t)K * sizeof(REAL) <= (64 << 10);
 }
