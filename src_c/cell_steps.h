@@ -18,9 +18,9 @@
 static inline VEC FR_P(vsigmoid)(VEC x) {
     const IVEC sign_mask = (IVEC){0} + INT32_MIN;
     VEC y = (VEC)((IVEC)x & ~sign_mask);
-    y = FR_P(select)(y > FR_P(splat)(88.0f), FR_P(splat)(88.0f), y);
+    y = FR_P(at_most)(y, 88.0f);
     VEC m = FR_P(vexpm1)(y);
-    return FR_P(select)(x >= FR_P(splat)(0), m + 1.0f, FR_P(splat)(1)) / (m + 2.0f);
+    return FR_P(where_nonnegative)(x, m + 1.0f, FR_P(splat)(1)) / (m + 2.0f);
 }
 #else
 static inline VEC FR_P(vsigmoid)(VEC x) {

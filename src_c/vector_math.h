@@ -80,6 +80,35 @@ static inline VEC FR_P(select)(IVEC mask, VEC a, VEC b) {
     return (VEC)(((IVEC)a & mask) | ((IVEC)b & ~mask));
 }
 
+/* The activations' lane choices as one compare and a blend (or one min or max) where the
+ * ISA has them: the portable select (a compare materialised as a vector, and, or) took
+ * three or four operations, a sixth of an activation's. The same lanes either way. */
+
+/* x >= 0 ? a : b, lane by lane (b where x is NaN) */
+static inline VEC FR_P(where_nonnegative)(VEC x, VEC a, VEC b) {
+#if defined(__x86_64__) && FR_VBYTES == 64 && FR_IS_FLOAT
+    return (VEC)_mm512_mask_blend_ps(
+        _mm512_cmp_ps_mask((__m512)x, _mm512_setzero_ps(), _CMP_GE_OQ), (__m512)b, (__m512)a);
+#elif defined(__x86_64__) && FR_VBYTES == 32 && FR_IS_FLOAT
+    return (VEC)_mm256_blendv_ps((__m256)b, (__m256)a,
+                                 _mm256_cmp_ps((__m256)x, _mm256_setzero_ps(), _CMP_GE_OQ));
+#else
+    return FR_P(select)(x >= FR_P(splat)(0), a, b);
+#endif
+}
+
+/* y > c ? c : y, lane by lane (NaN stays NaN: x86's min and max return their second
+ * operand where either is NaN) */
+static inline VEC FR_P(at_most)(VEC y, REAL c) {
+#if defined(__x86_64__) && FR_VBYTES == 64 && FR_IS_FLOAT
+    return (VEC)_mm512_min_ps((__m512)FR_P(splat)(c), (__m512)y);
+#elif defined(__x86_64__) && FR_VBYTES == 32 && FR_IS_FLOAT
+    return (VEC)_mm256_min_ps((__m256)FR_P(splat)(c), (__m256)y);
+#else
+    return FR_P(select)(y > FR_P(splat)(c), FR_P(splat)(c), y);
+#endif
+}
+
 #if FR_IS_FLOAT
 /* expm1(y) for 0 <= y <= 88 (or NaN, which passes through): 2^n·expm1(g) + (2^n - 1),
  * y = n·ln2 + g, |g| <= ln2/2, n <= 127 so that 2^n is finite, and expm1(g) = g + g²·p(g),
@@ -109,7 +138,7 @@ static inline VEC FR_P(vtanh)(VEC x) {
     VEC y = (VEC)((IVEC)x & ~sign_mask);
     y = y + y;
     /* from 2|x| = 20 on, m/(m + 2) rounds to 1; NaN compares false and passes through */
-    y = FR_P(select)(y > FR_P(splat)(20.0f), FR_P(splat)(20.0f), y);
+    y = FR_P(at_most)(y, 20.0f);
     VEC m = FR_P(vexpm1)(y);
     VEC t = m / (m + 2.0f);
     return (VEC)((IVEC)t | ((IVEC)x & sign_mask));
@@ -122,6 +151,12 @@ static inline VEC FR_P(vtanh)(VEC x) {
 #endif
 
 static inline VEC FR_P(vrelu)(VEC v) {
-    /* v < 0 ? 0 : v, so NaN propagates as in torch */
+    /* v < 0 ? 0 : v, so NaN propagates as in torch (and -0 stays -0) */
+#if defined(__x86_64__) && FR_VBYTES == 64 && FR_IS_FLOAT
+    return (VEC)_mm512_max_ps(_mm512_setzero_ps(), (__m512)v);
+#elif defined(__x86_64__) && FR_VBYTES == 32 && FR_IS_FLOAT
+    return (VEC)_mm256_max_ps(_mm256_setzero_ps(), (__m256)v);
+#else
     return FR_P(select)(v < FR_P(splat)(0), FR_P(splat)(0), v);
+#endif
 }
