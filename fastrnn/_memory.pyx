@@ -59,8 +59,11 @@ cdef extern from *:
     void fr_advise_huge(void *p, size_t size) noexcept nogil
 
 cdef enum:
-    # blocks below this are not cached (glibc keeps small blocks in its heap)
-    MIN_BLOCK = 1 << 18
+    # blocks below this are not cached: glibc keeps them in its heap. From its first mmap
+    # threshold (128 KiB) it maps blocks afresh, or gives the top of its heap back to the
+    # system once that much is freed there: a GRU's 192 KiB weights, copied every training
+    # step, faulted 80 pages a step when 256 KiB was the limit (docs/performance.md)
+    MIN_BLOCK = 1 << 17
     MAX_BLOCKS = 64
     # a block not taken back while this many others were cached is released: a training
     # loop reuses its blocks every step, a size no longer asked for should not stay
@@ -95,13 +98,17 @@ cdef int _oldest() noexcept nogil:
 
 
 cdef void *_take(size_t size) noexcept nogil:
-    """The smallest cached block of ``size`` to ``2 * size`` bytes, or NULL."""
+    """The smallest cached block of ``size`` to ``2 * size`` bytes (of those, the last
+    cached: its lines are the likeliest still in cache, as with malloc's own reuse), or
+    NULL."""
     cdef void *p = NULL
     cdef int i, best = -1
     PyThread_acquire_lock(lock, WAIT_LOCK)
     for i in range(nblocks):
         if (size <= blocks[i].size and blocks[i].size // 2 <= size
-                and (best < 0 or blocks[i].size < blocks[best].size)):
+                and (best < 0 or blocks[i].size < blocks[best].size
+                     or blocks[i].size == blocks[best].size
+                     and blocks[i].stamp > blocks[best].stamp)):
             best = i
     if best >= 0:
         p = blocks[best].ptr

@@ -53,6 +53,27 @@ def test_the_smallest_block_that_holds_a_request_is_taken():
         assert [g.ctypes.data for g in got] == addresses[::-1]
 
 
+def test_blocks_from_128_kib_are_cached_smaller_ones_are_not():
+    # A GRU's weights at H = 128 (192 KiB each) went to malloc, whose heap returned them to
+    # the system after every call in some processes: 80 page faults a training step
+    with _memory.cached_allocation():
+        a = np.empty((1 << 17) // 8)
+        b = np.empty((1 << 17) // 8 - 1)
+    del a
+    assert fastrnn.cache_info()["cached_blocks"] == 1
+    del b
+    assert fastrnn.cache_info()["cached_blocks"] == 1
+
+
+def test_of_equal_blocks_the_last_cached_is_taken():
+    # (its lines are the likeliest still in cache, as with malloc's own reuse)
+    with _memory.cached_allocation():
+        first, second, third = np.empty(BIG), np.empty(BIG), np.empty(BIG)
+        last = second.ctypes.data
+        del first, third, second  # cached in that order
+        assert np.empty(BIG).ctypes.data == last
+
+
 def test_outside_the_context_numpy_allocates_as_usual():
     with _memory.cached_allocation():
         a = np.empty(BIG)
