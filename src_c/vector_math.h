@@ -137,7 +137,7 @@ static inline VEC FR_P(vtanh)(VEC x) {
     const IVEC sign_mask = (IVEC){0} + INT32_MIN;
     VEC y = (VEC)((IVEC)x & ~sign_mask);
     y = y + y;
-    /* from 2|x| = 20 on, m/(m + 2) rounds to 1; NaN compares false and passes through */
+    /* from 2|x| = 20 on, m/(m + 2) rounds to 1; NaN passes through */
     y = FR_P(at_most)(y, 20.0f);
     VEC m = FR_P(vexpm1)(y);
     VEC t = m / (m + 2.0f);
