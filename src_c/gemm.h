@@ -20,11 +20,11 @@
 /* k per block (an mr x KC slice of A stays in L1) and columns per block (KC x NC of B in
  * L2). Each K block past the first re-reads and re-writes C's block: with float32 a
  * 512-deep block halves that traffic, and lets the fused step take H = 512 (AVX2's 6 rows
- * of A are then 12 KiB of a 32 KiB L1). NC stays 256 there: AVX2's CPUs have L2s from 256 KiB (Zen 3:
- * 512). drive's blocks of B are at most L2_BLOCK_BYTES, half of a Zen 4 or Zen 5 core's
- * L2, so that a block is still there when the next row block reads it: a whole L2's worth
- * (512 x 512 floats) came back from L3 for every row block. (The teams' weight-gradient
- * blocks measured no faster at that size: they keep NC.) */
+ * of A are then 12 KiB of a 32 KiB L1). NC stays 256 with AVX2, whose CPUs have L2s from
+ * 256 KiB (a Zen 3's: 512). drive's blocks of B are at most L2_BLOCK_BYTES, half of a Zen 4
+ * or Zen 5 core's L2, so that a block is still there when the next row block reads it: a
+ * whole L2's worth (512 x 512 floats) came back from L3 for every row block. (The teams'
+ * weight-gradient blocks measured no faster at that size: they keep NC.) */
 #define KC (FR_IS_FLOAT && FR_VBYTES >= 32 ? 512 : 256)
 #define NC (FR_VBYTES == 64 && FR_IS_FLOAT ? 512 : 256)
 #define L2_BLOCK_BYTES (512 << 10)
